@@ -1,0 +1,228 @@
+// Package events holds volsd's wire formats with their exact JSON names: the
+// EventBridge envelope and the details volsd consumes (Auto Scaling lifecycle
+// actions, schedules, SSM command status changes), the push request the
+// operator sends through SQS, the manifest, the journal entry and the
+// agent's report, plus their validation. Captured samples live in testdata/.
+package events
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Event detail types and sources volsd consumes.
+const (
+	DetailTypeLaunch    = "EC2 Instance-launch Lifecycle Action"
+	DetailTypeTerminate = "EC2 Instance-terminate Lifecycle Action"
+	DetailTypeSchedule  = "Scheduled Event"
+	DetailTypeSSMStatus = "EC2 Command Invocation Status-change Notification"
+
+	SourceAutoScaling = "aws.autoscaling"
+	SourceSchedule    = "aws.events"
+	SourceSSM         = "aws.ssm"
+
+	TransitionLaunching   = "autoscaling:EC2_INSTANCE_LAUNCHING"
+	TransitionTerminating = "autoscaling:EC2_INSTANCE_TERMINATING"
+	TestNotificationEvent = "autoscaling:TEST_NOTIFICATION"
+)
+
+// Envelope is an EventBridge event; Detail stays raw until the detail type
+// says what it holds.
+type Envelope struct {
+	Version    string          `json:"version"`
+	ID         string          `json:"id"`
+	DetailType string          `json:"detail-type"`
+	Source     string          `json:"source"`
+	Account    string          `json:"account"`
+	Time       time.Time       `json:"time"`
+	Region     string          `json:"region"`
+	Resources  []string        `json:"resources"`
+	Detail     json.RawMessage `json:"detail"`
+}
+
+// LifecycleAction is the detail of "EC2 Instance-launch Lifecycle Action"
+// and "EC2 Instance-terminate Lifecycle Action". Origin and Destination are
+// EC2, AutoScalingGroup or WarmPool.
+type LifecycleAction struct {
+	Origin               string `json:"Origin,omitempty"`
+	Destination          string `json:"Destination,omitempty"`
+	LifecycleActionToken string `json:"LifecycleActionToken"`
+	AutoScalingGroupName string `json:"AutoScalingGroupName"`
+	LifecycleHookName    string `json:"LifecycleHookName"`
+	EC2InstanceID        string `json:"EC2InstanceId"`
+	LifecycleTransition  string `json:"LifecycleTransition"`
+	NotificationMetadata string `json:"NotificationMetadata,omitempty"`
+}
+
+// Warm pool locations in Origin/Destination.
+const (
+	LocationEC2      = "EC2"
+	LocationASG      = "AutoScalingGroup"
+	LocationWarmPool = "WarmPool"
+)
+
+// Validate checks the fields volsd acts on.
+func (a LifecycleAction) Validate() error {
+	switch {
+	case a.AutoScalingGroupName == "":
+		return invalid("AutoScalingGroupName", "is required", "")
+	case a.LifecycleHookName == "":
+		return invalid("LifecycleHookName", "is required", "")
+	case a.LifecycleActionToken == "":
+		return invalid("LifecycleActionToken", "is required", "")
+	case !validInstanceID(a.EC2InstanceID):
+		return invalid("EC2InstanceId", "must be an instance ID like i-0123456789abcdef0", a.EC2InstanceID)
+	case a.LifecycleTransition != TransitionLaunching && a.LifecycleTransition != TransitionTerminating:
+		return invalid("LifecycleTransition", "must be "+TransitionLaunching+" or "+TransitionTerminating, a.LifecycleTransition)
+	}
+	return nil
+}
+
+// IntoWarmPool reports whether a launch moves the instance into the warm
+// pool (it is stopped or hibernated there, not put in service).
+func (a LifecycleAction) IntoWarmPool() bool { return a.Destination == LocationWarmPool }
+
+// FromWarmPool reports whether the instance comes out of the warm pool
+// (it kept its volume while it waited).
+func (a LifecycleAction) FromWarmPool() bool { return a.Origin == LocationWarmPool }
+
+// TestNotification is what Auto Scaling sends once to a lifecycle hook's
+// notification target when the hook is created. volsd ignores it.
+type TestNotification struct {
+	AccountID            string `json:"AccountId"`
+	RequestID            string `json:"RequestId"`
+	AutoScalingGroupARN  string `json:"AutoScalingGroupARN"`
+	AutoScalingGroupName string `json:"AutoScalingGroupName"`
+	Service              string `json:"Service"`
+	Event                string `json:"Event"`
+	Time                 string `json:"Time"`
+}
+
+// IsTestNotification reports whether raw (an event or its detail) is an
+// autoscaling:TEST_NOTIFICATION.
+func IsTestNotification(raw []byte) bool {
+	var t TestNotification
+	if json.Unmarshal(raw, &t) == nil && t.Event == TestNotificationEvent {
+		return true
+	}
+	var e Envelope
+	if json.Unmarshal(raw, &e) == nil && len(e.Detail) > 0 && json.Unmarshal(e.Detail, &t) == nil {
+		return t.Event == TestNotificationEvent
+	}
+	return false
+}
+
+// CommandStatus is the detail of "EC2 Command Invocation Status-change
+// Notification" (one per instance of a Run Command).
+type CommandStatus struct {
+	CommandID         string `json:"command-id"`
+	DocumentName      string `json:"document-name"`
+	InstanceID        string `json:"instance-id"`
+	RequestedDateTime string `json:"requested-date-time"`
+	Status            string `json:"status"`
+	StatusDetails     string `json:"status-details"`
+}
+
+// Validate checks the fields volsd acts on.
+func (c CommandStatus) Validate() error {
+	switch {
+	case c.CommandID == "":
+		return invalid("command-id", "is required", "")
+	case c.DocumentName == "":
+		return invalid("document-name", "is required", "")
+	case !validInstanceID(c.InstanceID):
+		return invalid("instance-id", "must be an instance ID like i-0123456789abcdef0", c.InstanceID)
+	case c.Status == "":
+		return invalid("status", "is required", "")
+	}
+	return nil
+}
+
+// Terminal reports whether the invocation has finished.
+func (c CommandStatus) Terminal() bool {
+	switch c.Status {
+	case "Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated", "DeliveryTimedOut", "ExecutionTimedOut":
+		return true
+	}
+	return false
+}
+
+// ErrWrongDetailType is returned by Decode when the envelope carries another
+// kind of event.
+var ErrWrongDetailType = errors.New("unexpected detail-type")
+
+// DecodeDetail decodes an envelope of the given detail type into detail.
+func DecodeDetail(raw []byte, detailType string, detail any) (Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return e, invalid("event", "is not an EventBridge event: "+err.Error(), "")
+	}
+	if e.DetailType != detailType {
+		return e, fmt.Errorf("%w: got %q, want %q", ErrWrongDetailType, e.DetailType, detailType)
+	}
+	if err := json.Unmarshal(e.Detail, detail); err != nil {
+		return e, invalid("detail", "does not match "+detailType+": "+err.Error(), "")
+	}
+	return e, nil
+}
+
+func validInstanceID(s string) bool {
+	if len(s) < 10 || len(s) > 19 || s[:2] != "i-" {
+		return false
+	}
+	for i := 2; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// AgentReport is the JSON object volsd-agent prints as its last stdout line.
+// The report Lambda reads it from the SSM invocation output.
+type AgentReport struct {
+	Command  string  `json:"command"` // up, apply, freeze, thaw, release, status
+	Instance string  `json:"instance"`
+	Volume   string  `json:"volume"`
+	Device   string  `json:"device"`
+	Mount    string  `json:"mount"`
+	Seq      int64   `json:"seq"`      // watermark after the command
+	Head     int64   `json:"head"`     // journal head the agent saw
+	Applied  int     `json:"applied"`  // entries applied by this command
+	Bytes    int64   `json:"bytes"`    // bytes fetched from the origin
+	Duration float64 `json:"duration"` // seconds
+	Error    string  `json:"error,omitempty"`
+	// ErrorKind classifies Error: "retryable", "bad-input" or "not-ready".
+	ErrorKind string `json:"errorKind,omitempty"`
+}
+
+// ParseAgentReport finds the report in an agent's stdout: the last line that
+// is a JSON object. SSM truncates long outputs at the front, so the last line
+// survives.
+func ParseAgentReport(stdout string) (AgentReport, error) {
+	var r AgentReport
+	lines := strings.Split(stdout, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		line := strings.TrimSpace(lines[i])
+		if line == "" {
+			continue
+		}
+		if line[0] != '{' {
+			return r, invalid("stdout", "last line is not a JSON report", line)
+		}
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			return r, invalid("stdout", "last line is not a valid report: "+err.Error(), line)
+		}
+		return r, nil
+	}
+	return r, invalid("stdout", "is empty; no report", "")
+}
+
+// ScheduledDetail is the (empty) detail of a scheduled event.
+type ScheduledDetail struct{}
+
+func asError(err error, target any) bool { return errors.As(err, target) }
