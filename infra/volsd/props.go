@@ -1,0 +1,251 @@
+// Package volsd is the reusable CDK construct that deploys the volsd backend
+// for one pool: the DynamoDB table, the S3 origin, the push queue and its
+// dead-letter queues, the five Lambdas, their EventBridge rules and schedules,
+// the lifecycle hooks on the Auto Scaling group, the SSM Command documents, the
+// IAM policies (least privilege, DESIGN.md §4), alarms and a dashboard.
+//
+//	pool := volsd.NewPool(stack, "Pool", &volsd.PoolProps{
+//		PoolName:             "web",
+//		AutoScalingGroupName: "web-asg",
+//	})
+//	pool.GrantAgent(instanceRole)
+//	pool.AddOutputs()
+package volsd
+
+import (
+	"fmt"
+	"regexp"
+
+	"github.com/aws/aws-cdk-go/awscdk/v2"
+	"github.com/aws/aws-cdk-go/awscdk/v2/awsautoscaling"
+	"github.com/aws/aws-cdk-go/awscdk/v2/awscloudwatch"
+	"github.com/aws/aws-cdk-go/awscdk/v2/awskms"
+	"github.com/aws/aws-cdk-go/awscdk/v2/awss3"
+)
+
+// Release policies for volumes of terminated instances (VOLSD_RELEASE_POLICY).
+const (
+	ReleaseRecycle = "recycle" // return the volume to the idle pool with its watermark
+	ReleaseDelete  = "delete"  // delete the volume
+)
+
+// TagPool is the tag on every volume, snapshot and instance of a pool.
+const TagPool = "volsd:pool"
+
+// Lifecycle hook names on the group. The agent completes the launch hook by name.
+const (
+	LaunchHookName    = "volsd-launch"
+	TerminateHookName = "volsd-terminate"
+)
+
+// Function names of the five Lambdas; each one's code is <LambdaAssetDir>/<name>/bootstrap.
+var FunctionNames = []string{"lifecycle", "reconcile", "snapshot", "push", "report"}
+
+var poolNamePattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// PoolProps configure one volsd pool. Only PoolName and one of
+// AutoScalingGroupName / AutoScalingGroup are required.
+type PoolProps struct {
+	// PoolName names the pool: letters, digits, '-', '_'; at most 64.
+	PoolName string
+	// AutoScalingGroupName is the name of the group whose instances get
+	// volumes. The group's instances must carry the tag volsd:pool=<PoolName>
+	// (PropagateAtLaunch): SSM commands and EC2 attach are scoped by it.
+	AutoScalingGroupName string
+	// AutoScalingGroup may be given instead of AutoScalingGroupName.
+	AutoScalingGroup awsautoscaling.IAutoScalingGroup
+
+	// IdlePerAZ is the number of idle synced volumes kept per AZ. Default 1.
+	IdlePerAZ *int
+	// AvailabilityZones limits the pool to these AZs; empty = the group's AZs.
+	AvailabilityZones []string
+	// VolumeSizeGiB is the size of new volumes. Default 10.
+	VolumeSizeGiB int
+	// VolumeType is gp3, gp2, io1 or io2. Default gp3.
+	VolumeType string
+	// VolumeIops and VolumeThroughput: 0 = AWS default.
+	VolumeIops       int
+	VolumeThroughput int
+	// VolumeInitRate is VolumeInitializationRate in MiB/s for volumes created
+	// from snapshots; 0 = off.
+	VolumeInitRate int
+	// SourceSnapshotID is the base snapshot while the pool has none of its own.
+	SourceSnapshotID string
+	// KmsKey encrypts the pool's EBS volumes and snapshots; nil = the
+	// account's default EBS key. The Lambdas get only the grants EBS needs.
+	KmsKey awskms.IKey
+	// ReleasePolicy is ReleaseRecycle (default) or ReleaseDelete.
+	ReleasePolicy string
+
+	// Filesystem (default ext4) and MountPath (default /srv/volsd) go into
+	// the agent's configuration (AgentConfig).
+	Filesystem string
+	MountPath  string
+
+	// ReconcileInterval is how often reconcile runs. Default 5 minutes.
+	ReconcileInterval awscdk.Duration
+	// SnapshotInterval is how often a snapshot is taken. Default 6 hours.
+	SnapshotInterval awscdk.Duration
+	// SnapshotKeep is how many completed snapshots are kept. Default 3.
+	SnapshotKeep int
+	// FreezeSeconds bounds how long the agent keeps the filesystem frozen. Default 30.
+	FreezeSeconds int
+
+	// LaunchHeartbeatTimeout is the launch hook's heartbeat timeout: how long
+	// an instance may take to get its volume and catch up (the agent sends
+	// heartbeats while it applies). Default 15 minutes.
+	LaunchHeartbeatTimeout awscdk.Duration
+	// TerminateHeartbeatTimeout is the terminate hook's timeout. Default 5 minutes.
+	TerminateHeartbeatTimeout awscdk.Duration
+	// SkipLifecycleHooks leaves the hooks out: set it when the group is
+	// created in the same app and takes LifecycleHookSpecifications() itself,
+	// so that the instances launched with the group get hooks too.
+	SkipLifecycleHooks bool
+
+	// DocumentPrefix prefixes the SSM document names: "<prefix>Apply" etc.
+	// Default "volsd-" (docs/contracts.md). SSM document names are unique per
+	// account and region, so a second pool in the same account and region
+	// must use its own prefix, e.g. "volsd-<pool>-".
+	DocumentPrefix string
+
+	// LambdaAssetDir holds <name>/bootstrap for each function (make build).
+	// Default "build/lambda", relative to the working directory (the repo root
+	// under `cdk synth`).
+	LambdaAssetDir string
+
+	// RemovalPolicy applies to the table and the bucket. Default RETAIN.
+	RemovalPolicy awscdk.RemovalPolicy
+	// AccessLogsBucket receives the origin bucket's server access logs; nil = none.
+	AccessLogsBucket awss3.IBucket
+	// AlarmActions are added to every alarm (e.g. an SNS topic action).
+	AlarmActions []awscloudwatch.IAlarmAction
+
+	// LogLevel is VOLSD_LOG_LEVEL. Default info.
+	LogLevel string
+	// SSMMaxConcurrency and SSMMaxErrors for push's SendCommand. Defaults 50% and 25%.
+	SSMMaxConcurrency string
+	SSMMaxErrors      string
+}
+
+// withDefaults validates props and fills in the defaults. It returns an
+// error naming the bad field.
+func (p PoolProps) withDefaults() (PoolProps, error) {
+	if !poolNamePattern.MatchString(p.PoolName) {
+		return p, fmt.Errorf("volsd: PoolName %q: must be 1-64 letters, digits, '-' or '_'", p.PoolName)
+	}
+	if p.AutoScalingGroupName == "" && p.AutoScalingGroup == nil {
+		return p, fmt.Errorf("volsd: pool %s: AutoScalingGroupName or AutoScalingGroup is required", p.PoolName)
+	}
+	if p.AutoScalingGroupName != "" && p.AutoScalingGroup != nil {
+		return p, fmt.Errorf("volsd: pool %s: give AutoScalingGroupName or AutoScalingGroup, not both", p.PoolName)
+	}
+	if p.IdlePerAZ == nil {
+		one := 1
+		p.IdlePerAZ = &one
+	}
+	if *p.IdlePerAZ < 0 {
+		return p, fmt.Errorf("volsd: pool %s: IdlePerAZ %d: must not be negative", p.PoolName, *p.IdlePerAZ)
+	}
+	if p.VolumeSizeGiB == 0 {
+		p.VolumeSizeGiB = 10
+	}
+	if p.VolumeSizeGiB < 1 || p.VolumeSizeGiB > 65536 {
+		return p, fmt.Errorf("volsd: pool %s: VolumeSizeGiB %d: must be 1..65536", p.PoolName, p.VolumeSizeGiB)
+	}
+	if p.VolumeType == "" {
+		p.VolumeType = "gp3"
+	}
+	switch p.VolumeType {
+	case "gp3", "gp2", "io1", "io2":
+	default:
+		return p, fmt.Errorf("volsd: pool %s: VolumeType %q: must be gp3, gp2, io1 or io2", p.PoolName, p.VolumeType)
+	}
+	if p.VolumeIops < 0 || p.VolumeThroughput < 0 || p.VolumeInitRate < 0 {
+		return p, fmt.Errorf("volsd: pool %s: VolumeIops, VolumeThroughput and VolumeInitRate must not be negative", p.PoolName)
+	}
+	if p.SourceSnapshotID != "" && !regexp.MustCompile(`^snap-[0-9a-f]{8,17}$`).MatchString(p.SourceSnapshotID) {
+		return p, fmt.Errorf("volsd: pool %s: SourceSnapshotID %q: not a snapshot ID (snap-…)", p.PoolName, p.SourceSnapshotID)
+	}
+	if p.ReleasePolicy == "" {
+		p.ReleasePolicy = ReleaseRecycle
+	}
+	if p.ReleasePolicy != ReleaseRecycle && p.ReleasePolicy != ReleaseDelete {
+		return p, fmt.Errorf("volsd: pool %s: ReleasePolicy %q: must be %q or %q", p.PoolName, p.ReleasePolicy, ReleaseRecycle, ReleaseDelete)
+	}
+	if p.Filesystem == "" {
+		p.Filesystem = "ext4"
+	}
+	if p.Filesystem != "ext4" && p.Filesystem != "xfs" {
+		return p, fmt.Errorf("volsd: pool %s: Filesystem %q: must be ext4 or xfs", p.PoolName, p.Filesystem)
+	}
+	if p.MountPath == "" {
+		p.MountPath = "/srv/volsd"
+	}
+	if !regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`).MatchString(p.MountPath) {
+		return p, fmt.Errorf("volsd: pool %s: MountPath %q: must be an absolute path of plain segments", p.PoolName, p.MountPath)
+	}
+	if p.ReconcileInterval == nil {
+		p.ReconcileInterval = awscdk.Duration_Minutes(f(5))
+	}
+	if p.SnapshotInterval == nil {
+		p.SnapshotInterval = awscdk.Duration_Hours(f(6))
+	}
+	if p.SnapshotKeep == 0 {
+		p.SnapshotKeep = 3
+	}
+	if p.SnapshotKeep < 1 {
+		return p, fmt.Errorf("volsd: pool %s: SnapshotKeep %d: must be at least 1", p.PoolName, p.SnapshotKeep)
+	}
+	if p.FreezeSeconds == 0 {
+		p.FreezeSeconds = 30
+	}
+	if p.FreezeSeconds < 1 || p.FreezeSeconds > 9999 {
+		return p, fmt.Errorf("volsd: pool %s: FreezeSeconds %d: must be 1..9999", p.PoolName, p.FreezeSeconds)
+	}
+	if p.LaunchHeartbeatTimeout == nil {
+		p.LaunchHeartbeatTimeout = awscdk.Duration_Minutes(f(15))
+	}
+	if p.TerminateHeartbeatTimeout == nil {
+		p.TerminateHeartbeatTimeout = awscdk.Duration_Minutes(f(5))
+	}
+	if p.DocumentPrefix == "" {
+		p.DocumentPrefix = "volsd-"
+	}
+	if !regexp.MustCompile(`^[A-Za-z0-9_.-]{3,100}$`).MatchString(p.DocumentPrefix) || hasReservedPrefix(p.DocumentPrefix) {
+		return p, fmt.Errorf("volsd: pool %s: DocumentPrefix %q: must be 3-100 of letters, digits, '_', '-', '.' and not start with aws, amazon or amzn", p.PoolName, p.DocumentPrefix)
+	}
+	if p.LambdaAssetDir == "" {
+		p.LambdaAssetDir = "build/lambda"
+	}
+	if p.RemovalPolicy == "" {
+		p.RemovalPolicy = awscdk.RemovalPolicy_RETAIN
+	}
+	if p.LogLevel == "" {
+		p.LogLevel = "info"
+	}
+	switch p.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return p, fmt.Errorf("volsd: pool %s: LogLevel %q: must be debug, info, warn or error", p.PoolName, p.LogLevel)
+	}
+	if p.SSMMaxConcurrency == "" {
+		p.SSMMaxConcurrency = "50%"
+	}
+	if p.SSMMaxErrors == "" {
+		p.SSMMaxErrors = "25%"
+	}
+	limit := regexp.MustCompile(`^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$`)
+	if !limit.MatchString(p.SSMMaxConcurrency) {
+		return p, fmt.Errorf("volsd: pool %s: SSMMaxConcurrency %q: must be a count or a percentage", p.PoolName, p.SSMMaxConcurrency)
+	}
+	if !limit.MatchString(p.SSMMaxErrors) && p.SSMMaxErrors != "0" && p.SSMMaxErrors != "0%" {
+		return p, fmt.Errorf("volsd: pool %s: SSMMaxErrors %q: must be a count or a percentage", p.PoolName, p.SSMMaxErrors)
+	}
+	return p, nil
+}
+
+func hasReservedPrefix(s string) bool {
+	return regexp.MustCompile(`(?i)^(aws|amazon|amzn)`).MatchString(s)
+}
+
+func f(v float64) *float64 { return &v }
