@@ -1,0 +1,106 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+)
+
+// SnapshotState is where a pool snapshot is.
+type SnapshotState string
+
+// Snapshot states mirror EC2's, plus deleted once volsd removed it.
+const (
+	SnapshotPending   SnapshotState = "pending"
+	SnapshotCompleted SnapshotState = "completed"
+	SnapshotError     SnapshotState = "error"
+	SnapshotDeleted   SnapshotState = "deleted"
+)
+
+// Snapshot is one EBS snapshot of a pool volume; Seq is the watermark of the
+// volume when it was taken (also its volsd:seq tag).
+type Snapshot struct {
+	Pool       string        `json:"pool"`
+	SnapshotID string        `json:"snapshotId"`
+	State      SnapshotState `json:"state"`
+	Seq        int64         `json:"seq"`
+	VolumeID   string        `json:"volumeId"`
+	CreatedAt  time.Time     `json:"createdAt"`
+	UpdatedAt  time.Time     `json:"updatedAt"`
+	Rev        int64         `json:"rev"`
+	LastError  string        `json:"lastError,omitempty"`
+}
+
+func snapshotSK(id string) string { return prefixSnapshot + id }
+
+// PutSnapshot records a new snapshot at Rev 1; ErrExists if it is known.
+func (s *Store) PutSnapshot(ctx context.Context, sn Snapshot) (Snapshot, error) {
+	now := s.now()
+	if sn.CreatedAt.IsZero() {
+		sn.CreatedAt = now
+	}
+	sn.UpdatedAt, sn.Rev = now, 1
+	item, err := marshal(sn, poolPK(sn.Pool), snapshotSK(sn.SnapshotID))
+	if err != nil {
+		return sn, err
+	}
+	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: &s.table, Item: item,
+		ConditionExpression:      aws.String("attribute_not_exists(#pk)"),
+		ExpressionAttributeNames: map[string]string{"#pk": AttrPK},
+	})
+	if err != nil {
+		return sn, conditionErr(err, ErrExists, "put snapshot "+sn.SnapshotID)
+	}
+	return sn, nil
+}
+
+// GetSnapshot reads one snapshot record (consistent).
+func (s *Store) GetSnapshot(ctx context.Context, pool, snapshotID string) (Snapshot, error) {
+	var sn Snapshot
+	err := s.get(ctx, poolPK(pool), snapshotSK(snapshotID), &sn)
+	return sn, err
+}
+
+// UpdateSnapshot writes next if the stored snapshot still has next.Rev.
+func (s *Store) UpdateSnapshot(ctx context.Context, next Snapshot) (Snapshot, error) {
+	rev := next.Rev
+	next.Rev, next.UpdatedAt = rev+1, s.now()
+	item, err := marshal(next, poolPK(next.Pool), snapshotSK(next.SnapshotID))
+	if err != nil {
+		return next, err
+	}
+	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: &s.table, Item: item,
+		ConditionExpression:       aws.String("#rev = :rev"),
+		ExpressionAttributeNames:  map[string]string{"#rev": "rev"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":rev": num(rev)},
+	})
+	if err != nil {
+		return next, conditionErr(err, ErrConflict, fmt.Sprintf("snapshot %s@%d", next.SnapshotID, rev))
+	}
+	return next, nil
+}
+
+// DeleteSnapshotRecord drops a snapshot record if it still has rev.
+func (s *Store) DeleteSnapshotRecord(ctx context.Context, pool, snapshotID string, rev int64) error {
+	_, err := s.db.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+		TableName: &s.table, Key: key(poolPK(pool), snapshotSK(snapshotID)),
+		ConditionExpression:       aws.String("#rev = :rev"),
+		ExpressionAttributeNames:  map[string]string{"#rev": "rev"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":rev": num(rev)},
+	})
+	if err != nil {
+		return conditionErr(err, ErrConflict, fmt.Sprintf("delete snapshot %s@%d", snapshotID, rev))
+	}
+	return nil
+}
+
+// ListSnapshots lists every snapshot record of a pool (consistent).
+func (s *Store) ListSnapshots(ctx context.Context, pool string) ([]Snapshot, error) {
+	return queryPrefix[Snapshot](ctx, s, poolPK(pool), prefixSnapshot)
+}

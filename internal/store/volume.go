@@ -1,0 +1,167 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+)
+
+// VolumeState is where a pool volume is in its life (DESIGN.md §2).
+type VolumeState string
+
+// Volume states: creating → idle → claimed → attaching → in-use →
+// releasing → (idle | deleting) → gone, plus failed.
+const (
+	VolumeCreating  VolumeState = "creating"
+	VolumeIdle      VolumeState = "idle"
+	VolumeClaimed   VolumeState = "claimed"
+	VolumeAttaching VolumeState = "attaching"
+	VolumeInUse     VolumeState = "in-use"
+	VolumeReleasing VolumeState = "releasing"
+	VolumeDeleting  VolumeState = "deleting"
+	VolumeGone      VolumeState = "gone"
+	VolumeFailed    VolumeState = "failed"
+)
+
+// Volume is one EBS volume of a pool.
+type Volume struct {
+	Pool       string      `json:"pool"`
+	VolumeID   string      `json:"volumeId"`
+	State      VolumeState `json:"state"`
+	AZ         string      `json:"az"`
+	InstanceID string      `json:"instanceId,omitempty"`
+	Device     string      `json:"device,omitempty"`
+	// Seq is the journal watermark the volume is known to hold (from the
+	// snapshot it was made from, or the agent's last report).
+	Seq        int64     `json:"seq"`
+	SnapshotID string    `json:"snapshotId,omitempty"`
+	SizeGiB    int32     `json:"sizeGiB"`
+	CreatedAt  time.Time `json:"createdAt"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+	// Rev increases by one with every write; transitions are conditional on it.
+	Rev       int64  `json:"rev"`
+	LastError string `json:"lastError,omitempty"`
+}
+
+func volumeSK(id string) string { return prefixVolume + id }
+
+// gsi1PK is the GSI partition of volumes of one pool, AZ and state.
+func gsi1PK(pool, az string, state VolumeState) string {
+	return prefixPool + pool + "#" + az + "#" + string(state)
+}
+
+func (s *Store) volumeItem(v Volume) (map[string]types.AttributeValue, error) {
+	item, err := marshal(v, poolPK(v.Pool), volumeSK(v.VolumeID))
+	if err != nil {
+		return nil, err
+	}
+	item[AttrGSI1PK] = str(gsi1PK(v.Pool, v.AZ, v.State))
+	item[AttrGSI1SK] = str(v.CreatedAt.UTC().Format(sortTime) + "#" + v.VolumeID)
+	return item, nil
+}
+
+// PutVolume records a new volume at Rev 1; ErrExists if it is known already.
+func (s *Store) PutVolume(ctx context.Context, v Volume) (Volume, error) {
+	now := s.now()
+	if v.CreatedAt.IsZero() {
+		v.CreatedAt = now
+	}
+	v.UpdatedAt, v.Rev = now, 1
+	item, err := s.volumeItem(v)
+	if err != nil {
+		return v, err
+	}
+	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: &s.table, Item: item,
+		ConditionExpression:      aws.String("attribute_not_exists(#pk)"),
+		ExpressionAttributeNames: map[string]string{"#pk": AttrPK},
+	})
+	if err != nil {
+		return v, conditionErr(err, ErrExists, "put volume "+v.VolumeID)
+	}
+	return v, nil
+}
+
+// GetVolume reads one volume (consistent).
+func (s *Store) GetVolume(ctx context.Context, pool, volumeID string) (Volume, error) {
+	var v Volume
+	err := s.get(ctx, poolPK(pool), volumeSK(volumeID), &v)
+	return v, err
+}
+
+// TransitionVolume writes next in place of the stored volume if that still
+// has state from and revision next.Rev (the one the caller read). It returns
+// the written volume with Rev incremented, or ErrConflict.
+func (s *Store) TransitionVolume(ctx context.Context, next Volume, from VolumeState) (Volume, error) {
+	rev := next.Rev
+	next.Rev, next.UpdatedAt = rev+1, s.now()
+	item, err := s.volumeItem(next)
+	if err != nil {
+		return next, err
+	}
+	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: &s.table, Item: item,
+		ConditionExpression:      aws.String("#state = :from AND #rev = :rev"),
+		ExpressionAttributeNames: map[string]string{"#state": "state", "#rev": "rev"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":from": str(string(from)), ":rev": num(rev),
+		},
+	})
+	if err != nil {
+		return next, conditionErr(err, ErrConflict, fmt.Sprintf("volume %s %s@%d → %s", next.VolumeID, from, rev, next.State))
+	}
+	return next, nil
+}
+
+// DeleteVolume drops a volume record if it still has revision rev.
+func (s *Store) DeleteVolume(ctx context.Context, pool, volumeID string, rev int64) error {
+	_, err := s.db.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+		TableName: &s.table, Key: key(poolPK(pool), volumeSK(volumeID)),
+		ConditionExpression:       aws.String("#rev = :rev"),
+		ExpressionAttributeNames:  map[string]string{"#rev": "rev"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":rev": num(rev)},
+	})
+	if err != nil {
+		return conditionErr(err, ErrConflict, fmt.Sprintf("delete volume %s@%d", volumeID, rev))
+	}
+	return nil
+}
+
+// ListVolumes lists every volume record of a pool (one partition query,
+// consistent).
+func (s *Store) ListVolumes(ctx context.Context, pool string) ([]Volume, error) {
+	return queryPrefix[Volume](ctx, s, poolPK(pool), prefixVolume)
+}
+
+// ListVolumesByState lists the volumes of one pool, AZ and state through the
+// GSI, oldest first. GSI reads are eventually consistent: callers must treat
+// the result as candidates and transition them conditionally.
+func (s *Store) ListVolumesByState(ctx context.Context, pool, az string, state VolumeState) ([]Volume, error) {
+	var out []Volume
+	err := s.queryAll(ctx, gsiQuery(pool, az, state, 0), func(item map[string]types.AttributeValue) error {
+		var v Volume
+		if err := unmarshal(item, &v); err != nil {
+			return err
+		}
+		out = append(out, v)
+		return nil
+	})
+	return out, err
+}
+
+func gsiQuery(pool, az string, state VolumeState, limit int32) *dynamodb.QueryInput {
+	in := &dynamodb.QueryInput{
+		IndexName:                 aws.String(IndexGSI1),
+		KeyConditionExpression:    aws.String("#g = :g"),
+		ExpressionAttributeNames:  map[string]string{"#g": AttrGSI1PK},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":g": str(gsi1PK(pool, az, state))},
+	}
+	if limit > 0 {
+		in.Limit = aws.Int32(limit)
+	}
+	return in
+}
