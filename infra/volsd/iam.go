@@ -127,6 +127,7 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 	sendCommands := func(kinds ...string) {
 		add(statement("SendVolsdDocuments", []string{"ssm:SendCommand"}, p.documentArns(kinds...), nil))
 		add(statement("SendToPoolInstances", []string{"ssm:SendCommand"}, []*string{p.instanceArns()}, p.tagged("ssm:resourceTag")))
+		allowed = append(allowed, taggedEC2Wildcard)
 	}
 
 	switch name {

@@ -23,6 +23,13 @@ type wildcard struct {
 	reason string
 }
 
+// How cdk-nag renders the partition, region and account of an ARN.
+const (
+	arnPrefix  = `(<AWS::Partition>|aws[a-z-]*)`
+	arnRegion  = `(<AWS::Region>|[a-z0-9-]+)`
+	arnAccount = `(<AWS::AccountId>|[0-9]{12})`
+)
+
 var (
 	describeWildcard = wildcard{
 		regex:  `/^Resource::\*$/g`,
@@ -33,7 +40,7 @@ var (
 		reason: "Log streams of the function's own log group only (the log group ARN ends in :*).",
 	}
 	taggedEC2Wildcard = wildcard{
-		regex:  `/^Resource::arn:[^:]+:ec2:[^:]*:[^:]*:(volume|instance|snapshot)\/\*$/g`,
+		regex:  `/^Resource::arn:` + arnPrefix + `:ec2:` + arnRegion + `:` + arnAccount + `?:(volume|instance|snapshot)\/\*$/g`,
 		reason: "Volume, instance and snapshot IDs are not known in advance; every statement on them is limited by a volsd:pool tag condition (aws:ResourceTag, aws:RequestTag, ssm:resourceTag) or by ec2:CreateAction.",
 	}
 	originObjectsWildcard = wildcard{
@@ -41,7 +48,7 @@ var (
 		reason: "Read-only access to the origin's content-addressed objects (blobs/<sha256>, manifests/<sha256>.json), whose names are not known in advance.",
 	}
 	groupWildcard = wildcard{
-		regex:  `/^Resource::arn:[^:]+:autoscaling:[^:]*:[^:]*:autoScalingGroup:\*:autoScalingGroupName\/.+$/g`,
+		regex:  `/^Resource::arn:` + arnPrefix + `:autoscaling:` + arnRegion + `:` + arnAccount + `:autoScalingGroup:\*:autoScalingGroupName\/[^*]+$/g`,
 		reason: "The pool's Auto Scaling group by name; the group's UUID part of the ARN is not known in advance.",
 	}
 )

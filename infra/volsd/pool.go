@@ -90,7 +90,10 @@ func NewPool(scope constructs.Construct, id string, props *PoolProps) *Pool {
 	} else {
 		pool.groupName = jsii.String(p.AutoScalingGroupName)
 	}
-	awscdk.Tags_Of(pool.Construct).Add(jsii.String(TagPool), jsii.String(p.PoolName), nil)
+	awscdk.Tags_Of(pool.Construct).Add(jsii.String(TagPool), jsii.String(p.PoolName), &awscdk.TagProps{
+		// CloudFormation's dashboard has no Tags in cfn-lint's schema yet.
+		ExcludeResourceTypes: jsii.Strings("AWS::CloudWatch::Dashboard"),
+	})
 
 	pool.Table = newTable(pool, p)
 	pool.Bucket = pool.newBucket()
@@ -430,7 +433,7 @@ func (p *Pool) AddOutputs() {
 		"BucketName":         p.Bucket.BucketName(),
 		"QueueUrl":           p.Queue.QueueUrl(),
 		"DeadLetterQueueUrl": p.DeadLetterQueue.QueueUrl(),
-		"Region":             awscdk.Aws_REGION(),
+		"Region":             p.stack().Region(),
 	}
 	names := make([]string, 0, len(values))
 	for n := range values {

@@ -181,7 +181,7 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 	if p.MountPath == "" {
 		p.MountPath = "/srv/volsd"
 	}
-	if !regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`).MatchString(p.MountPath) {
+	if !regexp.MustCompile(`^(/[A-Za-z0-9._-]+)+$`).MatchString(p.MountPath) || regexp.MustCompile(`/\.\.?(/|$)`).MatchString(p.MountPath) {
 		return p, fmt.Errorf("volsd: pool %s: MountPath %q: must be an absolute path of plain segments", p.PoolName, p.MountPath)
 	}
 	if p.ReconcileInterval == nil {
