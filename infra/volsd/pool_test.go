@@ -63,9 +63,9 @@ func TestTemplatesPassCfnLint(t *testing.T) {
 func tableInput(t *testing.T, props map[string]any) *dynamodb.CreateTableInput {
 	t.Helper()
 	var p struct {
-		BillingMode          string
-		AttributeDefinitions []struct{ AttributeName, AttributeType string }
-		KeySchema            []struct{ AttributeName, KeyType string }
+		BillingMode            string
+		AttributeDefinitions   []struct{ AttributeName, AttributeType string }
+		KeySchema              []struct{ AttributeName, KeyType string }
 		GlobalSecondaryIndexes []struct {
 			IndexName  string
 			KeySchema  []struct{ AttributeName, KeyType string }
@@ -240,7 +240,7 @@ func wantEnv(tmpl *assembly.Template, t *testing.T) map[string]map[string]any {
 		"reconcile": merge(common, volume, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_AZS": "eu-west-1a,eu-west-1b"}),
 		"snapshot": merge(common, docs, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_KMS_KEY_ID": key,
 			"VOLSD_SNAPSHOT_KEEP": "3", "VOLSD_FREEZE_SECONDS": "30"}),
-		"push": merge(common, docs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "25%"}),
+		"push":   merge(common, docs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "25%"}),
 		"report": merge(common, docs),
 	}
 }

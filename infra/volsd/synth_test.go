@@ -29,7 +29,6 @@ const (
 	defaultName = "VolsdDefaults"
 )
 
-
 func TestMain(m *testing.M) {
 	os.Setenv("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 	code := func() int {
