@@ -74,4 +74,3 @@ func BenchmarkClaimIdle(b *testing.B) {
 		}
 	}
 }
-
