@@ -370,3 +370,12 @@ func glob(p, s string) bool {
 	}
 	return s == ""
 }
+
+// RoleStatementsOfPolicy returns the statements of the AWS::IAM::Policy policyID.
+func (t *Template) RoleStatementsOfPolicy(policyID string) ([]Statement, error) {
+	p, ok := t.Resources[policyID]
+	if !ok || p.Type != "AWS::IAM::Policy" {
+		return nil, fmt.Errorf("%s: no policy %s", t.Name, policyID)
+	}
+	return parseStatements(policyID, p.Properties["PolicyDocument"])
+}
