@@ -20,7 +20,7 @@ type Config struct {
 	AutoScalingGroupName string // context asgName: deploy the pool stack for this existing group
 	Example              bool   // context example=true: deploy the example fleet
 
-	IdlePerAZ         int    // idlePerAz, default 1
+	IdlePerAZ         int // idlePerAz, default 1
 	AvailabilityZones []string
 	VolumeSizeGiB     int    // volumeSizeGiB, default 10
 	VolumeType        string // volumeType, default gp3
