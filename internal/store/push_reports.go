@@ -1,0 +1,69 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/volsd/volsd/internal/awserr"
+)
+
+// InstanceReport is one agent result as the report Lambda saw it.
+type InstanceReport struct {
+	// Seq is the watermark the agent reported; 0 when the command produced
+	// no report (it then raises nothing).
+	Seq       int64
+	CommandID string
+	Status    string // SSM invocation status: Success, Failed, TimedOut, …
+	Error     string // empty on success
+	// At orders reports of one instance: a report older than the stored
+	// lastReportAt never replaces status, error or command.
+	At time.Time
+}
+
+// maxReportTries bounds RecordReport under concurrent writers.
+const maxReportTries = 20
+
+// RecordReport folds an agent report into the instance item with a
+// conditional write on its rev: seq becomes max(stored, reported), so a
+// late, repeated or out-of-order report never lowers it; lastStatus,
+// lastError, lastCommandId and lastReportAt take the report's values only
+// when it is at least as new as the stored one. A report that changes
+// nothing writes nothing. It returns the item as stored afterwards and
+// whether this call changed it; ErrNotFound when the pool has no such
+// instance.
+func (s *Store) RecordReport(ctx context.Context, pool, instanceID string, rep InstanceReport) (Instance, bool, error) {
+	for try := 0; ; try++ {
+		cur, err := s.GetInstance(ctx, pool, instanceID)
+		if err != nil {
+			return cur, false, err
+		}
+		next := cur
+		if rep.Seq > next.Seq {
+			next.Seq = rep.Seq
+		}
+		if !rep.At.Before(cur.LastReportAt) {
+			next.LastStatus, next.LastError, next.LastCommandID = rep.Status, sanitizeRecorded(rep.Error, maxRejectedReason), rep.CommandID
+			next.LastReportAt = rep.At.UTC()
+		}
+		if next.Seq == cur.Seq && next.LastStatus == cur.LastStatus && next.LastError == cur.LastError &&
+			next.LastCommandID == cur.LastCommandID && next.LastReportAt.Equal(cur.LastReportAt) {
+			return cur, false, nil
+		}
+		written, err := s.UpdateInstance(ctx, next)
+		if err == nil {
+			return written, true, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return cur, false, err
+		}
+		if try+1 >= maxReportTries {
+			return cur, false, fmt.Errorf("record report of %s: gave up after %d tries: %w", instanceID, maxReportTries, err)
+		}
+		if err := awserr.Sleep(ctx, time.Duration(rand.IntN(10)+1)*time.Millisecond); err != nil {
+			return cur, false, err
+		}
+	}
+}
