@@ -208,9 +208,8 @@ func TestExampleUserData(t *testing.T) {
 	}
 	for _, want := range []string{
 		"install -m 0755 -o root -g root /tmp/volsd-agent /usr/local/bin/volsd-agent",
-		"cat > /etc/volsd/agent.json <<'VOLSD_EOF'\n{\"autoScalingGroup\":\"volsd-example-web\",\"bucket\":\"<PoolOrigin",
-		"\"pool\":\"web\",\"region\":\"eu-west-1\",\"table\":\"<PoolTable",
-		"\"lifecycleHookName\":\"volsd-launch\"", "\"mountPath\":\"/srv/volsd\"", "\"filesystem\":\"ext4\"",
+		"cat > /etc/volsd/agent.json <<'VOLSD_EOF'\n{\"asg\":\"volsd-example-web\",\"bucket\":\"<PoolOrigin",
+		"\"fsType\":\"ext4\",\"lifecycleHook\":\"volsd-launch\",\"mountPath\":\"/srv/volsd\",\"pool\":\"web\",\"region\":\"eu-west-1\",\"table\":\"<PoolTable",
 		"ExecStart=/usr/local/bin/volsd-agent up",
 		"ExecStart=/usr/local/bin/volsd-agent apply --upto 0",
 		"root /srv/volsd;",

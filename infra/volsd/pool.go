@@ -380,29 +380,30 @@ func (p *Pool) newLifecycleHooks() {
 	}
 }
 
-// AgentConfig is the content of /etc/volsd/agent.json for the pool's instances.
+// AgentConfig is the content of /etc/volsd/agent.json for the pool's
+// instances, with the field names of docs/contracts.md ("Agent configuration").
 type AgentConfig struct {
-	Pool              *string `json:"pool"`
-	Table             *string `json:"table"`
-	Bucket            *string `json:"bucket"`
-	Region            *string `json:"region"`
-	AutoScalingGroup  *string `json:"autoScalingGroup"`
-	LifecycleHookName *string `json:"lifecycleHookName"`
-	MountPath         *string `json:"mountPath"`
-	Filesystem        *string `json:"filesystem"`
+	Pool          *string `json:"pool"`
+	Table         *string `json:"table"`
+	Bucket        *string `json:"bucket"`
+	Region        *string `json:"region"`
+	ASG           *string `json:"asg"`
+	LifecycleHook *string `json:"lifecycleHook"`
+	MountPath     *string `json:"mountPath"`
+	FSType        *string `json:"fsType"`
 }
 
 // AgentConfig returns the agent's configuration (values may be tokens).
 func (p *Pool) AgentConfig() *AgentConfig {
 	return &AgentConfig{
-		Pool:              jsii.String(p.props.PoolName),
-		Table:             p.Table.TableName(),
-		Bucket:            p.Bucket.BucketName(),
-		Region:            awscdk.Aws_REGION(),
-		AutoScalingGroup:  p.groupName,
-		LifecycleHookName: jsii.String(LaunchHookName),
-		MountPath:         jsii.String(p.props.MountPath),
-		Filesystem:        jsii.String(p.props.Filesystem),
+		Pool:          jsii.String(p.props.PoolName),
+		Table:         p.Table.TableName(),
+		Bucket:        p.Bucket.BucketName(),
+		Region:        p.stack().Region(),
+		ASG:           p.groupName,
+		LifecycleHook: jsii.String(LaunchHookName),
+		MountPath:     jsii.String(p.props.MountPath),
+		FSType:        jsii.String(p.props.Filesystem),
 	}
 }
 
@@ -410,14 +411,14 @@ func (p *Pool) AgentConfig() *AgentConfig {
 func (p *Pool) AgentConfigJSON() *string {
 	c := p.AgentConfig()
 	return p.stack().ToJsonString(map[string]interface{}{
-		"pool":              c.Pool,
-		"table":             c.Table,
-		"bucket":            c.Bucket,
-		"region":            c.Region,
-		"autoScalingGroup":  c.AutoScalingGroup,
-		"lifecycleHookName": c.LifecycleHookName,
-		"mountPath":         c.MountPath,
-		"filesystem":        c.Filesystem,
+		"pool":          c.Pool,
+		"table":         c.Table,
+		"bucket":        c.Bucket,
+		"region":        c.Region,
+		"asg":           c.ASG,
+		"lifecycleHook": c.LifecycleHook,
+		"mountPath":     c.MountPath,
+		"fsType":        c.FSType,
 	}, nil)
 }
 
