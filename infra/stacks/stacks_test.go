@@ -124,6 +124,28 @@ func TestNoUnsuppressedNagFindings(t *testing.T) {
 	for _, f := range synthesized.Findings {
 		t.Errorf("cdk-nag: %s", f)
 	}
+	// The checks ran: each stack has a report, and every rule is compliant,
+	// not applicable, or suppressed with a reason.
+	for _, stack := range []string{poolStack, exampleStack} {
+		rows, err := synthesized.NagReport(stack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) < 10 {
+			t.Errorf("%s: cdk-nag evaluated only %d rules", stack, len(rows))
+		}
+		for _, r := range rows {
+			switch r.Compliance {
+			case "Compliant", "N/A":
+			case "Suppressed":
+				if len(r.Reason) < 20 {
+					t.Errorf("%s: %s on %s suppressed without a reason: %q", stack, r.Rule, r.Resource, r.Reason)
+				}
+			default:
+				t.Errorf("%s: %s on %s is %s", stack, r.Rule, r.Resource, r.Compliance)
+			}
+		}
+	}
 }
 
 func TestSynthesizedAppPassesCfnLint(t *testing.T) {
