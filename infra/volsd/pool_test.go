@@ -523,3 +523,43 @@ func TestPoolTagOnResources(t *testing.T) {
 		}
 	}
 }
+
+func TestSecondPoolWithOwnDocumentPrefix(t *testing.T) {
+	tmpl := template(t, defaultName)
+	var names []any
+	for _, kind := range documents.Kinds {
+		d := one(t, tmpl, "AWS::SSM::Document", "Document"+kind)
+		if d.Properties["Name"] != "volsd-media-"+kind {
+			t.Errorf("document %s named %v", kind, d.Properties["Name"])
+		}
+		names = append(names, "volsd-media-"+kind)
+	}
+	rule := one(t, tmpl, "AWS::Events::Rule", "CommandStatusRule")
+	if d := cmp.Diff(map[string]any{"document-name": names}, rule.Properties["EventPattern"].(map[string]any)["detail"]); d != "" {
+		t.Errorf("command status rule (-want +got):\n%s", d)
+	}
+	push := one(t, tmpl, "AWS::Lambda::Function", "Push")
+	vars := push.Properties["Environment"].(map[string]any)["Variables"].(map[string]any)
+	if vars["VOLSD_DOC_APPLY"] != "volsd-media-Apply" || vars["VOLSD_POOL"] != "media" {
+		t.Errorf("push environment %v", vars)
+	}
+	lifecycle := one(t, tmpl, "AWS::Lambda::Function", "Lifecycle")
+	if v := lifecycle.Properties["Environment"].(map[string]any)["Variables"].(map[string]any)["VOLSD_ASG"]; v != "media-asg" {
+		t.Errorf("lifecycle VOLSD_ASG %v, want the construct's group name", v)
+	}
+	media := "arn:aws:ssm:" + assembly.PlaceholderRegion + ":" + assembly.PlaceholderAccount + ":document/"
+	checkPermissions(t, "media push", roleStatements(t, tmpl, "PoolPushRole"), []permission{
+		{"ssm:SendCommand", media + "volsd-media-Apply", nil, true},
+		{"ssm:SendCommand", media + "volsd-Apply", nil, false},
+		{"ssm:SendCommand", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", map[string][]string{"ssm:resourceTag/volsd:pool": {"media"}}, true},
+		{"ssm:SendCommand", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", ssmPool, false},
+	})
+	// Defaults: recycle, gp3, 10 GiB, one idle volume per AZ, no KMS key, no source snapshot.
+	lvars := lifecycle.Properties["Environment"].(map[string]any)["Variables"].(map[string]any)
+	for k, want := range map[string]string{"VOLSD_RELEASE_POLICY": "recycle", "VOLSD_VOLUME_TYPE": "gp3", "VOLSD_VOLUME_SIZE_GIB": "10",
+		"VOLSD_IDLE_PER_AZ": "1", "VOLSD_KMS_KEY_ID": "", "VOLSD_SOURCE_SNAPSHOT": ""} {
+		if lvars[k] != want {
+			t.Errorf("default %s = %v, want %q", k, lvars[k], want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/assertions"
+	"github.com/aws/aws-cdk-go/awscdk/v2/awsautoscaling"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awsiam"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awskms"
 	"github.com/aws/jsii-runtime-go"
@@ -101,12 +102,14 @@ func synthesize(dir string) error {
 	pool.GrantAgent(role)
 	pool.AddOutputs()
 
-	// A pool with only the required props, in an environment-agnostic stack.
+	// A second pool in an environment-agnostic stack: the group given as
+	// a construct, its own document prefix, everything else default.
 	defaults := awscdk.NewStack(app, jsii.String(defaultName), nil)
 	volsd.NewPool(defaults, "Pool", &volsd.PoolProps{
-		PoolName:             "media",
-		AutoScalingGroupName: "media-asg",
-		LambdaAssetDir:       assets,
+		PoolName:         "media",
+		AutoScalingGroup: awsautoscaling.AutoScalingGroup_FromAutoScalingGroupName(defaults, jsii.String("Group"), jsii.String("media-asg")),
+		DocumentPrefix:   "volsd-media-",
+		LambdaAssetDir:   assets,
 	})
 
 	app.Synth(nil)
