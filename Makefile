@@ -69,9 +69,11 @@ lint:
 	$(GO) tool staticcheck ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
-## synth: synthesize the CDK app offline into cdk.out/
+## synth: synthesize the CDK app offline into cdk.out/ (the pool for SYNTH_ASG plus the example fleet), then cfn-lint it
+SYNTH_ASG ?= web-asg
 synth: _cdk/node_modules/.bin/cdk lambdas agent
-	_cdk/node_modules/.bin/cdk synth --quiet
+	_cdk/node_modules/.bin/cdk synth --quiet --no-notices --no-version-reporting -c asgName=$(SYNTH_ASG) -c example=true
+	cfn-lint --ignore-checks W3005 -- cdk.out/*.template.json
 
 ## demo: the whole system on this machine against local emulators (root)
 demo: tools build
