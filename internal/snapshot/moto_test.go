@@ -64,7 +64,9 @@ func motoCommands(t testing.TB, c *ssm.Client, instance, pool string) []string {
 		t.Fatal(err)
 	}
 	cmds := out.Commands
-	sort.SliceStable(cmds, func(i, j int) bool { return aws.ToTime(cmds[i].RequestedDateTime).Before(aws.ToTime(cmds[j].RequestedDateTime)) })
+	sort.SliceStable(cmds, func(i, j int) bool {
+		return aws.ToTime(cmds[i].RequestedDateTime).Before(aws.ToTime(cmds[j].RequestedDateTime))
+	})
 	var docs []string
 	for _, cmd := range cmds {
 		if strings.Contains(aws.ToString(cmd.Comment), " "+pool+" ") && strings.HasPrefix(aws.ToString(cmd.DocumentName), "volsd-") {

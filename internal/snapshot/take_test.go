@@ -151,8 +151,10 @@ func TestFreezeAlwaysEndsThawed(t *testing.T) {
 		wantErr string
 	}{
 		{
-			name:    "CreateSnapshot fails",
-			setup:   func(e *env, f *fakeEC2) { f.CreateErr = apiErr("SnapshotCreationPerVolumeRateExceeded", "too many snapshots of vol-1") },
+			name: "CreateSnapshot fails",
+			setup: func(e *env, f *fakeEC2) {
+				f.CreateErr = apiErr("SnapshotCreationPerVolumeRateExceeded", "too many snapshots of vol-1")
+			},
 			wantErr: "SnapshotCreationPerVolumeRateExceeded",
 		},
 		{
