@@ -1,0 +1,734 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	asgtypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/store"
+)
+
+// Local-run identity: moto's default account and the region the tests use.
+const (
+	Region    = "us-east-1"
+	Account   = "123456789012"
+	accessKey = "testing"
+	secretKey = "testing"
+)
+
+// Lambda settings mirrored from infra/volsd/pool.go (functionSettings,
+// hooks, queue), some shortened for a local run (see docs/demo.md).
+const (
+	LaunchHookName    = "volsd-launch"
+	TerminateHookName = "volsd-terminate"
+)
+
+var functionTimeouts = map[string]time.Duration{
+	"lifecycle": 300 * time.Second, "reconcile": 240 * time.Second, "snapshot": 300 * time.Second,
+	"push": 60 * time.Second, "report": 30 * time.Second,
+}
+
+// Options configure a local volsd cluster.
+type Options struct {
+	DynamoDBURL, MotoURL string
+	Binaries             *Binaries
+	// WorkDir holds images, instance trees, logs; "" = a new temp dir,
+	// removed at Close.
+	WorkDir string
+	Pool    string
+	AZs     []string // two AZs by default
+	// Pool settings (Lambda environment, docs/contracts.md).
+	IdlePerAZ     int
+	VolumeSizeGiB int
+	ReleasePolicy string
+	SnapshotKeep  int
+	// LambdaEnv adds or overrides Lambda variables (e.g. VOLSD_REFRESH_BEHIND).
+	LambdaEnv map[string]string
+	LogLevel  string
+
+	LaunchHeartbeat, TerminateHeartbeat time.Duration
+	// Push queue: visibility timeout and maxReceiveCount before the DLQ.
+	QueueVisibility time.Duration
+	MaxReceiveCount int
+	PushTimeout     time.Duration
+	// AsyncRetryDelay is the first retry delay of asynchronous invocations.
+	AsyncRetryDelay time.Duration
+	// Agents.
+	ApplyInterval time.Duration
+	UpRestart     time.Duration
+	DeviceWait    time.Duration
+
+	// Log is the harness's own log; component logs go to files in WorkDir/logs.
+	Log *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if len(o.AZs) == 0 {
+		o.AZs = []string{Region + "a", Region + "b"}
+	}
+	if o.Pool == "" {
+		o.Pool = "web"
+	}
+	if o.VolumeSizeGiB == 0 {
+		o.VolumeSizeGiB = 1
+	}
+	if o.ReleasePolicy == "" {
+		o.ReleasePolicy = "recycle"
+	}
+	if o.SnapshotKeep == 0 {
+		o.SnapshotKeep = 3
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "info"
+	}
+	if o.LaunchHeartbeat == 0 {
+		o.LaunchHeartbeat = 180 * time.Second
+	}
+	if o.TerminateHeartbeat == 0 {
+		o.TerminateHeartbeat = 120 * time.Second
+	}
+	if o.QueueVisibility == 0 {
+		o.QueueVisibility = 20 * time.Second
+	}
+	if o.MaxReceiveCount == 0 {
+		o.MaxReceiveCount = 5
+	}
+	if o.PushTimeout == 0 {
+		o.PushTimeout = min(functionTimeouts["push"], o.QueueVisibility)
+	}
+	if o.AsyncRetryDelay == 0 {
+		o.AsyncRetryDelay = 2 * time.Second
+	}
+	if o.UpRestart == 0 {
+		o.UpRestart = 2 * time.Second
+	}
+	if o.DeviceWait == 0 {
+		o.DeviceWait = 120 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+// Names are the AWS resources of one cluster.
+type Names struct {
+	Pool, Table, Bucket, Group, LaunchTemplate string
+	QueueURL, QueueARN, DLQURL, DLQARN         string
+	Subnets                                    map[string]string
+}
+
+// Cluster is volsd on one machine: emulators behind the proxy, the five
+// Lambdas as bootstrap processes behind Runtime API servers, simulated
+// instances with loop-device volumes and real agents, the Auto Scaling
+// group engine and the event routing of the CDK stack.
+type Cluster struct {
+	Opts  Options
+	Names Names
+
+	Proxy      *Proxy
+	Lifecycle  *Lifecycle
+	EBS        *EBS
+	RunCommand *RunCommand
+	Disks      *Disks
+	Fleet      *Fleet
+	Group      *Group
+	Functions  map[string]*Function
+	PushSource *SQSSource
+
+	EC2 *ec2.Client
+	ASG *autoscaling.Client
+	SQS *sqs.Client
+	S3  *s3.Client
+	DDB *dynamodb.Client
+	// Store reads the table directly (for checks).
+	Store *store.Store
+
+	workDir    string
+	ownWorkDir bool
+	logMu      sync.Mutex
+	logs       map[string]*os.File
+	ctx        context.Context
+	cancel     context.CancelFunc
+	asyncErrs  []error
+	mu         sync.Mutex
+	closeOnce  sync.Once
+}
+
+// Start builds the whole local system. Close it even when Start fails.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	opts.defaults()
+	c := &Cluster{Opts: opts, Functions: map[string]*Function{}, logs: map[string]*os.File{}}
+	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	SweepStale(opts.Log)
+	if opts.WorkDir == "" {
+		d, err := os.MkdirTemp("", "volsd-e2e-")
+		if err != nil {
+			return c, err
+		}
+		opts.WorkDir, c.ownWorkDir = d, true
+		c.Opts.WorkDir = d
+	}
+	c.workDir = opts.WorkDir
+	if err := os.WriteFile(filepath.Join(c.workDir, "pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return c, err
+	}
+	if err := os.MkdirAll(filepath.Join(c.workDir, "logs"), 0o755); err != nil {
+		return c, err
+	}
+	motoCfg, err := awsConfig(ctx, opts.MotoURL)
+	if err != nil {
+		return c, err
+	}
+	ddbCfg, err := awsConfig(ctx, opts.DynamoDBURL)
+	if err != nil {
+		return c, err
+	}
+	c.EC2 = ec2.NewFromConfig(motoCfg)
+	c.ASG = autoscaling.NewFromConfig(motoCfg)
+	c.SQS = sqs.NewFromConfig(motoCfg)
+	c.S3 = s3.NewFromConfig(motoCfg, func(o *s3.Options) { o.UsePathStyle = true })
+	c.DDB = dynamodb.NewFromConfig(ddbCfg, func(o *dynamodb.Options) { o.DisableValidateResponseChecksum = true })
+
+	suffix := randomSuffix()
+	c.Names = Names{
+		Pool:           opts.Pool,
+		Table:          "volsd-" + opts.Pool + "-" + suffix,
+		Bucket:         "volsd-" + opts.Pool + "-origin-" + suffix,
+		Group:          "volsd-" + opts.Pool + "-web-" + suffix,
+		LaunchTemplate: "volsd-" + opts.Pool + "-lt-" + suffix,
+	}
+	c.Store = store.New(c.DDB, c.Names.Table)
+	if err := c.createResources(ctx); err != nil {
+		return c, err
+	}
+
+	// Simulation.
+	c.Disks, err = NewDisks(filepath.Join(c.workDir, "ebs"))
+	if err != nil {
+		return c, err
+	}
+	c.Fleet = NewFleet()
+	c.Proxy, err = NewProxy(opts.MotoURL, opts.Log.With("part", "proxy"))
+	if err != nil {
+		return c, err
+	}
+	c.Lifecycle = NewLifecycle(c.Proxy, c.ASG, opts.Log.With("part", "autoscaling"))
+	c.EBS = NewEBS(c.Proxy, c.EC2, c.Disks, c.Fleet, opts.Log.With("part", "ebs"))
+	docs, err := LoadDocuments()
+	if err != nil {
+		return c, err
+	}
+	c.RunCommand = NewRunCommand(c.Proxy, c.Fleet, c.EC2, docs, Account, Region, opts.Log.With("part", "ssm"))
+	if err := c.Proxy.Start(); err != nil {
+		return c, err
+	}
+
+	if opts.Binaries == nil {
+		return c, errors.New("no binaries: build them with Build first")
+	}
+	for _, name := range FunctionNames {
+		timeout := functionTimeouts[name]
+		if name == "push" {
+			timeout = opts.PushTimeout
+		}
+		c.Functions[name] = &Function{
+			Name: "volsd-" + opts.Pool + "-" + name, Bootstrap: opts.Binaries.Bootstrap[name],
+			Env: c.lambdaEnv(name), Timeout: timeout, MaxConcurrency: 3,
+			Log: c.logFile("lambda-" + name), Region: Region, Account: Account,
+		}
+	}
+	// EventBridge rules of the stack.
+	c.RunCommand.OnStatus = func(ev events.Envelope) {
+		var d events.CommandStatus
+		_ = json.Unmarshal(ev.Detail, &d)
+		if _, ok := docs[d.DocumentName]; !ok { // the rule matches volsd documents only
+			return
+		}
+		c.deliverAsync("report", ev)
+	}
+	c.PushSource = &SQSSource{
+		SQS: c.SQS, QueueURL: c.Names.QueueURL, QueueARN: c.Names.QueueARN, Region: Region,
+		Fn: c.Functions["push"], BatchSize: 10, Window: time.Second, Pollers: 2,
+		Log: opts.Log.With("part", "sqs-event-source"),
+	}
+	c.PushSource.Start(c.ctx)
+
+	c.Group = &Group{
+		Name: c.Names.Group, Pool: opts.Pool, Subnets: c.Names.Subnets, LaunchTemplate: c.Names.LaunchTemplate,
+		Region: Region, Account: Account, EC2: c.EC2, ASG: c.ASG, Lifecycle: c.Lifecycle,
+		Log:      opts.Log.With("part", "group"),
+		Boot:     c.boot,
+		PowerOff: c.powerOff,
+		Deliver:  func(_ context.Context, ev events.Envelope) { c.deliverAsync("lifecycle", ev) },
+	}
+	return c, nil
+}
+
+func awsConfig(ctx context.Context, endpoint string) (aws.Config, error) {
+	if endpoint == "" {
+		return aws.Config{}, errors.New("emulator endpoint missing (run under scripts/with-emulators.sh)")
+	}
+	return config.LoadDefaultConfig(ctx,
+		config.WithRegion(Region),
+		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(accessKey, secretKey, "")),
+		config.WithBaseEndpoint(endpoint),
+		config.WithRetryMaxAttempts(5),
+	)
+}
+
+func randomSuffix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// createResources makes what the CDK stack would: table, origin bucket,
+// push queue with DLQ, VPC with a subnet per AZ, launch template, the group
+// with its hooks.
+func (c *Cluster) createResources(ctx context.Context) error {
+	if err := store.CreateTable(ctx, c.DDB, c.Names.Table); err != nil {
+		return err
+	}
+	if _, err := c.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &c.Names.Bucket}); err != nil {
+		return fmt.Errorf("create bucket: %w", err)
+	}
+	if _, err := c.S3.PutBucketVersioning(ctx, &s3.PutBucketVersioningInput{Bucket: &c.Names.Bucket,
+		VersioningConfiguration: &s3types.VersioningConfiguration{Status: s3types.BucketVersioningStatusEnabled}}); err != nil {
+		return fmt.Errorf("bucket versioning: %w", err)
+	}
+	dlq, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("volsd-" + c.Opts.Pool + "-push-dlq-" + c.Names.Table[len(c.Names.Table)-8:])})
+	if err != nil {
+		return fmt.Errorf("create DLQ: %w", err)
+	}
+	c.Names.DLQURL = aws.ToString(dlq.QueueUrl)
+	c.Names.DLQARN, err = c.queueARN(ctx, c.Names.DLQURL)
+	if err != nil {
+		return err
+	}
+	redrive, _ := json.Marshal(map[string]string{"deadLetterTargetArn": c.Names.DLQARN, "maxReceiveCount": strconv.Itoa(c.Opts.MaxReceiveCount)})
+	q, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{
+		QueueName: aws.String("volsd-" + c.Opts.Pool + "-push-" + c.Names.Table[len(c.Names.Table)-8:]),
+		Attributes: map[string]string{
+			"VisibilityTimeout": strconv.Itoa(int(c.Opts.QueueVisibility.Seconds())),
+			"RedrivePolicy":     string(redrive),
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("create queue: %w", err)
+	}
+	c.Names.QueueURL = aws.ToString(q.QueueUrl)
+	c.Names.QueueARN, err = c.queueARN(ctx, c.Names.QueueURL)
+	if err != nil {
+		return err
+	}
+
+	vpc, err := c.EC2.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.20.0.0/16")})
+	if err != nil {
+		return fmt.Errorf("create VPC: %w", err)
+	}
+	c.Names.Subnets = map[string]string{}
+	var subnetIDs []string
+	for i, az := range c.Opts.AZs {
+		sn, err := c.EC2.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+			VpcId: vpc.Vpc.VpcId, AvailabilityZone: aws.String(az), CidrBlock: aws.String(fmt.Sprintf("10.20.%d.0/24", i+1)),
+		})
+		if err != nil {
+			return fmt.Errorf("create subnet in %s: %w", az, err)
+		}
+		c.Names.Subnets[az] = aws.ToString(sn.Subnet.SubnetId)
+		subnetIDs = append(subnetIDs, aws.ToString(sn.Subnet.SubnetId))
+	}
+	if _, err := c.EC2.CreateLaunchTemplate(ctx, &ec2.CreateLaunchTemplateInput{
+		LaunchTemplateName: &c.Names.LaunchTemplate,
+		LaunchTemplateData: &ec2types.RequestLaunchTemplateData{ImageId: aws.String("ami-12c6146b"), InstanceType: ec2types.InstanceTypeM7gLarge},
+	}); err != nil {
+		return fmt.Errorf("create launch template: %w", err)
+	}
+	if _, err := c.ASG.CreateAutoScalingGroup(ctx, &autoscaling.CreateAutoScalingGroupInput{
+		AutoScalingGroupName: &c.Names.Group,
+		LaunchTemplate:       &asgtypes.LaunchTemplateSpecification{LaunchTemplateName: &c.Names.LaunchTemplate, Version: aws.String("$Latest")},
+		MinSize:              aws.Int32(0), MaxSize: aws.Int32(20), DesiredCapacity: aws.Int32(0),
+		VPCZoneIdentifier: aws.String(strings.Join(subnetIDs, ",")),
+		Tags: []asgtypes.Tag{
+			{Key: aws.String("volsd:pool"), Value: &c.Opts.Pool, PropagateAtLaunch: aws.Bool(true)},
+			{Key: aws.String("Name"), Value: aws.String("volsd-" + c.Opts.Pool + "-web"), PropagateAtLaunch: aws.Bool(true)},
+		},
+	}); err != nil {
+		return fmt.Errorf("create group: %w", err)
+	}
+	for _, h := range []struct {
+		name, transition, def string
+		timeout             time.Duration
+	}{
+		{LaunchHookName, events.TransitionLaunching, "ABANDON", c.Opts.LaunchHeartbeat},
+		{TerminateHookName, events.TransitionTerminating, "CONTINUE", c.Opts.TerminateHeartbeat},
+	} {
+		if _, err := c.ASG.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
+			AutoScalingGroupName: &c.Names.Group, LifecycleHookName: aws.String(h.name),
+			LifecycleTransition: aws.String(h.transition), DefaultResult: aws.String(h.def),
+			HeartbeatTimeout: aws.Int32(int32(h.timeout.Seconds())),
+		}); err != nil {
+			return fmt.Errorf("put hook %s: %w", h.name, err)
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) queueARN(ctx context.Context, url string) (string, error) {
+	out, err := c.SQS.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{QueueUrl: &url, AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameQueueArn}})
+	if err != nil {
+		return "", fmt.Errorf("queue ARN of %s: %w", url, err)
+	}
+	return out.Attributes["QueueArn"], nil
+}
+
+// lambdaEnv is function name's environment, as infra/volsd/pool.go sets it,
+// plus the local endpoints and credentials Lambda would provide.
+func (c *Cluster) lambdaEnv(name string) []string {
+	o := c.Opts
+	env := map[string]string{
+		"VOLSD_POOL": o.Pool, "VOLSD_TABLE": c.Names.Table, "VOLSD_LOG_LEVEL": o.LogLevel,
+	}
+	volume := func() {
+		env["VOLSD_IDLE_PER_AZ"] = strconv.Itoa(o.IdlePerAZ)
+		env["VOLSD_VOLUME_SIZE_GIB"] = strconv.Itoa(o.VolumeSizeGiB)
+		env["VOLSD_VOLUME_TYPE"] = "gp3"
+		env["VOLSD_VOLUME_IOPS"] = "0"
+		env["VOLSD_VOLUME_THROUGHPUT"] = "0"
+		env["VOLSD_VOLUME_INIT_RATE"] = "0"
+		env["VOLSD_KMS_KEY_ID"] = ""
+		env["VOLSD_SOURCE_SNAPSHOT"] = ""
+		env["VOLSD_RELEASE_POLICY"] = o.ReleasePolicy
+	}
+	docs := func() {
+		for _, kind := range []string{"Apply", "Freeze", "Thaw", "Release", "Status"} {
+			env["VOLSD_DOC_"+strings.ToUpper(kind)] = "volsd-" + kind
+		}
+	}
+	switch name {
+	case "lifecycle":
+		env["VOLSD_ASG"] = c.Names.Group
+		volume()
+		docs()
+	case "reconcile":
+		env["VOLSD_ASG"] = c.Names.Group
+		env["VOLSD_AZS"] = strings.Join(o.AZs, ",")
+		volume()
+	case "snapshot":
+		env["VOLSD_ASG"] = c.Names.Group
+		env["VOLSD_KMS_KEY_ID"] = ""
+		env["VOLSD_SNAPSHOT_KEEP"] = strconv.Itoa(o.SnapshotKeep)
+		env["VOLSD_FREEZE_SECONDS"] = "30"
+		docs()
+	case "push":
+		env["VOLSD_BUCKET"] = c.Names.Bucket
+		env["VOLSD_SSM_MAX_CONCURRENCY"] = "50%"
+		env["VOLSD_SSM_MAX_ERRORS"] = "25%"
+		docs()
+	case "report":
+		docs()
+	}
+	for k, v := range o.LambdaEnv {
+		env[k] = v
+	}
+	out := []string{
+		"PATH=/usr/local/bin:/usr/bin:/bin",
+		"LANG=en_US.UTF-8",
+		"AWS_REGION=" + Region, "AWS_DEFAULT_REGION=" + Region,
+		"AWS_ACCESS_KEY_ID=ASIAVOLSDLAMBDA" + strings.ToUpper(name[:3]), "AWS_SECRET_ACCESS_KEY=local", "AWS_SESSION_TOKEN=local",
+		"AWS_ENDPOINT_URL=" + c.Proxy.URL(), "AWS_ENDPOINT_URL_DYNAMODB=" + o.DynamoDBURL,
+		"AWS_CONFIG_FILE=" + filepath.Join(c.workDir, "no-aws-config"),
+		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(c.workDir, "no-aws-credentials"),
+		"LAMBDA_TASK_ROOT=" + filepath.Dir(o.Binaries.Bootstrap[name]),
+	}
+	for _, k := range sortedKeys(env) {
+		out = append(out, k+"="+env[k])
+	}
+	return out
+}
+
+// logFile returns the shared, line-prefixed log file for a component.
+func (c *Cluster) logFile(name string) io.Writer {
+	c.logMu.Lock()
+	defer c.logMu.Unlock()
+	f, ok := c.logs[name]
+	if !ok {
+		var err error
+		f, err = os.OpenFile(filepath.Join(c.workDir, "logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return io.Discard
+		}
+		c.logs[name] = f
+	}
+	return f
+}
+
+// LogDir is where component logs are.
+func (c *Cluster) LogDir() string { return filepath.Join(c.workDir, "logs") }
+
+// WorkDir is the cluster's directory.
+func (c *Cluster) WorkDir() string { return c.workDir }
+
+func (c *Cluster) deliverAsync(fn string, ev events.Envelope) {
+	payload, _ := json.Marshal(ev)
+	c.Functions[fn].InvokeAsync(c.ctx, payload, c.Opts.AsyncRetryDelay, func(err error) {
+		if err != nil && c.ctx.Err() == nil {
+			c.mu.Lock()
+			c.asyncErrs = append(c.asyncErrs, fmt.Errorf("%s (%s): %w", fn, ev.DetailType, err))
+			c.mu.Unlock()
+			c.Opts.Log.Error("asynchronous invocation failed after retries (event DLQ)", "function", fn, "detailType", ev.DetailType, "err", err)
+		}
+	})
+}
+
+// AsyncErrors returns asynchronous invocations that failed after Lambda's
+// retries (they would be in the event DLQ).
+func (c *Cluster) AsyncErrors() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]error{}, c.asyncErrs...)
+}
+
+func (c *Cluster) agentSettings() *AgentSettings {
+	return &AgentSettings{
+		Binary: c.Opts.Binaries.Agent, Pool: c.Opts.Pool, Table: c.Names.Table, Bucket: c.Names.Bucket,
+		ASG: c.Names.Group, LaunchHook: LaunchHookName, ProxyURL: c.Proxy.URL(), DynamoDBURL: c.Opts.DynamoDBURL,
+		DeviceWait: c.Opts.DeviceWait, UpRestart: c.Opts.UpRestart, ApplyInterval: c.Opts.ApplyInterval,
+		Log: c.logFile("agents"), LogMu: &c.logMu,
+	}
+}
+
+func (c *Cluster) boot(_ context.Context, id, az string) error {
+	in, err := BootInstance(id, az, Region, Account, filepath.Join(c.workDir, "instances", id), c.agentSettings(), c.Opts.Log)
+	if err != nil {
+		return err
+	}
+	c.Fleet.Add(in)
+	return nil
+}
+
+func (c *Cluster) powerOff(ctx context.Context, id string) error {
+	if in, ok := c.Fleet.Get(id); ok {
+		in.Shutdown()
+	}
+	c.Fleet.Remove(id)
+	return c.EBS.ForceDetachAll(ctx, id)
+}
+
+// Invoke runs function fn synchronously with payload.
+func (c *Cluster) Invoke(ctx context.Context, fn string, payload []byte) ([]byte, error) {
+	f, ok := c.Functions[fn]
+	if !ok {
+		return nil, fmt.Errorf("no function %s", fn)
+	}
+	return f.Invoke(ctx, payload)
+}
+
+// Schedule delivers a "Scheduled Event" to fn (reconcile or snapshot) and
+// waits for the invocation.
+func (c *Cluster) Schedule(ctx context.Context, fn string) ([]byte, error) {
+	ev := events.Envelope{
+		Version: "0", ID: newUUID(), DetailType: events.DetailTypeSchedule, Source: events.SourceSchedule,
+		Account: Account, Time: time.Now().UTC().Truncate(time.Second), Region: Region,
+		Resources: []string{fmt.Sprintf("arn:aws:events:%s:%s:rule/volsd-%s-%s", Region, Account, c.Opts.Pool, fn)},
+		Detail:    json.RawMessage(`{}`),
+	}
+	payload, _ := json.Marshal(ev)
+	return c.Invoke(ctx, fn, payload)
+}
+
+// Settle waits until nothing is in flight: asynchronous invocations, SSM
+// commands, the push queue.
+func (c *Cluster) Settle(ctx context.Context) error {
+	quiet := 0
+	for quiet < 3 {
+		done := make(chan struct{})
+		go func() {
+			for _, f := range c.Functions {
+				f.WaitAsync()
+			}
+			c.RunCommand.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		idle, err := c.PushSource.Idle(ctx)
+		if err != nil {
+			return err
+		}
+		if idle {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// OutputsFile writes the stack outputs the CLI reads (cdk deploy
+// --outputs-file shape: stack name → output name → value) and returns its
+// path.
+func (c *Cluster) OutputsFile() (string, error) {
+	p := filepath.Join(c.workDir, "cdk-outputs.json")
+	b, _ := json.MarshalIndent(map[string]map[string]string{
+		"VolsdLocal": {
+			"PoolName": c.Opts.Pool, "TableName": c.Names.Table, "BucketName": c.Names.Bucket,
+			"QueueUrl": c.Names.QueueURL, "DeadLetterQueueUrl": c.Names.DLQURL, "Region": Region,
+		},
+	}, "", "  ")
+	return p, os.WriteFile(p, b, 0o644)
+}
+
+// CLIEnv is the operator's environment for the CLI: credentials, region and
+// the local endpoints.
+func (c *Cluster) CLIEnv() []string {
+	return []string{
+		"PATH=" + os.Getenv("PATH"), "HOME=" + c.workDir,
+		"AWS_REGION=" + Region, "AWS_ACCESS_KEY_ID=" + accessKey, "AWS_SECRET_ACCESS_KEY=" + secretKey,
+		"AWS_ENDPOINT_URL=" + c.Proxy.URL(), "AWS_ENDPOINT_URL_DYNAMODB=" + c.Opts.DynamoDBURL,
+		"AWS_CONFIG_FILE=" + filepath.Join(c.workDir, "no-aws-config"),
+		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(c.workDir, "no-aws-credentials"),
+	}
+}
+
+// CLIResult is one run of the operator CLI.
+type CLIResult struct {
+	Stdout, Stderr string
+	ExitCode       int
+	Duration       time.Duration
+}
+
+// CLI runs `volsd args...` as the operator would.
+func (c *Cluster) CLI(ctx context.Context, args ...string) (CLIResult, error) {
+	cmd := exec.CommandContext(ctx, c.Opts.Binaries.CLI, args...)
+	cmd.Env = c.CLIEnv()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, io.MultiWriter(&errb, c.logFile("cli"))
+	start := time.Now()
+	err := cmd.Run()
+	r := CLIResult{Stdout: out.String(), Stderr: errb.String(), Duration: time.Since(start)}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.ExitCode = ee.ExitCode()
+		return r, fmt.Errorf("volsd %s: exit %d: %s", strings.Join(args, " "), r.ExitCode, lastLines(r.Stderr, 5))
+	}
+	return r, err
+}
+
+// Close stops everything the cluster started and removes its work
+// directory (when it made it): pollers, Lambdas, agents, mounts, loop
+// devices, the proxy. Safe to call more than once.
+func (c *Cluster) Close() error {
+	var errs []error
+	c.closeOnce.Do(func() {
+		c.cancel()
+		if c.PushSource != nil {
+			c.PushSource.Stop()
+		}
+		if c.Fleet != nil {
+			for _, in := range c.Fleet.All() {
+				in.Shutdown()
+			}
+		}
+		for _, f := range c.Functions {
+			f.Close()
+		}
+		if c.EBS != nil {
+			c.EBS.Close()
+		}
+		if c.Disks != nil {
+			if err := c.Disks.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if c.Proxy != nil {
+			_ = c.Proxy.Close()
+		}
+		c.logMu.Lock()
+		for _, f := range c.logs {
+			_ = f.Close()
+		}
+		c.logMu.Unlock()
+		if c.ownWorkDir && c.workDir != "" && os.Getenv("VOLSD_E2E_KEEP") == "" {
+			// Images and instance trees are big; logs go with them unless kept.
+			if err := os.RemoveAll(c.workDir); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// SweepStale cleans up after earlier local runs that were killed before
+// they could (SIGKILL, power loss): for each volsd-e2e-* work directory
+// whose owner process is gone, unmount what is mounted under it, detach
+// loop devices over its images and remove it.
+func SweepStale(log *slog.Logger) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "volsd-e2e-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "pid"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || syscall.Kill(pid, 0) == nil {
+			continue // alive (or not ours to judge)
+		}
+		mps, _ := mountsUnder(d)
+		for _, mp := range mps {
+			_ = exec.Command("fsfreeze", "--unfreeze", mp).Run()
+			_ = exec.Command("umount", "-l", mp).Run()
+		}
+		out, _ := exec.Command("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE").Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && strings.HasPrefix(f[1], d+"/") {
+				if mps, _ := mountPointsOf(f[0]); len(mps) > 0 {
+					for _, mp := range mps {
+						_ = exec.Command("umount", "-l", mp).Run()
+					}
+				}
+				_ = exec.Command("losetup", "-d", f[0]).Run()
+			}
+		}
+		if err := os.RemoveAll(d); err == nil {
+			log.Info("removed the leftovers of a killed run", "dir", d)
+		}
+	}
+}

@@ -1,0 +1,518 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Function runs a built Lambda `bootstrap` (provided.al2023 custom runtime)
+// the way Lambda does: each sandbox is one bootstrap process with its own
+// Runtime API server (AWS_LAMBDA_RUNTIME_API); an invocation is handed out by
+// GET …/invocation/next and finished by POST …/{id}/response or …/{id}/error.
+// Sandboxes are reused between invocations; up to MaxConcurrency run at
+// once; a sandbox whose invocation times out or whose process exits is
+// thrown away, as Lambda does.
+type Function struct {
+	Name      string
+	Bootstrap string        // path of the bootstrap binary
+	Env       []string      // environment (VOLSD_*, AWS_*), without the Lambda-set variables
+	Timeout   time.Duration // function timeout
+	// MaxConcurrency bounds concurrent sandboxes (reserved concurrency); 0 = 4.
+	MaxConcurrency int
+	// Log receives the bootstrap's stdout and stderr (CloudWatch Logs).
+	Log io.Writer
+	// Region and Account make the function ARN.
+	Region, Account string
+
+	mu       sync.Mutex
+	idle     []*sandbox
+	count    int
+	waiters  []chan struct{}
+	closed   bool
+	stats    FunctionStats
+	asyncWG  sync.WaitGroup
+	sandboxN int
+}
+
+// FunctionStats counts what a function did.
+type FunctionStats struct {
+	Invocations int
+	Errors      int // function errors, timeouts and crashes
+	ColdStarts  int
+}
+
+// Stats returns the function's counters.
+func (f *Function) Stats() FunctionStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stats
+}
+
+// FunctionError is an invocation that failed: the handler returned an error
+// (errorType, errorMessage as the runtime posted them), timed out, or its
+// runtime crashed.
+type FunctionError struct {
+	Function string
+	Type     string `json:"errorType"`
+	Message  string `json:"errorMessage"`
+}
+
+func (e *FunctionError) Error() string {
+	return fmt.Sprintf("lambda %s: %s: %s", e.Function, e.Type, e.Message)
+}
+
+type invocation struct {
+	id       string
+	payload  []byte
+	deadline time.Time
+	done     chan invocationResult
+	once     sync.Once
+}
+
+type invocationResult struct {
+	payload []byte
+	err     *FunctionError
+}
+
+func (iv *invocation) finish(r invocationResult) {
+	iv.once.Do(func() { iv.done <- r })
+}
+
+// Invoke runs one synchronous invocation (RequestResponse) and returns the
+// handler's response payload, or a *FunctionError.
+func (f *Function) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	sb, err := f.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	iv := &invocation{
+		id:       newUUID(),
+		payload:  payload,
+		deadline: time.Now().Add(f.timeout()),
+		done:     make(chan invocationResult, 1),
+	}
+	f.mu.Lock()
+	f.stats.Invocations++
+	f.mu.Unlock()
+	select {
+	case sb.next <- iv:
+	case <-sb.exited:
+		f.discard(sb)
+		return nil, f.crashErr(sb)
+	case <-ctx.Done():
+		f.release(sb)
+		return nil, ctx.Err()
+	}
+	timer := time.NewTimer(time.Until(iv.deadline))
+	defer timer.Stop()
+	select {
+	case r := <-iv.done:
+		f.release(sb)
+		if r.err != nil {
+			f.countError()
+			return r.payload, r.err
+		}
+		return r.payload, nil
+	case <-sb.exited:
+		f.discard(sb)
+		f.countError()
+		return nil, f.crashErr(sb)
+	case <-timer.C:
+		f.discard(sb)
+		f.countError()
+		return nil, &FunctionError{Function: f.Name, Type: "Sandbox.Timedout",
+			Message: fmt.Sprintf("Task timed out after %.2f seconds", f.timeout().Seconds())}
+	case <-ctx.Done():
+		// The caller stopped waiting; Lambda would still run the invocation
+		// to its end, so leave the sandbox to finish and go back to idle.
+		go func() {
+			select {
+			case <-iv.done:
+				f.release(sb)
+			case <-sb.exited:
+				f.discard(sb)
+			case <-time.After(time.Until(iv.deadline)):
+				f.discard(sb)
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// InvokeAsync is an asynchronous (Event) invocation, as EventBridge makes:
+// on a function error Lambda retries twice, after retryDelay and then twice
+// that. onDone, if not nil, gets the final outcome.
+func (f *Function) InvokeAsync(ctx context.Context, payload []byte, retryDelay time.Duration, onDone func(error)) {
+	f.asyncWG.Add(1)
+	go func() {
+		defer f.asyncWG.Done()
+		var err error
+		delay := retryDelay
+		for attempt := 0; attempt < 3; attempt++ {
+			if attempt > 0 {
+				select {
+				case <-ctx.Done():
+					err = ctx.Err()
+					attempt = 3
+					continue
+				case <-time.After(delay):
+				}
+				delay *= 2
+			}
+			_, err = f.Invoke(ctx, payload)
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+			slog.Warn("async invocation failed", "function", f.Name, "attempt", attempt+1, "err", err)
+		}
+		if onDone != nil {
+			onDone(err)
+		}
+	}()
+}
+
+// WaitAsync waits for the asynchronous invocations in flight.
+func (f *Function) WaitAsync() { f.asyncWG.Wait() }
+
+func (f *Function) timeout() time.Duration {
+	if f.Timeout <= 0 {
+		return 60 * time.Second
+	}
+	return f.Timeout
+}
+
+func (f *Function) countError() {
+	f.mu.Lock()
+	f.stats.Errors++
+	f.mu.Unlock()
+}
+
+func (f *Function) crashErr(sb *sandbox) error {
+	typ := "Runtime.ExitError"
+	msg := "RequestId: runtime exited"
+	if sb.initErr != nil {
+		typ, msg = sb.initErr.Type, sb.initErr.Message
+	} else if sb.waitErr != nil {
+		msg = "Runtime exited with error: " + sb.waitErr.Error()
+	}
+	return &FunctionError{Function: f.Name, Type: typ, Message: msg}
+}
+
+func (f *Function) acquire(ctx context.Context) (*sandbox, error) {
+	for {
+		f.mu.Lock()
+		if f.closed {
+			f.mu.Unlock()
+			return nil, fmt.Errorf("lambda %s: closed", f.Name)
+		}
+		if n := len(f.idle); n > 0 {
+			sb := f.idle[n-1]
+			f.idle = f.idle[:n-1]
+			f.mu.Unlock()
+			select {
+			case <-sb.exited:
+				f.discard(sb)
+				continue
+			default:
+				return sb, nil
+			}
+		}
+		limit := f.MaxConcurrency
+		if limit <= 0 {
+			limit = 4
+		}
+		if f.count < limit {
+			f.count++
+			f.stats.ColdStarts++
+			f.sandboxN++
+			n := f.sandboxN
+			f.mu.Unlock()
+			sb, err := f.start(n)
+			if err != nil {
+				f.mu.Lock()
+				f.count--
+				f.mu.Unlock()
+				f.wake()
+				return nil, err
+			}
+			return sb, nil
+		}
+		w := make(chan struct{})
+		f.waiters = append(f.waiters, w)
+		f.mu.Unlock()
+		select {
+		case <-w:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+func (f *Function) wake() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.waiters) > 0 {
+		close(f.waiters[0])
+		f.waiters = f.waiters[1:]
+	}
+}
+
+func (f *Function) release(sb *sandbox) {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		sb.stop()
+		return
+	}
+	f.idle = append(f.idle, sb)
+	f.mu.Unlock()
+	f.wake()
+}
+
+func (f *Function) discard(sb *sandbox) {
+	sb.stop()
+	f.mu.Lock()
+	f.count--
+	f.mu.Unlock()
+	f.wake()
+}
+
+// Close stops every sandbox (after waiting for asynchronous invocations when
+// ctx allows).
+func (f *Function) Close() {
+	f.mu.Lock()
+	f.closed = true
+	idle := f.idle
+	f.idle = nil
+	f.mu.Unlock()
+	for _, sb := range idle {
+		sb.stop()
+	}
+}
+
+// sandbox is one bootstrap process and its Runtime API server.
+type sandbox struct {
+	fn     *Function
+	cmd    *exec.Cmd
+	srv    *http.Server
+	next   chan *invocation
+	exited chan struct{}
+
+	mu      sync.Mutex
+	current *invocation
+	initErr *FunctionError
+	waitErr error
+}
+
+func (f *Function) start(n int) (*sandbox, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	sb := &sandbox{fn: f, next: make(chan *invocation), exited: make(chan struct{})}
+	sb.srv = &http.Server{Handler: sb, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = sb.srv.Serve(ln) }()
+
+	cmd := exec.Command(f.Bootstrap)
+	cmd.Env = append(append([]string{}, f.Env...),
+		"AWS_LAMBDA_RUNTIME_API="+ln.Addr().String(),
+		"AWS_LAMBDA_FUNCTION_NAME="+f.Name,
+		"AWS_LAMBDA_FUNCTION_VERSION=$LATEST",
+		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256",
+		"AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/"+f.Name,
+		"AWS_LAMBDA_LOG_STREAM_NAME="+time.Now().UTC().Format("2006/01/02")+"/[$LATEST]sandbox"+strconv.Itoa(n),
+		"AWS_EXECUTION_ENV=AWS_Lambda_provided.al2023",
+		"_HANDLER=bootstrap",
+		"TZ=:UTC",
+	)
+	cmd.Stdout = f.logWriter()
+	cmd.Stderr = f.logWriter()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		sb.srv.Close()
+		return nil, fmt.Errorf("lambda %s: start %s: %w", f.Name, f.Bootstrap, err)
+	}
+	sb.cmd = cmd
+	go func() {
+		err := cmd.Wait()
+		sb.mu.Lock()
+		sb.waitErr = err
+		cur := sb.current
+		sb.mu.Unlock()
+		close(sb.exited)
+		if cur != nil {
+			cur.finish(invocationResult{err: f.crashErr(sb).(*FunctionError)})
+		}
+		sb.srv.Close()
+	}()
+	return sb, nil
+}
+
+func (f *Function) logWriter() io.Writer {
+	if f.Log == nil {
+		return io.Discard
+	}
+	return f.Log
+}
+
+func (sb *sandbox) stop() {
+	if sb.cmd != nil && sb.cmd.Process != nil {
+		_ = syscall.Kill(-sb.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	<-sb.exited
+}
+
+const runtimePrefix = "/2018-06-01/runtime/"
+
+func (sb *sandbox) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasPrefix(r.URL.Path, runtimePrefix) {
+		http.NotFound(w, r)
+		return
+	}
+	p := strings.TrimPrefix(r.URL.Path, runtimePrefix)
+	switch {
+	case p == "invocation/next" && r.Method == http.MethodGet:
+		sb.serveNext(w, r)
+	case p == "init/error" && r.Method == http.MethodPost:
+		fe := readFunctionError(sb.fn.Name, r, "Runtime.InitError")
+		sb.mu.Lock()
+		sb.initErr = fe
+		sb.mu.Unlock()
+		runtimeJSON(w, http.StatusAccepted, map[string]string{"status": "OK"})
+	case strings.HasPrefix(p, "invocation/") && r.Method == http.MethodPost:
+		rest := strings.TrimPrefix(p, "invocation/")
+		id, what, ok := strings.Cut(rest, "/")
+		if !ok || (what != "response" && what != "error") {
+			http.NotFound(w, r)
+			return
+		}
+		sb.mu.Lock()
+		cur := sb.current
+		if cur != nil && cur.id == id {
+			sb.current = nil
+		}
+		sb.mu.Unlock()
+		if cur == nil || cur.id != id {
+			runtimeJSON(w, http.StatusBadRequest, map[string]string{
+				"errorMessage": "Invalid request ID: " + id, "errorType": "InvalidRequestID"})
+			return
+		}
+		if what == "error" {
+			cur.finish(invocationResult{err: readFunctionError(sb.fn.Name, r, "Unhandled")})
+		} else {
+			body, err := io.ReadAll(io.LimitReader(r.Body, 6<<20+1))
+			switch {
+			case err != nil:
+				cur.finish(invocationResult{err: &FunctionError{Function: sb.fn.Name, Type: "Runtime.ResponseError", Message: err.Error()}})
+			case len(body) > 6<<20:
+				cur.finish(invocationResult{err: &FunctionError{Function: sb.fn.Name, Type: "Function.ResponseSizeTooLarge", Message: "Response payload size exceeded maximum allowed payload size (6291556 bytes)."}})
+			case r.Trailer.Get("Lambda-Runtime-Function-Error-Type") != "":
+				fe := &FunctionError{Function: sb.fn.Name, Type: r.Trailer.Get("Lambda-Runtime-Function-Error-Type")}
+				if b, err := base64.StdEncoding.DecodeString(r.Trailer.Get("Lambda-Runtime-Function-Error-Body")); err == nil {
+					_ = json.Unmarshal(b, fe)
+				}
+				cur.finish(invocationResult{err: fe})
+			default:
+				cur.finish(invocationResult{payload: body})
+			}
+		}
+		runtimeJSON(w, http.StatusAccepted, map[string]string{"status": "OK"})
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (sb *sandbox) serveNext(w http.ResponseWriter, r *http.Request) {
+	select {
+	case iv := <-sb.next:
+		sb.mu.Lock()
+		sb.current = iv
+		sb.mu.Unlock()
+		h := w.Header()
+		h.Set("Lambda-Runtime-Aws-Request-Id", iv.id)
+		h.Set("Lambda-Runtime-Deadline-Ms", strconv.FormatInt(iv.deadline.UnixMilli(), 10))
+		h.Set("Lambda-Runtime-Invoked-Function-Arn", fmt.Sprintf("arn:aws:lambda:%s:%s:function:%s", sb.fn.Region, sb.fn.Account, sb.fn.Name))
+		h.Set("Lambda-Runtime-Trace-Id", "Root=1-"+strconv.FormatInt(time.Now().Unix(), 16)+"-"+strings.ReplaceAll(iv.id, "-", "")[:24]+";Sampled=0")
+		h.Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(iv.payload)
+	case <-r.Context().Done():
+	case <-sb.exited:
+	}
+}
+
+func readFunctionError(fn string, r *http.Request, defType string) *FunctionError {
+	fe := &FunctionError{Function: fn}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	if err := json.Unmarshal(body, fe); err != nil || (fe.Type == "" && fe.Message == "") {
+		fe.Message = strings.TrimSpace(string(body))
+	}
+	if t := r.Header.Get("Lambda-Runtime-Function-Error-Type"); t != "" && fe.Type == "" {
+		fe.Type = t
+	}
+	if fe.Type == "" {
+		fe.Type = defType
+	}
+	return fe
+}
+
+func runtimeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// prefixWriter writes each line with a prefix to w (shared log file).
+type prefixWriter struct {
+	mu     *sync.Mutex
+	w      io.Writer
+	prefix string
+	buf    bytes.Buffer
+}
+
+// NewPrefixWriter returns a writer that prefixes every line; writers that
+// share mu never interleave lines.
+func NewPrefixWriter(w io.Writer, mu *sync.Mutex, prefix string) io.Writer {
+	return &prefixWriter{mu: mu, w: w, prefix: prefix}
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf.Write(b)
+	for {
+		line, err := p.buf.ReadBytes('\n')
+		if err != nil {
+			p.buf.Write(line) // keep the partial line
+			return len(b), nil
+		}
+		if _, err := fmt.Fprintf(p.w, "%s %s", p.prefix, line); err != nil {
+			return 0, err
+		}
+	}
+}
+
+func newUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
