@@ -386,7 +386,7 @@ func (c *Cluster) createResources(ctx context.Context) error {
 	}
 	for _, h := range []struct {
 		name, transition, def string
-		timeout             time.Duration
+		timeout               time.Duration
 	}{
 		{LaunchHookName, events.TransitionLaunching, "ABANDON", c.Opts.LaunchHeartbeat},
 		{TerminateHookName, events.TransitionTerminating, "CONTINUE", c.Opts.TerminateHeartbeat},

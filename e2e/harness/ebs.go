@@ -399,4 +399,3 @@ func (e *EBS) ForceDetachAll(ctx context.Context, instanceID string) error {
 	}
 	return nil
 }
-

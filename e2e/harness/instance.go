@@ -426,4 +426,3 @@ func (f *Fleet) ManagedIDs() []string {
 	}
 	return ids
 }
-
