@@ -1,0 +1,616 @@
+// Package awsfake holds hand-written fakes of the AWS APIs volsd calls, one
+// file per service. They implement the narrow interfaces their users
+// declare, with the SDK's signatures, and behave like AWS: the same error
+// codes and types, asynchronous states, and injectable faults (throttling,
+// server errors) through FailNext and FailWhen.
+package awsfake
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	"github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"github.com/aws/smithy-go"
+)
+
+// SSMOutputLimit is how much of an invocation's stdout and stderr
+// GetCommandInvocation returns: the first 24,000 characters, as in AWS.
+const SSMOutputLimit = 24000
+
+// SSM is a Systems Manager Run Command fake: managed instances with tags,
+// Command documents with parameter patterns, SendCommand by InstanceIds or
+// by Targets (tag:<key>, tag-key, InstanceIds) with AWS's validation of
+// MaxConcurrency, MaxErrors, target and ID counts, per-instance invocations
+// that are invisible to GetCommandInvocation right after SendCommand
+// (InvocationDoesNotExist), run asynchronously by Runner at most
+// MaxConcurrency at a time, and EventBridge status-change events through
+// OnEvent. MaxErrors is validated but not enforced. It is safe for
+// concurrent use; set the exported fields before the first call.
+type SSM struct {
+	pipelineFaults
+
+	// InvisibleReads is how many GetCommandInvocation calls per invocation
+	// answer InvocationDoesNotExist before the invocation can be read, as
+	// right after a SendCommand in AWS. Default 1.
+	InvisibleReads int
+	// Runner runs one invocation and returns its result. When nil,
+	// invocations stay InProgress until Complete is called.
+	Runner func(ctx context.Context, inv SSMInvocation) SSMResult
+	// OnEvent receives, for every status change of an invocation, the
+	// EventBridge event AWS would emit ("EC2 Command Invocation
+	// Status-change Notification"), as raw JSON.
+	OnEvent func(raw []byte)
+	// Region and Account appear in events. Defaults: us-east-1, 123456789012.
+	Region, Account string
+
+	mu        sync.Mutex
+	instances map[string]map[string]string
+	documents map[string]map[string]*regexp.Regexp
+	commands  map[string]*ssmCommand
+	order     []string
+	running   sync.WaitGroup
+	now       func() time.Time
+}
+
+// SSMInvocation is one instance's share of a command, as a Runner sees it.
+type SSMInvocation struct {
+	CommandID, InstanceID, DocumentName string
+	Parameters                          map[string][]string
+}
+
+// SSMResult is how an invocation ended.
+type SSMResult struct {
+	Status         types.CommandInvocationStatus // Success, Failed, TimedOut, Cancelled
+	ResponseCode   int32
+	Stdout, Stderr string
+}
+
+type ssmCommand struct {
+	cmd         types.Command
+	invocations map[string]*ssmInvocation
+	ids         []string
+	concurrency chan struct{}
+}
+
+type ssmInvocation struct {
+	status         types.CommandInvocationStatus
+	reads          int
+	code           int32
+	stdout, stderr string
+	start, end     time.Time
+}
+
+// NewSSM returns an SSM fake without instances or documents.
+func NewSSM() *SSM {
+	return &SSM{
+		pipelineFaults: pipelineFaults{service: "SSM"},
+		InvisibleReads: 1,
+		instances:      map[string]map[string]string{},
+		documents:      map[string]map[string]*regexp.Regexp{},
+		commands:       map[string]*ssmCommand{},
+		now:            func() time.Time { return time.Now().UTC() },
+	}
+}
+
+// AddInstance registers a managed instance with its EC2 tags.
+func (f *SSM) AddInstance(id string, tags map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := make(map[string]string, len(tags))
+	for k, v := range tags {
+		t[k] = v
+	}
+	f.instances[id] = t
+}
+
+// RemoveInstance deregisters an instance (terminated): later commands
+// no longer reach it.
+func (f *SSM) RemoveInstance(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.instances, id)
+}
+
+// AddDocument registers a Command document and its parameters with their
+// allowedPatterns (an empty pattern allows any value).
+func (f *SSM) AddDocument(name string, params map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ps := map[string]*regexp.Regexp{}
+	for p, pat := range params {
+		if pat == "" {
+			pat = ".*"
+		}
+		ps[p] = regexp.MustCompile(pat)
+	}
+	f.documents[name] = ps
+}
+
+// Commands returns the commands sent so far, oldest first.
+func (f *SSM) Commands() []types.Command {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]types.Command, 0, len(f.order))
+	for _, id := range f.order {
+		out = append(out, f.commands[id].cmd)
+	}
+	return out
+}
+
+// Wait blocks until every invocation started by Runner has finished.
+func (f *SSM) Wait() { f.running.Wait() }
+
+var (
+	ssmMaxConcurrency = regexp.MustCompile(`^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$`)
+	ssmMaxErrors      = regexp.MustCompile(`^([1-9][0-9]*|[0]|[1-9][0-9]%|[0-9]%|100%)$`)
+	ssmTargetKey      = regexp.MustCompile(`^[\p{L}\p{Z}\p{N}_.:/=\-@]*$`)
+)
+
+func ssmValidation(format string, args ...any) error {
+	return pipelineAPIError("ValidationException", fmt.Sprintf(format, args...), smithy.FaultClient)
+}
+
+// SendCommand validates the request as AWS does, resolves its targets among
+// the registered instances and creates one Pending invocation per instance.
+func (f *SSM) SendCommand(ctx context.Context, in *ssm.SendCommandInput, _ ...func(*ssm.Options)) (*ssm.SendCommandOutput, error) {
+	if err := f.enter("SendCommand"); err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*ssm.SendCommandOutput, error) { return nil, f.wrap("SendCommand", err) }
+	doc := aws.ToString(in.DocumentName)
+	switch {
+	case doc == "":
+		return fail(ssmValidation("1 validation error detected: Value null at 'documentName' failed to satisfy constraint: Member must not be null"))
+	case len(in.InstanceIds) > 0 && len(in.Targets) > 0:
+		return fail(ssmValidation("Specify either InstanceIds or Targets, not both."))
+	case len(in.InstanceIds) == 0 && len(in.Targets) == 0:
+		return fail(ssmValidation("Specify either InstanceIds or Targets."))
+	case len(in.InstanceIds) > 50:
+		return fail(ssmValidation("1 validation error detected: Value at 'instanceIds' failed to satisfy constraint: Member must have length less than or equal to 50"))
+	case len(in.Targets) > 5:
+		return fail(ssmValidation("1 validation error detected: Value at 'targets' failed to satisfy constraint: Member must have length less than or equal to 5"))
+	case in.MaxConcurrency != nil && !ssmMaxConcurrency.MatchString(*in.MaxConcurrency):
+		return fail(ssmValidation("1 validation error detected: Value '%s' at 'maxConcurrency' failed to satisfy constraint: Member must satisfy regular expression pattern: %s", *in.MaxConcurrency, ssmMaxConcurrency))
+	case in.MaxErrors != nil && !ssmMaxErrors.MatchString(*in.MaxErrors):
+		return fail(ssmValidation("1 validation error detected: Value '%s' at 'maxErrors' failed to satisfy constraint: Member must satisfy regular expression pattern: %s", *in.MaxErrors, ssmMaxErrors))
+	case len(aws.ToString(in.Comment)) > 100:
+		return fail(ssmValidation("1 validation error detected: Value at 'comment' failed to satisfy constraint: Member must have length less than or equal to 100"))
+	case in.TimeoutSeconds != nil && (*in.TimeoutSeconds < 30 || *in.TimeoutSeconds > 2592000):
+		return fail(ssmValidation("1 validation error detected: Value '%d' at 'timeoutSeconds' failed to satisfy constraint: Member must have value between 30 and 2592000", *in.TimeoutSeconds))
+	}
+	for _, t := range in.Targets {
+		k := aws.ToString(t.Key)
+		switch {
+		case k == "" || len(k) > 163 || !ssmTargetKey.MatchString(k):
+			return fail(ssmValidation("1 validation error detected: Value '%s' at 'targets.member.key' failed to satisfy constraint", k))
+		case len(t.Values) == 0 || len(t.Values) > 50:
+			return fail(ssmValidation("1 validation error detected: Value at 'targets.member.values' failed to satisfy constraint: Member must have length between 1 and 50"))
+		case k != "InstanceIds" && k != "tag-key" && !strings.HasPrefix(k, "tag:"):
+			return fail(&types.InvalidParameters{Message: aws.String("Target key " + k + " is not supported by this fake (use tag:<key>, tag-key or InstanceIds)")})
+		}
+	}
+
+	f.mu.Lock()
+	params, ok := f.documents[doc]
+	if !ok {
+		f.mu.Unlock()
+		return fail(&types.InvalidDocument{Message: aws.String("Document with name " + doc + " does not exist.")})
+	}
+	for name, vals := range in.Parameters {
+		re, ok := params[name]
+		if !ok {
+			f.mu.Unlock()
+			return fail(&types.InvalidParameters{Message: aws.String(fmt.Sprintf("Parameter %q is not defined in document %s.", name, doc))})
+		}
+		if len(vals) != 1 || !re.MatchString(vals[0]) {
+			f.mu.Unlock()
+			return fail(&types.InvalidParameters{Message: aws.String(fmt.Sprintf("Parameter %q value %q does not match the allowed pattern %s.", name, vals, re))})
+		}
+	}
+	var ids []string
+	if len(in.InstanceIds) > 0 {
+		for _, id := range in.InstanceIds {
+			if _, ok := f.instances[id]; !ok {
+				f.mu.Unlock()
+				return fail(&types.InvalidInstanceId{Message: aws.String("Instances [[" + id + "]] not in a valid state for account " + f.account())})
+			}
+		}
+		ids = ssmDedupe(in.InstanceIds)
+	} else {
+		ids = f.resolveTargets(in.Targets)
+	}
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	h := hex.EncodeToString(raw[:])
+	id := h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+	now := f.now()
+	maxConc := aws.ToString(in.MaxConcurrency)
+	if maxConc == "" {
+		maxConc = "50"
+	}
+	maxErr := aws.ToString(in.MaxErrors)
+	if maxErr == "" {
+		maxErr = "0"
+	}
+	c := &ssmCommand{
+		cmd: types.Command{
+			CommandId: aws.String(id), DocumentName: aws.String(doc), Comment: in.Comment,
+			InstanceIds: append([]string(nil), in.InstanceIds...), Targets: append([]types.Target(nil), in.Targets...),
+			Parameters: in.Parameters, MaxConcurrency: aws.String(maxConc), MaxErrors: aws.String(maxErr),
+			RequestedDateTime: aws.Time(now), Status: types.CommandStatusPending, TargetCount: int32(len(ids)),
+			TimeoutSeconds: in.TimeoutSeconds,
+		},
+		invocations: map[string]*ssmInvocation{},
+		ids:         ids,
+		concurrency: make(chan struct{}, ssmLimit(maxConc, len(ids))),
+	}
+	for _, iid := range ids {
+		c.invocations[iid] = &ssmInvocation{status: types.CommandInvocationStatusPending}
+	}
+	f.commands[id] = c
+	f.order = append(f.order, id)
+	runner := f.Runner
+	if runner != nil {
+		f.running.Add(len(ids))
+	}
+	out := c.cmd
+	f.mu.Unlock()
+
+	if runner != nil {
+		for _, iid := range ids {
+			go f.run(c, iid, runner)
+		}
+	}
+	return &ssm.SendCommandOutput{Command: &out}, nil
+}
+
+// ssmLimit turns MaxConcurrency ("10" or "25%") into a number of
+// invocations running at once (at least 1).
+func ssmLimit(spec string, targets int) int {
+	if p, ok := strings.CutSuffix(spec, "%"); ok {
+		n, _ := strconv.Atoi(p)
+		return max(1, int(math.Ceil(float64(targets)*float64(n)/100)))
+	}
+	n, _ := strconv.Atoi(spec)
+	return max(1, n)
+}
+
+func ssmDedupe(ids []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// resolveTargets returns the registered instances matching every target,
+// sorted; call with f.mu held.
+func (f *SSM) resolveTargets(targets []types.Target) []string {
+	var ids []string
+	for id, tags := range f.instances {
+		match := true
+		for _, t := range targets {
+			k := aws.ToString(t.Key)
+			ok := false
+			for _, v := range t.Values {
+				switch {
+				case k == "InstanceIds":
+					ok = ok || v == id
+				case k == "tag-key":
+					_, has := tags[v]
+					ok = ok || has
+				default:
+					val, has := tags[strings.TrimPrefix(k, "tag:")]
+					ok = ok || has && val == v
+				}
+			}
+			match = match && ok
+		}
+		if match {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+func (f *SSM) account() string {
+	if f.Account != "" {
+		return f.Account
+	}
+	return "123456789012"
+}
+
+// run executes one invocation under the command's concurrency limit.
+func (f *SSM) run(c *ssmCommand, instanceID string, runner func(context.Context, SSMInvocation) SSMResult) {
+	defer f.running.Done()
+	c.concurrency <- struct{}{}
+	defer func() { <-c.concurrency }()
+	f.setStatus(c, instanceID, SSMResult{Status: types.CommandInvocationStatusInProgress})
+	res := runner(context.Background(), SSMInvocation{
+		CommandID: aws.ToString(c.cmd.CommandId), InstanceID: instanceID,
+		DocumentName: aws.ToString(c.cmd.DocumentName), Parameters: c.cmd.Parameters,
+	})
+	f.setStatus(c, instanceID, res)
+}
+
+// Complete ends an invocation that no Runner handles, like an agent
+// finishing: status Success, Failed, TimedOut, Cancelled, Undeliverable….
+func (f *SSM) Complete(commandID, instanceID string, res SSMResult) error {
+	f.mu.Lock()
+	c, ok := f.commands[commandID]
+	f.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("awsfake: no command %s", commandID)
+	}
+	if _, ok := c.invocations[instanceID]; !ok {
+		return fmt.Errorf("awsfake: command %s has no invocation on %s", commandID, instanceID)
+	}
+	f.setStatus(c, instanceID, SSMResult{Status: types.CommandInvocationStatusInProgress})
+	f.setStatus(c, instanceID, res)
+	return nil
+}
+
+func ssmTerminal(s types.CommandInvocationStatus) bool {
+	switch s {
+	case types.CommandInvocationStatusPending, types.CommandInvocationStatusInProgress, types.CommandInvocationStatusDelayed, types.CommandInvocationStatusCancelling:
+		return false
+	}
+	return true
+}
+
+// setStatus moves an invocation to res.Status, updates the command's counts
+// and status, and emits the status-change event.
+func (f *SSM) setStatus(c *ssmCommand, instanceID string, res SSMResult) {
+	f.mu.Lock()
+	inv := c.invocations[instanceID]
+	if inv.status == res.Status || ssmTerminal(inv.status) {
+		f.mu.Unlock()
+		return
+	}
+	now := f.now()
+	inv.status = res.Status
+	if res.Status == types.CommandInvocationStatusInProgress {
+		inv.start = now
+	}
+	if ssmTerminal(res.Status) {
+		inv.end, inv.code = now, res.ResponseCode
+		inv.stdout, inv.stderr = ssmTruncate(res.Stdout), ssmTruncate(res.Stderr)
+		c.cmd.CompletedCount++
+		if res.Status != types.CommandInvocationStatusSuccess {
+			c.cmd.ErrorCount++
+		}
+	}
+	c.cmd.Status = types.CommandStatusInProgress
+	if int(c.cmd.CompletedCount) == len(c.ids) {
+		c.cmd.Status = types.CommandStatusSuccess
+		if c.cmd.ErrorCount > 0 {
+			c.cmd.Status = types.CommandStatusFailed
+		}
+	}
+	event := f.event(c, instanceID, inv, now)
+	hook := f.OnEvent
+	f.mu.Unlock()
+	if hook != nil {
+		hook(event)
+	}
+}
+
+func ssmTruncate(s string) string {
+	if len(s) > SSMOutputLimit {
+		return s[:SSMOutputLimit]
+	}
+	return s
+}
+
+// event builds the EventBridge event of an invocation's status change;
+// call with f.mu held.
+func (f *SSM) event(c *ssmCommand, instanceID string, inv *ssmInvocation, now time.Time) []byte {
+	region := f.Region
+	if region == "" {
+		region = "us-east-1"
+	}
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	ev := map[string]any{
+		"version":     "0",
+		"id":          hex.EncodeToString(raw[:]),
+		"detail-type": "EC2 Command Invocation Status-change Notification",
+		"source":      "aws.ssm",
+		"account":     f.account(),
+		"time":        now.Format(time.RFC3339Nano),
+		"region":      region,
+		"resources":   []string{"arn:aws:ec2:" + region + ":" + f.account() + ":instance/" + instanceID},
+		"detail": map[string]string{
+			"command-id":          aws.ToString(c.cmd.CommandId),
+			"document-name":       aws.ToString(c.cmd.DocumentName),
+			"instance-id":         instanceID,
+			"requested-date-time": c.cmd.RequestedDateTime.Format("2006-01-02T15:04:05.000Z"),
+			"status":              string(inv.status),
+			"status-details":      string(inv.status),
+		},
+	}
+	b, _ := json.Marshal(ev)
+	return b
+}
+
+func ssmNoInvocation() error { return &types.InvocationDoesNotExist{} }
+
+// GetCommandInvocation returns one invocation; InvocationDoesNotExist for an
+// unknown command or instance and for the first InvisibleReads reads.
+// Output is empty until the invocation has finished.
+func (f *SSM) GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvocationInput, _ ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error) {
+	if err := f.enter("GetCommandInvocation"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c, ok := f.commands[aws.ToString(in.CommandId)]
+	if !ok {
+		return nil, f.wrap("GetCommandInvocation", ssmNoInvocation())
+	}
+	iid := aws.ToString(in.InstanceId)
+	inv, ok := c.invocations[iid]
+	if !ok {
+		return nil, f.wrap("GetCommandInvocation", ssmNoInvocation())
+	}
+	if p := aws.ToString(in.PluginName); p != "" && p != "aws:runShellScript" {
+		return nil, f.wrap("GetCommandInvocation", &types.InvalidPluginName{Message: aws.String("Plugin " + p + " is not part of the document.")})
+	}
+	if inv.reads < f.InvisibleReads {
+		inv.reads++
+		return nil, f.wrap("GetCommandInvocation", ssmNoInvocation())
+	}
+	out := &ssm.GetCommandInvocationOutput{
+		CommandId: c.cmd.CommandId, InstanceId: aws.String(iid), DocumentName: c.cmd.DocumentName,
+		Comment: c.cmd.Comment, PluginName: aws.String("aws:runShellScript"),
+		Status: inv.status, StatusDetails: aws.String(string(inv.status)), ResponseCode: -1,
+		StandardOutputContent: aws.String(""), StandardErrorContent: aws.String(""),
+		ExecutionStartDateTime: aws.String(""), ExecutionEndDateTime: aws.String(""),
+	}
+	if !inv.start.IsZero() {
+		out.ExecutionStartDateTime = aws.String(inv.start.Format("2006-01-02T15:04:05.000Z"))
+	}
+	if ssmTerminal(inv.status) {
+		out.ResponseCode = inv.code
+		out.StandardOutputContent, out.StandardErrorContent = aws.String(inv.stdout), aws.String(inv.stderr)
+		out.ExecutionEndDateTime = aws.String(inv.end.Format("2006-01-02T15:04:05.000Z"))
+	}
+	return out, nil
+}
+
+// ListCommandInvocations lists the invocations of a command (or of every
+// command) on an instance (or on every instance), without pagination.
+// With Details, each carries its plugin with the first 2,500 characters of
+// output, as in AWS.
+func (f *SSM) ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInvocationsInput, _ ...func(*ssm.Options)) (*ssm.ListCommandInvocationsOutput, error) {
+	if err := f.enter("ListCommandInvocations"); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	cmds := f.order
+	if id := aws.ToString(in.CommandId); id != "" {
+		if _, ok := f.commands[id]; !ok {
+			return nil, f.wrap("ListCommandInvocations", &types.InvalidCommandId{})
+		}
+		cmds = []string{id}
+	}
+	out := &ssm.ListCommandInvocationsOutput{}
+	for _, cid := range cmds {
+		c := f.commands[cid]
+		for _, iid := range c.ids {
+			if want := aws.ToString(in.InstanceId); want != "" && want != iid {
+				continue
+			}
+			inv := c.invocations[iid]
+			ci := types.CommandInvocation{
+				CommandId: c.cmd.CommandId, InstanceId: aws.String(iid), DocumentName: c.cmd.DocumentName,
+				Comment: c.cmd.Comment, RequestedDateTime: c.cmd.RequestedDateTime,
+				Status: inv.status, StatusDetails: aws.String(string(inv.status)),
+			}
+			if in.Details {
+				p := types.CommandPlugin{Name: aws.String("aws:runShellScript"), Status: types.CommandPluginStatus(inv.status), ResponseCode: -1}
+				if ssmTerminal(inv.status) {
+					outp := inv.stdout
+					if len(outp) > 2500 {
+						outp = outp[:2500]
+					}
+					p.Output, p.ResponseCode = aws.String(outp), inv.code
+				}
+				ci.CommandPlugins = []types.CommandPlugin{p}
+			}
+			out.CommandInvocations = append(out.CommandInvocations, ci)
+		}
+	}
+	return out, nil
+}
+
+// pipelineFaults counts the calls of a push-pipeline fake (S3, SQS, SSM)
+// and hands out injected errors. Its methods are promoted to the fakes.
+type pipelineFaults struct {
+	service string
+	mu      sync.Mutex
+	calls   map[string]int
+	queued  map[string][]error
+	hook    func(op string) error
+}
+
+// FailNext makes the next n calls of op fail with err (an AWS error such as
+// &smithy.GenericAPIError{Code: "ThrottlingException"}); the calls are
+// counted but change nothing. Faults queue up in the order given.
+func (f *pipelineFaults) FailNext(op string, n int, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.queued == nil {
+		f.queued = map[string][]error{}
+	}
+	for i := 0; i < n; i++ {
+		f.queued[op] = append(f.queued[op], err)
+	}
+}
+
+// FailWhen installs fn, asked before every call; a non-nil error fails that
+// call. It lets a test throttle a share of calls or fail by call count.
+// nil removes it.
+func (f *pipelineFaults) FailWhen(fn func(op string) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.hook = fn
+}
+
+// Calls returns how many times op was called, failed calls included.
+func (f *pipelineFaults) Calls(op string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[op]
+}
+
+// enter counts a call of op and returns the injected fault for it, wrapped
+// like the SDK wraps service errors.
+func (f *pipelineFaults) enter(op string) error {
+	f.mu.Lock()
+	if f.calls == nil {
+		f.calls = map[string]int{}
+	}
+	f.calls[op]++
+	var err error
+	if q := f.queued[op]; len(q) > 0 {
+		err, f.queued[op] = q[0], q[1:]
+	}
+	hook := f.hook
+	f.mu.Unlock()
+	if err == nil && hook != nil {
+		err = hook(op)
+	}
+	if err != nil {
+		return f.wrap(op, err)
+	}
+	return nil
+}
+
+// wrap returns err as the SDK returns it: inside a *smithy.OperationError.
+func (f *pipelineFaults) wrap(op string, err error) error {
+	return &smithy.OperationError{ServiceID: f.service, OperationName: op, Err: err}
+}
+
+// pipelineAPIError is an AWS error with a code, as the SDK decodes unknown codes.
+func pipelineAPIError(code, msg string, fault smithy.ErrorFault) *smithy.GenericAPIError {
+	return &smithy.GenericAPIError{Code: code, Message: msg, Fault: fault}
+}
