@@ -22,7 +22,9 @@ import (
 	"github.com/volsd/volsd/internal/testenv"
 )
 
-func applyDoc(f *awsfake.SSM) { f.AddDocument("volsd-Apply", map[string]string{"upTo": `^[0-9]{1,20}$`}) }
+func applyDoc(f *awsfake.SSM) {
+	f.AddDocument("volsd-Apply", map[string]string{"upTo": `^[0-9]{1,20}$`})
+}
 
 func poolTarget(pool string) []types.Target {
 	return []types.Target{{Key: aws.String("tag:volsd:pool"), Values: []string{pool}}}
@@ -131,7 +133,9 @@ func TestSSMSendCommandValidation(t *testing.T) {
 		{"ids and targets", func(in *ssm.SendCommandInput) { in.InstanceIds = []string{"i-0123456789abcdef0"} }, "ValidationException"},
 		{"neither", func(in *ssm.SendCommandInput) { in.Targets = nil }, "ValidationException"},
 		{"51 instance IDs", func(in *ssm.SendCommandInput) { in.Targets, in.InstanceIds = nil, many }, "ValidationException"},
-		{"6 targets", func(in *ssm.SendCommandInput) { in.Targets = append(in.Targets, in.Targets[0], in.Targets[0], in.Targets[0], in.Targets[0], in.Targets[0]) }, "ValidationException"},
+		{"6 targets", func(in *ssm.SendCommandInput) {
+			in.Targets = append(in.Targets, in.Targets[0], in.Targets[0], in.Targets[0], in.Targets[0], in.Targets[0])
+		}, "ValidationException"},
 		{"long comment", func(in *ssm.SendCommandInput) { in.Comment = aws.String(strings.Repeat("c", 101)) }, "ValidationException"},
 		{"unknown document", func(in *ssm.SendCommandInput) { in.DocumentName = aws.String("volsd-Nope") }, "InvalidDocument"},
 		{"unknown parameter", func(in *ssm.SendCommandInput) { in.Parameters["script"] = []string{"rm -rf /"} }, "InvalidParameters"},
