@@ -208,6 +208,9 @@ func (f *fakeSSM) GetCommandInvocation(ctx context.Context, in *ssm.GetCommandIn
 type fakeSnapshot struct {
 	s     ec2types.Snapshot
 	inUse bool
+	// vanish: another run deletes it just before this DeleteSnapshot
+	// arrives, which then answers InvalidSnapshot.NotFound.
+	vanish bool
 }
 
 // fakeEC2 keeps snapshots like EC2: CreateSnapshot starts one pending,
@@ -313,6 +316,12 @@ func (f *fakeEC2) setInUse(id string, inUse bool) {
 	f.snaps[id].inUse = inUse
 }
 
+func (f *fakeEC2) setVanish(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.snaps[id].vanish = true
+}
+
 func (f *fakeEC2) ids() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -406,6 +415,9 @@ func (f *fakeEC2) DeleteSnapshot(ctx context.Context, in *ec2.DeleteSnapshotInpu
 	fs := f.snaps[id]
 	switch {
 	case fs == nil:
+		return nil, apiErr("InvalidSnapshot.NotFound", "The snapshot '"+id+"' does not exist.")
+	case fs.vanish:
+		delete(f.snaps, id)
 		return nil, apiErr("InvalidSnapshot.NotFound", "The snapshot '"+id+"' does not exist.")
 	case fs.inUse:
 		return nil, apiErr("InvalidSnapshot.InUse", "The snapshot "+id+" is currently in use by ami-0123456789abcdef0")

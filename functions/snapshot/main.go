@@ -1,0 +1,46 @@
+// Command snapshot is the snapshot Lambda (EventBridge schedule): it
+// freezes one in-service volume, snapshots it, thaws it, applies retention
+// and compacts the journal. The logic is in internal/snapshot; this only
+// wires clients and configuration.
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+
+	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/snapshot"
+	"github.com/volsd/volsd/internal/store"
+)
+
+func main() {
+	env, err := snapshot.LoadEnv(envconfig.New(os.LookupEnv))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: env.LogLevel})).With("function", "snapshot")
+	if err != nil {
+		log.Error("bad configuration", "error", err)
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		log.Error("load AWS config", "error", err)
+		os.Exit(1)
+	}
+	st := store.New(dynamodb.NewFromConfig(cfg), env.Table)
+	r, err := snapshot.New(env.Config, st, ec2.NewFromConfig(cfg), ssm.NewFromConfig(cfg),
+		autoscaling.NewFromConfig(cfg), log, metrics.New(os.Stdout))
+	if err != nil {
+		log.Error("bad configuration", "error", err)
+		os.Exit(2)
+	}
+	lambda.Start(r.Handle)
+}
