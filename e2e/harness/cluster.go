@@ -262,7 +262,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		c.Functions[name] = &Function{
 			Name: "volsd-" + opts.Pool + "-" + name, Bootstrap: opts.Binaries.Bootstrap[name],
 			Env: c.lambdaEnv(name), Timeout: timeout, MaxConcurrency: 3,
-			Log: c.logFile("lambda-" + name), Region: Region, Account: Account,
+			Log: c.logFile("lambda-" + name), Region: Region, Account: Account, Logger: opts.Log,
 		}
 	}
 	// EventBridge rules of the stack.

@@ -37,6 +37,8 @@ type Function struct {
 	Log io.Writer
 	// Region and Account make the function ARN.
 	Region, Account string
+	// Logger receives the invoker's own warnings (nil = none).
+	Logger *slog.Logger
 
 	mu       sync.Mutex
 	idle     []*sandbox
@@ -177,7 +179,9 @@ func (f *Function) InvokeAsync(ctx context.Context, payload []byte, retryDelay t
 			if err == nil || ctx.Err() != nil {
 				break
 			}
-			slog.Warn("async invocation failed", "function", f.Name, "attempt", attempt+1, "err", err)
+			if f.Logger != nil {
+				f.Logger.Warn("async invocation failed; Lambda retries", "function", f.Name, "attempt", attempt+1, "err", err)
+			}
 		}
 		if onDone != nil {
 			onDone(err)
