@@ -303,9 +303,9 @@ func TestProxyRunCommandByTagAndByID(t *testing.T) {
 	}
 	client := ssm.NewFromConfig(e.cfg)
 	out, err := client.SendCommand(ctx, &ssm.SendCommandInput{
-		DocumentName: aws.String("volsd-Apply"),
-		Targets:      []ssmtypes.Target{{Key: aws.String("tag:volsd:pool"), Values: []string{pool}}},
-		Parameters:   map[string][]string{"upTo": {"7"}},
+		DocumentName:   aws.String("volsd-Apply"),
+		Targets:        []ssmtypes.Target{{Key: aws.String("tag:volsd:pool"), Values: []string{pool}}},
+		Parameters:     map[string][]string{"upTo": {"7"}},
 		MaxConcurrency: aws.String("50%"), MaxErrors: aws.String("25%"),
 	})
 	if err != nil {
