@@ -1,0 +1,544 @@
+package awsfake
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/volsd/volsd/events"
+)
+
+// AutoScalingConfig sets the fake's region, account and clock.
+type AutoScalingConfig struct {
+	Region  string // default us-east-1
+	Account string // default 123456789012
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// EC2, when set, is where the group's instances live: Launch creates
+	// them there and a finished terminate (or an abandoned launch)
+	// terminates them there.
+	EC2 *EC2
+}
+
+// AutoScaling is an in-memory Auto Scaling service: groups with lifecycle
+// hooks, the lifecycle actions of launching and terminating instances (with
+// tokens, heartbeats and expiry), and the EventBridge events they emit. It
+// is safe for concurrent use.
+type AutoScaling struct {
+	cfg AutoScalingConfig
+
+	mu      sync.Mutex
+	groups  map[string]*fakeGroup
+	actions map[string]*fakeAction // by token
+	calls   map[string]int
+	before  func(op string) error
+	after   func(op string) error
+	queued  map[string][]error
+	seq     int
+}
+
+// GroupSpec describes a group to add with AddGroup.
+type GroupSpec struct {
+	Name                      string
+	AZs                       []string
+	MinSize, MaxSize, Desired int32
+	Hooks                     []HookSpec
+	// Tags are put on the group and propagated to instances it launches.
+	Tags map[string]string
+}
+
+// HookSpec is one lifecycle hook.
+type HookSpec struct {
+	Name             string
+	Transition       string        // events.TransitionLaunching or TransitionTerminating
+	HeartbeatTimeout time.Duration // default 1h, as AWS
+	DefaultResult    string        // CONTINUE or ABANDON; default ABANDON, as AWS
+}
+
+type fakeGroup struct {
+	spec      GroupSpec
+	created   time.Time
+	instances map[string]*groupInstance
+}
+
+type groupInstance struct {
+	id, az string
+	state  types.LifecycleState
+}
+
+// ActionView is one lifecycle action as the fake sees it.
+type ActionView struct {
+	Token, Group, Hook, Instance, Transition string
+	Origin, Destination                      string
+	// Result is CONTINUE or ABANDON once decided: by a caller (Completed) or
+	// by expiry (Expired, with the hook's default result).
+	Result     string
+	Completed  bool
+	Expired    bool
+	Heartbeats int
+	Started    time.Time
+	Deadline   time.Time
+}
+
+type fakeAction struct {
+	ActionView
+	timeout time.Duration
+	limit   time.Time // global timeout: 100 heartbeat timeouts or 48 h
+	def     string
+}
+
+// NewAutoScaling returns an empty fake Auto Scaling service.
+func NewAutoScaling(cfg AutoScalingConfig) *AutoScaling {
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	if cfg.Account == "" {
+		cfg.Account = "123456789012"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &AutoScaling{cfg: cfg, groups: map[string]*fakeGroup{}, actions: map[string]*fakeAction{},
+		calls: map[string]int{}, queued: map[string][]error{}}
+}
+
+// ASGError returns an Auto Scaling client error.
+func ASGError(code, format string, args ...any) error {
+	return &smithy.GenericAPIError{Code: code, Message: fmt.Sprintf(format, args...), Fault: smithy.FaultClient}
+}
+
+// ASGThrottle is Auto Scaling's throttling error.
+func ASGThrottle() error {
+	return &smithy.GenericAPIError{Code: "Throttling", Message: "Rate exceeded", Fault: smithy.FaultClient}
+}
+
+// ASGServerError is an Auto Scaling 5xx.
+func ASGServerError() error {
+	return &smithy.GenericAPIError{Code: "InternalFailure", Message: "An internal error occurred.", Fault: smithy.FaultServer}
+}
+
+// SetFaults installs fault injectors, as EC2.SetFaults.
+func (a *AutoScaling) SetFaults(before, after func(op string) error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.before, a.after = before, after
+}
+
+// FailNext makes the next call of op fail with err before it takes effect.
+func (a *AutoScaling) FailNext(op string, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.queued[op] = append(a.queued[op], err)
+}
+
+// Calls returns how many times op was called.
+func (a *AutoScaling) Calls(op string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.calls[op]
+}
+
+func (a *AutoScaling) begin(op string) error {
+	a.calls[op]++
+	a.advance()
+	if q := a.queued[op]; len(q) > 0 {
+		a.queued[op] = q[1:]
+		return q[0]
+	}
+	if a.before != nil {
+		return a.before(op)
+	}
+	return nil
+}
+
+func (a *AutoScaling) end(op string) error {
+	if a.after != nil {
+		return a.after(op)
+	}
+	return nil
+}
+
+func (a *AutoScaling) now() time.Time { return a.cfg.Now().UTC() }
+
+// AddGroup adds (or replaces) a group.
+func (a *AutoScaling) AddGroup(spec GroupSpec) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := range spec.Hooks {
+		if spec.Hooks[i].HeartbeatTimeout == 0 {
+			spec.Hooks[i].HeartbeatTimeout = time.Hour
+		}
+		if spec.Hooks[i].DefaultResult == "" {
+			spec.Hooks[i].DefaultResult = "ABANDON"
+		}
+	}
+	a.groups[spec.Name] = &fakeGroup{spec: spec, created: a.now(), instances: map[string]*groupInstance{}}
+}
+
+// SetMaxSize changes a group's MaxSize.
+func (a *AutoScaling) SetMaxSize(group string, max int32) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if g := a.groups[group]; g != nil {
+		g.spec.MaxSize = max
+	}
+}
+
+func (a *AutoScaling) groupARN(name string) string {
+	return fmt.Sprintf("arn:aws:autoscaling:%s:%s:autoScalingGroup:00000000-0000-4000-8000-000000000000:autoScalingGroupName/%s",
+		a.cfg.Region, a.cfg.Account, name)
+}
+
+// Launch starts a new instance of group in az (in the linked EC2) and
+// returns its ID and the launch lifecycle event (nil when the group has no
+// launch hook: the instance is InService at once).
+func (a *AutoScaling) Launch(group, az string) (string, json.RawMessage, error) {
+	if a.cfg.EC2 == nil {
+		return "", nil, fmt.Errorf("awsfake: Launch needs AutoScalingConfig.EC2")
+	}
+	a.mu.Lock()
+	g := a.groups[group]
+	if g == nil {
+		a.mu.Unlock()
+		return "", nil, fmt.Errorf("awsfake: no group %q", group)
+	}
+	if az == "" {
+		az = g.spec.AZs[len(g.instances)%len(g.spec.AZs)]
+	}
+	tags := copyTags(g.spec.Tags)
+	tags["aws:autoscaling:groupName"] = group
+	a.mu.Unlock()
+	id := a.cfg.EC2.AddInstance(InstanceSpec{AZ: az, Tags: tags})
+	ev, err := a.LaunchExisting(group, id, az, "")
+	return id, ev, err
+}
+
+// LaunchExisting adds an instance created elsewhere (e.g. in moto) to group
+// and starts its launch lifecycle action. from is "" for a new instance or
+// events.LocationWarmPool for one leaving the warm pool. It returns the
+// event (nil without a launch hook).
+func (a *AutoScaling) LaunchExisting(group, instanceID, az, from string) (json.RawMessage, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	g := a.groups[group]
+	if g == nil {
+		return nil, fmt.Errorf("awsfake: no group %q", group)
+	}
+	gi := &groupInstance{id: instanceID, az: az, state: types.LifecycleStatePending}
+	g.instances[instanceID] = gi
+	origin := events.LocationEC2
+	if from != "" {
+		origin = from
+	}
+	act := a.startAction(g, instanceID, events.TransitionLaunching, origin, events.LocationASG)
+	if act == nil {
+		gi.state = types.LifecycleStateInService
+		return nil, nil
+	}
+	gi.state = types.LifecycleStatePendingWait
+	return a.event(act)
+}
+
+// Terminate starts terminating an instance of group and returns the
+// terminate lifecycle event (nil without a terminate hook: the instance is
+// terminated at once). to is "" or events.LocationWarmPool (scale-in back
+// into the warm pool).
+func (a *AutoScaling) Terminate(group, instanceID, to string) (json.RawMessage, error) {
+	a.mu.Lock()
+	g := a.groups[group]
+	if g == nil || g.instances[instanceID] == nil {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("awsfake: %s is not an instance of group %q", instanceID, group)
+	}
+	dest := events.LocationEC2
+	if to != "" {
+		dest = to
+	}
+	act := a.startAction(g, instanceID, events.TransitionTerminating, events.LocationASG, dest)
+	if act == nil {
+		delete(g.instances, instanceID)
+		a.mu.Unlock()
+		if a.cfg.EC2 != nil && dest != events.LocationWarmPool {
+			a.cfg.EC2.TerminateInstance(instanceID)
+		}
+		return nil, nil
+	}
+	g.instances[instanceID].state = types.LifecycleStateTerminatingWait
+	ev, err := a.event(act)
+	a.mu.Unlock()
+	return ev, err
+}
+
+// startAction creates the pending action of the group's hook for
+// transition, or returns nil if there is no such hook. a.mu must be held.
+func (a *AutoScaling) startAction(g *fakeGroup, instanceID, transition, origin, dest string) *fakeAction {
+	for _, h := range g.spec.Hooks {
+		if h.Transition != transition {
+			continue
+		}
+		a.seq++
+		now := a.now()
+		limit := 100 * h.HeartbeatTimeout
+		if limit > 48*time.Hour {
+			limit = 48 * time.Hour
+		}
+		act := &fakeAction{
+			ActionView: ActionView{
+				Token: fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", a.seq, a.seq&0xffff, a.seq&0xfff, a.seq&0xfff, now.UnixNano()&0xffffffffffff),
+				Group: g.spec.Name, Hook: h.Name, Instance: instanceID, Transition: transition,
+				Origin: origin, Destination: dest, Started: now, Deadline: now.Add(h.HeartbeatTimeout),
+			},
+			timeout: h.HeartbeatTimeout, limit: now.Add(limit), def: h.DefaultResult,
+		}
+		a.actions[act.Token] = act
+		return act
+	}
+	return nil
+}
+
+func (a *AutoScaling) event(act *fakeAction) (json.RawMessage, error) {
+	dt := events.DetailTypeLaunch
+	if act.Transition == events.TransitionTerminating {
+		dt = events.DetailTypeTerminate
+	}
+	detail, err := json.Marshal(events.LifecycleAction{
+		Origin: act.Origin, Destination: act.Destination, LifecycleActionToken: act.Token,
+		AutoScalingGroupName: act.Group, LifecycleHookName: act.Hook, EC2InstanceID: act.Instance,
+		LifecycleTransition: act.Transition,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(events.Envelope{
+		Version: "0", ID: fmt.Sprintf("evt-%s", act.Token), DetailType: dt, Source: events.SourceAutoScaling,
+		Account: a.cfg.Account, Time: act.Started.Truncate(time.Second), Region: a.cfg.Region,
+		Resources: []string{a.groupARN(act.Group)}, Detail: detail,
+	})
+}
+
+// advance expires actions whose heartbeat timeout passed, applying the
+// hook's default result. a.mu must be held.
+func (a *AutoScaling) advance() {
+	now := a.now()
+	for _, act := range a.actions {
+		if act.Result == "" && (now.After(act.Deadline) || now.After(act.limit)) {
+			act.Expired = true
+			a.decide(act, act.def)
+		}
+	}
+}
+
+// decide applies result to a pending action. a.mu must be held.
+func (a *AutoScaling) decide(act *fakeAction, result string) {
+	act.Result = result
+	g := a.groups[act.Group]
+	if g == nil {
+		return
+	}
+	gi := g.instances[act.Instance]
+	terminate := false
+	switch {
+	case act.Transition == events.TransitionLaunching && result == "CONTINUE":
+		if gi != nil {
+			gi.state = types.LifecycleStateInService
+		}
+	case act.Transition == events.TransitionLaunching:
+		// ABANDON: the group terminates the instance (no terminate hook).
+		delete(g.instances, act.Instance)
+		terminate = true
+	default:
+		delete(g.instances, act.Instance)
+		terminate = act.Destination != events.LocationWarmPool
+	}
+	if terminate && a.cfg.EC2 != nil {
+		// The EC2 fake has its own lock; it never calls back into us.
+		a.cfg.EC2.TerminateInstance(act.Instance)
+	}
+}
+
+// ExpireAll lets every pending action time out now (default results).
+func (a *AutoScaling) ExpireAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, act := range a.actions {
+		if act.Result == "" {
+			act.Expired = true
+			a.decide(act, act.def)
+		}
+	}
+}
+
+// Actions returns every action, oldest first.
+func (a *AutoScaling) Actions() []ActionView {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.advance()
+	out := make([]ActionView, 0, len(a.actions))
+	for _, act := range a.actions {
+		out = append(out, act.ActionView)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) || out[i].Started.Equal(out[j].Started) && out[i].Token < out[j].Token })
+	return out
+}
+
+// Action returns the action with token.
+func (a *AutoScaling) Action(token string) (ActionView, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.advance()
+	act, ok := a.actions[token]
+	if !ok {
+		return ActionView{}, false
+	}
+	return act.ActionView, true
+}
+
+// GroupInstances returns the group's instance IDs with their lifecycle states.
+func (a *AutoScaling) GroupInstances(group string) map[string]types.LifecycleState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.advance()
+	out := map[string]types.LifecycleState{}
+	if g := a.groups[group]; g != nil {
+		for id, gi := range g.instances {
+			out[id] = gi.state
+		}
+	}
+	return out
+}
+
+// find returns the pending action a Complete/Heartbeat call addresses, or
+// the ValidationError AWS gives when there is none.
+func (a *AutoScaling) find(group, hook, token, instance string) (*fakeAction, error) {
+	switch {
+	case group == "":
+		return nil, ASGError("ValidationError", "1 validation error detected: Value null at 'autoScalingGroupName' failed to satisfy constraint: Member must not be null")
+	case hook == "":
+		return nil, ASGError("ValidationError", "1 validation error detected: Value null at 'lifecycleHookName' failed to satisfy constraint: Member must not be null")
+	case token == "" && instance == "":
+		return nil, ASGError("ValidationError", "Either LifecycleActionToken or InstanceId must be specified.")
+	}
+	if token != "" {
+		act := a.actions[token]
+		if act == nil || act.Result != "" || act.Group != group || act.Hook != hook || instance != "" && act.Instance != instance {
+			return nil, ASGError("ValidationError", "No active Lifecycle Action found with token %s", token)
+		}
+		return act, nil
+	}
+	for _, act := range a.actions {
+		if act.Result == "" && act.Group == group && act.Hook == hook && act.Instance == instance {
+			return act, nil
+		}
+	}
+	return nil, ASGError("ValidationError", "No active Lifecycle Action found with instance ID %s", instance)
+}
+
+// CompleteLifecycleAction decides a pending lifecycle action, found by
+// token or instance ID. A completed, expired or unknown action is the
+// ValidationError "No active Lifecycle Action found with …".
+func (a *AutoScaling) CompleteLifecycleAction(ctx context.Context, in *autoscaling.CompleteLifecycleActionInput, _ ...func(*autoscaling.Options)) (*autoscaling.CompleteLifecycleActionOutput, error) {
+	const op = "CompleteLifecycleAction"
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.begin(op); err != nil {
+		return nil, err
+	}
+	res := aws.ToString(in.LifecycleActionResult)
+	if res != "CONTINUE" && res != "ABANDON" {
+		return nil, ASGError("ValidationError", "Invalid lifecycle action result %q: must be CONTINUE or ABANDON", res)
+	}
+	act, err := a.find(aws.ToString(in.AutoScalingGroupName), aws.ToString(in.LifecycleHookName),
+		aws.ToString(in.LifecycleActionToken), aws.ToString(in.InstanceId))
+	if err != nil {
+		return nil, err
+	}
+	act.Completed = true
+	a.decide(act, res)
+	return &autoscaling.CompleteLifecycleActionOutput{}, a.end(op)
+}
+
+// RecordLifecycleActionHeartbeat restarts a pending action's heartbeat
+// timeout (never past the global timeout).
+func (a *AutoScaling) RecordLifecycleActionHeartbeat(ctx context.Context, in *autoscaling.RecordLifecycleActionHeartbeatInput, _ ...func(*autoscaling.Options)) (*autoscaling.RecordLifecycleActionHeartbeatOutput, error) {
+	const op = "RecordLifecycleActionHeartbeat"
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.begin(op); err != nil {
+		return nil, err
+	}
+	act, err := a.find(aws.ToString(in.AutoScalingGroupName), aws.ToString(in.LifecycleHookName),
+		aws.ToString(in.LifecycleActionToken), aws.ToString(in.InstanceId))
+	if err != nil {
+		return nil, err
+	}
+	act.Heartbeats++
+	act.Deadline = a.now().Add(act.timeout)
+	if act.Deadline.After(act.limit) {
+		act.Deadline = act.limit
+	}
+	return &autoscaling.RecordLifecycleActionHeartbeatOutput{}, a.end(op)
+}
+
+// DescribeAutoScalingGroups describes the named groups (all without
+// names); unknown names are left out, as in AWS.
+func (a *AutoScaling) DescribeAutoScalingGroups(ctx context.Context, in *autoscaling.DescribeAutoScalingGroupsInput, _ ...func(*autoscaling.Options)) (*autoscaling.DescribeAutoScalingGroupsOutput, error) {
+	const op = "DescribeAutoScalingGroups"
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.begin(op); err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(a.groups))
+	for n := range a.groups {
+		if len(in.AutoScalingGroupNames) == 0 || slices.Contains(in.AutoScalingGroupNames, n) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	out := &autoscaling.DescribeAutoScalingGroupsOutput{}
+	for _, n := range names {
+		g := a.groups[n]
+		desc := types.AutoScalingGroup{
+			AutoScalingGroupName: aws.String(n), AutoScalingGroupARN: aws.String(a.groupARN(n)),
+			AvailabilityZones: slices.Clone(g.spec.AZs), MinSize: aws.Int32(g.spec.MinSize), MaxSize: aws.Int32(g.spec.MaxSize),
+			DesiredCapacity: aws.Int32(g.spec.Desired), CreatedTime: aws.Time(g.created), HealthCheckType: aws.String("EC2"),
+			DefaultCooldown: aws.Int32(300),
+		}
+		ids := make([]string, 0, len(g.instances))
+		for id := range g.instances {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			gi := g.instances[id]
+			desc.Instances = append(desc.Instances, types.Instance{
+				InstanceId: aws.String(id), AvailabilityZone: aws.String(gi.az), LifecycleState: gi.state,
+				HealthStatus: aws.String("Healthy"), ProtectedFromScaleIn: aws.Bool(false),
+			})
+		}
+		for k, v := range g.spec.Tags {
+			desc.Tags = append(desc.Tags, types.TagDescription{Key: aws.String(k), Value: aws.String(v),
+				PropagateAtLaunch: aws.Bool(true), ResourceId: aws.String(n), ResourceType: aws.String("auto-scaling-group")})
+		}
+		out.AutoScalingGroups = append(out.AutoScalingGroups, desc)
+	}
+	return out, a.end(op)
+}

@@ -1,0 +1,213 @@
+package awsfake_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	asgtypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/awsfake"
+)
+
+func newASG(c *manualClock) (*awsfake.AutoScaling, *awsfake.EC2) {
+	e := newEC2(c)
+	a := awsfake.NewAutoScaling(awsfake.AutoScalingConfig{Now: c.Now, EC2: e})
+	a.AddGroup(awsfake.GroupSpec{
+		Name: "web", AZs: []string{"us-east-1a", "us-east-1b"}, MaxSize: 10,
+		Tags: map[string]string{"volsd:pool": "web"},
+		Hooks: []awsfake.HookSpec{
+			{Name: "volsd-launch", Transition: events.TransitionLaunching, HeartbeatTimeout: 10 * time.Minute, DefaultResult: "ABANDON"},
+			{Name: "volsd-terminate", Transition: events.TransitionTerminating, HeartbeatTimeout: 5 * time.Minute, DefaultResult: "CONTINUE"},
+		},
+	})
+	return a, e
+}
+
+func decode(t *testing.T, raw []byte, detailType string) events.LifecycleAction {
+	t.Helper()
+	var a events.LifecycleAction
+	if _, err := events.DecodeDetail(raw, detailType, &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Validate(); err != nil {
+		t.Fatalf("event does not validate: %v\n%s", err, raw)
+	}
+	return a
+}
+
+func complete(a *awsfake.AutoScaling, act events.LifecycleAction, token, result string) error {
+	_, err := a.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{
+		AutoScalingGroupName: aws.String(act.AutoScalingGroupName), LifecycleHookName: aws.String(act.LifecycleHookName),
+		LifecycleActionToken: aws.String(token), LifecycleActionResult: aws.String(result),
+	})
+	return err
+}
+
+func TestLaunchEventAndCompletion(t *testing.T) {
+	c := newClock()
+	a, e := newASG(c)
+	id, raw, err := a.Launch("web", "us-east-1b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	act := decode(t, raw, events.DetailTypeLaunch)
+	if act.EC2InstanceID != id || act.LifecycleTransition != events.TransitionLaunching || act.AutoScalingGroupName != "web" || act.Origin != "EC2" {
+		t.Fatalf("event detail %+v", act)
+	}
+	if e.InstanceAZ(id) != "us-east-1b" || e.InstanceState(id) != types.InstanceStateNameRunning {
+		t.Fatalf("EC2 instance %s in %s", e.InstanceState(id), e.InstanceAZ(id))
+	}
+	if st := a.GroupInstances("web")[id]; st != asgtypes.LifecycleStatePendingWait {
+		t.Fatalf("group state %s", st)
+	}
+	if err := complete(a, act, "00000000-bad-token", "CONTINUE"); !awserr.IsLifecycleActionGone(err) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	if err := complete(a, act, act.LifecycleActionToken, "MAYBE"); awserr.Code(err) != "ValidationError" || awserr.IsLifecycleActionGone(err) {
+		t.Fatalf("bad result: %v", err)
+	}
+	if err := complete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.GroupInstances("web")[id]; st != asgtypes.LifecycleStateInService {
+		t.Fatalf("group state after CONTINUE: %s", st)
+	}
+	err = complete(a, act, act.LifecycleActionToken, "CONTINUE")
+	if !awserr.IsLifecycleActionGone(err) || awserr.IsRetryable(err) {
+		t.Fatalf("second completion: %v", err)
+	}
+	v, _ := a.Action(act.LifecycleActionToken)
+	if !v.Completed || v.Result != "CONTINUE" || v.Expired {
+		t.Fatalf("action %+v", v)
+	}
+	// By instance ID once the action is done: no active action either.
+	_, err = a.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{
+		AutoScalingGroupName: aws.String("web"), LifecycleHookName: aws.String("volsd-launch"),
+		InstanceId: aws.String(id), LifecycleActionResult: aws.String("CONTINUE"),
+	})
+	if !awserr.IsLifecycleActionGone(err) {
+		t.Fatalf("by instance: %v", err)
+	}
+}
+
+func TestAbandonedLaunchTerminatesInstance(t *testing.T) {
+	c := newClock()
+	a, e := newASG(c)
+	id, raw, err := a.Launch("web", "us-east-1a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	act := decode(t, raw, events.DetailTypeLaunch)
+	if err := complete(a, act, act.LifecycleActionToken, "ABANDON"); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(5 * time.Second)
+	if e.InstanceState(id) != types.InstanceStateNameTerminated {
+		t.Fatalf("instance %s after ABANDON", e.InstanceState(id))
+	}
+	if _, in := a.GroupInstances("web")[id]; in {
+		t.Fatal("abandoned instance still in the group")
+	}
+}
+
+func TestExpiryHeartbeatAndGlobalTimeout(t *testing.T) {
+	c := newClock()
+	a, e := newASG(c)
+	id, raw, _ := a.Launch("web", "us-east-1a")
+	act := decode(t, raw, events.DetailTypeLaunch)
+	hb := func() error {
+		_, err := a.RecordLifecycleActionHeartbeat(ctx, &autoscaling.RecordLifecycleActionHeartbeatInput{
+			AutoScalingGroupName: aws.String("web"), LifecycleHookName: aws.String("volsd-launch"),
+			LifecycleActionToken: aws.String(act.LifecycleActionToken), InstanceId: aws.String(id),
+		})
+		return err
+	}
+	// Heartbeats every 9 minutes keep a 10-minute action alive…
+	for i := 0; i < 5; i++ {
+		c.Advance(9 * time.Minute)
+		if err := hb(); err != nil {
+			t.Fatalf("heartbeat %d: %v", i, err)
+		}
+	}
+	// …until it is left alone for longer than the timeout.
+	c.Advance(11 * time.Minute)
+	if err := hb(); !awserr.IsLifecycleActionGone(err) {
+		t.Fatalf("heartbeat after expiry: %v", err)
+	}
+	if err := complete(a, act, act.LifecycleActionToken, "CONTINUE"); !awserr.IsLifecycleActionGone(err) {
+		t.Fatalf("complete after expiry: %v", err)
+	}
+	v, _ := a.Action(act.LifecycleActionToken)
+	if !v.Expired || v.Result != "ABANDON" || v.Completed || v.Heartbeats != 5 {
+		t.Fatalf("expired action %+v", v)
+	}
+	c.Advance(5 * time.Second)
+	if e.InstanceState(id) != types.InstanceStateNameTerminated {
+		t.Fatalf("default ABANDON left the instance %s", e.InstanceState(id))
+	}
+
+	// The global timeout (100 × heartbeat timeout) ends even a heartbeating action.
+	a.AddGroup(awsfake.GroupSpec{Name: "short", AZs: []string{"us-east-1a"}, MaxSize: 1,
+		Hooks: []awsfake.HookSpec{{Name: "h", Transition: events.TransitionLaunching, HeartbeatTimeout: time.Minute, DefaultResult: "CONTINUE"}}})
+	_, raw, _ = a.Launch("short", "")
+	act = decode(t, raw, events.DetailTypeLaunch)
+	for i := 0; i < 130; i++ {
+		c.Advance(50 * time.Second)
+		_, _ = a.RecordLifecycleActionHeartbeat(ctx, &autoscaling.RecordLifecycleActionHeartbeatInput{
+			AutoScalingGroupName: aws.String("short"), LifecycleHookName: aws.String("h"), LifecycleActionToken: aws.String(act.LifecycleActionToken),
+		})
+	}
+	if v, _ := a.Action(act.LifecycleActionToken); !v.Expired || v.Result != "CONTINUE" {
+		t.Fatalf("global timeout: %+v", v)
+	}
+}
+
+func TestTerminateHookAndWarmPool(t *testing.T) {
+	c := newClock()
+	a, e := newASG(c)
+	id, raw, _ := a.Launch("web", "us-east-1a")
+	_ = complete(a, decode(t, raw, events.DetailTypeLaunch), decode(t, raw, events.DetailTypeLaunch).LifecycleActionToken, "CONTINUE")
+
+	raw, err := a.Terminate("web", id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	act := decode(t, raw, events.DetailTypeTerminate)
+	if act.LifecycleTransition != events.TransitionTerminating || act.Destination != "EC2" {
+		t.Fatalf("terminate detail %+v", act)
+	}
+	if e.InstanceState(id) != types.InstanceStateNameRunning {
+		t.Fatal("instance terminated before the hook completed")
+	}
+	if err := complete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(5 * time.Second)
+	if e.InstanceState(id) != types.InstanceStateNameTerminated {
+		t.Fatalf("instance %s after terminate CONTINUE", e.InstanceState(id))
+	}
+
+	// Back into the warm pool: the instance is not terminated.
+	id2, raw, _ := a.Launch("web", "us-east-1a")
+	_ = complete(a, decode(t, raw, events.DetailTypeLaunch), decode(t, raw, events.DetailTypeLaunch).LifecycleActionToken, "CONTINUE")
+	raw, _ = a.Terminate("web", id2, events.LocationWarmPool)
+	act = decode(t, raw, events.DetailTypeTerminate)
+	if !act.IntoWarmPool() {
+		t.Fatalf("destination %q", act.Destination)
+	}
+	_ = complete(a, act, act.LifecycleActionToken, "CONTINUE")
+	c.Advance(time.Minute)
+	if e.InstanceState(id2) != types.InstanceStateNameRunning {
+		t.Fatalf("warm-pool instance %s", e.InstanceState(id2))
+	}
+	out, err := a.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{"web", "nope"}})
+	if err != nil || len(out.AutoScalingGroups) != 1 || aws.ToInt32(out.AutoScalingGroups[0].MaxSize) != 10 ||
+		len(out.AutoScalingGroups[0].AvailabilityZones) != 2 {
+		t.Fatalf("describe: %+v %v", out, err)
+	}
+}
