@@ -386,7 +386,9 @@ func (a *AutoScaling) Actions() []ActionView {
 	for _, act := range a.actions {
 		out = append(out, act.ActionView)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) || out[i].Started.Equal(out[j].Started) && out[i].Token < out[j].Token })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Started.Before(out[j].Started) || out[i].Started.Equal(out[j].Started) && out[i].Token < out[j].Token
+	})
 	return out
 }
 

@@ -417,7 +417,7 @@ func (f *EC2) AddSnapshot(spec SnapshotSpec) string {
 
 // VolumeView is what the fake holds about one volume, for test assertions.
 type VolumeView struct {
-	ID, AZ, SnapshotID, KmsKeyID, Type string
+	ID, AZ, SnapshotID, KmsKeyID, Type  string
 	SizeGiB, IOPS, Throughput, InitRate int32
 	Encrypted                           bool
 	State                               types.VolumeState
