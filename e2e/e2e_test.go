@@ -1,0 +1,180 @@
+// Package e2e holds volsd's end-to-end tests: the whole system on one
+// machine (DynamoDB Local, moto behind the gap-filling proxy, the five
+// Lambda bootstraps behind local Runtime API servers, simulated instances
+// running the real agent on loop-device volumes, the real CLI), telling the
+// demo's story at a small size and a story of faults.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/volsd/volsd/e2e/harness"
+	"github.com/volsd/volsd/e2e/story"
+	"github.com/volsd/volsd/internal/testenv"
+)
+
+var (
+	buildOnce sync.Once
+	bins      *harness.Binaries
+	buildErr  error
+	buildDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+func binaries(t *testing.T) *harness.Binaries {
+	t.Helper()
+	buildOnce.Do(func() {
+		root, err := harness.RepoRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildDir, err = os.MkdirTemp("", "volsd-e2e-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		bins, buildErr = harness.Build(context.Background(), root, buildDir)
+	})
+	if buildErr != nil {
+		t.Fatalf("build the Lambdas, agent and CLI: %v", buildErr)
+	}
+	return bins
+}
+
+// requireRoot: loop devices and mounts need root; with
+// VOLSD_TEST_EMULATORS=1 (make test) the test must run, not skip.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv(testenv.EnvRequired) == "1" {
+		t.Fatal("end-to-end tests need root (loop devices, mount) and VOLSD_TEST_EMULATORS=1 says they must run")
+	}
+	t.Skip("end-to-end tests need root (loop devices, mount)")
+}
+
+// tWriter sends narration lines to the test log.
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func startCluster(t *testing.T, opts harness.Options) *harness.Cluster {
+	t.Helper()
+	requireRoot(t)
+	opts.DynamoDBURL = testenv.Endpoint(t, testenv.EnvDynamoDB)
+	opts.MotoURL = testenv.Endpoint(t, testenv.EnvMoto)
+	opts.Binaries = binaries(t)
+	opts.Pool = testenv.UniqueName(t, "e2e")
+	opts.Log = slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := harness.Start(ctx, opts)
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, c)
+		}
+		if err := c.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatalf("start the local system: %v", err)
+	}
+	return c
+}
+
+// dumpLogs prints the end of every component log of a failed test.
+func dumpLogs(t *testing.T, c *harness.Cluster) {
+	files, _ := filepath.Glob(filepath.Join(c.LogDir(), "*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		t.Logf("---- %s (last %d lines)\n%s", filepath.Base(f), len(lines), strings.Join(lines, "\n"))
+	}
+	t.Logf("proxy calls: %v", c.Proxy.CallCounts())
+	for _, s := range c.RunCommand.CommandIDs() {
+		t.Logf("command %s %s %v: %d targets, %s", s.ID, s.Document, s.Params, s.Targets, s.Status)
+	}
+	for _, a := range c.Group.History() {
+		t.Logf("activity %s %s %s: %s", a.Time.Format("15:04:05.000"), a.InstanceID, a.AZ, a.Description)
+	}
+	for _, in := range c.Fleet.All() {
+		for _, r := range in.Runs() {
+			rep := "no report"
+			if r.Report != nil {
+				rep = fmt.Sprintf("seq %d head %d applied %d error %q", r.Report.Seq, r.Report.Head, r.Report.Applied, r.Report.Error)
+			}
+			t.Logf("agent %s %v: exit %d in %.1fs, %s; %s", in.ID, r.Args, r.ExitCode, r.Duration.Seconds(), rep, r.Stderr)
+		}
+	}
+}
+
+// TestStory is `make demo`'s story at a small size: idle pool, launch,
+// push and converge, scale out with current content, delete, scale in with
+// recycle, snapshot, refresh from the snapshot, catch up only what came
+// after it, status.
+func TestStory(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, harness.Options{
+		IdlePerAZ: 2, VolumeSizeGiB: 1, ReleasePolicy: "recycle",
+		LambdaEnv:       map[string]string{"VOLSD_REFRESH_BEHIND": "0"},
+		QueueVisibility: 20 * time.Second,
+		ApplyInterval:   0, // convergence only through SSM commands
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	n := story.NewNarrator(tWriter{t})
+	res, err := story.Run(ctx, c, n, story.TestSizes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CaughtUp < 1 || int64(res.CaughtUp) != res.Head-res.SnapshotSeq {
+		t.Errorf("caught up %d entries; head %d, snapshot %d", res.CaughtUp, res.Head, res.SnapshotSeq)
+	}
+	n.Summary()
+}
+
+// TestFaults: a push with a missing blob, duplicate lifecycle events, a
+// throttled AttachVolume and an agent killed during apply; the system
+// converges and reports the rejected request.
+func TestFaults(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, harness.Options{
+		IdlePerAZ: 1, VolumeSizeGiB: 1, ReleasePolicy: "recycle",
+		QueueVisibility: 10 * time.Second, PushTimeout: 10 * time.Second,
+		ApplyInterval: 3 * time.Second, // the agent's timer converges a killed apply
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	n := story.NewNarrator(tWriter{t})
+	if err := story.Faults(ctx, c, n, story.TestFaultSizes()); err != nil {
+		t.Fatal(err)
+	}
+	n.Summary()
+}
