@@ -1,0 +1,443 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/events"
+)
+
+// Apply applies the journal entries above the watermark up to upTo (0: the
+// head), in order, under the apply lock (DESIGN.md §3 "Apply"). periodic
+// (the systemd timer) returns at once unless applyInterval has passed since
+// the last apply that reached the head.
+func (a *Agent) Apply(ctx context.Context, upTo int64, periodic bool, r *Report) error {
+	r.Command = "apply"
+	a.fillIdentity(ctx, r)
+	last := filepath.Join(a.cfg.RunDir, lastApplyFile)
+	if periodic {
+		if fi, err := os.Stat(last); err == nil && a.now().Sub(fi.ModTime()) < time.Duration(a.cfg.ApplyInterval) {
+			if st, ok, err := a.readState(); err == nil && ok {
+				r.Seq = st.Seq
+			}
+			a.log.Info("periodic apply skipped: applied recently", "at", fi.ModTime().UTC().Format(time.RFC3339), "applyInterval", time.Duration(a.cfg.ApplyInterval).String())
+			return nil
+		}
+	}
+	lock, err := a.lockApply(ctx, 0)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+	if err := a.applyLocked(ctx, upTo, lock, r, nil); err != nil {
+		return err
+	}
+	if r.Seq >= r.Head {
+		if err := os.WriteFile(last, nil, 0o600); err == nil {
+			_ = os.Chtimes(last, a.now(), a.now())
+		}
+	}
+	return nil
+}
+
+// lastApplyFile in runDir: its mtime is when an apply last reached the head.
+const lastApplyFile = "last-apply"
+
+// applyLocked does Apply's work; the caller holds lock. progress, when not
+// nil, is called after each applied entry (up heartbeats the hook there).
+func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r *Report, progress func()) error {
+	if err := a.checkNotReleased(); err != nil {
+		return err
+	}
+	if err := a.checkNotFrozen(); err != nil {
+		return err
+	}
+	if a.rsyncErr != nil {
+		return a.rsyncErr
+	}
+	if err := a.checkMounted(); err != nil {
+		return err
+	}
+	st, ok, err := a.readState()
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return notReady("volume at %s has no watermark %s (run `volsd-agent up`)", a.cfg.MountPath, a.statePath())
+	}
+	r.Seq = st.Seq
+	if err := a.recoverLeftovers(); err != nil {
+		return err
+	}
+	head, err := a.journal.Head(ctx, a.cfg.Pool)
+	if err != nil {
+		return &Error{Kind: KindRetryable, Err: fmt.Errorf("read journal head of pool %s: %w", a.cfg.Pool, err)}
+	}
+	r.Head = head
+	target := head
+	if upTo > 0 && upTo < head {
+		target = upTo
+	}
+	if target <= st.Seq {
+		a.log.Info("up to date", "seq", st.Seq, "head", head)
+		return nil
+	}
+	entries, err := a.journal.Entries(ctx, a.cfg.Pool, st.Seq, target)
+	if err != nil {
+		return &Error{Kind: KindRetryable, Err: fmt.Errorf("read journal entries %d..%d of pool %s: %w", st.Seq+1, target, a.cfg.Pool, err)}
+	}
+	if int64(len(entries)) != target-st.Seq {
+		return retryable("journal of pool %s returned %d entries for %d..%d (expired below a snapshot? the volume is too far behind)", a.cfg.Pool, len(entries), st.Seq+1, target)
+	}
+	a.log.Info("applying", "from", st.Seq+1, "to", target, "head", head)
+
+	rs := rsync{bin: a.rsyncBin, lock: lock.f}
+	done := st.Seq
+	lastCheckpoint := time.Now()
+	// stop keeps what is done (checkpoint) and returns err.
+	stop := func(err error) error {
+		if done > r.Seq {
+			if cerr := a.writeState(done); cerr == nil {
+				r.Seq = done
+			}
+		}
+		return err
+	}
+	for i, e := range entries {
+		if err := a.checkNotReleased(); err != nil {
+			return stop(err)
+		}
+		start := time.Now()
+		n, desc, err := a.applyEntry(ctx, e, rs)
+		r.Bytes += n
+		if err != nil {
+			return stop(&Error{Kind: KindOf(err), Err: fmt.Errorf("entry %d (%s %s): %w", e.Seq, e.Op, e.Path, err)})
+		}
+		a.log.Info("applied", "seq", e.Seq, "op", string(e.Op), "path", e.Path, "plan", desc,
+			"fetched", fmtBytes(n), "duration", time.Since(start).Round(time.Millisecond).String())
+		done = e.Seq
+		r.Applied++
+		if progress != nil {
+			progress()
+		}
+		if i == len(entries)-1 || time.Since(lastCheckpoint) >= a.checkpointEvery {
+			if err := a.writeState(done); err != nil {
+				return err
+			}
+			r.Seq = done
+			lastCheckpoint = time.Now()
+		}
+	}
+	return nil
+}
+
+// recoverLeftovers removes what an interrupted apply left: rsync holding
+// directories in the live tree (listed in pending.json before the copy
+// pass), staging trees and rsync temp files.
+func (a *Agent) recoverLeftovers() error {
+	pending := filepath.Join(a.stateDir(), pendingFile)
+	data, err := os.ReadFile(pending)
+	if err == nil {
+		var dirs []string
+		if json.Unmarshal(data, &dirs) == nil {
+			for _, d := range dirs {
+				if d != events.RootPath && events.ValidatePath("pending", d) != nil {
+					continue
+				}
+				if err := removeInTree(a.cfg.MountPath, filepath.Join(d, rsyncTmpName)); err != nil {
+					return retryable("remove leftover %s: %v", filepath.Join(d, rsyncTmpName), err)
+				}
+			}
+		}
+		if err := os.Remove(pending); err != nil {
+			return retryable("remove %s: %v", pending, err)
+		}
+		a.log.Info("cleaned up after an interrupted apply", "dirs", len(dirs))
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return retryable("read %s: %v", pending, err)
+	}
+	for _, d := range []string{stagingDir, rsyncTmpDir} {
+		if err := os.RemoveAll(filepath.Join(a.stateDir(), d)); err != nil {
+			return retryable("remove leftover %s: %v", filepath.Join(a.stateDir(), d), err)
+		}
+	}
+	return nil
+}
+
+// applyEntry puts one entry in place: plan against the live tree, stage
+// the content (fetched and verified, or copied locally), then the rsync
+// passes, then a check that rsync did what was asked. It returns the bytes
+// fetched from the origin and a summary for the log. Until the passes
+// start nothing in the live tree changes, so bad input and a full disk
+// leave it intact.
+func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync) (int64, string, error) {
+	if err := e.Validate(); err != nil {
+		return 0, "", badInput("%v", err)
+	}
+	if e.Path != events.RootPath {
+		if err := checkAgentPath("path", e.Path); err != nil {
+			return 0, "", err
+		}
+	}
+	root, err := openDir(a.cfg.MountPath)
+	if err != nil {
+		return 0, "", retryable("%v", err)
+	}
+	defer unix.Close(root)
+
+	var fetched int64
+	var p *entryPlan
+	switch e.Op {
+	case events.OpPut:
+		p, err = planPut(root, a.cfg.MountPath, e)
+	case events.OpDelete:
+		p, err = planDelete(root, e)
+	case events.OpSync:
+		var m events.Manifest
+		m, fetched, err = a.origin.manifest(ctx, *e.Manifest)
+		if err == nil {
+			p, err = planSync(root, a.cfg.MountPath, e, m)
+		}
+	}
+	if err != nil {
+		return fetched, "", err
+	}
+	desc := p.describe()
+	if len(p.deletes)+len(p.copies)+len(p.links) == 0 {
+		return fetched, desc, nil
+	}
+
+	staging := filepath.Join(a.stateDir(), stagingDir, fmt.Sprint(e.Seq))
+	defer func() {
+		os.RemoveAll(filepath.Join(a.stateDir(), stagingDir))
+		os.RemoveAll(filepath.Join(a.stateDir(), rsyncTmpDir))
+	}()
+	want := make(map[string]events.Blob, len(p.stage))
+	var copyBytes int64
+	for _, s := range p.stage {
+		want[s.path] = s.blob
+	}
+	for _, c := range p.copies {
+		copyBytes += want[c].Size
+	}
+	// Staging holds the new content once, and the copy pass a second copy
+	// of the changed files until it renames them; links cost no data.
+	need := p.bytesToStage() + copyBytes + 1<<20
+	if free, err := freeBytes(a.cfg.MountPath); err == nil && need > free {
+		return fetched, desc, retryable("disk full: needs %s free on %s to stage and place this entry, has %s", fmtBytes(need), a.cfg.MountPath, fmtBytes(free))
+	}
+	n, err := a.stage(ctx, staging, p, mtimeOf(e))
+	fetched += n
+	if err != nil {
+		return fetched, desc, err
+	}
+
+	if len(p.copies) > 0 {
+		parents := parentDirs(p.copies)
+		pending := filepath.Join(a.stateDir(), pendingFile)
+		data, _ := json.Marshal(parents)
+		if err := writeFileAtomic(pending, data, 0o600); err != nil {
+			return fetched, desc, retryable("write %s: %v", pending, err)
+		}
+		tmp := filepath.Join(a.stateDir(), rsyncTmpDir)
+		if err := os.MkdirAll(tmp, 0o700); err != nil {
+			return fetched, desc, retryable("create %s: %v", tmp, err)
+		}
+		err := rs.copyPass(ctx, staging, a.cfg.MountPath, tmp, p.copies)
+		for _, d := range parents {
+			if cerr := removeInTree(a.cfg.MountPath, filepath.Join(d, rsyncTmpName)); cerr != nil && err == nil {
+				err = retryable("remove %s: %v", filepath.Join(d, rsyncTmpName), cerr)
+			}
+		}
+		if err != nil {
+			return fetched, desc, err
+		}
+		if err := os.Remove(pending); err != nil {
+			return fetched, desc, retryable("remove %s: %v", pending, err)
+		}
+		if err := verifyPlaced(root, a.cfg.MountPath, p.copies, want); err != nil {
+			return fetched, desc, err
+		}
+	}
+	for _, d := range p.deletes {
+		if err := removePath(root, d); err != nil {
+			return fetched, desc, retryable("delete %s: %v", d, err)
+		}
+	}
+	if len(p.links) > 0 {
+		if err := rs.linkPass(ctx, staging, a.cfg.MountPath, p.links); err != nil {
+			return fetched, desc, err
+		}
+		if err := verifyPlaced(root, a.cfg.MountPath, p.links, want); err != nil {
+			return fetched, desc, err
+		}
+	}
+	return fetched, desc, nil
+}
+
+// stage builds the staging tree of p: content from local files first,
+// unique blobs from the origin in parallel, duplicates copied from the
+// first staged copy; then each file gets its mode, mtime and content
+// record. It returns the bytes fetched from the origin.
+func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime int64) (int64, error) {
+	dirs := map[string]bool{staging: true}
+	files := make(map[string]bool, len(p.stage))
+	for _, s := range p.stage {
+		dirs[filepath.Dir(filepath.Join(staging, s.path))] = true
+		files[s.path] = true
+	}
+	for _, l := range p.links {
+		if !files[l] {
+			dirs[filepath.Join(staging, l)] = true // a sync's target directory
+		}
+	}
+	sorted := make([]string, 0, len(dirs))
+	for d := range dirs {
+		sorted = append(sorted, d)
+	}
+	sort.Strings(sorted)
+	for _, d := range sorted {
+		if err := mkdirAll(d); err != nil {
+			return 0, stageErr(err)
+		}
+	}
+
+	var fetched atomic.Int64
+	fetch := func(ctx context.Context, s stageItem, dst string) error {
+		n, err := a.origin.blob(ctx, s.blob, dst)
+		fetched.Add(n)
+		return err
+	}
+	primary := map[string]string{} // sha256 → staged path fetched from the origin
+	var dups []stageItem
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(FileWorkers)
+	for _, s := range p.stage {
+		dst := filepath.Join(staging, s.path)
+		switch {
+		case s.from != "":
+			g.Go(func() error {
+				err := copyLocal(s.from, dst, s.blob.Size)
+				if err == nil {
+					return nil
+				}
+				if isNoSpace(err) {
+					return stageErr(err)
+				}
+				// The live file changed under us: fetch instead.
+				os.Remove(dst)
+				a.log.Warn("local copy failed; fetching from the origin", "from", s.from, "err", err)
+				return fetch(gctx, s, dst)
+			})
+		case primary[s.blob.SHA256] != "":
+			dups = append(dups, s)
+		default:
+			primary[s.blob.SHA256] = dst
+			g.Go(func() error { return fetch(gctx, s, dst) })
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return fetched.Load(), err
+	}
+	for _, s := range dups {
+		if err := copyLocal(primary[s.blob.SHA256], filepath.Join(staging, s.path), s.blob.Size); err != nil {
+			return fetched.Load(), stageErr(err)
+		}
+	}
+	for _, s := range p.stage {
+		c := content{SHA256: s.blob.SHA256, Size: s.blob.Size, Mtime: mtime}
+		if err := finishStaged(filepath.Join(staging, s.path), s.blob.Mode, c); err != nil {
+			return fetched.Load(), stageErr(err)
+		}
+	}
+	return fetched.Load(), nil
+}
+
+func stageErr(err error) error {
+	var ae *Error
+	if errors.As(err, &ae) {
+		return err
+	}
+	if isNoSpace(err) {
+		return retryable("disk full while staging: %v", err)
+	}
+	return retryable("staging: %v", err)
+}
+
+// copyLocal copies the local file src (not following a final symlink) to
+// the new file dst, expecting size bytes (copy_file_range where possible).
+func copyLocal(src, dst string, size int64) error {
+	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if n != size {
+		return fmt.Errorf("%s has %d bytes, expected %d", src, n, size)
+	}
+	return nil
+}
+
+// verifyPlaced checks that rsync put each path in place: a regular file
+// with the staged size, mode and content record, or, for a path that is
+// not a file of the plan, a directory.
+func verifyPlaced(root int, mount string, paths []string, want map[string]events.Blob) error {
+	for _, p := range paths {
+		at, err := probePath(root, p)
+		if err != nil {
+			return retryable("check %s: %v", p, err)
+		}
+		b, isFile := want[p]
+		if !isFile {
+			if !at.isDir() {
+				return retryable("rsync did not create directory %s", p)
+			}
+			continue
+		}
+		if !at.isRegular() || at.st.Size != b.Size || at.st.Mode&0o7777 != b.Mode {
+			return retryable("rsync did not put %s in place (found mode %o, %d bytes; want %o, %d bytes)", p, at.st.Mode, at.st.Size, b.Mode, b.Size)
+		}
+		if c, ok := readContent(filepath.Join(mount, p), &at.st); ok && c.SHA256 != b.SHA256 {
+			return retryable("rsync put other content at %s (%s, want %s)", p, short(c.SHA256), short(b.SHA256))
+		}
+	}
+	return nil
+}
+
+// parentDirs returns the distinct parent directories of paths ("." for
+// the root), sorted.
+func parentDirs(paths []string) []string {
+	set := map[string]bool{}
+	for _, p := range paths {
+		set[filepath.Dir(p)] = true
+	}
+	out := make([]string, 0, len(set))
+	for d := range set {
+		out = append(out, d)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,248 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/events"
+)
+
+// scriptedJournal writes a journal that exercises every op and the type
+// changes between them (file ↔ directory), syncs of the root and of
+// subtrees, duplicate and moved content, mode-only changes.
+func scriptedJournal(w *world) {
+	w.put("a/x.txt", gen("x1", 300), 0o644)
+	w.put("a/b/y.bin", gen("y1", 5000), 0o600)
+	w.put("top.txt", gen("top", 10), 0o755)
+	w.sync("site", map[string]file{
+		"index.html":   {gen("index1", 512), 0o644},
+		"css/site.css": {gen("css", 2048), 0o644},
+		"img/logo.png": {gen("logo", 70000), 0o644},
+		"img/copy.png": {gen("logo", 70000), 0o600}, // same blob twice
+	})
+	w.put("site/extra.txt", gen("extra", 33), 0o644)
+	w.sync("site", map[string]file{
+		"index.html":    {gen("index2", 600), 0o644}, // changed
+		"css/site.css":  {gen("css", 2048), 0o644},   // unchanged
+		"js/app.js":     {gen("app", 4000), 0o644},   // new
+		"moved/img.png": {gen("logo", 70000), 0o644}, // moved content, fetched locally
+		"img/copy.png":  {gen("logo", 70000), 0o644}, // mode change only
+		"empty":         {nil, 0o644},                // empty file
+		"deep/a/b/c/d":  {gen("deep", 100), 0o400},   // read-only, deep
+	})
+	w.del("a/b")
+	w.put("a", gen("a-file", 77), 0o644)                // a directory becomes a file
+	w.put("a/c", gen("a-dir", 88), 0o644)               // and a directory again
+	w.del("nothing/here")                               // absent: nothing to do
+	w.del("top.txt/below")                              // below a file: nothing to do
+	w.sync("deep/t", map[string]file{})                 // an empty target directory appears
+	w.put("site/index.html", gen("index2", 600), 0o600) // same content, new mode
+	w.put("top.txt", gen("top2", 11), 0o644)
+	w.sync("site/css", map[string]file{"site.css": {gen("css2", 100), 0o644}})
+	w.sync("top.txt", map[string]file{"in.txt": {gen("in", 9), 0o644}}) // a file becomes a synced directory
+	w.sync(events.RootPath, map[string]file{
+		"index.html": {gen("root-index", 1234), 0o644},
+		"js/app.js":  {gen("app", 4000), 0o644}, // moved from site/js
+		"a/x.txt":    {gen("x1", 300), 0o644},
+	})
+	w.put("late/file", gen("late", 1), 0o644)
+}
+
+func TestApplyFollowsTheJournalStepByStep(t *testing.T) {
+	requireRoot(t)
+	w := newWorld(t)
+	a := w.agent(t, w.config(t), Deps{})
+	mountedVolume(t, a, 64)
+	scriptedJournal(w)
+	ctx := context.Background()
+	for k := int64(1); k < int64(len(w.models)); k++ {
+		var r Report
+		if err := a.Apply(ctx, k, false, &r); err != nil {
+			t.Fatalf("apply --upto %d: %v", k, err)
+		}
+		if r.Seq != k || r.Applied != 1 || r.Head != int64(len(w.models)-1) {
+			t.Fatalf("apply --upto %d: report %+v", k, r)
+		}
+		if got := watermark(t, a.cfg.MountPath); got != k {
+			t.Fatalf("watermark after apply --upto %d is %d", k, got)
+		}
+		assertTree(t, a.cfg.MountPath, w.models[k])
+	}
+	// Nothing of the agent's work is left behind.
+	for _, p := range []string{stagingDir, rsyncTmpDir, pendingFile} {
+		if _, err := os.Lstat(filepath.Join(a.stateDir(), p)); err == nil {
+			t.Errorf("%s left in .volsd", p)
+		}
+	}
+}
+
+func TestApplyIsIdempotent(t *testing.T) {
+	requireRoot(t)
+	w := newWorld(t)
+	a := w.agent(t, w.config(t), Deps{})
+	mountedVolume(t, a, 64)
+	scriptedJournal(w)
+	ctx := context.Background()
+	var r Report
+	if err := a.Apply(ctx, 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+	want := w.models[len(w.models)-1]
+	assertTree(t, a.cfg.MountPath, want)
+	inodes := inodesOf(t, a.cfg.MountPath)
+
+	// Applying at the head changes nothing.
+	r = Report{}
+	if err := a.Apply(ctx, 0, false, &r); err != nil || r.Applied != 0 || r.Bytes != 0 {
+		t.Fatalf("second apply: %+v %v", r, err)
+	}
+	// Re-applying the last entries (the watermark set back, as after a
+	// crash before the checkpoint) rewrites no file: content is recognised.
+	if err := a.writeState(int64(len(w.models) - 3)); err != nil {
+		t.Fatal(err)
+	}
+	r = Report{}
+	if err := a.Apply(ctx, 0, false, &r); err != nil || r.Applied != 2 {
+		t.Fatalf("re-apply: %+v %v", r, err)
+	}
+	assertTree(t, a.cfg.MountPath, want)
+	if got := inodesOf(t, a.cfg.MountPath); fmt.Sprint(got) != fmt.Sprint(inodes) {
+		t.Errorf("re-applying rewrote files:\nbefore %v\nafter  %v", inodes, got)
+	}
+}
+
+// inodesOf maps each content file to its inode.
+func inodesOf(t testing.TB, mount string) map[string]uint64 {
+	out := map[string]uint64{}
+	for p := range readTree(t, mount).files {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(mount, p), &st); err != nil {
+			t.Fatal(err)
+		}
+		out[p] = st.Ino
+	}
+	return out
+}
+
+// TestSyncFetchesOnlyWhatChanged: a 1% change of a tree downloads the
+// changed files only; moved files and unchanged files come from the volume.
+func TestSyncFetchesOnlyWhatChanged(t *testing.T) {
+	requireRoot(t)
+	w := newWorld(t)
+	a := w.agent(t, w.config(t), Deps{})
+	mountedVolume(t, a, 64)
+	tree := map[string]file{}
+	for i := 0; i < 200; i++ {
+		tree[fmt.Sprintf("d%d/f%03d", i%7, i)] = file{gen(fmt.Sprint("v1-", i), 1000+i), 0o644}
+	}
+	w.sync(events.RootPath, tree)
+	ctx := context.Background()
+	var r Report
+	if err := a.Apply(ctx, 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, f := range tree {
+		total += int64(len(f.data))
+	}
+	if r.Bytes < total {
+		t.Fatalf("first sync fetched %d bytes, tree has %d", r.Bytes, total)
+	}
+
+	next := map[string]file{}
+	for k, v := range tree {
+		next[k] = v
+	}
+	changed := gen("changed", 4321)
+	next["d0/f000"] = file{changed, 0o644}              // changed
+	next["moved/f001"] = next["d1/f001"]                // moved: local copy
+	delete(next, "d1/f001")                             //
+	next["d2/f002"] = file{next["d2/f002"].data, 0o600} // mode only
+	delete(next, "d3/f003")                             // deleted
+	w.sync(events.RootPath, next)
+	r = Report{}
+	if err := a.Apply(ctx, 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, a.cfg.MountPath, w.model)
+	manifestBytes := r.Bytes - int64(len(changed))
+	if manifestBytes < 0 || manifestBytes > 40000 {
+		t.Fatalf("delta sync fetched %d bytes; want the changed file (%d) plus the manifest", r.Bytes, len(changed))
+	}
+}
+
+func TestConcurrentAppliesSerialize(t *testing.T) {
+	requireRoot(t)
+	w := newWorld(t)
+	cfg := w.config(t)
+	a := w.agent(t, cfg, Deps{})
+	mountedVolume(t, a, 64)
+	for i := 0; i < 30; i++ {
+		w.put(fmt.Sprintf("f%d", i%5), gen(fmt.Sprint("c", i), 2000+i), 0o644)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for g := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := w.agent(t, cfg, Deps{})
+			var r Report
+			errs[g] = b.Apply(context.Background(), int64(10*(g%3+1)), false, &r)
+		}()
+	}
+	wg.Wait()
+	for g, err := range errs {
+		if err != nil {
+			t.Errorf("apply %d: %v", g, err)
+		}
+	}
+	if got := watermark(t, cfg.MountPath); got != 30 {
+		t.Fatalf("watermark %d, want 30", got)
+	}
+	assertTree(t, cfg.MountPath, w.models[30])
+}
+
+// TestSymlinksInTheTreeAreNeverFollowed: symlinks that someone planted in
+// the live tree, pointing out of the mount, are replaced or removed, and
+// what they point at is untouched.
+func TestSymlinksInTheTreeAreNeverFollowed(t *testing.T) {
+	requireRoot(t)
+	w := newWorld(t)
+	a := w.agent(t, w.config(t), Deps{})
+	mountedVolume(t, a, 64)
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := a.cfg.MountPath
+	for _, l := range []string{"del", "put", "sync", "file"} {
+		if err := os.Symlink(outside, filepath.Join(m, l)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.del("del/victim")                        // behind a symlink: not in the tree
+	w.del("file")                              // the symlink itself goes
+	w.put("put/victim", gen("evil", 5), 0o644) // the symlink is replaced by a directory
+	w.sync("sync", map[string]file{"victim": {gen("evil2", 6), 0o644}})
+	var r Report
+	if err := a.Apply(context.Background(), 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(victim); err != nil || string(data) != "precious" {
+		t.Fatalf("the file outside the mount changed: %q %v", data, err)
+	}
+	// The model does not know the symlink "del": it is still there.
+	if fi, err := os.Lstat(filepath.Join(m, "del")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("del: %v %v", fi, err)
+	}
+	os.Remove(filepath.Join(m, "del"))
+	assertTree(t, m, w.model)
+}

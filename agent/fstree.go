@@ -1,0 +1,345 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/events"
+)
+
+// Names inside the mount that belong to volsd, not to the content.
+const (
+	stateDirName = events.ReservedDir // <mount>/.volsd
+	lostFound    = "lost+found"       // made by mkfs.ext4 at the root; kept
+	rsyncTmpName = ".~tmp~"           // rsync's --delay-updates holding directory
+)
+
+// contentXattr records, on each file the agent places, what it holds:
+// "v1 <sha256> <size> <mtime ns>". It is trusted only while the file's size
+// and mtime still match it, so a file changed behind the agent's back is
+// hashed again instead of reused.
+const contentXattr = "user.volsd.content"
+
+// checkAgentPath refuses what events.ValidatePath allows but the agent
+// cannot place: rsync's own holding directory name.
+func checkAgentPath(field, p string) error {
+	for _, part := range strings.Split(p, "/") {
+		if part == rsyncTmpName {
+			return badInput("%s: component %q is reserved for rsync's delayed updates (got %q)", field, rsyncTmpName, p)
+		}
+	}
+	return nil
+}
+
+// probe is what lies at a relative path inside the mount, found without
+// following any symlink.
+type probe struct {
+	// blocker is the first parent component that exists but is not a
+	// directory (a symlink, a file, ...); "" when there is none.
+	blocker string
+	// missing is true when a parent directory does not exist.
+	missing bool
+	// exists says the final component exists (only when blocker == "" and
+	// !missing); st is its lstat.
+	exists bool
+	st     unix.Stat_t
+}
+
+func (p probe) isRegular() bool { return p.exists && p.st.Mode&unix.S_IFMT == unix.S_IFREG }
+func (p probe) isDir() bool     { return p.exists && p.st.Mode&unix.S_IFMT == unix.S_IFDIR }
+
+// probePath looks at rel (a validated relative path) under the directory
+// fd root: each parent is opened with O_NOFOLLOW|O_DIRECTORY, so a symlink
+// anywhere on the way stops the walk instead of leading out of the mount.
+func probePath(root int, rel string) (probe, error) {
+	var p probe
+	parts := strings.Split(rel, "/")
+	fd, err := unix.Dup(root)
+	if err != nil {
+		return p, err
+	}
+	defer func() { unix.Close(fd) }()
+	for i, part := range parts[:len(parts)-1] {
+		next, err := unix.Openat(fd, part, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			p.missing = true
+			return p, nil
+		case errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP):
+			p.blocker = strings.Join(parts[:i+1], "/")
+			return p, nil
+		case err != nil:
+			return p, fmt.Errorf("open %s: %w", strings.Join(parts[:i+1], "/"), err)
+		}
+		unix.Close(fd)
+		fd = next
+	}
+	err = unix.Fstatat(fd, parts[len(parts)-1], &p.st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return p, nil
+	case err != nil:
+		return p, fmt.Errorf("lstat %s: %w", rel, err)
+	}
+	p.exists = true
+	return p, nil
+}
+
+// content is what a file placed by the agent holds.
+type content struct {
+	SHA256 string
+	Size   int64
+	Mtime  int64 // ns since the epoch
+}
+
+func (c content) xattr() []byte {
+	return []byte(fmt.Sprintf("v1 %s %d %d", c.SHA256, c.Size, c.Mtime))
+}
+
+// readContent returns the trusted content record of the regular file at
+// abs whose lstat is st: ok only when the xattr exists and still matches
+// the file's size and mtime.
+func readContent(abs string, st *unix.Stat_t) (content, bool) {
+	var buf [128]byte
+	n, err := unix.Lgetxattr(abs, contentXattr, buf[:])
+	if err != nil {
+		return content{}, false
+	}
+	f := strings.Fields(string(buf[:n]))
+	if len(f) != 4 || f[0] != "v1" {
+		return content{}, false
+	}
+	size, err1 := strconv.ParseInt(f[2], 10, 64)
+	mtime, err2 := strconv.ParseInt(f[3], 10, 64)
+	if err1 != nil || err2 != nil || events.ValidateSHA256("xattr", f[1]) != nil {
+		return content{}, false
+	}
+	if size != st.Size || mtime != st.Mtim.Nano() {
+		return content{}, false
+	}
+	return content{SHA256: f[1], Size: size, Mtime: mtime}, true
+}
+
+// hashFile returns the sha256 of the file at abs, opened without following
+// a final symlink.
+func hashFile(abs string) (string, int64, error) {
+	f, err := os.OpenFile(abs, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", n, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// liveSHA256 says whether the regular file at abs (lstat st) holds sha: from
+// its trusted xattr, else by hashing it when the size matches. A file found
+// right by hashing gets its xattr (best effort) so the next look is cheap.
+func liveSHA256(abs string, st *unix.Stat_t, sha string, size int64) bool {
+	if st.Size != size {
+		return false
+	}
+	if c, ok := readContent(abs, st); ok {
+		return c.SHA256 == sha
+	}
+	got, n, err := hashFile(abs)
+	if err != nil || n != size || got != sha {
+		return false
+	}
+	_ = unix.Lsetxattr(abs, contentXattr, content{SHA256: sha, Size: size, Mtime: st.Mtim.Nano()}.xattr(), 0)
+	return true
+}
+
+// mkdirAll creates dir and its parents with mode 0755 whatever the umask.
+// It is only used inside the agent's own staging tree.
+func mkdirAll(dir string) error {
+	if st, err := os.Lstat(dir); err == nil && st.IsDir() {
+		return nil
+	}
+	if err := mkdirAll(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	if err := unix.Mkdir(dir, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return &os.PathError{Op: "mkdir", Path: dir, Err: err}
+	}
+	return os.Chmod(dir, 0o755)
+}
+
+// finishStaged gives the staged file at path its mode, content record and
+// mtime (in that order: the xattr does not change the mtime).
+func finishStaged(path string, mode uint32, c content) error {
+	if err := os.Chmod(path, os.FileMode(mode)); err != nil {
+		return err
+	}
+	if err := unix.Lsetxattr(path, contentXattr, c.xattr(), 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
+		return fmt.Errorf("set %s on %s: %w", contentXattr, path, err)
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(c.Mtime), unix.NsecToTimespec(c.Mtime)}
+	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set mtime of %s: %w", path, err)
+	}
+	return nil
+}
+
+// removePath removes rel (a file, a symlink itself, or a whole tree)
+// under the directory fd root. Every directory on the way is opened with
+// O_NOFOLLOW and every removal is an unlinkat relative to a descriptor, so
+// no symlink, even one swapped in meanwhile, leads out of the mount. A
+// path behind a symlink or a file is not in the tree: nothing to do.
+func removePath(root int, rel string) error {
+	parts := strings.Split(rel, "/")
+	fd, err := unix.Dup(root)
+	if err != nil {
+		return err
+	}
+	defer func() { unix.Close(fd) }()
+	for _, part := range parts[:len(parts)-1] {
+		next, err := unix.Openat(fd, part, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch {
+		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP):
+			return nil
+		case err != nil:
+			return fmt.Errorf("open %s: %w", part, err)
+		}
+		unix.Close(fd)
+		fd = next
+	}
+	return removeAt(fd, parts[len(parts)-1])
+}
+
+// removeAt removes name in the directory dirfd, recursively for a
+// directory, never following a symlink.
+func removeAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT):
+		return nil
+	case !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM):
+		return fmt.Errorf("unlink %s: %w", name, err)
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		return fmt.Errorf("open %s: %w", name, err)
+	}
+	dir := os.NewFile(uintptr(fd), name)
+	defer dir.Close()
+	for {
+		names, err := dir.Readdirnames(1024)
+		for _, n := range names {
+			if err := removeAt(fd, n); err != nil {
+				return fmt.Errorf("%s/%w", name, err)
+			}
+		}
+		if err == io.EOF || len(names) == 0 {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+	}
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("rmdir %s: %w", name, err)
+	}
+	return nil
+}
+
+// removeInTree is removePath from the mount's path.
+func removeInTree(mount, rel string) error {
+	root, err := openDir(mount)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	return removePath(root, rel)
+}
+
+// openDir opens a directory for *at calls.
+func openDir(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return fd, nil
+}
+
+// syncDir fsyncs a directory so a rename in it is durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// writeFileAtomic writes data to path: temp file, fsync, rename, fsync dir.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op after the rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// isNoSpace reports ENOSPC or EDQUOT anywhere in err.
+func isNoSpace(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
+}
+
+// freeBytes returns the bytes available to the agent on the filesystem of
+// path.
+func freeBytes(path string) (int64, error) {
+	var s unix.Statfs_t
+	if err := unix.Statfs(path, &s); err != nil {
+		return 0, err
+	}
+	return int64(s.Bavail) * int64(s.Bsize), nil
+}
+
+// mtimeOf is the mtime the agent gives the files an entry places: the
+// entry's creation time, so that every volume that applies the same
+// history ends with the same mtimes.
+func mtimeOf(e events.JournalEntry) int64 {
+	if e.CreatedAt.IsZero() {
+		return time.Unix(0, 0).UnixNano()
+	}
+	return e.CreatedAt.UnixNano()
+}

@@ -1,0 +1,115 @@
+// Package agent is volsd-agent: on each instance of a pool it mounts the
+// pool volume, catches up with the journal, applies journal entries with
+// rsync, freezes the filesystem for snapshots and releases the volume
+// (DESIGN.md §3). Every command ends with one JSON events.AgentReport as
+// its last stdout line and an exit code from docs/contracts.md.
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/awserr"
+)
+
+// Exit codes (docs/contracts.md).
+const (
+	ExitOK        = 0 // success
+	ExitRetryable = 1 // retryable failure
+	ExitBadInput  = 2 // bad arguments, hostile content, hash mismatch
+	ExitNotReady  = 3 // no volume, not mounted, frozen, released
+)
+
+// Kind classifies a failure; it is the report's errorKind.
+type Kind string
+
+// The kinds of failure.
+const (
+	KindRetryable Kind = "retryable"
+	KindBadInput  Kind = "bad-input"
+	KindNotReady  Kind = "not-ready"
+)
+
+// ExitCode returns the exit code of a failure of kind k.
+func (k Kind) ExitCode() int {
+	switch k {
+	case KindBadInput:
+		return ExitBadInput
+	case KindNotReady:
+		return ExitNotReady
+	default:
+		return ExitRetryable
+	}
+}
+
+// Error is a failure with its kind. Its message says what was wrong.
+type Error struct {
+	Kind Kind
+	Err  error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+func badInput(format string, args ...any) error {
+	return &Error{Kind: KindBadInput, Err: fmt.Errorf(format, args...)}
+}
+
+func notReady(format string, args ...any) error {
+	return &Error{Kind: KindNotReady, Err: fmt.Errorf(format, args...)}
+}
+
+func retryable(format string, args ...any) error {
+	return &Error{Kind: KindRetryable, Err: fmt.Errorf(format, args...)}
+}
+
+// KindOf returns the kind of err: the kind of the outermost *Error in its
+// chain; a ValidationError from events is bad input; anything else,
+// including AWS errors, is retryable.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	var ve *events.ValidationError
+	if errors.As(err, &ve) {
+		return KindBadInput
+	}
+	return KindRetryable
+}
+
+// awsKind is the kind of a failed AWS call: the caller decides what a
+// missing resource means; everything else can be retried.
+func awsKind(err error, notFound Kind) Kind {
+	if awserr.IsNotFound(err) {
+		return notFound
+	}
+	return KindRetryable
+}
+
+// Report is the events.AgentReport a command prints.
+type Report = events.AgentReport
+
+// WriteReport prints r as one JSON line: it must be the last stdout line.
+func WriteReport(w io.Writer, r Report) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// finish fills the error fields of r from err and returns the exit code.
+func finish(r *Report, err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	k := KindOf(err)
+	r.Error = err.Error()
+	r.ErrorKind = string(k)
+	return k.ExitCode()
+}

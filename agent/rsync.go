@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// rsync runs the rsync program with argument lists, never through a
+// shell. The files of a pass are given with --files-from (NUL-separated),
+// so no content path is ever an argument.
+type rsync struct {
+	bin  string   // path of the rsync program
+	lock *os.File // the apply lock, inherited by rsync (see applyLock)
+}
+
+// Passes. Each takes the staging root (the tree to copy from, laid out like
+// the mount), the mount, and the paths relative to both.
+//
+//   - copy: replace existing regular files. rsync writes each into its
+//     --temp-dir, moves it to .~tmp~ beside its destination and renames all
+//     into place at the end (--delay-updates); --ignore-times because the
+//     agent already decided these files differ.
+//   - link: create files that do not exist yet, as hard links to the staged
+//     files (--link-dest): no copy; a link appears complete or not at all.
+//
+// Deletions are not an rsync pass: rsync 3.2's --delete-missing-args fails
+// on nested paths ("invalid file mode 00", protocol error) and follows
+// symlinked parents of what it deletes. The agent removes paths itself
+// through directory descriptors opened with O_NOFOLLOW (removePath).
+func (r rsync) copyPass(ctx context.Context, staging, mount, tmp string, paths []string) error {
+	return r.run(ctx, "copy", paths, "--archive", "--xattrs", "--ignore-times", "--delay-updates",
+		"--temp-dir="+tmp, "--exclude=/"+stateDirName, staging+"/", mount+"/")
+}
+
+func (r rsync) linkPass(ctx context.Context, staging, mount string, paths []string) error {
+	return r.run(ctx, "link", paths, "--archive", "--xattrs", "--link-dest="+staging,
+		"--exclude=/"+stateDirName, staging+"/", mount+"/")
+}
+
+// run writes paths to a list file and runs rsync with args plus
+// --from0 --files-from=<list>. A failure names the pass and quotes rsync's
+// last words; ENOSPC becomes a clear "disk full".
+func (r rsync) run(ctx context.Context, pass string, paths []string, args ...string) error {
+	if len(paths) == 0 {
+		return nil
+	}
+	list, err := os.CreateTemp("", "volsd-rsync-"+pass+"-*.list")
+	if err != nil {
+		return retryable("rsync %s pass: create file list: %v", pass, err)
+	}
+	defer os.Remove(list.Name())
+	var buf bytes.Buffer
+	for _, p := range paths {
+		buf.WriteString(p)
+		buf.WriteByte(0)
+	}
+	if _, err := list.Write(buf.Bytes()); err != nil {
+		list.Close()
+		return retryable("rsync %s pass: write file list: %v", pass, err)
+	}
+	list.Close()
+
+	full := append([]string{"--from0", "--files-from=" + list.Name()}, args...)
+	cmd := exec.CommandContext(ctx, r.bin, full...)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	cmd.Stdout = &stderr
+	// rsync and its forked receiver run in their own process group, which
+	// is killed as a whole when ctx ends; Pdeathsig kills rsync if the agent
+	// dies first. The inherited lock keeps other applies out until then.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	if r.lock != nil {
+		cmd.ExtraFiles = []*os.File{r.lock}
+	}
+	if err := cmd.Run(); err != nil {
+		msg := lastLines(stderr.String(), 4)
+		if ctx.Err() != nil {
+			return retryable("rsync %s pass of %d paths stopped: %v", pass, len(paths), ctx.Err())
+		}
+		if strings.Contains(msg, "No space left on device") || strings.Contains(msg, "Disk quota exceeded") {
+			return retryable("disk full during the rsync %s pass of %d paths: %s", pass, len(paths), msg)
+		}
+		return retryable("rsync %s pass of %d paths failed (%v): %s", pass, len(paths), err, msg)
+	}
+	return nil
+}
+
+// lastLines returns the last n non-empty lines of s, joined by " | ".
+func lastLines(s string, n int) string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// findRsync locates the rsync program.
+func findRsync() (string, error) {
+	for _, p := range []string{"/usr/bin/rsync", "/bin/rsync", "/usr/local/bin/rsync"} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("rsync")
+	if err != nil {
+		return "", notReady("rsync is not installed (install the rsync package): %v", err)
+	}
+	return filepath.Clean(p), nil
+}

@@ -1,0 +1,259 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/volsd/volsd/internal/awserr"
+)
+
+// PoolTag is the tag that marks volumes of a pool (docs/contracts.md).
+const PoolTag = "volsd:pool"
+
+// Up is the boot command (DESIGN.md §3 "Agent start"): find the pool
+// volume attached to this instance, wait for its device, format it only
+// when blank, mount it, grow it when the volume is larger, catch up with
+// the journal while heartbeating the launch hook, then complete the hook
+// CONTINUE. Every step is idempotent; systemd runs it again on failure.
+func (a *Agent) Up(ctx context.Context, r *Report) error {
+	r.Command = "up"
+	r.Mount = a.cfg.MountPath
+	if a.cfg.ASG == "" {
+		return badInput("config: asg (VOLSD_ASG) is required for up (the lifecycle hook's group)")
+	}
+	doc, err := a.imds.GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
+	if err != nil {
+		return retryable("instance identity from IMDS: %v", err)
+	}
+	r.Instance = doc.InstanceID
+	a.log.Info("instance", "instance", doc.InstanceID, "az", doc.AvailabilityZone, "region", doc.Region)
+
+	vol, err := a.findVolume(ctx, doc.InstanceID)
+	if err != nil {
+		return err
+	}
+	r.Volume = vol
+	dev, err := a.findDevice(ctx, vol)
+	if err != nil {
+		return err
+	}
+	r.Device = dev
+	a.log.Info("device", "volume", vol, "device", dev)
+
+	lock, err := a.lockApply(ctx, 0)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+	if err := os.Remove(filepath.Join(a.cfg.RunDir, releasedFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return retryable("remove release marker: %v", err)
+	}
+	if err := a.prepareFilesystem(ctx, dev); err != nil {
+		return err
+	}
+	if err := a.writeVolumeInfo(volumeInfo{Instance: doc.InstanceID, Volume: vol, Device: dev, Mount: a.cfg.MountPath}); err != nil {
+		return retryable("write %s: %v", volumeFile, err)
+	}
+
+	hb := a.heartbeat(ctx, doc.InstanceID)
+	err = a.applyLocked(ctx, 0, lock, r, hb.beat)
+	hb.stop()
+	if err != nil {
+		return err
+	}
+	return a.completeLaunch(ctx, doc.InstanceID)
+}
+
+// findVolume returns the ID of the pool volume attached to instance,
+// waiting (within deviceWait) while the lifecycle Lambda is still
+// attaching it.
+func (a *Agent) findVolume(ctx context.Context, instance string) (string, error) {
+	deadline := time.Now().Add(time.Duration(a.cfg.DeviceWait))
+	in := &ec2.DescribeVolumesInput{Filters: []ec2types.Filter{
+		{Name: aws.String("attachment.instance-id"), Values: []string{instance}},
+		{Name: aws.String("tag:" + PoolTag), Values: []string{a.cfg.Pool}},
+	}}
+	last := ""
+	for {
+		var vols []ec2types.Volume
+		err := awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
+			vols = nil
+			p := ec2.NewDescribeVolumesPaginator(a.ec2, in)
+			for p.HasMorePages() {
+				page, err := p.NextPage(ctx)
+				if err != nil {
+					return err
+				}
+				vols = append(vols, page.Volumes...)
+			}
+			return nil
+		})
+		if err != nil {
+			return "", &Error{Kind: KindRetryable, Err: fmt.Errorf("describe volumes of %s in pool %s: %w", instance, a.cfg.Pool, err)}
+		}
+		var attached, attaching []string
+		for _, v := range vols {
+			for _, at := range v.Attachments {
+				if aws.ToString(at.InstanceId) != instance {
+					continue
+				}
+				switch at.State {
+				case ec2types.VolumeAttachmentStateAttached:
+					attached = append(attached, aws.ToString(v.VolumeId))
+				default:
+					attaching = append(attaching, aws.ToString(v.VolumeId)+" ("+string(at.State)+")")
+				}
+			}
+		}
+		switch {
+		case len(attached) == 1:
+			return attached[0], nil
+		case len(attached) > 1:
+			return "", notReady("%d volumes of pool %s are attached to %s (%s); expected one", len(attached), a.cfg.Pool, instance, strings.Join(attached, ", "))
+		}
+		why := "no volume of pool " + a.cfg.Pool + " is attached"
+		if len(attaching) > 0 {
+			why = "volume not attached yet: " + strings.Join(attaching, ", ")
+		}
+		if why != last {
+			a.log.Info("waiting for the pool volume", "instance", instance, "why", why)
+			last = why
+		}
+		if time.Now().After(deadline) {
+			return "", notReady("%s to %s after %s", why, instance, time.Duration(a.cfg.DeviceWait))
+		}
+		select {
+		case <-ctx.Done():
+			return "", retryable("waiting for the pool volume: %v", ctx.Err())
+		case <-time.After(a.pollEvery):
+		}
+	}
+}
+
+// prepareFilesystem formats a blank device, mounts it, grows it and makes
+// sure .volsd/ and the watermark exist. A device with any other signature
+// than the configured filesystem is refused, never formatted.
+func (a *Agent) prepareFilesystem(ctx context.Context, dev string) error {
+	fsType, blank, err := probeFS(ctx, dev)
+	if err != nil {
+		return err
+	}
+	switch {
+	case blank:
+		a.log.Info("blank device; formatting", "device", dev, "fsType", a.cfg.FSType)
+		if err := mkfs(ctx, a.cfg.FSType, dev); err != nil {
+			return err
+		}
+	case fsType != a.cfg.FSType:
+		return badInput("device %s holds %s, not %s; refusing to format or mount it", dev, fsType, a.cfg.FSType)
+	}
+	if err := a.mountDevice(dev); err != nil {
+		return err
+	}
+	if err := a.growIfNeeded(ctx, dev); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(a.stateDir(), 0o700); err != nil {
+		return retryable("create %s: %v", a.stateDir(), err)
+	}
+	if _, ok, err := a.readState(); err != nil {
+		return err
+	} else if !ok {
+		a.log.Info("no watermark; the volume starts at seq 0", "state", a.statePath())
+		if err := a.writeState(0); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// heartbeater records lifecycle action heartbeats while up catches up.
+type heartbeater struct {
+	mu   sync.Mutex
+	next time.Time
+	beat func()
+	stop func()
+}
+
+// heartbeat returns a heartbeater whose beat() sends at most one
+// RecordLifecycleActionHeartbeat per heartbeatEvery (and a ticker sends
+// them while one long entry runs). A gone action stops the heartbeats.
+func (a *Agent) heartbeat(ctx context.Context, instance string) *heartbeater {
+	h := &heartbeater{}
+	ctx, cancel := context.WithCancel(ctx)
+	gone := false
+	send := func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if gone || time.Now().Before(h.next) {
+			return
+		}
+		h.next = time.Now().Add(a.heartbeatEvery)
+		_, err := a.asg.RecordLifecycleActionHeartbeat(ctx, &autoscaling.RecordLifecycleActionHeartbeatInput{
+			AutoScalingGroupName: aws.String(a.cfg.ASG), LifecycleHookName: aws.String(a.cfg.LifecycleHook), InstanceId: aws.String(instance),
+		})
+		switch {
+		case err == nil:
+			a.log.Info("lifecycle heartbeat", "instance", instance, "hook", a.cfg.LifecycleHook)
+		case awserr.IsLifecycleActionGone(err):
+			gone = true
+			a.log.Info("no lifecycle action to heartbeat (completed, expired, or a warm start)", "instance", instance, "msg", awserr.Message(err))
+		case ctx.Err() == nil:
+			a.log.Warn("lifecycle heartbeat failed", "instance", instance, "err", err)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(a.heartbeatEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				send()
+			}
+		}
+	}()
+	h.beat = send
+	h.stop = func() { cancel(); <-done }
+	return h
+}
+
+// completeLaunch completes the launch hook CONTINUE by instance ID. An
+// action that is gone (completed before, timed out, or none for a warm
+// start) is fine: the content is in place either way.
+func (a *Agent) completeLaunch(ctx context.Context, instance string) error {
+	err := awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
+		_, err := a.asg.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{
+			AutoScalingGroupName:  aws.String(a.cfg.ASG),
+			LifecycleHookName:     aws.String(a.cfg.LifecycleHook),
+			InstanceId:            aws.String(instance),
+			LifecycleActionResult: aws.String("CONTINUE"),
+		})
+		return err
+	})
+	switch {
+	case err == nil:
+		a.log.Info("lifecycle action completed CONTINUE", "instance", instance, "group", a.cfg.ASG, "hook", a.cfg.LifecycleHook)
+		return nil
+	case awserr.IsLifecycleActionGone(err):
+		a.log.Warn("lifecycle action already completed or expired; nothing to complete", "instance", instance, "group", a.cfg.ASG, "hook", a.cfg.LifecycleHook, "msg", awserr.Message(err))
+		return nil
+	}
+	return &Error{Kind: KindRetryable, Err: fmt.Errorf("complete lifecycle action of %s (group %s, hook %s): %w", instance, a.cfg.ASG, a.cfg.LifecycleHook, err)}
+}
