@@ -1,0 +1,139 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+
+	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/envconfig"
+)
+
+// Release policies (VOLSD_RELEASE_POLICY).
+const (
+	PolicyRecycle = "recycle"
+	PolicyDelete  = "delete"
+)
+
+// Config is the pool control plane's configuration (docs/contracts.md,
+// "Lambda environment").
+type Config struct {
+	Pool  string
+	Table string
+	Group string // VOLSD_ASG
+	// IdlePerAZ is the idle volumes kept in each zone.
+	IdlePerAZ int
+	// AZs restricts the zones; empty means the group's zones.
+	AZs []string
+
+	SizeGiB    int32
+	VolumeType string
+	IOPS       int32 // 0 = AWS default
+	Throughput int32 // MiB/s, gp3 only; 0 = AWS default
+	InitRate   int32 // VolumeInitializationRate MiB/s for volumes from snapshots; 0 = off
+	KMSKeyID   string
+	// SourceSnapshot is the pool's base when it has no completed snapshot
+	// of its own ("" = blank volumes).
+	SourceSnapshot string
+	ReleasePolicy  string
+	DocRelease     string
+
+	// Freshness: an idle volume more than RefreshBehind entries behind the
+	// head, or older than RefreshAge, is replaced when a newer completed
+	// snapshot exists; at most RefreshMax replacements per reconcile run.
+	RefreshBehind int64
+	RefreshAge    time.Duration
+	RefreshMax    int
+
+	LogLevel slog.Level
+}
+
+var (
+	snapshotID = regexp.MustCompile(`^snap-[0-9a-f]{8,17}$`)
+	groupName  = regexp.MustCompile(`^[\x20-\x7e]{1,255}$`)
+	azName     = regexp.MustCompile(`^[a-z]{2}(-[a-z0-9]+)+-[0-9][a-z]$`)
+	docName    = regexp.MustCompile(`^[a-zA-Z0-9_.\-]{3,128}$`)
+	kmsKey     = regexp.MustCompile(`^[\x21-\x7e]{1,1000}$`)
+)
+
+// LoadConfig reads the configuration, reporting every problem at once.
+func LoadConfig(r *envconfig.Reader) (Config, error) {
+	c := Config{
+		Pool:           r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64"),
+		Table:          r.String("VOLSD_TABLE", "", true),
+		Group:          r.Match("VOLSD_ASG", "", true, groupName, "an Auto Scaling group name"),
+		IdlePerAZ:      int(r.Int("VOLSD_IDLE_PER_AZ", 0, true, 0, 1000)),
+		AZs:            r.List("VOLSD_AZS"),
+		SizeGiB:        int32(r.Int("VOLSD_VOLUME_SIZE_GIB", 0, true, 1, 16384)),
+		VolumeType:     r.OneOf("VOLSD_VOLUME_TYPE", "", true, "gp3", "gp2", "io1", "io2"),
+		IOPS:           int32(r.Int("VOLSD_VOLUME_IOPS", 0, false, 0, 256000)),
+		Throughput:     int32(r.Int("VOLSD_VOLUME_THROUGHPUT", 0, false, 0, 2000)),
+		InitRate:       int32(r.Int("VOLSD_VOLUME_INIT_RATE", 0, false, 0, 300)),
+		KMSKeyID:       r.Match("VOLSD_KMS_KEY_ID", "", false, kmsKey, "a KMS key ID, alias or ARN"),
+		SourceSnapshot: r.Match("VOLSD_SOURCE_SNAPSHOT", "", false, snapshotID, "a snapshot ID like snap-0123456789abcdef0"),
+		ReleasePolicy:  r.OneOf("VOLSD_RELEASE_POLICY", "", true, PolicyRecycle, PolicyDelete),
+		DocRelease:     r.Match("VOLSD_DOC_RELEASE", "volsd-Release", false, docName, "an SSM document name"),
+		RefreshBehind:  r.Int("VOLSD_REFRESH_BEHIND", 500, false, 1, 1<<40),
+		RefreshAge:     r.Duration("VOLSD_REFRESH_AGE", 168*time.Hour, false, time.Minute, 10*365*24*time.Hour),
+		RefreshMax:     int(r.Int("VOLSD_REFRESH_MAX", 2, false, 0, 100)),
+	}
+	switch r.OneOf("VOLSD_LOG_LEVEL", "info", false, "debug", "info", "warn", "error") {
+	case "debug":
+		c.LogLevel = slog.LevelDebug
+	case "warn":
+		c.LogLevel = slog.LevelWarn
+	case "error":
+		c.LogLevel = slog.LevelError
+	}
+	var bad []error
+	for _, az := range c.AZs {
+		if !azName.MatchString(az) {
+			bad = append(bad, fmt.Errorf("VOLSD_AZS: %q is not an availability zone name like eu-west-1a", az))
+		}
+	}
+	switch c.VolumeType {
+	case "gp2":
+		if c.IOPS != 0 {
+			bad = append(bad, errors.New("VOLSD_VOLUME_IOPS: must be 0 for gp2 (its IOPS follow its size)"))
+		}
+	case "io1", "io2":
+		if c.IOPS == 0 {
+			bad = append(bad, errors.New("VOLSD_VOLUME_IOPS: is required for "+c.VolumeType))
+		}
+	}
+	if c.Throughput != 0 && c.VolumeType != "gp3" {
+		bad = append(bad, errors.New("VOLSD_VOLUME_THROUGHPUT: only gp3 volumes take a throughput"))
+	}
+	if c.InitRate != 0 && c.InitRate < 100 {
+		bad = append(bad, fmt.Errorf("VOLSD_VOLUME_INIT_RATE: must be 0 (off) or 100..300 MiB/s (got %d)", c.InitRate))
+	}
+	err := r.Err()
+	if len(bad) > 0 {
+		err = errors.Join(err, fmt.Errorf("configuration: %w", errors.Join(bad...)))
+	}
+	return c, err
+}
+
+// Retryer is the SDK retryer for the control plane's EC2 client: adaptive
+// mode (client-side rate limiting when EC2 throttles), retrying what
+// awserr classifies as retryable, at most attempts tries per call.
+func Retryer(attempts int) func() aws.Retryer {
+	return func() aws.Retryer {
+		return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
+			o.StandardOptions = append(o.StandardOptions, func(so *retry.StandardOptions) {
+				so.MaxAttempts = attempts
+				so.Retryables = append([]retry.IsErrorRetryable{retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
+					if awserr.IsRetryable(err) {
+						return aws.TrueTernary
+					}
+					return aws.UnknownTernary
+				})}, so.Retryables...)
+			})
+		})
+	}
+}
