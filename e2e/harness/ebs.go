@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +51,7 @@ func NewEBS(p *Proxy, ec2c *ec2.Client, disks *Disks, fleet InstanceDevices, log
 	p.HandleQuery("ec2", "DetachVolume", e.detachVolume)
 	p.HandleQuery("ec2", "CreateSnapshot", e.createSnapshot)
 	p.HandleQuery("ec2", "DeleteSnapshot", e.deleteSnapshot)
+	p.HandleQuery("ec2", "DescribeVolumes", e.describeVolumes)
 	return e
 }
 
@@ -166,6 +169,41 @@ func (e *EBS) deleteSnapshot(w http.ResponseWriter, r *http.Request, form url.Va
 		}
 	}
 	f.write(w, f.Body)
+}
+
+var attachmentSetRe = regexp.MustCompile(`(?s)<attachmentSet>.*?</attachmentSet>`)
+
+// describeVolumes shows the attachment of a busy volume (detach requested,
+// still mounted) as detaching, as EC2 does; moto still has it attached.
+func (e *EBS) describeVolumes(w http.ResponseWriter, r *http.Request, _ url.Values, body []byte) {
+	e.mu.Lock()
+	busy := make([]string, 0, len(e.busy))
+	for id := range e.busy {
+		busy = append(busy, id)
+	}
+	e.mu.Unlock()
+	if len(busy) == 0 {
+		e.p.forwardTo(w, r, body)
+		return
+	}
+	f, err := e.p.forward(r, body)
+	if err != nil {
+		writeEC2Error(w, http.StatusServiceUnavailable, "ServiceUnavailable", err.Error())
+		return
+	}
+	if f.Status != http.StatusOK {
+		f.write(w, f.Body)
+		return
+	}
+	out := attachmentSetRe.ReplaceAllStringFunc(string(f.Body), func(set string) string {
+		for _, id := range busy {
+			if strings.Contains(set, "<volumeId>"+id+"</volumeId>") {
+				return strings.Replace(set, "<status>attached</status>", "<status>detaching</status>", 1)
+			}
+		}
+		return set
+	})
+	f.write(w, []byte(out))
 }
 
 func (e *EBS) describeVolume(ctx context.Context, id string) (*types.Volume, error) {

@@ -520,8 +520,9 @@ func TestProxyEBSVolumesAreLoopDevices(t *testing.T) {
 		t.Errorf("detach state %s", det.State)
 	}
 	time.Sleep(500 * time.Millisecond)
-	if d, _ := client.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{vol}}); d.Volumes[0].State != ec2types.VolumeStateInUse {
-		t.Errorf("mounted volume is %s after DetachVolume; EBS keeps it busy (in-use) until unmounted", d.Volumes[0].State)
+	if d, _ := client.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{vol}}); d.Volumes[0].State != ec2types.VolumeStateInUse ||
+		len(d.Volumes[0].Attachments) != 1 || d.Volumes[0].Attachments[0].State != ec2types.VolumeAttachmentStateDetaching {
+		t.Errorf("mounted volume after DetachVolume: %+v; EBS keeps it in-use, its attachment detaching, until unmounted", d.Volumes[0])
 	}
 	run(t, "umount", mnt)
 	waitFor(t, 5*time.Second, "volume available after unmount", func() bool {
