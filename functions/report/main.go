@@ -1,0 +1,39 @@
+// Command report is the report Lambda (EventBridge "EC2 Command Invocation
+// Status-change Notification" of volsd documents): it reads each agent's
+// report from the invocation output and records it on the instance. The
+// logic is in internal/push; this only wires clients and configuration.
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+
+	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/store"
+)
+
+func main() {
+	env, err := push.LoadEnv(envconfig.New(os.LookupEnv), "report")
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: env.LogLevel})).With("function", "report")
+	if err != nil {
+		log.Error("bad configuration", "error", err)
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	cfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		log.Error("load AWS config", "error", err)
+		os.Exit(1)
+	}
+	st := store.New(dynamodb.NewFromConfig(cfg), env.Table)
+	r := push.NewReporter(env.Report, st, ssm.NewFromConfig(cfg), log, metrics.New(os.Stdout))
+	lambda.Start(r.HandleEvent)
+}

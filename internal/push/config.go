@@ -1,0 +1,112 @@
+package push
+
+import (
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/volsd/volsd/internal/envconfig"
+)
+
+// TagPool is the EC2 tag that names an instance's pool; Run Command targets
+// it (docs/contracts.md).
+const TagPool = "volsd:pool"
+
+// MissingReceives is the receive count (SQS ApproximateReceiveCount) at
+// which a request whose blob or manifest is still missing from the origin
+// is rejected. It equals the push queue's maxReceiveCount
+// (infra/volsd.PushMaxReceiveCount), so the rejection is recorded on the
+// last delivery before SQS moves the message to the dead-letter queue.
+const MissingReceives = 5
+
+// SendCommand's MaxConcurrency and MaxErrors patterns (the SSM API's).
+var (
+	maxConcurrencyPattern = regexp.MustCompile(`^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$`)
+	maxErrorsPattern      = regexp.MustCompile(`^([1-9][0-9]*|[0]|[1-9][0-9]%|[0-9]%|100%)$`)
+	documentNamePattern   = regexp.MustCompile(`^[a-zA-Z0-9_\-.]{3,128}$`)
+)
+
+// Config is the push Lambda's configuration.
+type Config struct {
+	Pool           string // VOLSD_POOL
+	Bucket         string // VOLSD_BUCKET: the S3 origin
+	DocApply       string // VOLSD_DOC_APPLY
+	MaxConcurrency string // VOLSD_SSM_MAX_CONCURRENCY
+	MaxErrors      string // VOLSD_SSM_MAX_ERRORS
+	// MissingReceives: see the constant; tests lower it.
+	MissingReceives int
+	// Margin is how long before the Lambda's deadline the handler stops
+	// starting work; unfinished messages are reported as failures.
+	Margin time.Duration
+}
+
+// ReportConfig is the report Lambda's configuration.
+type ReportConfig struct {
+	Pool string // VOLSD_POOL
+	// Documents are the volsd SSM document names (VOLSD_DOC_*); events of
+	// other documents are ignored.
+	Documents []string
+	// InvocationWait bounds how long the handler waits for an invocation
+	// to become readable and finished in GetCommandInvocation.
+	InvocationWait time.Duration
+	Margin         time.Duration
+}
+
+// Env is what a push or report main reads from the environment.
+type Env struct {
+	Push     Config
+	Report   ReportConfig
+	Table    string     // VOLSD_TABLE
+	LogLevel slog.Level // VOLSD_LOG_LEVEL
+}
+
+// DocumentKinds are the volsd SSM documents and their default names.
+var DocumentKinds = []struct{ Env, Default string }{
+	{"VOLSD_DOC_APPLY", "volsd-Apply"},
+	{"VOLSD_DOC_FREEZE", "volsd-Freeze"},
+	{"VOLSD_DOC_THAW", "volsd-Thaw"},
+	{"VOLSD_DOC_RELEASE", "volsd-Release"},
+	{"VOLSD_DOC_STATUS", "volsd-Status"},
+}
+
+// LoadEnv reads the configuration of function "push" or "report" and
+// returns every problem at once.
+func LoadEnv(r *envconfig.Reader, function string) (Env, error) {
+	var e Env
+	pool := r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
+	e.Table = r.String("VOLSD_TABLE", "", true)
+	switch r.OneOf("VOLSD_LOG_LEVEL", "info", false, "debug", "info", "warn", "error") {
+	case "debug":
+		e.LogLevel = slog.LevelDebug
+	case "warn":
+		e.LogLevel = slog.LevelWarn
+	case "error":
+		e.LogLevel = slog.LevelError
+	default:
+		e.LogLevel = slog.LevelInfo
+	}
+	switch function {
+	case "push":
+		e.Push = Config{
+			Pool:            pool,
+			Bucket:          r.String("VOLSD_BUCKET", "", true),
+			DocApply:        r.Match("VOLSD_DOC_APPLY", "volsd-Apply", false, documentNamePattern, "an SSM document name"),
+			MaxConcurrency:  r.Match("VOLSD_SSM_MAX_CONCURRENCY", "50%", false, maxConcurrencyPattern, `a count like 10 or a percentage like 50% (SSM MaxConcurrency)`),
+			MaxErrors:       r.Match("VOLSD_SSM_MAX_ERRORS", "25%", false, maxErrorsPattern, `a count like 0 or 5, or a percentage like 25% (SSM MaxErrors)`),
+			MissingReceives: MissingReceives,
+			Margin:          5 * time.Second,
+		}
+	case "report":
+		e.Report = ReportConfig{Pool: pool, InvocationWait: 20 * time.Second, Margin: 3 * time.Second}
+		for _, d := range DocumentKinds {
+			e.Report.Documents = append(e.Report.Documents, r.Match(d.Env, d.Default, false, documentNamePattern, "an SSM document name"))
+		}
+	default:
+		return e, errUnknownFunction(function)
+	}
+	return e, r.Err()
+}
+
+type errUnknownFunction string
+
+func (e errUnknownFunction) Error() string { return "push: unknown function " + string(e) }

@@ -1,0 +1,225 @@
+package push
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/awserr"
+)
+
+// S3Origin is the part of the S3 API the push Lambda reads the origin with.
+type S3Origin interface {
+	HeadObject(ctx context.Context, in *s3.HeadObjectInput, optFns ...func(*s3.Options)) (*s3.HeadObjectOutput, error)
+	GetObject(ctx context.Context, in *s3.GetObjectInput, optFns ...func(*s3.Options)) (*s3.GetObjectOutput, error)
+	ListObjectsV2(ctx context.Context, in *s3.ListObjectsV2Input, optFns ...func(*s3.Options)) (*s3.ListObjectsV2Output, error)
+}
+
+// MaxCheckedManifestBytes is the largest manifest the push Lambda reads to
+// check it. A bigger one is rejected with that reason: split the tree.
+const MaxCheckedManifestBytes = 64 << 20
+
+// headBlobsUpTo is how many distinct blobs of a manifest are checked with
+// one HeadObject each; above it, one listing of blobs/ is cheaper.
+const headBlobsUpTo = 64
+
+// headConcurrency bounds parallel HeadObject calls for one manifest.
+const headConcurrency = 16
+
+// problemKind says what a failed origin check means for the request.
+type problemKind int
+
+const (
+	problemMissing     problemKind = iota + 1 // not there yet: may still be uploading, retry up to a bound
+	problemInvalid                            // there but wrong: reject
+	problemUnavailable                        // S3 failed (throttling, 5xx, access): retry, do not reject
+)
+
+// originProblem is why a request's content is not usable (yet).
+type originProblem struct {
+	kind   problemKind
+	reason string
+	err    error
+}
+
+func (p *originProblem) Error() string {
+	if p.err != nil {
+		return p.reason + ": " + p.err.Error()
+	}
+	return p.reason
+}
+
+func missing(format string, args ...any) *originProblem {
+	return &originProblem{kind: problemMissing, reason: fmt.Sprintf(format, args...)}
+}
+
+func wrong(format string, args ...any) *originProblem {
+	return &originProblem{kind: problemInvalid, reason: fmt.Sprintf(format, args...)}
+}
+
+func unavailable(what string, err error) *originProblem {
+	return &originProblem{kind: problemUnavailable, reason: what, err: err}
+}
+
+// origin checks that what a request names is in the S3 origin.
+type origin struct {
+	s3     S3Origin
+	bucket string
+}
+
+// check returns nil when the request's blob, or its manifest and every blob
+// the manifest names, are in the origin with the right sizes (and the
+// manifest's content hashes to its name and is valid).
+func (o origin) check(ctx context.Context, r events.PushRequest) *originProblem {
+	switch r.Op {
+	case events.OpPut:
+		size, p := o.head(ctx, events.BlobKey(r.Blob.SHA256))
+		if p != nil {
+			return p
+		}
+		if size < 0 {
+			return missing("blob %s is not in the origin (s3://%s/%s)", r.Blob.SHA256, o.bucket, events.BlobKey(r.Blob.SHA256))
+		}
+		if size != r.Blob.Size {
+			return wrong("blob %s has %d bytes in the origin, the request says %d", r.Blob.SHA256, size, r.Blob.Size)
+		}
+		return nil
+	case events.OpSync:
+		return o.checkManifest(ctx, r.Manifest.SHA256)
+	default:
+		return nil // delete names no content
+	}
+}
+
+// head returns an object's size, -1 when it does not exist.
+func (o origin) head(ctx context.Context, key string) (int64, *originProblem) {
+	out, err := o.s3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &o.bucket, Key: &key})
+	switch {
+	case err == nil:
+		return aws.ToInt64(out.ContentLength), nil
+	case awserr.IsNotFound(err):
+		return -1, nil
+	default:
+		return 0, unavailable("check s3://"+o.bucket+"/"+key, err)
+	}
+}
+
+func (o origin) checkManifest(ctx context.Context, sha string) *originProblem {
+	key := events.ManifestKey(sha)
+	size, p := o.head(ctx, key)
+	switch {
+	case p != nil:
+		return p
+	case size < 0:
+		return missing("manifest %s is not in the origin (s3://%s/%s)", sha, o.bucket, key)
+	case size > MaxCheckedManifestBytes:
+		return wrong("manifest %s has %d bytes, more than the %d the push Lambda checks; split the tree into several syncs", sha, size, MaxCheckedManifestBytes)
+	}
+	out, err := o.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: &o.bucket, Key: &key})
+	if err != nil {
+		if awserr.IsNotFound(err) {
+			return missing("manifest %s is not in the origin (s3://%s/%s)", sha, o.bucket, key)
+		}
+		return unavailable("read s3://"+o.bucket+"/"+key, err)
+	}
+	defer out.Body.Close()
+	h := sha256.New()
+	m, err := events.ParseManifest(io.TeeReader(io.LimitReader(out.Body, MaxCheckedManifestBytes+1), h))
+	if err != nil {
+		var ve *events.ValidationError
+		if !errors.As(err, &ve) {
+			return unavailable("read s3://"+o.bucket+"/"+key, err)
+		}
+		return wrong("manifest %s is invalid: %v", sha, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+		return wrong("manifest %s does not match its name: its content hashes to %s", sha, got)
+	}
+	want := map[string]int64{}
+	for _, e := range m.Entries {
+		if prev, ok := want[e.SHA256]; ok && prev != e.Size {
+			return wrong("manifest %s lists blob %s with sizes %d and %d", sha, e.SHA256, prev, e.Size)
+		}
+		want[e.SHA256] = e.Size
+	}
+	have, p := o.blobSizes(ctx, want)
+	if p != nil {
+		return p
+	}
+	var absent []string
+	for blob, n := range want {
+		got, ok := have[blob]
+		switch {
+		case !ok:
+			absent = append(absent, blob)
+		case got != n:
+			return wrong("manifest %s: blob %s has %d bytes in the origin, the manifest says %d", sha, blob, got, n)
+		}
+	}
+	if len(absent) > 0 {
+		sort.Strings(absent)
+		more := ""
+		if len(absent) > 3 {
+			more = fmt.Sprintf(" and %d more", len(absent)-3)
+			absent = absent[:3]
+		}
+		return missing("manifest %s names blobs that are not in the origin: %s%s", sha, strings.Join(absent, ", "), more)
+	}
+	return nil
+}
+
+// blobSizes returns the origin sizes of the wanted blobs that exist: one
+// HeadObject each for a few, one listing of blobs/ for many.
+func (o origin) blobSizes(ctx context.Context, want map[string]int64) (map[string]int64, *originProblem) {
+	have := make(map[string]int64, len(want))
+	if len(want) > headBlobsUpTo {
+		p := s3.NewListObjectsV2Paginator(o.s3, &s3.ListObjectsV2Input{Bucket: &o.bucket, Prefix: aws.String("blobs/")})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return nil, unavailable("list s3://"+o.bucket+"/blobs/", err)
+			}
+			for _, obj := range page.Contents {
+				blob := strings.TrimPrefix(aws.ToString(obj.Key), "blobs/")
+				if _, ok := want[blob]; ok {
+					have[blob] = aws.ToInt64(obj.Size)
+				}
+			}
+		}
+		return have, nil
+	}
+	var (
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		first *originProblem
+		sem   = make(chan struct{}, headConcurrency)
+	)
+	for blob := range want {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			size, p := o.head(ctx, events.BlobKey(blob))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case p != nil && first == nil:
+				first = p
+			case p == nil && size >= 0:
+				have[blob] = size
+			}
+		}()
+	}
+	wg.Wait()
+	return have, first
+}

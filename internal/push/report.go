@@ -1,0 +1,212 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
+
+	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/store"
+)
+
+// InvocationReader is the part of the SSM API the report Lambda uses.
+type InvocationReader interface {
+	GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvocationInput, optFns ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error)
+}
+
+// ReportRecorder is the part of the store the report Lambda uses.
+type ReportRecorder interface {
+	RecordReport(ctx context.Context, pool, instanceID string, rep store.InstanceReport) (store.Instance, bool, error)
+}
+
+// Reporter handles SSM command status-change events.
+type Reporter struct {
+	cfg     ReportConfig
+	docs    map[string]bool
+	store   ReportRecorder
+	ssm     InvocationReader
+	log     *slog.Logger
+	metrics *metrics.Emitter
+	now     func() time.Time
+}
+
+// NewReporter returns a Reporter; log and m may be nil (discard).
+func NewReporter(cfg ReportConfig, st ReportRecorder, ssm InvocationReader, log *slog.Logger, m *metrics.Emitter) *Reporter {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.InvocationWait <= 0 {
+		cfg.InvocationWait = 20 * time.Second
+	}
+	docs := map[string]bool{}
+	for _, d := range cfg.Documents {
+		docs[d] = true
+	}
+	return &Reporter{cfg: cfg, docs: docs, store: st, ssm: ssm, log: log.With("pool", cfg.Pool), metrics: m,
+		now: func() time.Time { return time.Now().UTC() }}
+}
+
+// invocationBackoff paces reads of an invocation that is not readable or
+// not finished yet (GetCommandInvocation lags the status event).
+var invocationBackoff = awserr.Backoff{Initial: 250 * time.Millisecond, Factor: 2, Max: 3 * time.Second}
+
+// maxErrorText bounds what of an agent's output goes into lastError.
+const maxErrorText = 1000
+
+// HandleEvent records one "EC2 Command Invocation Status-change
+// Notification". Events of other documents and non-final statuses are
+// ignored. For a final status it reads the invocation's output and folds
+// the agent's report (its last JSON line) into the instance record:
+// seq only rises; status, error and command follow the newest event
+// (store.RecordReport). Events may come late, twice or out of order.
+//
+// A malformed event, or an invocation that stays unreadable, is an error:
+// Lambda retries the asynchronous invocation and then hands the event to
+// the function's on-failure destination, so nothing is lost. An event of
+// another kind, or for an instance the pool does not know, is logged and
+// dropped (nil): retrying cannot help.
+func (r *Reporter) HandleEvent(ctx context.Context, raw json.RawMessage) error {
+	if dl, ok := ctx.Deadline(); ok && r.cfg.Margin > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-r.cfg.Margin))
+		defer cancel()
+	}
+	var cs events.CommandStatus
+	env, err := events.DecodeDetail(raw, events.DetailTypeSSMStatus, &cs)
+	if errors.Is(err, events.ErrWrongDetailType) {
+		r.log.Warn("ignoring an event of another kind", "detailType", env.DetailType, "source", env.Source)
+		return nil
+	}
+	if err == nil {
+		err = cs.Validate()
+	}
+	if err != nil {
+		r.log.Error("malformed SSM status event", "error", err)
+		return fmt.Errorf("malformed SSM status event: %w", err)
+	}
+	log := r.log.With("instance", cs.InstanceID, "commandId", cs.CommandID, "document", cs.DocumentName, "status", cs.Status)
+	if !r.docs[cs.DocumentName] {
+		log.Debug("ignoring a command of another document")
+		return nil
+	}
+	if !cs.Terminal() {
+		log.Debug("ignoring a status that is not final")
+		return nil
+	}
+	inv, err := r.readInvocation(ctx, cs)
+	if err != nil {
+		log.Error("cannot read the invocation", "error", err)
+		return err
+	}
+	at := env.Time.UTC()
+	if at.IsZero() {
+		at = r.now()
+	}
+	rep := interpret(cs, inv)
+	rep.At = at
+	stored, changed, err := r.store.RecordReport(ctx, r.cfg.Pool, cs.InstanceID, rep)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		log.Warn("report for an instance the pool has no record of; dropped", "seq", rep.Seq, "lastError", rep.Error)
+		return nil
+	case err != nil:
+		log.Error("record report failed", "error", err)
+		return fmt.Errorf("record report of %s: %w", cs.InstanceID, err)
+	}
+	dims := map[string]string{"Pool": r.cfg.Pool}
+	r.metrics.Put("ReportsRecorded", 1, metrics.Count, dims)
+	if rep.Error != "" {
+		r.metrics.Put("AgentErrors", 1, metrics.Count, dims)
+		log.Warn("agent reported an error", "seq", rep.Seq, "storedSeq", stored.Seq, "lastError", rep.Error, "changed", changed)
+		return nil
+	}
+	log.Info("agent report recorded", "seq", rep.Seq, "storedSeq", stored.Seq, "changed", changed)
+	return nil
+}
+
+// readInvocation reads the invocation until it exists and is final: the
+// status event can overtake GetCommandInvocation.
+func (r *Reporter) readInvocation(ctx context.Context, cs events.CommandStatus) (*ssm.GetCommandInvocationOutput, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.InvocationWait)
+	defer cancel()
+	for try := 0; ; try++ {
+		out, err := r.ssm.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{
+			CommandId: aws.String(cs.CommandID), InstanceId: aws.String(cs.InstanceID),
+		})
+		var why error
+		switch {
+		case err == nil && finalInvocation(out.Status):
+			return out, nil
+		case err == nil:
+			why = fmt.Errorf("invocation still %s", out.Status)
+		case awserr.Code(err) == "InvocationDoesNotExist" || awserr.IsRetryable(err):
+			why = err
+		default:
+			return nil, fmt.Errorf("get command invocation %s on %s: %w", cs.CommandID, cs.InstanceID, err)
+		}
+		if serr := awserr.Sleep(ctx, invocationBackoff.Delay(min(try, 8))); serr != nil {
+			return nil, fmt.Errorf("invocation %s on %s not readable after %d tries: %w", cs.CommandID, cs.InstanceID, try+1, why)
+		}
+	}
+}
+
+func finalInvocation(s ssmtypes.CommandInvocationStatus) bool {
+	switch s {
+	case ssmtypes.CommandInvocationStatusPending, ssmtypes.CommandInvocationStatusInProgress,
+		ssmtypes.CommandInvocationStatusDelayed, ssmtypes.CommandInvocationStatusCancelling, "":
+		return false
+	}
+	return true
+}
+
+// interpret turns an invocation into a report: the agent's own report
+// when its last line is one (and names this instance), else what SSM says.
+func interpret(cs events.CommandStatus, inv *ssm.GetCommandInvocationOutput) store.InstanceReport {
+	rep := store.InstanceReport{CommandID: cs.CommandID, Status: string(inv.Status)}
+	ar, perr := events.ParseAgentReport(aws.ToString(inv.StandardOutputContent))
+	if perr == nil && ar.Instance != "" && ar.Instance != cs.InstanceID {
+		perr = fmt.Errorf("the report names instance %s", ar.Instance)
+	}
+	failed := inv.Status != ssmtypes.CommandInvocationStatusSuccess
+	switch {
+	case perr == nil:
+		rep.Seq = ar.Seq
+		switch {
+		case ar.Error != "" && ar.ErrorKind != "":
+			rep.Error = ar.ErrorKind + ": " + ar.Error
+		case ar.Error != "":
+			rep.Error = ar.Error
+		case failed:
+			rep.Error = fmt.Sprintf("command %s (exit %d) without an error in the report", inv.Status, inv.ResponseCode)
+		}
+	case failed:
+		rep.Error = fmt.Sprintf("command %s (exit %d); no agent report (%v)", inv.Status, inv.ResponseCode, perr)
+		if tail := lastLine(aws.ToString(inv.StandardErrorContent)); tail != "" {
+			rep.Error += "; stderr: " + tail
+		}
+	default:
+		rep.Error = fmt.Sprintf("command succeeded without an agent report (%v)", perr)
+	}
+	if len(rep.Error) > maxErrorText {
+		rep.Error = rep.Error[:maxErrorText] + "…"
+	}
+	return rep
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
+}
