@@ -660,3 +660,198 @@ func TestSQSSourceDeletesSuccessesAndRedrivesFailures(t *testing.T) {
 		t.Errorf("stats %+v; want the 2 good messages deleted and the bad one failed on each of its 2 receives", st)
 	}
 }
+
+func TestGroupBalancesLaunchesAndHoldsHooks(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := context.Background()
+	name := testenv.UniqueName(t, "g")
+	lt := testenv.UniqueName(t, "lt")
+	vpc, err := e.ec2.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("10.9.0.0/16")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnets := map[string]string{}
+	var ids []string
+	for i, az := range []string{"us-east-1a", "us-east-1b"} {
+		sn, err := e.ec2.CreateSubnet(ctx, &ec2.CreateSubnetInput{VpcId: vpc.Vpc.VpcId, AvailabilityZone: aws.String(az), CidrBlock: aws.String(fmt.Sprintf("10.9.%d.0/24", i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		subnets[az] = aws.ToString(sn.Subnet.SubnetId)
+		ids = append(ids, subnets[az])
+	}
+	if _, err := e.ec2.CreateLaunchTemplate(ctx, &ec2.CreateLaunchTemplateInput{LaunchTemplateName: &lt,
+		LaunchTemplateData: &ec2types.RequestLaunchTemplateData{ImageId: aws.String("ami-12c6146b")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.asg.CreateAutoScalingGroup(ctx, &autoscaling.CreateAutoScalingGroupInput{
+		AutoScalingGroupName: &name, MinSize: aws.Int32(0), MaxSize: aws.Int32(10), DesiredCapacity: aws.Int32(0),
+		VPCZoneIdentifier: aws.String(strings.Join(ids, ",")), LaunchTemplate: &asgtypes.LaunchTemplateSpecification{LaunchTemplateName: &lt},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []struct{ name, tr, def string }{
+		{"volsd-launch", events.TransitionLaunching, "ABANDON"}, {"volsd-terminate", events.TransitionTerminating, "CONTINUE"},
+	} {
+		if _, err := e.asg.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{AutoScalingGroupName: &name, LifecycleHookName: aws.String(h.name),
+			LifecycleTransition: aws.String(h.tr), HeartbeatTimeout: aws.Int32(30), DefaultResult: aws.String(h.def)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var delivered []events.LifecycleAction
+	booted := map[string]string{}
+	var poweredOff []string
+	g := &Group{Name: name, Pool: "p", Subnets: subnets, LaunchTemplate: lt, Region: Region, Account: Account,
+		EC2: e.ec2, ASG: e.asg, Lifecycle: e.life, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Boot: func(_ context.Context, id, az string) error {
+			mu.Lock()
+			booted[id] = az
+			mu.Unlock()
+			return nil
+		},
+		PowerOff: func(_ context.Context, id string) error {
+			mu.Lock()
+			poweredOff = append(poweredOff, id)
+			mu.Unlock()
+			return nil
+		},
+		Deliver: func(_ context.Context, ev events.Envelope) {
+			var d events.LifecycleAction
+			if _, err := events.DecodeDetail(mustJSON(t, ev), ev.DetailType, &d); err != nil || d.Validate() != nil {
+				t.Errorf("lifecycle event %+v: %v", ev, err)
+			}
+			mu.Lock()
+			delivered = append(delivered, d)
+			mu.Unlock()
+		},
+	}
+	ls, err := g.ScaleOut(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perAZ := map[string]int{}
+	for _, l := range ls {
+		perAZ[l.AZ]++
+		out, err := e.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{l.InstanceID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := aws.ToString(out.Reservations[0].Instances[0].Placement.AvailabilityZone); got != l.AZ {
+			t.Errorf("%s launched in %s; the group engine chose %s", l.InstanceID, got, l.AZ)
+		}
+	}
+	if perAZ["us-east-1a"] != 2 || perAZ["us-east-1b"] != 1 {
+		t.Errorf("3 launches spread %v; want 2 and 1 over the two AZs", perAZ)
+	}
+	if len(delivered) != 3 || delivered[0].LifecycleTransition != events.TransitionLaunching || delivered[0].LifecycleHookName != "volsd-launch" {
+		t.Fatalf("delivered %+v", delivered)
+	}
+	if len(g.InService()) != 0 {
+		t.Errorf("instances in service before their hooks completed: %v", g.InService())
+	}
+	// The agent completes the first two; the third is abandoned and replaced.
+	asg := autoscaling.NewFromConfig(e.cfg)
+	for i, l := range ls {
+		result := "CONTINUE"
+		if i == 2 {
+			result = "ABANDON"
+		}
+		if _, err := asg.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{AutoScalingGroupName: &name,
+			LifecycleHookName: aws.String("volsd-launch"), LifecycleActionToken: &l.Action.Token, LifecycleActionResult: aws.String(result)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() {
+		// Complete the replacement's hook once it is delivered.
+		for {
+			mu.Lock()
+			n := len(delivered)
+			var d events.LifecycleAction
+			if n == 4 {
+				d = delivered[3]
+			}
+			mu.Unlock()
+			if n == 4 {
+				_, _ = asg.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{AutoScalingGroupName: &name,
+					LifecycleHookName: aws.String("volsd-launch"), LifecycleActionToken: &d.LifecycleActionToken, LifecycleActionResult: aws.String("CONTINUE")})
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	results, err := g.WaitInService(ctxTimeout(t, 10*time.Second), ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 4 || results[2].Result != "ABANDON" || results[3].Result != "CONTINUE" {
+		t.Errorf("results %+v; want the abandoned launch replaced", results)
+	}
+	if len(g.InService()) != 3 || len(poweredOff) != 1 || poweredOff[0] != ls[2].InstanceID {
+		t.Errorf("in service %v, powered off %v", g.InService(), poweredOff)
+	}
+	d, err := e.asg.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{name}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.AutoScalingGroups[0].Instances); n != 3 || aws.ToInt32(d.AutoScalingGroups[0].DesiredCapacity) != 3 {
+		t.Errorf("moto's group has %d instances, desired %d; want 3 and 3", n, aws.ToInt32(d.AutoScalingGroups[0].DesiredCapacity))
+	}
+
+	// Scale in by 1: the AZ with the most instances loses its oldest; the
+	// terminate hook holds it until completed.
+	// ls[0] is the oldest instance, in us-east-1a, which has 2 of the 3.
+	count := map[string]int{}
+	for _, az := range g.Members() {
+		count[az]++
+	}
+	if count["us-east-1a"] != 2 || ls[0].AZ != "us-east-1a" {
+		t.Fatalf("members per AZ %v, first launch in %s", count, ls[0].AZ)
+	}
+	victimWant := ls[0].InstanceID
+	done := make(chan []string, 1)
+	go func() {
+		gone, err := g.ScaleIn(ctx, 1)
+		if err != nil {
+			t.Error(err)
+		}
+		done <- gone
+	}()
+	var term events.LifecycleAction
+	waitFor(t, 5*time.Second, "the terminate event", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(delivered) > 4 {
+			term = delivered[len(delivered)-1]
+			return true
+		}
+		return false
+	})
+	if term.LifecycleTransition != events.TransitionTerminating || term.EC2InstanceID != victimWant {
+		t.Errorf("terminate event %+v; want %s (the oldest, in the AZ with the most)", term, victimWant)
+	}
+	select {
+	case <-done:
+		t.Fatal("instance terminated before its terminate hook completed")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := asg.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{AutoScalingGroupName: &name,
+		LifecycleHookName: aws.String("volsd-terminate"), InstanceId: &term.EC2InstanceID, LifecycleActionResult: aws.String("CONTINUE")}); err != nil {
+		t.Fatal(err)
+	}
+	if gone := <-done; len(gone) != 1 || gone[0] != term.EC2InstanceID {
+		t.Errorf("terminated %v", gone)
+	}
+	out, err := e.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{term.EC2InstanceID}})
+	if err != nil || out.Reservations[0].Instances[0].State.Name != ec2types.InstanceStateNameTerminated {
+		t.Errorf("scaled-in instance state: %+v, %v", out, err)
+	}
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
