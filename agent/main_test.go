@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 
@@ -36,7 +35,12 @@ func agentBinary(t testing.TB) string {
 			return
 		}
 		builtPath = filepath.Join(buildDir, "volsd-agent")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", builtPath, "./cmd/volsd-agent")
+		goTool, err := exec.LookPath("go")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		cmd := exec.Command(goTool, "build", "-o", builtPath, "./cmd/volsd-agent")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildErr = err

@@ -164,7 +164,8 @@ func (a *Agent) prepareFilesystem(ctx context.Context, dev string) error {
 		return err
 	}
 	if err := a.growIfNeeded(ctx, dev); err != nil {
-		return err
+		// The content is usable at the old size; the next up tries again.
+		a.log.Warn("could not grow the filesystem; going on at its current size", "device", dev, "err", err)
 	}
 	if err := os.MkdirAll(a.stateDir(), 0o700); err != nil {
 		return retryable("create %s: %v", a.stateDir(), err)

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -372,9 +371,7 @@ func (m *model) makeDirs(p string) {
 	parts := strings.Split(p, "/")
 	for i := 1; i < len(parts); i++ {
 		d := strings.Join(parts[:i], "/")
-		if _, isFile := m.files[d]; isFile {
-			delete(m.files, d)
-		}
+		delete(m.files, d)
 		m.dirs[d] = true
 	}
 }
@@ -537,11 +534,4 @@ func mountedVolume(t testing.TB, a *Agent, sizeMiB int) (dev, img string) {
 		t.Fatal(err)
 	}
 	return dev, img
-}
-
-// readAllClose is io.ReadAll for tests.
-func readAllClose(r io.ReadCloser) []byte {
-	defer r.Close()
-	b, _ := io.ReadAll(r)
-	return b
 }
