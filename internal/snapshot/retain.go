@@ -58,18 +58,24 @@ func (r *Runner) Retain(ctx context.Context) (RetainResult, error) {
 			doomed = append(doomed, s)
 		}
 	}
-	if len(doomed) == 0 {
-		return res, nil
-	}
 	recs, err := r.st.ListSnapshots(ctx, r.cfg.Pool)
 	if err != nil {
 		return res, err
 	}
 	byID := make(map[string]store.Snapshot, len(recs))
+	var errs []error
 	for _, rec := range recs {
 		byID[rec.SnapshotID] = rec
+		if keep[rec.SnapshotID] && rec.State == store.SnapshotDeleted {
+			// Marked for deletion by an earlier run (and not deleted:
+			// in use), but among the newest K now (K grew): keep it usable.
+			next := rec
+			next.State = store.SnapshotCompleted
+			if _, err := r.st.UpdateSnapshot(ctx, next); err != nil && !errors.Is(err, store.ErrConflict) {
+				errs = append(errs, err)
+			}
+		}
 	}
-	var errs []error
 	for _, s := range doomed {
 		if ctx.Err() != nil {
 			errs = append(errs, ctx.Err())

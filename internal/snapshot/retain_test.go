@@ -190,6 +190,19 @@ func TestRetentionInUseAndAlreadyGone(t *testing.T) {
 	if _, err := r.SyncRecords(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if rec, _ := e.st.GetSnapshot(ctx, e.pool, inUse); rec.State != store.SnapshotDeleted {
+		t.Errorf("sync revived %+v", rec)
+	}
+	// With K raised to 3 the in-use snapshot is among the kept ones again:
+	// its record is usable again and nothing is deleted.
+	e.cfg.Keep = 3
+	res, err = e.runner().Retain(ctx)
+	if err != nil || len(res.Deleted) != 0 || len(res.Kept) != 2 {
+		t.Fatalf("retain with K=3: %+v %v", res, err)
+	}
+	if rec, err := e.st.GetSnapshot(ctx, e.pool, inUse); err != nil || rec.State != store.SnapshotCompleted {
+		t.Errorf("record of a kept snapshot: %+v %v, want completed", rec, err)
+	}
 	f.setInUse(inUse, false)
 	res, err = r.Retain(ctx)
 	if err != nil || !slices.Equal(res.Deleted, []string{inUse}) {
