@@ -139,9 +139,14 @@ func newEnv(t testing.TB, ec2cfg awsfake.EC2Config, opts ...envOpt) *env {
 func (e *env) rebuild() {
 	e.pool = pool.New(e.cfg, pool.Deps{
 		Store: e.store, EC2: e.ec2, AutoScaling: e.asg, SSM: e.ssm,
-		Log:     slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:     e.logger(slog.LevelDebug),
 		Metrics: metrics.New(e.metrics), Timing: e.timing,
 	})
+}
+
+// logger logs JSON into e.logs.
+func (e *env) logger(level slog.Level) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: level}))
 }
 
 // launch starts an instance in az and returns its ID and launch event.
@@ -329,6 +334,16 @@ func (s *releaseSSM) GetCommandInvocation(ctx context.Context, in *ssm.GetComman
 		out.StandardOutputContent = aws.String("unmounted /srv/volsd\n" + string(rep) + "\n")
 	}
 	return out, nil
+}
+
+// setReport makes the agent of inst report seq for vol on release.
+func (s *releaseSSM) setReport(inst, vol string, seq int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.Seq == nil {
+		s.Seq, s.Volume = map[string]int64{}, map[string]string{}
+	}
+	s.Seq[inst], s.Volume[inst] = seq, vol
 }
 
 func (s *releaseSSM) sentTo() []string {
