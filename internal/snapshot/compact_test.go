@@ -254,7 +254,7 @@ func TestCompactionPropertyRandomHistories(t *testing.T) {
 	t.Logf("seed %d (rerun with -seed=%d)", seed, seed)
 	e := newEnv(t, nil, nil)
 	ctx := context.Background()
-	const histories, rounds = 20, 5
+	const histories, rounds = 12, 5
 	for n := range histories {
 		h := &history{t: t, rnd: rand.New(rand.NewPCG(seed, uint64(n))), e: e, pool: fmt.Sprintf("%s-h%d", e.pool, n),
 			snaps: map[string]store.Snapshot{}, vols: map[string]store.Volume{}, insts: map[string]store.Instance{}}
