@@ -56,6 +56,9 @@ type recon struct {
 	insts  map[string]store.Instance
 	ec2v   map[string]ec2Volume
 	ec2i   map[string]types.Instance
+	// known holds every volume the table knew at the start of the run or
+	// that the run recorded: never orphans, even once their record is gone.
+	known  map[string]bool
 	budget int
 	rep    Report
 }
@@ -150,9 +153,10 @@ func (r *recon) read(ctx context.Context) error {
 	for _, in := range insts {
 		r.insts[in.InstanceID] = in
 	}
-	r.vols = map[string]store.Volume{}
+	r.vols, r.known = map[string]store.Volume{}, map[string]bool{}
 	for _, v := range vols {
 		r.vols[v.VolumeID] = v
+		r.known[v.VolumeID] = true
 	}
 
 	if r.ec2v, err = p.poolVolumes(ctx); err != nil {
@@ -233,6 +237,7 @@ func (r *recon) fail(log *slog.Logger, what string, err error) {
 
 // set records v as the current record (zero State = dropped).
 func (r *recon) set(v store.Volume) {
+	r.known[v.VolumeID] = true
 	if v.State == "" || v.State == store.VolumeGone {
 		delete(r.vols, v.VolumeID)
 		return
@@ -457,7 +462,7 @@ func (r *recon) orphans(ctx context.Context) {
 	p := r.p
 	for _, id := range sortedKeys(r.ec2v) {
 		ev := r.ec2v[id]
-		if _, known := r.vols[id]; known || ev.Tags[TagPool] != p.cfg.Pool || ev.going() || ev.State == types.VolumeStateCreating {
+		if r.known[id] || ev.Tags[TagPool] != p.cfg.Pool || ev.going() || ev.State == types.VolumeStateCreating {
 			continue
 		}
 		if r.now.Sub(ev.Created) < p.t.OrphanGrace || !r.more(ctx) {
@@ -529,12 +534,20 @@ func (r *recon) fixInstances(ctx context.Context) {
 		}
 		if in.VolumeID != "" {
 			v, ok := r.vols[in.VolumeID]
-			if !ok || v.InstanceID != id || !v.State.Held() && v.State != store.VolumeReleasing {
-				if err := p.unbind(ctx, id, in.VolumeID); err != nil {
-					r.fail(log, "clear stale binding", err)
-				}
+			if ok && v.InstanceID == id && (v.State.Held() || v.State == store.VolumeReleasing) {
+				continue
 			}
-			continue
+			// The binding is stale (this run may have released the
+			// volume): clear it and look at the record afresh.
+			if err := p.unbind(ctx, id, in.VolumeID); err != nil {
+				r.fail(log, "clear stale binding", err)
+				continue
+			}
+			cur, err := p.getInstance(ctx, id)
+			if err != nil || cur == nil || cur.VolumeID != "" {
+				continue
+			}
+			in = *cur
 		}
 		switch {
 		case in.State != store.InstanceGone && !r.alive(id):
