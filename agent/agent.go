@@ -144,7 +144,7 @@ func (a *Agent) Release(ctx context.Context, r *Report) error {
 		return retryable("syncfs %s: %v", a.cfg.MountPath, err)
 	}
 	var uerr error
-	for try := 0; try < 25; try++ {
+	for try := 0; try < 10; try++ {
 		if uerr = unix.Unmount(a.cfg.MountPath, 0); uerr == nil {
 			a.log.Info("unmounted", "mount", a.cfg.MountPath, "seq", r.Seq)
 			break

@@ -56,3 +56,5 @@ func agentBinary(t testing.TB) string {
 func ioctlThaw(fd int) error { return unix.IoctlSetInt(fd, ioctlFITHAW, 0) }
 
 func closeFD(fd int) { unix.Close(fd) }
+
+func ioctlFreeze(fd int) error { return unix.IoctlSetInt(fd, ioctlFIFREEZE, 0) }
