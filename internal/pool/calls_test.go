@@ -196,8 +196,7 @@ func TestCallCounts(t *testing.T) {
 		},
 		"terminate (recycle)": {
 			"SSM.SendCommand": 1, "SSM.GetCommandInvocation": 2, "EC2.DescribeVolumes": 2, "EC2.DetachVolume": 1,
-			"AutoScaling.CompleteLifecycleAction": 1,
-			"DynamoDB.GetItem":                    3, "DynamoDB.PutItem": 4, "DynamoDB.UpdateItem": 1,
+			"AutoScaling.CompleteLifecycleAction": 1, "DynamoDB.GetItem": 3, "DynamoDB.PutItem": 4, "DynamoDB.UpdateItem": 1,
 		},
 		"reconcile (steady)": {
 			"AutoScaling.DescribeAutoScalingGroups": 1, "EC2.DescribeVolumes": 1, "DynamoDB.Query": 3, "DynamoDB.GetItem": 1,
