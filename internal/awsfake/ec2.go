@@ -281,6 +281,8 @@ type InstanceSpec struct {
 	// OtherDevices are further taken device names (e.g. /dev/sdf for an
 	// instance-store or non-pool volume).
 	OtherDevices []string
+	// PendingFor keeps a new instance "pending" (not attachable) this long.
+	PendingFor time.Duration
 }
 
 // AddInstance adds a running (or spec.State) instance and returns its ID.
@@ -295,13 +297,16 @@ func (f *EC2) AddInstance(spec InstanceSpec) string {
 	}
 	if spec.State == "" {
 		spec.State = types.InstanceStateNameRunning
+		if spec.PendingFor > 0 {
+			spec.State = types.InstanceStateNamePending
+		}
 	}
 	if spec.RootDevice == "" {
 		spec.RootDevice = "/dev/xvda"
 	}
 	f.instances[spec.ID] = &fakeInstance{
 		id: spec.ID, az: spec.AZ, root: spec.RootDevice, state: spec.State, tags: copyTags(spec.Tags),
-		launched: f.now(), extra: slices.Clone(spec.OtherDevices),
+		launched: f.now(), extra: slices.Clone(spec.OtherDevices), due: f.now().Add(spec.PendingFor),
 	}
 	return spec.ID
 }

@@ -360,3 +360,23 @@ func TestConcurrentAttachesOfOneVolume(t *testing.T) {
 		t.Fatalf("%d attaches won, want 1", won)
 	}
 }
+
+func TestPendingInstanceIsNotAttachable(t *testing.T) {
+	c := newClock()
+	f := newEC2(c)
+	inst := f.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1a", PendingFor: time.Minute})
+	id := createVolume(t, f, "us-east-1a", "")
+	c.Advance(3 * time.Second)
+	attach := func() error {
+		_, err := f.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")})
+		return err
+	}
+	if f.InstanceState(inst) != types.InstanceStateNamePending {
+		t.Fatalf("state %s", f.InstanceState(inst))
+	}
+	wantCode(t, attach(), "IncorrectInstanceState")
+	c.Advance(time.Minute)
+	if err := attach(); err != nil {
+		t.Fatal(err)
+	}
+}

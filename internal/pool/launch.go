@@ -26,16 +26,17 @@ const (
 
 // launch is the state of one launch handler run.
 type launch struct {
-	p      *Pool
-	a      events.LifecycleAction
-	id     string // instance
-	az     string
-	used   map[string]bool // device slots taken on the instance
-	log    *slog.Logger
-	token  int // client-token attempt for on-demand volumes
-	tries  int // attach tries (stuck attachments)
-	claimT time.Time
-	missed bool
+	p       *Pool
+	a       events.LifecycleAction
+	id      string // instance
+	az      string
+	used    map[string]bool // device slots taken on the instance
+	log     *slog.Logger
+	token   int // client-token attempt for on-demand volumes
+	tries   int // attach tries (stuck attachments)
+	pending int // waits for an instance that is not attachable yet
+	claimT  time.Time
+	missed  bool
 }
 
 // step results.
@@ -110,7 +111,6 @@ func (p *Pool) getInstance(ctx context.Context, id string) (*store.Instance, err
 }
 
 func (l *launch) run(ctx context.Context) error {
-	checked := false
 	for round := 0; round < maxLaunchRounds; round++ {
 		v, err := l.acquire(ctx)
 		if err != nil {
@@ -119,17 +119,15 @@ func (l *launch) run(ctx context.Context) error {
 		if l.claimT.IsZero() {
 			l.claimT = l.p.t.Now()
 		}
-		if !checked {
-			// A terminate that ran before our claim saw no binding; one
-			// that runs after it sees ours. Check which happened.
-			rec, err := l.p.getInstance(ctx, l.id)
-			if err != nil {
-				return err
-			}
-			if rec != nil && (rec.State == store.InstanceTerminating || rec.State == store.InstanceGone) {
-				return l.abort(ctx, "instance is terminating")
-			}
-			checked = true
+		// A terminate that marked the instance before this claim saw no
+		// binding to release; one that marks it after sees ours. Check
+		// which happened, every round: a round may have claimed anew.
+		rec, err := l.p.getInstance(ctx, l.id)
+		if err != nil {
+			return err
+		}
+		if rec != nil && (rec.State == store.InstanceTerminating || rec.State == store.InstanceGone) {
+			return l.abort(ctx, "instance is terminating")
 		}
 		res, err := l.step(ctx, v)
 		if err != nil {
@@ -400,7 +398,16 @@ func (l *launch) attachFree(ctx context.Context, v store.Volume) (outcome, error
 			if !found || instanceGone(inst) {
 				return gone, nil
 			}
-			return again, fmt.Errorf("attach %s to %s: %w", v.VolumeID, l.id, err)
+			// Still pending (or stopping): wait, then try again.
+			l.pending++
+			if l.pending > 30 {
+				return again, fmt.Errorf("attach %s to %s: instance stays %s: %w", v.VolumeID, l.id, inst.State.Name, err)
+			}
+			l.log.Debug("instance not attachable yet; waiting", "state", inst.State.Name)
+			if serr := p.t.Sleep(ctx, p.t.Poll.Delay(min(l.pending, 4))); serr != nil {
+				return again, serr
+			}
+			return again, nil
 		case awserr.IsIncorrectState(err):
 			return again, nil // the caller re-reads EC2's view
 		case awserr.IsRetryable(err):

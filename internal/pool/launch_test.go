@@ -400,3 +400,18 @@ func envelope(detailType, group, transition string) string {
 	})
 	return string(b)
 }
+
+func TestLaunchWaitsForAPendingInstance(t *testing.T) {
+	e := newEnv(t, awsfake.EC2Config{})
+	e.seedIdle()
+	inst := e.ec2.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1c", PendingFor: 80 * time.Millisecond})
+	raw, err := e.asg.LaunchExisting(e.cfg.Group, inst, "us-east-1c", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustHandle(raw)
+	checkAttached(t, e, inst)
+	if e.ec2.Calls("AttachVolume") < 2 {
+		t.Fatalf("AttachVolume called %d times; the first should have met a pending instance", e.ec2.Calls("AttachVolume"))
+	}
+}
