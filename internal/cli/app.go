@@ -1,0 +1,77 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+
+	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/store"
+)
+
+// ObjectStore is the part of the S3 API the CLI uses: HeadObject to find
+// what the origin has, PutObject and the multipart calls of the SDK's
+// upload manager to add what it lacks, DeleteObject to withdraw a blob whose
+// file changed while it was uploaded.
+type ObjectStore interface {
+	HeadObject(ctx context.Context, in *s3.HeadObjectInput, optFns ...func(*s3.Options)) (*s3.HeadObjectOutput, error)
+	PutObject(ctx context.Context, in *s3.PutObjectInput, optFns ...func(*s3.Options)) (*s3.PutObjectOutput, error)
+	DeleteObject(ctx context.Context, in *s3.DeleteObjectInput, optFns ...func(*s3.Options)) (*s3.DeleteObjectOutput, error)
+	UploadPart(ctx context.Context, in *s3.UploadPartInput, optFns ...func(*s3.Options)) (*s3.UploadPartOutput, error)
+	CreateMultipartUpload(ctx context.Context, in *s3.CreateMultipartUploadInput, optFns ...func(*s3.Options)) (*s3.CreateMultipartUploadOutput, error)
+	CompleteMultipartUpload(ctx context.Context, in *s3.CompleteMultipartUploadInput, optFns ...func(*s3.Options)) (*s3.CompleteMultipartUploadOutput, error)
+	AbortMultipartUpload(ctx context.Context, in *s3.AbortMultipartUploadInput, optFns ...func(*s3.Options)) (*s3.AbortMultipartUploadOutput, error)
+}
+
+// Queue is the part of the SQS API the CLI uses.
+type Queue interface {
+	SendMessage(ctx context.Context, in *sqs.SendMessageInput, optFns ...func(*sqs.Options)) (*sqs.SendMessageOutput, error)
+}
+
+// State is the part of the store the CLI reads.
+type State interface {
+	Head(ctx context.Context, pool string) (int64, error)
+	GetRequest(ctx context.Context, pool, requestID string) (store.Request, error)
+	ListInstances(ctx context.Context, pool string) ([]store.Instance, error)
+	ListVolumes(ctx context.Context, pool string) ([]store.Volume, error)
+	ListSnapshots(ctx context.Context, pool string) ([]store.Snapshot, error)
+	ListRejected(ctx context.Context, pool string, limit int) ([]store.Request, error)
+	Entries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error)
+}
+
+// App is the CLI's logic over its clients.
+type App struct {
+	Cfg   Config
+	S3    ObjectStore
+	SQS   Queue
+	State State
+	// Err receives progress and notes (stderr); results go to the caller.
+	Err io.Writer
+	// Progress shows a progress bar and wait status on Err (a terminal).
+	Progress bool
+	// PartSize is the size from which files are uploaded in parts, and the
+	// part size (default 64 MiB, at least 5 MiB).
+	PartSize int64
+	// Uploads is how many blobs upload at once (default 4).
+	Uploads int
+	// Poll is how often --wait reads the table (default 2s).
+	Poll time.Duration
+	Now  func() time.Time
+}
+
+func (a *App) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now().UTC()
+}
+
+func (a *App) errOut() io.Writer {
+	if a.Err == nil {
+		return io.Discard
+	}
+	return a.Err
+}

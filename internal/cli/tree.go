@@ -1,0 +1,196 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/volsd/volsd/events"
+)
+
+// ErrInput marks bad input from the operator: a hostile or invalid path, a
+// symlink or special file in a tree (exit code 2).
+var ErrInput = errors.New("bad input")
+
+// localFile is one regular file to push.
+type localFile struct {
+	abs     string // where it is on this machine
+	rel     string // its content path under the destination ("" for a single file)
+	size    int64
+	mode    uint32 // permission bits
+	modTime time.Time
+	sha256  string
+}
+
+func inputErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInput, fmt.Sprintf(format, args...))
+}
+
+// destination turns the operator's DEST into a content path: leading
+// slashes are dropped ("/" is the root), a put into "dir/" (or the root)
+// takes the file's name, and the result must pass events.ValidatePath (a
+// sync may also target the root).
+func destination(dest, localName string, op events.Op) (string, error) {
+	d := strings.TrimLeft(dest, "/")
+	if op == events.OpPut && (d == "" || d == "." || strings.HasSuffix(d, "/")) {
+		if d == "." {
+			d = ""
+		}
+		d += localName
+	}
+	if op == events.OpSync {
+		d = strings.TrimSuffix(d, "/")
+		if d == "" || d == events.RootPath {
+			return events.RootPath, nil
+		}
+	}
+	if err := events.ValidatePath("DEST", d); err != nil {
+		return "", inputErr("%v", err)
+	}
+	return d, nil
+}
+
+// scan lists what LOCAL holds: one file (a put) or every regular file of a
+// directory tree (a sync). Symlinks and special files inside a tree are
+// refused, as are paths volsd would refuse.
+func scan(local string) (events.Op, []localFile, error) {
+	info, err := os.Stat(local) // the argument itself may be a symlink
+	if err != nil {
+		return "", nil, inputErr("%v", err)
+	}
+	if info.Mode().IsRegular() {
+		abs, _ := filepath.Abs(local)
+		return events.OpPut, []localFile{{abs: abs, size: info.Size(), mode: uint32(info.Mode().Perm()), modTime: info.ModTime()}}, nil
+	}
+	if !info.IsDir() {
+		return "", nil, inputErr("%s is neither a regular file nor a directory", local)
+	}
+	root, err := filepath.EvalSymlinks(local)
+	if err != nil {
+		return "", nil, inputErr("%v", err)
+	}
+	root, _ = filepath.Abs(root)
+	var files []localFile
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return inputErr("%v", err)
+		}
+		if p == root {
+			return nil
+		}
+		rel := filepath.ToSlash(strings.TrimPrefix(p, root+string(filepath.Separator)))
+		t := d.Type()
+		switch {
+		case d.IsDir():
+			if rel == events.ReservedDir {
+				return inputErr("%s: the directory %s is reserved for volsd's own state and cannot be pushed", p, events.ReservedDir)
+			}
+			return nil
+		case t&fs.ModeSymlink != 0:
+			return inputErr("%s is a symlink; volsd pushes regular files only (replace it by the file, or push its target separately)", p)
+		case !t.IsRegular():
+			return inputErr("%s is a special file (%s); volsd pushes regular files only", p, t.Type())
+		}
+		if err := events.ValidatePath("path", rel); err != nil {
+			return inputErr("%s: %v", p, err)
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return inputErr("%v", err)
+		}
+		files = append(files, localFile{abs: p, rel: rel, size: fi.Size(), mode: uint32(fi.Mode().Perm()), modTime: fi.ModTime()})
+		return nil
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	return events.OpSync, files, nil
+}
+
+// hashFiles computes every file's sha256, GOMAXPROCS files at a time.
+func hashFiles(ctx context.Context, files []localFile) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		next  = make(chan int)
+	)
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				sum, err := hashFile(files[i].abs)
+				mu.Lock()
+				if err != nil && first == nil {
+					first = err
+				}
+				mu.Unlock()
+				files[i].sha256 = sum
+			}
+		}()
+	}
+	for i := range files {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if first != nil {
+		return first
+	}
+	return ctx.Err()
+}
+
+func hashFile(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", p, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// unchanged reports whether a file still has the size and modification
+// time it had when it was hashed.
+func (f localFile) unchanged() bool {
+	fi, err := os.Stat(f.abs)
+	return err == nil && fi.Size() == f.size && fi.ModTime().Equal(f.modTime)
+}
+
+// buildManifest returns the canonical manifest of files and its sha256.
+func buildManifest(files []localFile) ([]byte, string, error) {
+	m := events.Manifest{Version: events.ManifestVersion, Entries: make([]events.ManifestEntry, 0, len(files))}
+	for _, f := range files {
+		m.Entries = append(m.Entries, events.ManifestEntry{Path: f.rel, SHA256: f.sha256, Size: f.size, Mode: f.mode})
+	}
+	if err := m.Validate(); err != nil {
+		return nil, "", inputErr("%v", err)
+	}
+	raw, err := m.Canonical()
+	if err != nil {
+		return nil, "", err
+	}
+	sum := sha256.Sum256(raw)
+	return raw, hex.EncodeToString(sum[:]), nil
+}
+
+// baseName is the last element of a local path, for a put into a directory.
+func baseName(local string) string { return path.Base(filepath.ToSlash(filepath.Clean(local))) }
