@@ -16,13 +16,13 @@ import (
 	"testing"
 	"time"
 
+	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
-	lambdaevents "github.com/aws/aws-lambda-go/events"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
@@ -97,7 +97,9 @@ func newWorld(t *testing.T) *world {
 	if err := store.CreateTable(ctx, db, w.cfg.Table); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &w.cfg.Table}) })
+	t.Cleanup(func() {
+		_, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &w.cfg.Table})
+	})
 	w.st = store.New(db, w.cfg.Table)
 	w.s3 = &countingS3{Client: s3.NewFromConfig(moto, func(o *s3.Options) { o.UsePathStyle = true }), writes: map[string]int{}}
 	if _, err := w.s3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &w.cfg.Bucket}); err != nil {
