@@ -291,11 +291,14 @@ func (l *launch) step(ctx context.Context, v store.Volume) (outcome, error) {
 	return l.attach(ctx, f)
 }
 
-// waitCreated waits until a new volume is no longer creating.
+// waitCreated waits until a new volume is no longer creating. A volume
+// EC2 does not show yet (DescribeVolumes is eventually consistent) is waited
+// for up to InstanceVisible.
 func (l *launch) waitCreated(ctx context.Context, id string) (ec2Volume, bool, error) {
+	start := l.p.t.Now()
 	for n := 0; ; n++ {
 		ev, found, err := l.p.describeVolume(ctx, id)
-		if err != nil || !found || ev.State != types.VolumeStateCreating {
+		if err != nil || found && ev.State != types.VolumeStateCreating || !found && l.p.t.Now().Sub(start) > l.p.t.InstanceVisible {
 			return ev, found, err
 		}
 		if err := l.p.t.Sleep(ctx, l.p.t.Poll.Delay(n)); err != nil {
