@@ -74,7 +74,7 @@ func (c *countingS3) CreateMultipartUpload(ctx context.Context, in *s3.CreateMul
 // the push and report Lambdas in process, and fake agents behind the SSM
 // fake.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	cfg    cli.Config
 	s3     *countingS3
 	sqs    *sqs.Client
@@ -87,7 +87,7 @@ type world struct {
 	agent   func(instance string, upTo int64) (ssmtypes.CommandInvocationStatus, events.AgentReport)
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	ctx := context.Background()
 	moto := testenv.Moto(t)
@@ -188,7 +188,7 @@ func (w *world) run(args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-func writeTree(t *testing.T, files map[string]string) string {
+func writeTree(t testing.TB, files map[string]string) string {
 	t.Helper()
 	d := t.TempDir()
 	for p, c := range files {
@@ -379,5 +379,22 @@ func TestWaitReportsARejectedRequest(t *testing.T) {
 	var st cli.Status
 	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 || len(st.Rejected) != 1 || st.Rejected[0].RequestID != s.RequestID {
 		t.Fatalf("status after the rejection: %d %s %v", code, out, err)
+	}
+}
+
+// TestProgressOnATerminal: with a terminal, uploads draw a progress bar on
+// stderr; without one, stderr stays quiet.
+func TestProgressOnATerminal(t *testing.T) {
+	w := newWorld(t)
+	for _, terminal := range []bool{true, false} {
+		var errb bytes.Buffer
+		a := &cli.App{Cfg: w.cfg, S3: w.s3, SQS: w.sqs, State: w.st, Err: &errb, Progress: terminal}
+		dir := writeTree(t, map[string]string{"f.bin": strings.Repeat(fmt.Sprint(terminal), 300000)})
+		if _, err := a.Push(context.Background(), dir, "p"); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(errb.String(), "uploading 1 blobs"); got != terminal {
+			t.Errorf("terminal=%v: progress shown=%v (%q)", terminal, got, errb.String())
+		}
 	}
 }

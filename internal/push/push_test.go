@@ -413,3 +413,27 @@ func TestInvalidSendCommandConfigurationFailsLoudly(t *testing.T) {
 func blobRef(content []byte) *events.Blob {
 	return &events.Blob{SHA256: sha(content), Size: int64(len(content)), Mode: 0o644}
 }
+
+// TestStopsBeforeTheDeadline: with less time left than the margin, the
+// handler starts nothing: every item fails (SQS redelivers it), nothing is
+// appended or recorded.
+func TestStopsBeforeTheDeadline(t *testing.T) {
+	r := newRig(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r.cfg.Margin = 5 * time.Second
+	r.reset()
+	resp, err := r.p.HandleSQS(ctx, batch(
+		sqsMessage("m1", body(t, deleteReq("d1", "x")), 1),
+		sqsMessage("m2", `{"version":1,"requestId":"bad","op":"delete","path":"../x"}`, 1),
+	))
+	if err != nil || len(resp.BatchItemFailures) != 2 {
+		t.Fatalf("resp %+v %v", resp, err)
+	}
+	if j := r.journal(); len(j) != 0 {
+		t.Fatalf("appended past the margin: %+v", j)
+	}
+	if _, err := r.st.GetRequest(context.Background(), "web", "bad"); err == nil {
+		t.Fatal("recorded a rejection past the margin")
+	}
+}
