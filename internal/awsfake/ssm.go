@@ -25,9 +25,13 @@ import (
 	"github.com/aws/smithy-go"
 )
 
-// SSMOutputLimit is how much of an invocation's stdout and stderr
-// GetCommandInvocation returns: the first 24,000 characters, as in AWS.
-const SSMOutputLimit = 24000
+// SSMOutputLimit and SSMErrorLimit are how much of an invocation's stdout
+// and stderr GetCommandInvocation returns: the first 24,000 and 8,000
+// characters, as in AWS (the end of a long output is lost).
+const (
+	SSMOutputLimit = 24000
+	SSMErrorLimit  = 8000
+)
 
 // SSM is a Systems Manager Run Command fake: managed instances with tags,
 // Command documents with parameter patterns, SendCommand by InstanceIds or
@@ -391,7 +395,7 @@ func (f *SSM) setStatus(c *ssmCommand, instanceID string, res SSMResult) {
 	}
 	if ssmTerminal(res.Status) {
 		inv.end, inv.code = now, res.ResponseCode
-		inv.stdout, inv.stderr = ssmTruncate(res.Stdout), ssmTruncate(res.Stderr)
+		inv.stdout, inv.stderr = ssmTruncate(res.Stdout, SSMOutputLimit), ssmTruncate(res.Stderr, SSMErrorLimit)
 		c.cmd.CompletedCount++
 		if res.Status != types.CommandInvocationStatusSuccess {
 			c.cmd.ErrorCount++
@@ -412,9 +416,9 @@ func (f *SSM) setStatus(c *ssmCommand, instanceID string, res SSMResult) {
 	}
 }
 
-func ssmTruncate(s string) string {
-	if len(s) > SSMOutputLimit {
-		return s[:SSMOutputLimit]
+func ssmTruncate(s string, limit int) string {
+	if len(s) > limit {
+		return s[:limit]
 	}
 	return s
 }
@@ -454,7 +458,8 @@ func ssmNoInvocation() error { return &types.InvocationDoesNotExist{} }
 
 // GetCommandInvocation returns one invocation; InvocationDoesNotExist for an
 // unknown command or instance and for the first InvisibleReads reads.
-// Output is empty until the invocation has finished.
+// Stdout is empty until the invocation has succeeded or failed (AWS shows
+// none for a timed-out or cancelled one); stderr until it has finished.
 func (f *SSM) GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvocationInput, _ ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error) {
 	if err := f.enter("GetCommandInvocation"); err != nil {
 		return nil, err
@@ -489,7 +494,12 @@ func (f *SSM) GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvoca
 	}
 	if ssmTerminal(inv.status) {
 		out.ResponseCode = inv.code
-		out.StandardOutputContent, out.StandardErrorContent = aws.String(inv.stdout), aws.String(inv.stderr)
+		out.StandardErrorContent = aws.String(inv.stderr)
+		// AWS: stdout is empty unless the execution succeeded or failed
+		// (a timed-out or cancelled command shows none).
+		if inv.status == types.CommandInvocationStatusSuccess || inv.status == types.CommandInvocationStatusFailed {
+			out.StandardOutputContent = aws.String(inv.stdout)
+		}
 		out.ExecutionEndDateTime = aws.String(inv.end.Format("2006-01-02T15:04:05.000Z"))
 	}
 	return out, nil

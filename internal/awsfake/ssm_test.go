@@ -168,12 +168,21 @@ func TestSSMSendCommandValidation(t *testing.T) {
 		t.Fatalf("pending read: %+v %v", inv, err)
 	}
 	long := strings.Repeat("x", 30000) + "\n{\"seq\":1}"
-	if err := f.Complete(aws.ToString(out.Command.CommandId), "i-0123456789abcdef0", awsfake.SSMResult{Status: types.CommandInvocationStatusFailed, ResponseCode: 1, Stdout: long}); err != nil {
+	if err := f.Complete(aws.ToString(out.Command.CommandId), "i-0123456789abcdef0", awsfake.SSMResult{Status: types.CommandInvocationStatusFailed, ResponseCode: 1, Stdout: long, Stderr: long}); err != nil {
 		t.Fatal(err)
 	}
 	inv, _ = f.GetCommandInvocation(ctx, in)
-	if inv.Status != types.CommandInvocationStatusFailed || inv.ResponseCode != 1 || len(aws.ToString(inv.StandardOutputContent)) != awsfake.SSMOutputLimit {
-		t.Fatalf("completed read: status %s code %d output %d chars", inv.Status, inv.ResponseCode, len(aws.ToString(inv.StandardOutputContent)))
+	if inv.Status != types.CommandInvocationStatusFailed || inv.ResponseCode != 1 || len(aws.ToString(inv.StandardOutputContent)) != awsfake.SSMOutputLimit ||
+		len(aws.ToString(inv.StandardErrorContent)) != awsfake.SSMErrorLimit {
+		t.Fatalf("completed read: status %s code %d output %d chars, stderr %d", inv.Status, inv.ResponseCode, len(aws.ToString(inv.StandardOutputContent)), len(aws.ToString(inv.StandardErrorContent)))
+	}
+	// A timed-out command shows no stdout.
+	out, _ = f.SendCommand(ctx, ok())
+	_ = f.Complete(aws.ToString(out.Command.CommandId), "i-0123456789abcdef0", awsfake.SSMResult{Status: types.CommandInvocationStatusTimedOut, Stdout: "{\"seq\":3}"})
+	in.CommandId = out.Command.CommandId
+	_, _ = f.GetCommandInvocation(ctx, in)
+	if inv, _ = f.GetCommandInvocation(ctx, in); inv.Status != types.CommandInvocationStatusTimedOut || aws.ToString(inv.StandardOutputContent) != "" {
+		t.Fatalf("timed out: %s %q", inv.Status, aws.ToString(inv.StandardOutputContent))
 	}
 }
 
