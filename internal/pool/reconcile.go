@@ -289,13 +289,11 @@ func (r *recon) fixVolume(ctx context.Context, v store.Volume) {
 			log.Info("healed: volume of a dead launch is idle now")
 		}
 	case store.VolumeIdle:
-		if ev.Instance != "" && stuck && ev.Attach != types.VolumeAttachmentStateDetaching && r.spend(ctx) {
+		if ev.Instance != "" && stuck {
+			// A launch that lost its claim attached it. Fencing it
+			// (releasing) first makes sure no claim holds it now.
 			log.Warn("idle volume is attached; detaching it", "attachedTo", ev.Instance)
-			if err := p.detach(ctx, v.VolumeID, ev.Instance, false); err != nil {
-				r.fail(log, "detach idle volume", err)
-				return
-			}
-			r.rep.Detached++
+			r.release(ctx, v, "idle volume attached to "+ev.Instance, log)
 		}
 	case store.VolumeClaimed, store.VolumeAttaching:
 		if stuck {
@@ -312,7 +310,8 @@ func (r *recon) fixVolume(ctx context.Context, v store.Volume) {
 			r.release(ctx, v, why, log)
 		}
 	case store.VolumeReleasing:
-		if stuck {
+		// Cut off, or detached by an earlier run (then it is free).
+		if stuck || ev.free() && age > p.t.GoneGrace {
 			r.release(ctx, v, "release was cut off", log)
 		}
 	case store.VolumeDeleting:
@@ -367,10 +366,15 @@ func (r *recon) healClaim(ctx context.Context, v store.Volume, ev ec2Volume, log
 		return
 	default:
 		// Attached elsewhere, or stuck in EC2: detach, decide next run.
+		// The write first fences off a launch that resumed meanwhile.
 		if !r.spend(ctx) {
 			return
 		}
-		err = p.detach(ctx, v.VolumeID, ev.Instance, ev.Attach == types.VolumeAttachmentStateAttaching)
+		var n store.Volume
+		if n, err = p.transition(ctx, v, v.State, nil); err == nil {
+			r.set(n)
+			err = p.detach(ctx, v.VolumeID, ev.Instance, ev.Attach == types.VolumeAttachmentStateAttaching)
+		}
 		if err == nil {
 			r.rep.Detached++
 			log.Info("healed: stuck attachment detached", "attachedTo", ev.Instance, "attachment", ev.Attach)
@@ -390,21 +394,23 @@ func (r *recon) release(ctx context.Context, v store.Volume, why string, log *sl
 	if !r.spend(ctx) {
 		return
 	}
-	f := v
-	if v.State != store.VolumeReleasing {
-		var err error
-		if f, err = p.transition(ctx, v, store.VolumeReleasing, nil); err != nil {
-			r.fail(log, "fence release", err)
-			return
-		}
-		r.set(f)
+	// The fence (also for a release already under way) makes a handler
+	// that resumed meanwhile lose its next write instead of racing us.
+	f, err := p.transition(ctx, v, store.VolumeReleasing, nil)
+	if err != nil {
+		r.fail(log, "fence release", err)
+		return
 	}
+	r.set(f)
 	log.Info("releasing volume", "reason", why)
 	var inst *store.Instance
 	if in, ok := r.insts[v.InstanceID]; ok {
 		inst = &in
 	}
 	seq, known := knownSeq(inst, v)
+	if v.State == store.VolumeIdle {
+		seq, known = v.Seq, true // it was idle: its seq is its record's
+	}
 	if err := p.finishRelease(ctx, f, seq, known, false, log); err != nil {
 		r.fail(log, "release", err)
 		return

@@ -111,13 +111,18 @@ func TestReconcileAdoptsOrDeletesOrphans(t *testing.T) {
 	if rep.Adopted != 1 {
 		t.Fatalf("report %+v", rep)
 	}
-	rec, err := e.store.GetVolume(bg, "web", adopt)
-	if err != nil || rec.State != store.VolumeIdle || rec.Seq != 33 || rec.SnapshotID != snap || rec.AZ != "us-east-1a" {
-		t.Fatalf("adopted record %+v %v", rec, err)
-	}
 	gone := func(id string) bool {
 		v, ok := e.ec2.Volume(id)
 		return !ok || v.State == types.VolumeStateDeleting
+	}
+	// Of two equal orphans in us-east-1a (target 1) one is adopted, the
+	// other deleted.
+	if _, err := e.store.GetVolume(bg, "web", adopt); err != nil {
+		adopt, surplus = surplus, adopt
+	}
+	rec, err := e.store.GetVolume(bg, "web", adopt)
+	if err != nil || rec.State != store.VolumeIdle || rec.Seq != 33 || rec.SnapshotID != snap || rec.AZ != "us-east-1a" {
+		t.Fatalf("adopted record %+v %v", rec, err)
 	}
 	for name, id := range map[string]string{"surplus": surplus, "wrong size": wrongSize, "unknown base": unknownBase} {
 		if !gone(id) {
@@ -201,8 +206,21 @@ func TestReconcileHealsStuckClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// 5. A launch that lost its claim (reconcile gave it back) attached
+	// the now idle volume anyway and died.
+	strayInst := e.ec2.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1a"})
+	var stray store.Volume
+	for _, v := range e.volumes() {
+		if v.State == store.VolumeIdle && v.AZ == "us-east-1a" {
+			stray = v
+		}
+	}
+	if _, err := e.ec2.AttachVolume(bg, &ec2.AttachVolumeInput{VolumeId: &stray.VolumeID, InstanceId: &strayInst, Device: aws.String("/dev/sdf")}); err != nil {
+		t.Fatal(err)
+	}
+
 	rep := e.reconcile()
-	if rep.Healed != 4 {
+	if rep.Healed != 5 {
 		t.Fatalf("report %+v\n%s", rep, e.logs.String())
 	}
 	check := func(id string, st store.VolumeState, inst string, seq int64) {
@@ -219,6 +237,10 @@ func TestReconcileHealsStuckClaims(t *testing.T) {
 	}
 	check(deadClaim.VolumeID, store.VolumeIdle, "", deadClaim.Seq)
 	check(rel.VolumeID, store.VolumeIdle, "", 12)
+	check(stray.VolumeID, store.VolumeIdle, "", stray.Seq)
+	if ev, _ := e.ec2.Volume(stray.VolumeID); ev.Instance != "" {
+		t.Fatalf("stray attachment left: %+v", ev)
+	}
 	if e.instance(alive).VolumeID != "" || e.instance(dead).VolumeID != "" || e.instance(relInst).VolumeID != "" {
 		t.Fatal("bindings of healed claims left")
 	}
