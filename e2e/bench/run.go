@@ -1,0 +1,237 @@
+// Package bench measures volsd against what users would run instead, each
+// figure beside its baseline from the same run (issue 9, `make bench`):
+//
+//  1. apply vs rsync: the agent applying a sync of a generated tree (and a
+//     1% delta) against plain `rsync -a` onto the same kind of
+//     loop-mounted ext4;
+//  2. time-to-content of a new instance in the local system (lifecycle
+//     event → hook completed) for two content sizes, against copying the
+//     whole content onto a fresh filesystem at boot;
+//  3. push fan-out cost for pools of 1 to 1,000 instances: AWS calls,
+//     DynamoDB operations and handler time per push;
+//  4. reconcile cost for 100 to 10,000 volume records: DynamoDB reads, EC2
+//     calls and time per run;
+//  5. Lambda size and start through the Runtime API.
+//
+// Every figure is the median of several runs. Run writes nothing; Report
+// renders docs/benchmarks.md and docs/benchmarks.json.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Parts are the benchmark names, in the order they run.
+var Parts = []string{"lambda", "reconcile", "fanout", "apply", "ttc"}
+
+// Options configure a benchmark run.
+type Options struct {
+	Root    string // repository root
+	WorkDir string // images, trees, builds; removed by the caller
+	Quick   bool   // small sizes (VOLSD_BENCH_QUICK=1)
+	Parts   []string
+	// DeployedDir holds the `make build` bootstraps (build/lambda).
+	DeployedDir          string
+	DynamoDBURL, MotoURL string
+	// Runs overrides every part's number of runs when > 0.
+	Runs int
+	// LambdaFunctions limits the Lambda benchmark (default: all).
+	LambdaFunctions []string
+	Log             func(format string, args ...any)
+}
+
+// Results is everything one run measured. The first keys are the issue's;
+// the parts' details follow.
+type Results struct {
+	ApplyFullVsRsync        Num              `json:"apply_full_vs_rsync"`
+	ApplyDeltaVsRsync       Num              `json:"apply_delta_vs_rsync"`
+	TTCSeconds              map[string]Num   `json:"ttc_seconds"`
+	TTCCopyBaselineSeconds  map[string]Num   `json:"ttc_copy_baseline_seconds"`
+	SendCommandCallsPerPush map[string]Num   `json:"sendcommand_calls_per_push"`
+	ReconcileReads          map[string]Num   `json:"reconcile_reads"`
+	BootstrapBytes          map[string]int64 `json:"bootstrap_bytes"`
+
+	Apply     *ApplyResult     `json:"apply,omitempty"`
+	TTC       *TTCResult       `json:"ttc,omitempty"`
+	Fanout    *FanoutResult    `json:"push_fanout,omitempty"`
+	Reconcile *ReconcileResult `json:"reconcile,omitempty"`
+	Lambda    *LambdaResult    `json:"lambda,omitempty"`
+
+	// Failures maps a part to why it could not be measured.
+	Failures map[string]string `json:"failures,omitempty"`
+	// PartSeconds is how long each part took (setup included).
+	PartSeconds map[string]Num `json:"part_seconds"`
+
+	Machine  Machine   `json:"machine"`
+	Quick    bool      `json:"quick"`
+	Commit   string    `json:"commit"`
+	Started  time.Time `json:"started"`
+	Duration Num       `json:"duration_seconds"`
+	Command  string    `json:"command"`
+}
+
+// Run runs the selected parts (all by default) and returns what they
+// measured. A part that fails is recorded in Failures and the others
+// still run; the error lists the failed parts.
+func Run(ctx context.Context, o Options) (*Results, error) {
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+	parts := o.Parts
+	if len(parts) == 0 {
+		parts = Parts
+	}
+	for _, p := range parts {
+		if !contains(Parts, p) {
+			return nil, fmt.Errorf("unknown part %q (parts: %s)", p, strings.Join(Parts, ", "))
+		}
+	}
+	r := &Results{
+		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{},
+		SendCommandCallsPerPush: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
+		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()),
+		Failures: map[string]string{}, PartSeconds: map[string]Num{},
+		Quick: o.Quick, Started: time.Now().UTC().Truncate(time.Second), Commit: gitCommit(o.Root),
+	}
+	r.Machine = DescribeMachine(ctx, o.Root, o.WorkDir)
+	sz := FullSizes()
+	if o.Quick {
+		sz = QuickSizes()
+	}
+	runs := func(n int) int {
+		if o.Runs > 0 {
+			return o.Runs
+		}
+		return n
+	}
+	logf := func(part string) func(string, ...any) {
+		return func(f string, a ...any) { o.Log("["+part+"] "+f, a...) }
+	}
+	for _, part := range Parts {
+		if !contains(parts, part) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			r.Failures[part] = "not run: " + err.Error()
+			continue
+		}
+		start := time.Now()
+		o.Log("[%s] start", part)
+		var err error
+		switch part {
+		case "lambda":
+			r.Lambda, err = RunLambda(ctx, LambdaOptions{
+				Root: o.Root, WorkDir: o.WorkDir, Functions: o.LambdaFunctions, Runs: runs(sz.LambdaRuns), Quick: o.Quick, DeployedDir: o.DeployedDir,
+				DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Log: logf(part),
+			})
+			if err == nil {
+				for fn, f := range r.Lambda.Functions {
+					r.BootstrapBytes[fn] = f.BootstrapBytes
+				}
+			}
+		case "reconcile":
+			r.Reconcile, err = RunReconcile(ctx, ReconcileOptions{
+				Records: sz.ReconcileRecords, Runs: runs(sz.ReconcileRuns), DynamoDBURL: o.DynamoDBURL, Log: logf(part),
+			})
+			if err == nil {
+				for _, c := range r.Reconcile.Cases {
+					r.ReconcileReads[strconv.Itoa(c.Records)] = c.DynamoDBReads.Median
+				}
+			}
+		case "fanout":
+			r.Fanout, err = RunFanout(ctx, FanoutOptions{
+				Pools: sz.FanoutPools, Runs: runs(sz.FanoutRuns), DynamoDBURL: o.DynamoDBURL, Log: logf(part),
+			})
+			if err == nil {
+				for _, c := range r.Fanout.Cases {
+					r.SendCommandCallsPerPush[strconv.Itoa(c.Instances)] = c.SendCommand.Median
+				}
+			}
+		case "apply":
+			r.Apply, err = RunApply(ctx, ApplyOptions{
+				WorkDir: o.WorkDir, Tree: sz.Apply, DeltaFiles: sz.DeltaFiles, Runs: runs(sz.ApplyRuns),
+				DynamoDBURL: o.DynamoDBURL, Log: logf(part),
+			})
+			if err == nil {
+				r.ApplyFullVsRsync, r.ApplyDeltaVsRsync = r.Apply.FullRatio, r.Apply.DeltaRatio
+			}
+		case "ttc":
+			r.TTC, err = RunTTC(ctx, TTCOptions{
+				Root: o.Root, WorkDir: o.WorkDir, Contents: sz.TTCContents, Entries: sz.TTCEntries, Runs: runs(sz.TTCRuns),
+				DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Log: logf(part),
+			})
+			if err == nil {
+				for _, c := range r.TTC.Cases {
+					r.TTCSeconds[c.Label] = c.Volsd.Median
+					r.TTCCopyBaselineSeconds[c.Label] = c.Copy.Median
+				}
+			}
+		}
+		r.PartSeconds[part] = Num(time.Since(start).Seconds())
+		if err != nil {
+			r.Failures[part] = err.Error()
+			o.Log("[%s] FAILED after %s: %v", part, time.Since(start).Round(time.Second), err)
+			continue
+		}
+		o.Log("[%s] done in %s", part, time.Since(start).Round(time.Second))
+	}
+	r.Duration = Num(time.Since(r.Started).Seconds())
+	if len(r.Failures) > 0 {
+		var names []string
+		for p := range r.Failures {
+			names = append(names, p)
+		}
+		sort.Strings(names)
+		return r, fmt.Errorf("benchmarks failed: %s", strings.Join(names, ", "))
+	}
+	return r, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// gitCommit names the commit measured ("+dirty" when the tree differs).
+func gitCommit(root string) string {
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		c += "+dirty"
+	}
+	return c
+}
+
+// RepoRoot finds the module root at or above the working directory.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module github.com/volsd/volsd\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("go.mod of github.com/volsd/volsd not found above %s", dir)
+		}
+		dir = parent
+	}
+}

@@ -1,0 +1,71 @@
+package bench
+
+import "github.com/volsd/volsd/e2e/harness"
+
+// Sizes scale every benchmark: the issue's sizes, and a quick set to
+// iterate on and to smoke-test the benchmark code in `make test`.
+type Sizes struct {
+	Apply      harness.TreeSpec
+	DeltaFiles int
+	ApplyRuns  int
+
+	TTCContents []TTCContent
+	TTCEntries  int
+	TTCRuns     int
+
+	FanoutPools []int
+	FanoutRuns  int
+
+	ReconcileRecords []int
+	ReconcileRuns    int
+
+	LambdaRuns int
+}
+
+// FullSizes are the issue's sizes.
+func FullSizes() Sizes {
+	return Sizes{
+		Apply:      harness.TreeSpec{Files: 10000, TotalBytes: 1 << 30, BigFile: 64 << 20, Seed: 9},
+		DeltaFiles: 100, // 1%
+		ApplyRuns:  5,
+
+		TTCContents: []TTCContent{
+			{Label: "100MiB", Tree: harness.TreeSpec{Files: 1000, TotalBytes: 100 << 20, BigFile: 20 << 20, Seed: 11}},
+			{Label: "2GiB", Tree: harness.TreeSpec{Files: 4000, TotalBytes: 2 << 30, BigFile: 256 << 20, Seed: 12}},
+		},
+		TTCEntries: 20,
+		TTCRuns:    3,
+
+		FanoutPools: []int{1, 10, 100, 1000},
+		FanoutRuns:  5,
+
+		ReconcileRecords: []int{100, 1000, 10000},
+		ReconcileRuns:    5,
+
+		LambdaRuns: 10,
+	}
+}
+
+// QuickSizes are small enough to run in seconds (VOLSD_BENCH_QUICK=1).
+func QuickSizes() Sizes {
+	return Sizes{
+		Apply:      harness.TreeSpec{Files: 500, TotalBytes: 32 << 20, BigFile: 4 << 20, Seed: 9},
+		DeltaFiles: 5,
+		ApplyRuns:  2,
+
+		TTCContents: []TTCContent{
+			{Label: "4MiB", Tree: harness.TreeSpec{Files: 60, TotalBytes: 4 << 20, BigFile: 1 << 20, Seed: 11}},
+			{Label: "32MiB", Tree: harness.TreeSpec{Files: 200, TotalBytes: 32 << 20, BigFile: 8 << 20, Seed: 12}},
+		},
+		TTCEntries: 3,
+		TTCRuns:    2,
+
+		FanoutPools: []int{1, 10, 50},
+		FanoutRuns:  2,
+
+		ReconcileRecords: []int{20, 100},
+		ReconcileRuns:    2,
+
+		LambdaRuns: 3,
+	}
+}

@@ -1,0 +1,137 @@
+// Command volsd-bench runs volsd's benchmarks with their baselines in one
+// go and writes docs/benchmarks.md and docs/benchmarks.json (`make bench`
+// runs it under scripts/with-emulators.sh after `make build`). Run alone
+// it starts the emulators itself the same way. Needs root (loop devices,
+// mkfs.ext4, mount).
+//
+//	volsd-bench                      # everything, the issue's sizes
+//	VOLSD_BENCH_QUICK=1 volsd-bench  # small sizes; writes build/bench-quick/
+//	volsd-bench -parts apply,ttc -runs 3 -out /tmp/b
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/volsd/volsd/e2e/bench"
+)
+
+func main() {
+	parts := flag.String("parts", strings.Join(bench.Parts, ","), "benchmarks to run, comma-separated: "+strings.Join(bench.Parts, ", "))
+	out := flag.String("out", "", "directory for benchmarks.md and benchmarks.json (default docs/, or build/bench-quick/ in quick mode)")
+	runs := flag.Int("runs", 0, "runs per figure for every benchmark (default: each benchmark's own, at least 3)")
+	quick := flag.Bool("quick", os.Getenv("VOLSD_BENCH_QUICK") == "1", "small sizes (also VOLSD_BENCH_QUICK=1)")
+	keep := flag.Bool("keep", false, "keep the work directory")
+	flag.Parse()
+	os.Exit(run(*parts, *out, *runs, *quick, *keep))
+}
+
+func run(parts, out string, runs int, quick, keep bool) int {
+	root, err := bench.RepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 2
+	}
+	ddb, moto := os.Getenv("VOLSD_TEST_DYNAMODB_ENDPOINT"), os.Getenv("VOLSD_TEST_MOTO_ENDPOINT")
+	if ddb == "" || moto == "" {
+		return reexecWithEmulators(root)
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "volsd-bench: run as root (loop devices, mkfs.ext4, mount)")
+		return 2
+	}
+	if out == "" {
+		out = filepath.Join(root, "docs")
+		if quick {
+			out = filepath.Join(root, "build", "bench-quick")
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	work, err := os.MkdirTemp("", "volsd-e2e-bench-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 1
+	}
+	// The e2e harness sweeps volsd-e2e-* directories of dead processes.
+	_ = os.WriteFile(filepath.Join(work, "pid"), []byte(fmt.Sprint(os.Getpid())), 0o644)
+	if !keep {
+		defer os.RemoveAll(work)
+	}
+	start := time.Now()
+	logf := func(format string, args ...any) {
+		fmt.Printf("%7.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+	logf("volsd-bench: DynamoDB Local %s, moto %s, work dir %s, quick=%v", ddb, moto, work, quick)
+	var list []string
+	for _, p := range strings.Split(parts, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			list = append(list, p)
+		}
+	}
+	res, err := bench.Run(ctx, bench.Options{
+		Root: root, WorkDir: work, Quick: quick, Parts: list, DeployedDir: filepath.Join(root, "build", "lambda"),
+		DynamoDBURL: ddb, MotoURL: moto, Runs: runs, Log: logf,
+	})
+	if res == nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 2
+	}
+	res.Command = command(quick)
+	if werr := bench.WriteReport(out, res); werr != nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench: write report:", werr)
+		return 1
+	}
+	logf("wrote %s and %s", filepath.Join(out, "benchmarks.md"), filepath.Join(out, "benchmarks.json"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// command is how this report was made, for the report.
+func command(quick bool) string {
+	args := strings.Join(os.Args[1:], " ")
+	c := "make bench"
+	if quick {
+		c = "VOLSD_BENCH_QUICK=1 make bench"
+	}
+	if args != "" {
+		c = "go run ./e2e/cmd/volsd-bench " + args
+	}
+	return c
+}
+
+// reexecWithEmulators runs this program again under
+// scripts/with-emulators.sh, which starts DynamoDB Local and moto on free
+// 127.0.0.1 ports and stops them when the program ends.
+func reexecWithEmulators(root string) int {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 2
+	}
+	cmd := exec.Command(filepath.Join(root, "scripts", "with-emulators.sh"), append([]string{self}, os.Args[1:]...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Dir = root
+	signal.Ignore(os.Interrupt) // the child handles Ctrl-C and cleans up
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 2
+	}
+	return 0
+}
