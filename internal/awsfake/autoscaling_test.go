@@ -14,8 +14,8 @@ import (
 	"github.com/volsd/volsd/internal/awsfake"
 )
 
-func newASG(c *manualClock) (*awsfake.AutoScaling, *awsfake.EC2) {
-	e := newEC2(c)
+func newFakeASG(c *ec2Clock) (*awsfake.AutoScaling, *awsfake.EC2) {
+	e := newFakeEC2(c)
 	a := awsfake.NewAutoScaling(awsfake.AutoScalingConfig{Now: c.Now, EC2: e})
 	a.AddGroup(awsfake.GroupSpec{
 		Name: "web", AZs: []string{"us-east-1a", "us-east-1b"}, MaxSize: 10,
@@ -28,7 +28,7 @@ func newASG(c *manualClock) (*awsfake.AutoScaling, *awsfake.EC2) {
 	return a, e
 }
 
-func decode(t *testing.T, raw []byte, detailType string) events.LifecycleAction {
+func asgDecode(t *testing.T, raw []byte, detailType string) events.LifecycleAction {
 	t.Helper()
 	var a events.LifecycleAction
 	if _, err := events.DecodeDetail(raw, detailType, &a); err != nil {
@@ -40,8 +40,8 @@ func decode(t *testing.T, raw []byte, detailType string) events.LifecycleAction 
 	return a
 }
 
-func complete(a *awsfake.AutoScaling, act events.LifecycleAction, token, result string) error {
-	_, err := a.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{
+func asgComplete(a *awsfake.AutoScaling, act events.LifecycleAction, token, result string) error {
+	_, err := a.CompleteLifecycleAction(fakeCtx, &autoscaling.CompleteLifecycleActionInput{
 		AutoScalingGroupName: aws.String(act.AutoScalingGroupName), LifecycleHookName: aws.String(act.LifecycleHookName),
 		LifecycleActionToken: aws.String(token), LifecycleActionResult: aws.String(result),
 	})
@@ -49,13 +49,13 @@ func complete(a *awsfake.AutoScaling, act events.LifecycleAction, token, result 
 }
 
 func TestLaunchEventAndCompletion(t *testing.T) {
-	c := newClock()
-	a, e := newASG(c)
+	c := newEC2Clock()
+	a, e := newFakeASG(c)
 	id, raw, err := a.Launch("web", "us-east-1b")
 	if err != nil {
 		t.Fatal(err)
 	}
-	act := decode(t, raw, events.DetailTypeLaunch)
+	act := asgDecode(t, raw, events.DetailTypeLaunch)
 	if act.EC2InstanceID != id || act.LifecycleTransition != events.TransitionLaunching || act.AutoScalingGroupName != "web" || act.Origin != "EC2" {
 		t.Fatalf("event detail %+v", act)
 	}
@@ -65,19 +65,19 @@ func TestLaunchEventAndCompletion(t *testing.T) {
 	if st := a.GroupInstances("web")[id]; st != asgtypes.LifecycleStatePendingWait {
 		t.Fatalf("group state %s", st)
 	}
-	if err := complete(a, act, "00000000-bad-token", "CONTINUE"); !awserr.IsLifecycleActionGone(err) {
+	if err := asgComplete(a, act, "00000000-bad-token", "CONTINUE"); !awserr.IsLifecycleActionGone(err) {
 		t.Fatalf("wrong token: %v", err)
 	}
-	if err := complete(a, act, act.LifecycleActionToken, "MAYBE"); awserr.Code(err) != "ValidationError" || awserr.IsLifecycleActionGone(err) {
+	if err := asgComplete(a, act, act.LifecycleActionToken, "MAYBE"); awserr.Code(err) != "ValidationError" || awserr.IsLifecycleActionGone(err) {
 		t.Fatalf("bad result: %v", err)
 	}
-	if err := complete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
+	if err := asgComplete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
 		t.Fatal(err)
 	}
 	if st := a.GroupInstances("web")[id]; st != asgtypes.LifecycleStateInService {
 		t.Fatalf("group state after CONTINUE: %s", st)
 	}
-	err = complete(a, act, act.LifecycleActionToken, "CONTINUE")
+	err = asgComplete(a, act, act.LifecycleActionToken, "CONTINUE")
 	if !awserr.IsLifecycleActionGone(err) || awserr.IsRetryable(err) {
 		t.Fatalf("second completion: %v", err)
 	}
@@ -86,7 +86,7 @@ func TestLaunchEventAndCompletion(t *testing.T) {
 		t.Fatalf("action %+v", v)
 	}
 	// By instance ID once the action is done: no active action either.
-	_, err = a.CompleteLifecycleAction(ctx, &autoscaling.CompleteLifecycleActionInput{
+	_, err = a.CompleteLifecycleAction(fakeCtx, &autoscaling.CompleteLifecycleActionInput{
 		AutoScalingGroupName: aws.String("web"), LifecycleHookName: aws.String("volsd-launch"),
 		InstanceId: aws.String(id), LifecycleActionResult: aws.String("CONTINUE"),
 	})
@@ -96,14 +96,14 @@ func TestLaunchEventAndCompletion(t *testing.T) {
 }
 
 func TestAbandonedLaunchTerminatesInstance(t *testing.T) {
-	c := newClock()
-	a, e := newASG(c)
+	c := newEC2Clock()
+	a, e := newFakeASG(c)
 	id, raw, err := a.Launch("web", "us-east-1a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	act := decode(t, raw, events.DetailTypeLaunch)
-	if err := complete(a, act, act.LifecycleActionToken, "ABANDON"); err != nil {
+	act := asgDecode(t, raw, events.DetailTypeLaunch)
+	if err := asgComplete(a, act, act.LifecycleActionToken, "ABANDON"); err != nil {
 		t.Fatal(err)
 	}
 	c.Advance(5 * time.Second)
@@ -116,12 +116,12 @@ func TestAbandonedLaunchTerminatesInstance(t *testing.T) {
 }
 
 func TestExpiryHeartbeatAndGlobalTimeout(t *testing.T) {
-	c := newClock()
-	a, e := newASG(c)
+	c := newEC2Clock()
+	a, e := newFakeASG(c)
 	id, raw, _ := a.Launch("web", "us-east-1a")
-	act := decode(t, raw, events.DetailTypeLaunch)
+	act := asgDecode(t, raw, events.DetailTypeLaunch)
 	hb := func() error {
-		_, err := a.RecordLifecycleActionHeartbeat(ctx, &autoscaling.RecordLifecycleActionHeartbeatInput{
+		_, err := a.RecordLifecycleActionHeartbeat(fakeCtx, &autoscaling.RecordLifecycleActionHeartbeatInput{
 			AutoScalingGroupName: aws.String("web"), LifecycleHookName: aws.String("volsd-launch"),
 			LifecycleActionToken: aws.String(act.LifecycleActionToken), InstanceId: aws.String(id),
 		})
@@ -139,7 +139,7 @@ func TestExpiryHeartbeatAndGlobalTimeout(t *testing.T) {
 	if err := hb(); !awserr.IsLifecycleActionGone(err) {
 		t.Fatalf("heartbeat after expiry: %v", err)
 	}
-	if err := complete(a, act, act.LifecycleActionToken, "CONTINUE"); !awserr.IsLifecycleActionGone(err) {
+	if err := asgComplete(a, act, act.LifecycleActionToken, "CONTINUE"); !awserr.IsLifecycleActionGone(err) {
 		t.Fatalf("complete after expiry: %v", err)
 	}
 	v, _ := a.Action(act.LifecycleActionToken)
@@ -155,10 +155,10 @@ func TestExpiryHeartbeatAndGlobalTimeout(t *testing.T) {
 	a.AddGroup(awsfake.GroupSpec{Name: "short", AZs: []string{"us-east-1a"}, MaxSize: 1,
 		Hooks: []awsfake.HookSpec{{Name: "h", Transition: events.TransitionLaunching, HeartbeatTimeout: time.Minute, DefaultResult: "CONTINUE"}}})
 	_, raw, _ = a.Launch("short", "")
-	act = decode(t, raw, events.DetailTypeLaunch)
+	act = asgDecode(t, raw, events.DetailTypeLaunch)
 	for i := 0; i < 130; i++ {
 		c.Advance(50 * time.Second)
-		_, _ = a.RecordLifecycleActionHeartbeat(ctx, &autoscaling.RecordLifecycleActionHeartbeatInput{
+		_, _ = a.RecordLifecycleActionHeartbeat(fakeCtx, &autoscaling.RecordLifecycleActionHeartbeatInput{
 			AutoScalingGroupName: aws.String("short"), LifecycleHookName: aws.String("h"), LifecycleActionToken: aws.String(act.LifecycleActionToken),
 		})
 	}
@@ -168,23 +168,23 @@ func TestExpiryHeartbeatAndGlobalTimeout(t *testing.T) {
 }
 
 func TestTerminateHookAndWarmPool(t *testing.T) {
-	c := newClock()
-	a, e := newASG(c)
+	c := newEC2Clock()
+	a, e := newFakeASG(c)
 	id, raw, _ := a.Launch("web", "us-east-1a")
-	_ = complete(a, decode(t, raw, events.DetailTypeLaunch), decode(t, raw, events.DetailTypeLaunch).LifecycleActionToken, "CONTINUE")
+	_ = asgComplete(a, asgDecode(t, raw, events.DetailTypeLaunch), asgDecode(t, raw, events.DetailTypeLaunch).LifecycleActionToken, "CONTINUE")
 
 	raw, err := a.Terminate("web", id, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	act := decode(t, raw, events.DetailTypeTerminate)
+	act := asgDecode(t, raw, events.DetailTypeTerminate)
 	if act.LifecycleTransition != events.TransitionTerminating || act.Destination != "EC2" {
 		t.Fatalf("terminate detail %+v", act)
 	}
 	if e.InstanceState(id) != types.InstanceStateNameRunning {
 		t.Fatal("instance terminated before the hook completed")
 	}
-	if err := complete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
+	if err := asgComplete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
 		t.Fatal(err)
 	}
 	c.Advance(5 * time.Second)
@@ -194,18 +194,18 @@ func TestTerminateHookAndWarmPool(t *testing.T) {
 
 	// Back into the warm pool: the instance is not terminated.
 	id2, raw, _ := a.Launch("web", "us-east-1a")
-	_ = complete(a, decode(t, raw, events.DetailTypeLaunch), decode(t, raw, events.DetailTypeLaunch).LifecycleActionToken, "CONTINUE")
+	_ = asgComplete(a, asgDecode(t, raw, events.DetailTypeLaunch), asgDecode(t, raw, events.DetailTypeLaunch).LifecycleActionToken, "CONTINUE")
 	raw, _ = a.Terminate("web", id2, events.LocationWarmPool)
-	act = decode(t, raw, events.DetailTypeTerminate)
+	act = asgDecode(t, raw, events.DetailTypeTerminate)
 	if !act.IntoWarmPool() {
 		t.Fatalf("destination %q", act.Destination)
 	}
-	_ = complete(a, act, act.LifecycleActionToken, "CONTINUE")
+	_ = asgComplete(a, act, act.LifecycleActionToken, "CONTINUE")
 	c.Advance(time.Minute)
 	if e.InstanceState(id2) != types.InstanceStateNameRunning {
 		t.Fatalf("warm-pool instance %s", e.InstanceState(id2))
 	}
-	out, err := a.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{"web", "nope"}})
+	out, err := a.DescribeAutoScalingGroups(fakeCtx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{"web", "nope"}})
 	if err != nil || len(out.AutoScalingGroups) != 1 || aws.ToInt32(out.AutoScalingGroups[0].MaxSize) != 10 ||
 		len(out.AutoScalingGroups[0].AvailabilityZones) != 2 {
 		t.Fatalf("describe: %+v %v", out, err)

@@ -16,36 +16,36 @@ import (
 	"github.com/volsd/volsd/internal/awsfake"
 )
 
-// manualClock is a clock tests move by hand.
-type manualClock struct {
+// ec2Clock is a clock tests move by hand.
+type ec2Clock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func newClock() *manualClock { return &manualClock{t: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)} }
+func newEC2Clock() *ec2Clock { return &ec2Clock{t: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)} }
 
-func (c *manualClock) Now() time.Time {
+func (c *ec2Clock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
 }
 
-func (c *manualClock) Advance(d time.Duration) {
+func (c *ec2Clock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
 }
 
-func newEC2(c *manualClock) *awsfake.EC2 {
+func newFakeEC2(c *ec2Clock) *awsfake.EC2 {
 	return awsfake.NewEC2(awsfake.EC2Config{
 		Now: c.Now, CreateDelay: 3 * time.Second, AttachDelay: 2 * time.Second, DetachDelay: 2 * time.Second,
 		DeleteDelay: time.Second, SnapshotDelay: 10 * time.Second, TerminateDelay: 5 * time.Second,
 	})
 }
 
-var ctx = context.Background()
+var fakeCtx = context.Background()
 
-func createVolume(t *testing.T, f *awsfake.EC2, az, token string) string {
+func ec2CreateVolume(t *testing.T, f *awsfake.EC2, az, token string) string {
 	t.Helper()
 	in := &ec2.CreateVolumeInput{AvailabilityZone: aws.String(az), Size: aws.Int32(10), VolumeType: types.VolumeTypeGp3,
 		Encrypted: aws.Bool(true), TagSpecifications: []types.TagSpecification{{ResourceType: types.ResourceTypeVolume,
@@ -53,14 +53,14 @@ func createVolume(t *testing.T, f *awsfake.EC2, az, token string) string {
 	if token != "" {
 		in.ClientToken = aws.String(token)
 	}
-	out, err := f.CreateVolume(ctx, in)
+	out, err := f.CreateVolume(fakeCtx, in)
 	if err != nil {
 		t.Fatalf("CreateVolume: %v", err)
 	}
 	return aws.ToString(out.VolumeId)
 }
 
-func state(t *testing.T, f *awsfake.EC2, id string) awsfake.VolumeView {
+func ec2VolumeState(t *testing.T, f *awsfake.EC2, id string) awsfake.VolumeView {
 	t.Helper()
 	v, ok := f.Volume(id)
 	if !ok {
@@ -69,7 +69,7 @@ func state(t *testing.T, f *awsfake.EC2, id string) awsfake.VolumeView {
 	return v
 }
 
-func wantCode(t *testing.T, err error, code string) {
+func ec2WantCode(t *testing.T, err error, code string) {
 	t.Helper()
 	if got := awserr.Code(err); got != code {
 		t.Fatalf("error %v: code %q, want %q", err, got, code)
@@ -77,42 +77,42 @@ func wantCode(t *testing.T, err error, code string) {
 }
 
 func TestVolumeCreatingBecomesAvailableAfterDelay(t *testing.T) {
-	c := newClock()
-	f := newEC2(c)
-	id := createVolume(t, f, "us-east-1a", "")
-	v := state(t, f, id)
+	c := newEC2Clock()
+	f := newFakeEC2(c)
+	id := ec2CreateVolume(t, f, "us-east-1a", "")
+	v := ec2VolumeState(t, f, id)
 	if v.State != types.VolumeStateCreating || !v.Encrypted || v.Tags["volsd:pool"] != "web" || v.IOPS != 3000 {
 		t.Fatalf("new volume: %+v", v)
 	}
 	inst := f.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1a"})
-	_, err := f.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")})
-	wantCode(t, err, "IncorrectState")
+	_, err := f.AttachVolume(fakeCtx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")})
+	ec2WantCode(t, err, "IncorrectState")
 	c.Advance(3 * time.Second)
-	if v := state(t, f, id); v.State != types.VolumeStateAvailable {
+	if v := ec2VolumeState(t, f, id); v.State != types.VolumeStateAvailable {
 		t.Fatalf("after the delay: %s", v.State)
 	}
 }
 
 func TestClientTokenIdempotency(t *testing.T) {
-	f := newEC2(newClock())
-	a := createVolume(t, f, "us-east-1a", "tok-1")
-	b := createVolume(t, f, "us-east-1a", "tok-1")
+	f := newFakeEC2(newEC2Clock())
+	a := ec2CreateVolume(t, f, "us-east-1a", "tok-1")
+	b := ec2CreateVolume(t, f, "us-east-1a", "tok-1")
 	if a != b {
 		t.Fatalf("same token gave %s and %s", a, b)
 	}
-	if c := createVolume(t, f, "us-east-1a", "tok-2"); c == a {
+	if c := ec2CreateVolume(t, f, "us-east-1a", "tok-2"); c == a {
 		t.Fatal("another token gave the same volume")
 	}
-	_, err := f.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1b"), Size: aws.Int32(10),
+	_, err := f.CreateVolume(fakeCtx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1b"), Size: aws.Int32(10),
 		VolumeType: types.VolumeTypeGp3, Encrypted: aws.Bool(true), ClientToken: aws.String("tok-1")})
-	wantCode(t, err, "IdempotentParameterMismatch")
+	ec2WantCode(t, err, "IdempotentParameterMismatch")
 	if n := len(f.Volumes()); n != 2 {
 		t.Fatalf("%d volumes, want 2", n)
 	}
 }
 
 func TestCreateVolumeValidation(t *testing.T) {
-	f := newEC2(newClock())
+	f := newFakeEC2(newEC2Clock())
 	snap := f.AddSnapshot(awsfake.SnapshotSpec{SizeGiB: 20})
 	cases := []struct {
 		name string
@@ -130,14 +130,14 @@ func TestCreateVolumeValidation(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := f.CreateVolume(ctx, &tc.in)
-			wantCode(t, err, tc.code)
+			_, err := f.CreateVolume(fakeCtx, &tc.in)
+			ec2WantCode(t, err, tc.code)
 			if awserr.Classify(err) != awserr.Invalid && awserr.Classify(err) != awserr.NotFound {
 				t.Fatalf("class %s", awserr.Classify(err))
 			}
 		})
 	}
-	out, err := f.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), SnapshotId: &snap,
+	out, err := f.CreateVolume(fakeCtx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), SnapshotId: &snap,
 		Size: aws.Int32(20), VolumeInitializationRate: aws.Int32(200)})
 	if err != nil || aws.ToString(out.SnapshotId) != snap || aws.ToInt32(out.VolumeInitializationRate) != 200 {
 		t.Fatalf("from snapshot: %+v %v", out, err)
@@ -145,15 +145,15 @@ func TestCreateVolumeValidation(t *testing.T) {
 }
 
 func TestAttachDetachLifecycle(t *testing.T) {
-	c := newClock()
-	f := newEC2(c)
+	c := newEC2Clock()
+	f := newFakeEC2(c)
 	inst := f.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1a", OtherDevices: []string{"/dev/sdf"}})
 	other := f.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1b"})
-	id := createVolume(t, f, "us-east-1a", "")
+	id := ec2CreateVolume(t, f, "us-east-1a", "")
 	c.Advance(3 * time.Second)
 
 	attach := func(vol, in, dev string) error {
-		_, err := f.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &vol, InstanceId: &in, Device: &dev})
+		_, err := f.AttachVolume(fakeCtx, &ec2.AttachVolumeInput{VolumeId: &vol, InstanceId: &in, Device: &dev})
 		return err
 	}
 	err := attach(id, inst, "/dev/xvdf") // same slot as /dev/sdf
@@ -163,23 +163,23 @@ func TestAttachDetachLifecycle(t *testing.T) {
 	if err := attach(id, inst, "/dev/xvda"); !awserr.IsDeviceInUse(err) {
 		t.Fatalf("root device: %v", err)
 	}
-	wantCode(t, attach(id, inst, "/dev/foo"), "InvalidParameterValue")
-	wantCode(t, attach(id, other, "/dev/sdg"), "InvalidVolume.ZoneMismatch")
-	wantCode(t, attach(id, "i-00000000000000000", "/dev/sdg"), "InvalidInstanceID.NotFound")
+	ec2WantCode(t, attach(id, inst, "/dev/foo"), "InvalidParameterValue")
+	ec2WantCode(t, attach(id, other, "/dev/sdg"), "InvalidVolume.ZoneMismatch")
+	ec2WantCode(t, attach(id, "i-00000000000000000", "/dev/sdg"), "InvalidInstanceID.NotFound")
 	if err := attach(id, inst, "/dev/sdg"); err != nil {
 		t.Fatal(err)
 	}
-	if v := state(t, f, id); v.State != types.VolumeStateInUse || v.Attachment != types.VolumeAttachmentStateAttaching || v.Device != "/dev/sdg" {
+	if v := ec2VolumeState(t, f, id); v.State != types.VolumeStateInUse || v.Attachment != types.VolumeAttachmentStateAttaching || v.Device != "/dev/sdg" {
 		t.Fatalf("attaching: %+v", v)
 	}
-	wantCode(t, attach(id, inst, "/dev/sdh"), "VolumeInUse")
-	_, err = f.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: &id})
-	wantCode(t, err, "VolumeInUse")
+	ec2WantCode(t, attach(id, inst, "/dev/sdh"), "VolumeInUse")
+	_, err = f.DeleteVolume(fakeCtx, &ec2.DeleteVolumeInput{VolumeId: &id})
+	ec2WantCode(t, err, "VolumeInUse")
 	c.Advance(2 * time.Second)
-	if v := state(t, f, id); v.Attachment != types.VolumeAttachmentStateAttached {
+	if v := ec2VolumeState(t, f, id); v.Attachment != types.VolumeAttachmentStateAttached {
 		t.Fatalf("attached: %+v", v)
 	}
-	out, err := f.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{inst}})
+	out, err := f.DescribeInstances(fakeCtx, &ec2.DescribeInstancesInput{InstanceIds: []string{inst}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,44 +191,44 @@ func TestAttachDetachLifecycle(t *testing.T) {
 		t.Fatalf("block devices %v", devs)
 	}
 
-	_, err = f.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &id, InstanceId: &other})
-	wantCode(t, err, "InvalidAttachment.NotFound")
-	if _, err := f.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &id, InstanceId: &inst}); err != nil {
+	_, err = f.DetachVolume(fakeCtx, &ec2.DetachVolumeInput{VolumeId: &id, InstanceId: &other})
+	ec2WantCode(t, err, "InvalidAttachment.NotFound")
+	if _, err := f.DetachVolume(fakeCtx, &ec2.DetachVolumeInput{VolumeId: &id, InstanceId: &inst}); err != nil {
 		t.Fatal(err)
 	}
-	if v := state(t, f, id); v.Attachment != types.VolumeAttachmentStateDetaching {
+	if v := ec2VolumeState(t, f, id); v.Attachment != types.VolumeAttachmentStateDetaching {
 		t.Fatalf("detaching: %+v", v)
 	}
 	c.Advance(2 * time.Second)
-	_, err = f.DetachVolume(ctx, &ec2.DetachVolumeInput{VolumeId: &id, InstanceId: &inst})
-	wantCode(t, err, "IncorrectState")
-	if _, err := f.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: &id}); err != nil {
+	_, err = f.DetachVolume(fakeCtx, &ec2.DetachVolumeInput{VolumeId: &id, InstanceId: &inst})
+	ec2WantCode(t, err, "IncorrectState")
+	if _, err := f.DeleteVolume(fakeCtx, &ec2.DeleteVolumeInput{VolumeId: &id}); err != nil {
 		t.Fatal(err)
 	}
-	if v := state(t, f, id); v.State != types.VolumeStateDeleting {
+	if v := ec2VolumeState(t, f, id); v.State != types.VolumeStateDeleting {
 		t.Fatalf("deleting: %s", v.State)
 	}
 	c.Advance(time.Second)
-	_, err = f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
-	wantCode(t, err, "InvalidVolume.NotFound")
-	_, err = f.DeleteVolume(ctx, &ec2.DeleteVolumeInput{VolumeId: &id})
+	_, err = f.DescribeVolumes(fakeCtx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+	ec2WantCode(t, err, "InvalidVolume.NotFound")
+	_, err = f.DeleteVolume(fakeCtx, &ec2.DeleteVolumeInput{VolumeId: &id})
 	if !awserr.IsNotFound(err) {
 		t.Fatalf("delete twice: %v", err)
 	}
 }
 
 func TestStuckAttachmentAndTerminationMidAttach(t *testing.T) {
-	c := newClock()
-	f := newEC2(c)
+	c := newEC2Clock()
+	f := newFakeEC2(c)
 	inst := f.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1a"})
-	id := createVolume(t, f, "us-east-1a", "")
+	id := ec2CreateVolume(t, f, "us-east-1a", "")
 	c.Advance(3 * time.Second)
 	f.StickAttachments(id, true)
-	if _, err := f.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")}); err != nil {
+	if _, err := f.AttachVolume(fakeCtx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")}); err != nil {
 		t.Fatal(err)
 	}
 	c.Advance(time.Hour)
-	if v := state(t, f, id); v.Attachment != types.VolumeAttachmentStateAttaching {
+	if v := ec2VolumeState(t, f, id); v.Attachment != types.VolumeAttachmentStateAttaching {
 		t.Fatalf("stuck attachment completed: %+v", v)
 	}
 	f.TerminateInstance(inst)
@@ -236,21 +236,21 @@ func TestStuckAttachmentAndTerminationMidAttach(t *testing.T) {
 		t.Fatalf("instance %s", got)
 	}
 	c.Advance(5 * time.Second)
-	if v := state(t, f, id); v.State != types.VolumeStateAvailable || v.Instance != "" {
+	if v := ec2VolumeState(t, f, id); v.State != types.VolumeStateAvailable || v.Instance != "" {
 		t.Fatalf("volume after termination: %+v", v)
 	}
 	if got := f.InstanceState(inst); got != types.InstanceStateNameTerminated {
 		t.Fatalf("instance %s", got)
 	}
-	_, err := f.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")})
-	wantCode(t, err, "IncorrectInstanceState")
+	_, err := f.AttachVolume(fakeCtx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")})
+	ec2WantCode(t, err, "IncorrectInstanceState")
 }
 
 func TestDescribeFiltersAndPages(t *testing.T) {
-	c := newClock()
-	f := newEC2(c)
+	c := newEC2Clock()
+	f := newFakeEC2(c)
 	for i := 0; i < 12; i++ {
-		createVolume(t, f, []string{"us-east-1a", "us-east-1b"}[i%2], "")
+		ec2CreateVolume(t, f, []string{"us-east-1a", "us-east-1b"}[i%2], "")
 	}
 	f.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1a", Tags: map[string]string{"volsd:pool": "other"}})
 	var seen []string
@@ -258,7 +258,7 @@ func TestDescribeFiltersAndPages(t *testing.T) {
 		{Name: aws.String("tag:volsd:pool"), Values: []string{"web"}},
 	}}
 	for pages := 0; ; pages++ {
-		out, err := f.DescribeVolumes(ctx, in)
+		out, err := f.DescribeVolumes(fakeCtx, in)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,27 +276,27 @@ func TestDescribeFiltersAndPages(t *testing.T) {
 	if len(seen) != 12 {
 		t.Fatalf("saw %d pool volumes, want 12", len(seen))
 	}
-	out, err := f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: []types.Filter{
+	out, err := f.DescribeVolumes(fakeCtx, &ec2.DescribeVolumesInput{Filters: []types.Filter{
 		{Name: aws.String("availability-zone"), Values: []string{"us-east-1b"}},
 		{Name: aws.String("status"), Values: []string{"creating"}},
 	}})
 	if err != nil || len(out.Volumes) != 6 {
 		t.Fatalf("zone+status filter: %d %v", len(out.Volumes), err)
 	}
-	_, err = f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: []types.Filter{{Name: aws.String("bogus"), Values: []string{"x"}}}})
-	wantCode(t, err, "InvalidParameterValue")
-	_, err = f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{seen[0], "vol-00000000000000000"}})
-	wantCode(t, err, "InvalidVolume.NotFound")
-	out, err = f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{Filters: []types.Filter{{Name: aws.String("volume-id"), Values: []string{seen[0], "vol-00000000000000000"}}}})
+	_, err = f.DescribeVolumes(fakeCtx, &ec2.DescribeVolumesInput{Filters: []types.Filter{{Name: aws.String("bogus"), Values: []string{"x"}}}})
+	ec2WantCode(t, err, "InvalidParameterValue")
+	_, err = f.DescribeVolumes(fakeCtx, &ec2.DescribeVolumesInput{VolumeIds: []string{seen[0], "vol-00000000000000000"}})
+	ec2WantCode(t, err, "InvalidVolume.NotFound")
+	out, err = f.DescribeVolumes(fakeCtx, &ec2.DescribeVolumesInput{Filters: []types.Filter{{Name: aws.String("volume-id"), Values: []string{seen[0], "vol-00000000000000000"}}}})
 	if err != nil || len(out.Volumes) != 1 {
 		t.Fatalf("volume-id filter with a missing ID: %d %v", len(out.Volumes), err)
 	}
 }
 
 func TestInjectedFaults(t *testing.T) {
-	f := newEC2(newClock())
+	f := newFakeEC2(newEC2Clock())
 	f.FailNext("CreateVolume", awsfake.EC2Throttle())
-	_, err := f.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1)})
+	_, err := f.CreateVolume(fakeCtx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1)})
 	if !awserr.IsThrottle(err) || !awserr.IsRetryable(err) {
 		t.Fatalf("queued throttle: %v", err)
 	}
@@ -310,19 +310,19 @@ func TestInjectedFaults(t *testing.T) {
 		}
 		return nil
 	})
-	_, err = f.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1), ClientToken: aws.String("t")})
+	_, err = f.CreateVolume(fakeCtx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1), ClientToken: aws.String("t")})
 	if !awserr.IsRetryable(err) {
 		t.Fatalf("lost response: %v", err)
 	}
 	f.SetFaults(nil, nil)
-	out, err := f.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1), ClientToken: aws.String("t")})
+	out, err := f.CreateVolume(fakeCtx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1), ClientToken: aws.String("t")})
 	if err != nil || len(f.Volumes()) != 1 || *out.VolumeId != f.Volumes()[0].ID {
 		t.Fatalf("retry with the same token: %v, %d volumes", err, len(f.Volumes()))
 	}
 	if n := f.Calls("CreateVolume"); n != 3 {
 		t.Fatalf("%d CreateVolume calls counted, want 3", n)
 	}
-	cctx, cancel := context.WithCancel(ctx)
+	cctx, cancel := context.WithCancel(fakeCtx)
 	cancel()
 	if _, err := f.DescribeVolumes(cctx, &ec2.DescribeVolumesInput{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled context: %v", err)
@@ -330,9 +330,9 @@ func TestInjectedFaults(t *testing.T) {
 }
 
 func TestConcurrentAttachesOfOneVolume(t *testing.T) {
-	c := newClock()
-	f := newEC2(c)
-	id := createVolume(t, f, "us-east-1a", "")
+	c := newEC2Clock()
+	f := newFakeEC2(c)
+	id := ec2CreateVolume(t, f, "us-east-1a", "")
 	c.Advance(3 * time.Second)
 	var insts []string
 	for i := 0; i < 20; i++ {
@@ -345,7 +345,7 @@ func TestConcurrentAttachesOfOneVolume(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := f.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &in, Device: aws.String("/dev/sdf")})
+			_, err := f.AttachVolume(fakeCtx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &in, Device: aws.String("/dev/sdf")})
 			if err == nil {
 				mu.Lock()
 				won++
@@ -362,19 +362,19 @@ func TestConcurrentAttachesOfOneVolume(t *testing.T) {
 }
 
 func TestPendingInstanceIsNotAttachable(t *testing.T) {
-	c := newClock()
-	f := newEC2(c)
+	c := newEC2Clock()
+	f := newFakeEC2(c)
 	inst := f.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1a", PendingFor: time.Minute})
-	id := createVolume(t, f, "us-east-1a", "")
+	id := ec2CreateVolume(t, f, "us-east-1a", "")
 	c.Advance(3 * time.Second)
 	attach := func() error {
-		_, err := f.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")})
+		_, err := f.AttachVolume(fakeCtx, &ec2.AttachVolumeInput{VolumeId: &id, InstanceId: &inst, Device: aws.String("/dev/sdf")})
 		return err
 	}
 	if f.InstanceState(inst) != types.InstanceStateNamePending {
 		t.Fatalf("state %s", f.InstanceState(inst))
 	}
-	wantCode(t, attach(), "IncorrectInstanceState")
+	ec2WantCode(t, attach(), "IncorrectInstanceState")
 	c.Advance(time.Minute)
 	if err := attach(); err != nil {
 		t.Fatal(err)
