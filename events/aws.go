@@ -200,9 +200,10 @@ type AgentReport struct {
 	ErrorKind string `json:"errorKind,omitempty"`
 }
 
-// ParseAgentReport finds the report in an agent's stdout: the last line that
-// is a JSON object. SSM truncates long outputs at the front, so the last line
-// survives.
+// ParseAgentReport finds the report in an agent's stdout: its last non-empty
+// line, which must be a JSON object. GetCommandInvocation returns only the
+// first 24,000 characters of stdout, so the agent writes its human lines to
+// stderr and keeps stdout to the report alone.
 func ParseAgentReport(stdout string) (AgentReport, error) {
 	var r AgentReport
 	lines := strings.Split(stdout, "\n")
