@@ -2,14 +2,13 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -133,9 +132,11 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 			progress()
 		}
 		if i == len(entries)-1 || time.Since(lastCheckpoint) >= a.checkpointEvery {
+			cp := time.Now()
 			if err := a.writeState(done); err != nil {
 				return err
 			}
+			a.log.Debug("checkpoint", "seq", done, "duration", time.Since(cp).Round(time.Millisecond).String())
 			r.Seq = done
 			lastCheckpoint = time.Now()
 		}
@@ -143,31 +144,12 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 	return nil
 }
 
-// recoverLeftovers removes what an interrupted apply left: rsync holding
-// directories in the live tree (listed in pending.json before the copy
-// pass), staging trees and rsync temp files.
+// recoverLeftovers removes what an interrupted apply left in .volsd:
+// staging trees and rsync temp files. rsync holding directories in the
+// live tree are removed when the interrupted entry is applied again (it is
+// above the watermark): a put looks beside its file, a sync's walk meets
+// them.
 func (a *Agent) recoverLeftovers() error {
-	pending := filepath.Join(a.stateDir(), pendingFile)
-	data, err := os.ReadFile(pending)
-	if err == nil {
-		var dirs []string
-		if json.Unmarshal(data, &dirs) == nil {
-			for _, d := range dirs {
-				if d != events.RootPath && events.ValidatePath("pending", d) != nil {
-					continue
-				}
-				if err := removeInTree(a.cfg.MountPath, filepath.Join(d, rsyncTmpName)); err != nil {
-					return retryable("remove leftover %s: %v", filepath.Join(d, rsyncTmpName), err)
-				}
-			}
-		}
-		if err := os.Remove(pending); err != nil {
-			return retryable("remove %s: %v", pending, err)
-		}
-		a.log.Info("cleaned up after an interrupted apply", "dirs", len(dirs))
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return retryable("read %s: %v", pending, err)
-	}
 	for _, d := range []string{stagingDir, rsyncTmpDir} {
 		if err := os.RemoveAll(filepath.Join(a.stateDir(), d)); err != nil {
 			return retryable("remove leftover %s: %v", filepath.Join(a.stateDir(), d), err)
@@ -176,115 +158,151 @@ func (a *Agent) recoverLeftovers() error {
 	return nil
 }
 
-// applyEntry puts one entry in place: plan against the live tree, stage
-// the content (fetched and verified, or copied locally), then the rsync
-// passes, then a check that rsync did what was asked. It returns the bytes
-// fetched from the origin and a summary for the log. Until the passes
-// start nothing in the live tree changes, so bad input and a full disk
-// leave it intact.
+// applyEntry puts one entry in place: prepare (plan against the live
+// tree, stage the content, fetched and verified or copied locally), then
+// place (the rsync passes and a check that rsync did what was asked). It
+// returns the bytes fetched from the origin and a summary for the log.
+// Until place starts nothing in the live tree changes, so bad input and a
+// full disk leave it intact.
 func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync) (int64, string, error) {
-	if err := e.Validate(); err != nil {
-		return 0, "", badInput("%v", err)
-	}
-	if e.Path != events.RootPath {
-		if err := checkAgentPath("path", e.Path); err != nil {
-			return 0, "", err
-		}
-	}
 	root, err := openDir(a.cfg.MountPath)
 	if err != nil {
 		return 0, "", retryable("%v", err)
 	}
 	defer unix.Close(root)
+	defer a.removeStaging()
+	ph := newPhases()
+	defer func() { a.log.Debug("phases", "seq", e.Seq, "times", ph.String()) }()
+	pe, err := a.prepareEntry(ctx, root, e, ph)
+	if err != nil || pe.empty() {
+		return pe.fetched, pe.desc, err
+	}
+	return pe.fetched, pe.desc, a.placeEntry(ctx, root, pe, rs, ph)
+}
 
-	var fetched int64
-	var p *entryPlan
+// preparedEntry is an entry planned and staged, ready to place.
+type preparedEntry struct {
+	plan    *entryPlan
+	staging string
+	want    map[string]events.Blob // staged files by path
+	fetched int64
+	desc    string
+}
+
+func (pe *preparedEntry) empty() bool {
+	return pe.plan == nil || len(pe.plan.deletes)+len(pe.plan.copies)+len(pe.plan.links) == 0
+}
+
+// prepareEntry validates, plans and stages e. root is the mount's
+// directory descriptor; ph collects timings.
+func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntry, ph *phases) (*preparedEntry, error) {
+	pe := &preparedEntry{}
+	if err := e.Validate(); err != nil {
+		return pe, badInput("%v", err)
+	}
+	if e.Path != events.RootPath {
+		if err := checkAgentPath("path", e.Path); err != nil {
+			return pe, err
+		}
+	}
+	var err error
 	switch e.Op {
 	case events.OpPut:
-		p, err = planPut(root, a.cfg.MountPath, e)
+		// rsync's holding directory beside the file, left by a copy pass
+		// that was cut off: this entry is the one re-applied after it.
+		if err := removePath(root, filepath.Join(filepath.Dir(e.Path), rsyncTmpName)); err != nil {
+			return pe, retryable("remove leftover %s: %v", rsyncTmpName, err)
+		}
+		pe.plan, err = planPut(root, a.cfg.MountPath, e)
 	case events.OpDelete:
-		p, err = planDelete(root, e)
+		pe.plan, err = planDelete(root, e)
 	case events.OpSync:
 		var m events.Manifest
-		m, fetched, err = a.origin.manifest(ctx, *e.Manifest)
+		m, pe.fetched, err = a.origin.manifest(ctx, *e.Manifest)
+		ph.mark("manifest")
 		if err == nil {
-			p, err = planSync(root, a.cfg.MountPath, e, m)
+			// The walk also removes leftover holding directories.
+			pe.plan, err = planSync(root, a.cfg.MountPath, e, m)
 		}
 	}
 	if err != nil {
-		return fetched, "", err
+		return pe, err
 	}
-	desc := p.describe()
-	if len(p.deletes)+len(p.copies)+len(p.links) == 0 {
-		return fetched, desc, nil
+	p := pe.plan
+	pe.desc = p.describe()
+	ph.mark("plan")
+	if pe.empty() {
+		return pe, nil
 	}
-
-	staging := filepath.Join(a.stateDir(), stagingDir, fmt.Sprint(e.Seq))
-	defer func() {
-		os.RemoveAll(filepath.Join(a.stateDir(), stagingDir))
-		os.RemoveAll(filepath.Join(a.stateDir(), rsyncTmpDir))
-	}()
-	want := make(map[string]events.Blob, len(p.stage))
+	pe.staging = filepath.Join(a.stateDir(), stagingDir, fmt.Sprint(e.Seq))
+	pe.want = make(map[string]events.Blob, len(p.stage))
 	var copyBytes int64
 	for _, s := range p.stage {
-		want[s.path] = s.blob
+		pe.want[s.path] = s.blob
 	}
 	for _, c := range p.copies {
-		copyBytes += want[c].Size
+		copyBytes += pe.want[c].Size
 	}
 	// Staging holds the new content once, and the copy pass a second copy
 	// of the changed files until it renames them; links cost no data.
 	need := p.bytesToStage() + copyBytes + 1<<20
 	if free, err := freeBytes(a.cfg.MountPath); err == nil && need > free {
-		return fetched, desc, retryable("disk full: needs %s free on %s to stage and place this entry, has %s", fmtBytes(need), a.cfg.MountPath, fmtBytes(free))
+		return pe, retryable("disk full: needs %s free on %s to stage and place this entry, has %s", fmtBytes(need), a.cfg.MountPath, fmtBytes(free))
 	}
-	n, err := a.stage(ctx, staging, p, mtimeOf(e))
-	fetched += n
-	if err != nil {
-		return fetched, desc, err
-	}
+	n, err := a.stage(ctx, pe.staging, p, mtimeOf(e))
+	pe.fetched += n
+	ph.mark("stage")
+	return pe, err
+}
 
+// placeEntry runs the passes of a prepared entry: copy (changed files,
+// --delay-updates), deletes (no symlink followed), link (new files), each
+// checked afterwards.
+func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs rsync, ph *phases) error {
+	p := pe.plan
 	if len(p.copies) > 0 {
-		parents := parentDirs(p.copies)
-		pending := filepath.Join(a.stateDir(), pendingFile)
-		data, _ := json.Marshal(parents)
-		if err := writeFileAtomic(pending, data, 0o600); err != nil {
-			return fetched, desc, retryable("write %s: %v", pending, err)
-		}
 		tmp := filepath.Join(a.stateDir(), rsyncTmpDir)
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
-			return fetched, desc, retryable("create %s: %v", tmp, err)
+			return retryable("create %s: %v", tmp, err)
 		}
-		err := rs.copyPass(ctx, staging, a.cfg.MountPath, tmp, p.copies)
-		for _, d := range parents {
-			if cerr := removeInTree(a.cfg.MountPath, filepath.Join(d, rsyncTmpName)); cerr != nil && err == nil {
+		err := rs.copyPass(ctx, pe.staging, a.cfg.MountPath, tmp, p.copies)
+		// A failed pass may leave holding directories; so may a crash,
+		// which the next apply cleans up when it re-applies this entry.
+		for _, d := range parentDirs(p.copies) {
+			if cerr := removePath(root, filepath.Join(d, rsyncTmpName)); cerr != nil && err == nil {
 				err = retryable("remove %s: %v", filepath.Join(d, rsyncTmpName), cerr)
 			}
 		}
 		if err != nil {
-			return fetched, desc, err
+			return err
 		}
-		if err := os.Remove(pending); err != nil {
-			return fetched, desc, retryable("remove %s: %v", pending, err)
+		if err := verifyPlaced(root, a.cfg.MountPath, p.copies, pe.want); err != nil {
+			return err
 		}
-		if err := verifyPlaced(root, a.cfg.MountPath, p.copies, want); err != nil {
-			return fetched, desc, err
-		}
+		ph.mark("copy")
 	}
 	for _, d := range p.deletes {
 		if err := removePath(root, d); err != nil {
-			return fetched, desc, retryable("delete %s: %v", d, err)
+			return retryable("delete %s: %v", d, err)
 		}
 	}
+	ph.mark("delete")
 	if len(p.links) > 0 {
-		if err := rs.linkPass(ctx, staging, a.cfg.MountPath, p.links); err != nil {
-			return fetched, desc, err
+		if err := rs.linkPass(ctx, pe.staging, a.cfg.MountPath, p.links); err != nil {
+			return err
 		}
-		if err := verifyPlaced(root, a.cfg.MountPath, p.links, want); err != nil {
-			return fetched, desc, err
+		if err := verifyPlaced(root, a.cfg.MountPath, p.links, pe.want); err != nil {
+			return err
 		}
+		ph.mark("link")
 	}
-	return fetched, desc, nil
+	return nil
+}
+
+// removeStaging removes the staging trees and rsync's temp directory.
+func (a *Agent) removeStaging() {
+	os.RemoveAll(filepath.Join(a.stateDir(), stagingDir))
+	os.RemoveAll(filepath.Join(a.stateDir(), rsyncTmpDir))
 }
 
 // stage builds the staging tree of p: content from local files first,
@@ -440,4 +458,31 @@ func parentDirs(paths []string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// phases times the steps of an entry for the debug log.
+type phases struct {
+	last  time.Time
+	names []string
+	times []time.Duration
+}
+
+func newPhases() *phases { return &phases{last: time.Now()} }
+
+func (p *phases) mark(name string) {
+	now := time.Now()
+	p.names = append(p.names, name)
+	p.times = append(p.times, now.Sub(p.last))
+	p.last = now
+}
+
+func (p *phases) String() string {
+	var b strings.Builder
+	for i, n := range p.names {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%s", n, p.times[i].Round(time.Millisecond))
+	}
+	return b.String()
 }

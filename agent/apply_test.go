@@ -75,7 +75,7 @@ func TestApplyFollowsTheJournalStepByStep(t *testing.T) {
 		assertTree(t, a.cfg.MountPath, w.models[k])
 	}
 	// Nothing of the agent's work is left behind.
-	for _, p := range []string{stagingDir, rsyncTmpDir, pendingFile} {
+	for _, p := range []string{stagingDir, rsyncTmpDir} {
 		if _, err := os.Lstat(filepath.Join(a.stateDir(), p)); err == nil {
 			t.Errorf("%s left in .volsd", p)
 		}

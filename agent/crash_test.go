@@ -210,7 +210,7 @@ func TestKillNineAnywhere(t *testing.T) {
 	}
 	leftovers := []string{}
 	_ = filepath.WalkDir(cfg.MountPath, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && (d.Name() == rsyncTmpName || d.Name() == stagingDir || d.Name() == rsyncTmpDir || d.Name() == pendingFile) {
+		if err == nil && (d.Name() == rsyncTmpName || d.Name() == stagingDir || d.Name() == rsyncTmpDir) {
 			leftovers = append(leftovers, p)
 		}
 		return nil

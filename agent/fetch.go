@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -28,8 +29,12 @@ const (
 	RangedThreshold = 64 << 20
 	PartSize        = 16 << 20
 	RangedWorkers   = 4
-	FileWorkers     = 8
+	FileWorkers     = 32
 )
+
+// copyBuffers are the buffers of blob downloads: large reads mean few
+// syscalls per blob.
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 // fetchBackoff retries a whole blob when the connection breaks mid-body
 // (the SDK retries the request itself, not a body that stops halfway).
@@ -149,7 +154,9 @@ func (o origin) whole(ctx context.Context, b events.Blob, f *os.File) (int64, er
 		return 0, badInput("blob %s: size mismatch: the origin has %d bytes, the journal says %d", short(b.SHA256), *out.ContentLength, b.Size)
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(out.Body, b.Size+1))
+	buf := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(buf)
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(out.Body, b.Size+1), *buf)
 	if err != nil {
 		return n, err
 	}
@@ -185,7 +192,9 @@ func (o origin) ranged(ctx context.Context, b events.Blob, f *os.File) (int64, e
 				return badInput("blob %s: size mismatch: the origin has %d bytes, the journal says %d", short(b.SHA256), total, b.Size)
 			}
 			want := end - off + 1
-			n, err := io.Copy(io.NewOffsetWriter(f, off), io.LimitReader(out.Body, want+1))
+			buf := copyBuffers.Get().(*[]byte)
+			defer copyBuffers.Put(buf)
+			n, err := io.CopyBuffer(io.NewOffsetWriter(f, off), io.LimitReader(out.Body, want+1), *buf)
 			if err != nil {
 				return err
 			}

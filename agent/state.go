@@ -16,10 +16,9 @@ import (
 
 // Files of the agent. Inside the volume (<mount>/.volsd/, mode 0700):
 const (
-	stateFile   = "state.json"   // the watermark
-	pendingFile = "pending.json" // directories where rsync may leave .~tmp~ after a crash
-	stagingDir  = "staging"      // per-entry staging trees (same filesystem as the content)
-	rsyncTmpDir = "tmp"          // rsync --temp-dir
+	stateFile   = "state.json" // the watermark
+	stagingDir  = "staging"    // per-entry staging trees (same filesystem as the content)
+	rsyncTmpDir = "tmp"        // rsync --temp-dir
 )
 
 // In runDir (tmpfs, mode 0700):

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -54,7 +55,11 @@ func connect(ctx context.Context, c agent.Config, log *slog.Logger) (agent.Deps,
 		IMDS:        md,
 		EC2:         ec2.NewFromConfig(cfg),
 		AutoScaling: autoscaling.NewFromConfig(cfg),
-		S3:          s3.NewFromConfig(cfg, func(o *s3.Options) { o.DisableLogOutputChecksumValidationSkipped = true }),
-		Journal:     store.NewJournalReader(dynamodb.NewFromConfig(cfg), c.Table),
+		S3: s3.NewFromConfig(cfg, func(o *s3.Options) {
+			// The agent verifies size and sha256 of everything it reads.
+			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
+			o.DisableLogOutputChecksumValidationSkipped = true
+		}),
+		Journal: store.NewJournalReader(dynamodb.NewFromConfig(cfg), c.Table),
 	}, nil
 }
