@@ -260,16 +260,6 @@ func removeAt(dirfd int, name string) error {
 	return nil
 }
 
-// removeInTree is removePath from the mount's path.
-func removeInTree(mount, rel string) error {
-	root, err := openDir(mount)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(root)
-	return removePath(root, rel)
-}
-
 // openDir opens a directory for *at calls.
 func openDir(path string) (int, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
