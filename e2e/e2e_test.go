@@ -143,7 +143,7 @@ func TestStory(t *testing.T) {
 	t.Parallel()
 	c := startCluster(t, harness.Options{
 		IdlePerAZ: 2, VolumeSizeGiB: 1, ReleasePolicy: "recycle",
-		LambdaEnv:       map[string]string{"VOLSD_REFRESH_BEHIND": "0"},
+		LambdaEnv:       map[string]string{"VOLSD_REFRESH_BEHIND": "1"},
 		QueueVisibility: 20 * time.Second,
 		ApplyInterval:   0, // convergence only through SSM commands
 	})

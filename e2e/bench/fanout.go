@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/volsd/volsd/events"
@@ -52,6 +53,12 @@ type FanoutCase struct {
 	// Converged is the wall time from the push handler's start until every
 	// instance record holds the new seq.
 	ConvergedMs Sample `json:"convergedMs"`
+	// The baseline: targeting the same command instance by instance, as a
+	// design without tag targets must: list the pool's instances (a Query
+	// of the table) and SendCommand with at most 50 InstanceIds per call.
+	BaselineSendCommand Sample `json:"baselineSendCommandCalls"`
+	BaselineDynamoDB    Sample `json:"baselineDynamodbReads"`
+	BaselineMs          Sample `json:"baselineMs"`
 }
 
 // FanoutResult is the push fan-out benchmark.
@@ -171,6 +178,19 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 		wg.Wait()
 	}()
 
+	// The baseline's SSM: the same instances and document, no agents (its
+	// invocations are only counted, never run).
+	baseSSM := awsfake.NewSSM()
+	baseSSM.AddDocument(doc, map[string]string{"upTo": `^[0-9]{1,20}$`})
+	for _, id := range ids {
+		baseSSM.AddInstance(id, map[string]string{push.TagPool: poolName})
+	}
+	baseUse := &DynamoDBUse{}
+	baseStore := store.New(CountingDynamoDB{Inner: raw, Use: baseUse}, table)
+	baseCalls := &Calls{}
+	var baseSend, baseDDB []int
+	var baseMs []time.Duration
+
 	c := &FanoutCase{Instances: n, PushCalls: map[string]Num{}, ReportCalls: map[string]Num{}}
 	var send, pushAWS, pushDDB, repEvents, repAWS, repDDB []int
 	var pushMs, repMs, repPer, conv []time.Duration
@@ -248,7 +268,17 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 		conv = append(conv, convergedAt)
 		collectOps(pushOps, run, &pushUse.Calls, pushSSM, pushS3)
 		collectOps(repOps, run, &reportUse.Calls, reportSSM)
+
+		baseUse.Reset()
+		baseCalls.Reset()
+		start = time.Now()
+		if err := sendByInstanceIDs(ctx, baseStore, CountingSSM{Inner: baseSSM, Calls: baseCalls}, poolName, doc, head); err != nil {
+			return nil, fmt.Errorf("baseline: %w", err)
+		}
+		baseMs = append(baseMs, time.Since(start))
+		baseSend, baseDDB = append(baseSend, baseCalls.Get("SSM.SendCommand")), append(baseDDB, baseUse.Reads())
 	}
+	c.BaselineSendCommand, c.BaselineDynamoDB, c.BaselineMs = Counts(baseSend), Counts(baseDDB), Millis(baseMs)
 	c.SendCommand, c.PushAWSCalls, c.PushDynamoDB, c.PushMs = Counts(send), Counts(pushAWS), Counts(pushDDB), Millis(pushMs)
 	c.ReportEvents, c.ReportAWSCalls, c.ReportDynamoDB = Counts(repEvents), Counts(repAWS), Counts(repDDB)
 	c.ReportMs, c.ReportMsPerInstance, c.ConvergedMs = Millis(repMs), Millis(repPer), Millis(conv)
@@ -259,6 +289,33 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 		c.ReportCalls[k] = Num(Median(v))
 	}
 	return c, nil
+}
+
+// sendByInstanceIDs is the baseline fan-out: list the pool's instances and
+// send the command to them by ID, at most 50 per SendCommand (the API's
+// limit for InstanceIds).
+func sendByInstanceIDs(ctx context.Context, st *store.Store, sender CountingSSM, poolName, doc string, upTo int64) error {
+	insts, err := st.ListInstances(ctx, poolName)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for _, in := range insts {
+		if in.State == store.InstanceReady {
+			ids = append(ids, in.InstanceID)
+		}
+	}
+	for len(ids) > 0 {
+		k := min(len(ids), 50)
+		if _, err := sender.SendCommand(ctx, &ssm.SendCommandInput{
+			DocumentName: aws.String(doc), InstanceIds: ids[:k],
+			Parameters: map[string][]string{"upTo": {strconv.FormatInt(upTo, 10)}},
+		}); err != nil {
+			return err
+		}
+		ids = ids[k:]
+	}
+	return nil
 }
 
 // collectOps appends this run's count of every operation to per (zero

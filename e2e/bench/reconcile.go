@@ -10,8 +10,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/store"
@@ -19,7 +21,10 @@ import (
 
 // ReconcileOptions size the reconcile benchmark.
 type ReconcileOptions struct {
-	Records     []int // volume records per case
+	Records []int // volume records per case
+	// Journal is how many journal entries (with their request records)
+	// the table holds besides the pool's volumes and instances.
+	Journal     int
 	Runs        int
 	DynamoDBURL string
 	Log         func(format string, args ...any)
@@ -48,13 +53,21 @@ type ReconcileCase struct {
 	Calls map[string]Num `json:"calls"`
 	// Scans counts DynamoDB Scan requests (none: the store cannot scan).
 	Scans int `json:"scans"`
+	// The baseline: one full Scan of the same table (what a controller
+	// that lists "all volumes" by scanning reads), strongly consistent like
+	// the store's queries, per run.
+	ScanReads   Sample `json:"scanBaselineReads"`
+	ScanItems   Sample `json:"scanBaselineItems"`
+	ScanUnits   Sample `json:"scanBaselineReadUnits"`
+	ScanSeconds Sample `json:"scanBaselineSeconds"`
 }
 
 // ReconcileResult is the reconcile benchmark.
 type ReconcileResult struct {
-	Cases []ReconcileCase `json:"cases"`
-	Runs  int             `json:"runs"`
-	Setup string          `json:"setup"`
+	Cases          []ReconcileCase `json:"cases"`
+	Runs           int             `json:"runs"`
+	Setup          string          `json:"setup"`
+	JournalEntries int             `json:"journalEntries"`
 }
 
 const reconcileIdlePerAZ = 2
@@ -75,7 +88,7 @@ func RunReconcile(ctx context.Context, o ReconcileOptions) (*ReconcileResult, er
 	if o.Runs <= 0 {
 		o.Runs = 5
 	}
-	res := &ReconcileResult{Runs: o.Runs, Setup: fmt.Sprintf("steady pool: %d idle volumes per AZ in %d AZs, the rest in use by running instances; EC2 agrees with the table", reconcileIdlePerAZ, len(benchAZs))}
+	res := &ReconcileResult{Runs: o.Runs, JournalEntries: o.Journal, Setup: fmt.Sprintf("steady pool: %d idle volumes per AZ in %d AZs, the rest in use by running instances; EC2 agrees with the table", reconcileIdlePerAZ, len(benchAZs))}
 	raw, err := ddbClient(ctx, o.DynamoDBURL)
 	if err != nil {
 		return nil, err
@@ -86,9 +99,9 @@ func RunReconcile(ctx context.Context, o ReconcileOptions) (*ReconcileResult, er
 			return nil, fmt.Errorf("%d records: %w", n, err)
 		}
 		res.Cases = append(res.Cases, *c)
-		o.Log("%6d records: %3.0f DynamoDB reads (%5.0f items, %6.1f RCU), %3.0f EC2 calls, %6.3f s per run (%6.3f s without the EC2 fake)",
+		o.Log("%6d records: %3.0f DynamoDB reads (%5.0f items, %6.1f RCU), %3.0f EC2 calls, %6.3f s per run (%6.3f s without the EC2 fake); a Scan: %3.0f reads, %5.0f items, %6.1f RCU",
 			n, float64(c.DynamoDBReads.Median), float64(c.ItemsRead.Median), float64(c.ReadUnits.Median), float64(c.EC2Calls.Median),
-			float64(c.Seconds.Median), float64(c.SecondsWithoutEC2.Median))
+			float64(c.Seconds.Median), float64(c.SecondsWithoutEC2.Median), float64(c.ScanReads.Median), float64(c.ScanItems.Median), float64(c.ScanUnits.Median))
 	}
 	return res, nil
 }
@@ -171,7 +184,17 @@ func reconcileCase(ctx context.Context, raw *dynamodb.Client, n int, o Reconcile
 	if firstErr != nil {
 		return nil, fmt.Errorf("seed the table: %w", firstErr)
 	}
-	o.Log("%d volume records and %d instance records seeded in %s", n, n-idle, time.Since(start).Round(100*time.Millisecond))
+	// A journal, as a pool that has been pushed to has: entries and their
+	// request records (in the pool's partition, beside the volumes).
+	var journal []events.JournalEntry
+	for i := 0; i < o.Journal; i++ {
+		journal = append(journal, events.JournalEntry{Op: events.OpPut, Path: fmt.Sprintf("site/page-%04d.html", i), RequestID: fmt.Sprintf("bench-%s-%d", table, i),
+			Blob: &events.Blob{SHA256: fmt.Sprintf("%064x", i+1), Size: 1000, Mode: 0o644}})
+	}
+	if _, err := plain.AppendBatch(ctx, poolName, journal); len(journal) > 0 && err != nil {
+		return nil, fmt.Errorf("seed the journal: %w", err)
+	}
+	o.Log("%d volume records, %d instance records and %d journal entries seeded in %s", n, n-idle, o.Journal, time.Since(start).Round(100*time.Millisecond))
 
 	ec2Calls, asgCalls := &Calls{}, &Calls{}
 	t := pool.DefaultTiming()
@@ -228,6 +251,33 @@ func reconcileCase(ctx context.Context, raw *dynamodb.Client, n int, o Reconcile
 			perOp[k] = append(perOp[k], float64(all[k]))
 		}
 	}
+	// The baseline: scan the whole table, as often.
+	var scanReads, scanItems []int
+	var scanRCU []float64
+	var scanSecs []time.Duration
+	for run := 0; run < o.Runs; run++ {
+		start := time.Now()
+		in := &dynamodb.ScanInput{TableName: aws.String(table), ConsistentRead: aws.Bool(true), ReturnConsumedCapacity: ddbtypes.ReturnConsumedCapacityTotal}
+		pages, items, units := 0, 0, 0.0
+		for {
+			out, err := raw.Scan(ctx, in)
+			if err != nil {
+				return nil, fmt.Errorf("scan baseline: %w", err)
+			}
+			pages++
+			items += int(out.Count)
+			if out.ConsumedCapacity != nil && out.ConsumedCapacity.CapacityUnits != nil {
+				units += *out.ConsumedCapacity.CapacityUnits
+			}
+			if len(out.LastEvaluatedKey) == 0 {
+				break
+			}
+			in.ExclusiveStartKey = out.LastEvaluatedKey
+		}
+		scanSecs, scanReads, scanItems, scanRCU = append(scanSecs, time.Since(start)), append(scanReads, pages), append(scanItems, items), append(scanRCU, units)
+	}
+	c.ScanReads, c.ScanItems, c.ScanUnits, c.ScanSeconds = Counts(scanReads), Counts(scanItems), NewSample("RCU", scanRCU), Seconds(scanSecs)
+
 	c.DynamoDBReads, c.DynamoDBWrites, c.ItemsRead = Counts(reads), Counts(writes), Counts(items)
 	c.ReadUnits = NewSample("RCU", rcu)
 	c.EC2Calls, c.AutoScaling = Counts(ec2n), Counts(asg)

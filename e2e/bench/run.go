@@ -140,7 +140,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			}
 		case "reconcile":
 			r.Reconcile, err = RunReconcile(ctx, ReconcileOptions{
-				Records: sz.ReconcileRecords, Runs: runs(sz.ReconcileRuns), DynamoDBURL: o.DynamoDBURL, Log: logf(part),
+				Records: sz.ReconcileRecords, Journal: sz.ReconcileJournal, Runs: runs(sz.ReconcileRuns), DynamoDBURL: o.DynamoDBURL, Log: logf(part),
 			})
 			if err == nil {
 				for _, c := range r.Reconcile.Cases {

@@ -17,6 +17,7 @@ type Sizes struct {
 	FanoutRuns  int
 
 	ReconcileRecords []int
+	ReconcileJournal int
 	ReconcileRuns    int
 
 	LambdaRuns int
@@ -40,6 +41,7 @@ func FullSizes() Sizes {
 		FanoutRuns:  5,
 
 		ReconcileRecords: []int{100, 1000, 10000},
+		ReconcileJournal: 1000,
 		ReconcileRuns:    5,
 
 		LambdaRuns: 10,
@@ -64,6 +66,7 @@ func QuickSizes() Sizes {
 		FanoutRuns:  2,
 
 		ReconcileRecords: []int{20, 100},
+		ReconcileJournal: 50,
 		ReconcileRuns:    2,
 
 		LambdaRuns: 3,

@@ -3,8 +3,16 @@ package bench
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/volsd/volsd/e2e/harness"
+	"github.com/volsd/volsd/internal/store"
 )
 
 // TTCContent is one content size of the time-to-content benchmark.
@@ -17,7 +25,7 @@ type TTCContent struct {
 type TTCOptions struct {
 	Root, WorkDir        string
 	Contents             []TTCContent
-	Entries              int
+	Entries              int // journal entries after the pool's snapshot
 	Runs                 int
 	DynamoDBURL, MotoURL string
 	Log                  func(format string, args ...any)
@@ -25,12 +33,29 @@ type TTCOptions struct {
 
 // TTCCase is one content size.
 type TTCCase struct {
-	Label   string `json:"label"`
-	Files   int    `json:"files"`
-	Bytes   int64  `json:"bytes"`
-	Volsd   Sample `json:"volsdSeconds"`
-	Copy    Sample `json:"copyBaselineSeconds"`
+	Label string `json:"label"`
+	Files int    `json:"files"`
+	Bytes int64  `json:"bytes"`
+	// Volsd: lifecycle event → launch hook completed, for an instance that
+	// gets an idle volume made from the pool's snapshot.
+	Volsd Sample `json:"volsdSeconds"`
+	// Applied is how many journal entries its agent applied at start.
 	Applied Sample `json:"entriesApplied"`
+	// Copy: the whole content copied onto a fresh filesystem at boot:
+	// `rsync -a` from the page cache + syncfs onto a freshly formatted
+	// loop-mounted ext4 (mkfs timed apart, in CopyMkfs). A lower bound of
+	// any boot-time copy: no download, no instance plumbing.
+	Copy     Sample `json:"copyBaselineSeconds"`
+	CopyMkfs Sample `json:"copyBaselineMkfsSeconds"`
+	// Blank: lifecycle event → hook completed for an instance whose idle
+	// volume is blank, so its agent downloads and applies everything from
+	// the S3 origin (moto behind the local proxy) before the hook
+	// completes: volsd without its snapshot, the "s3 sync at boot" design
+	// played through the same plumbing.
+	Blank        Sample `json:"blankVolumeSeconds"`
+	BlankApplied Sample `json:"blankVolumeEntriesApplied"`
+	// Setup times.
+	PushSeconds Num `json:"contentPushSeconds"`
 }
 
 // TTCResult is the time-to-content benchmark.
@@ -41,7 +66,363 @@ type TTCResult struct {
 	Setup   string    `json:"setup"`
 }
 
-// RunTTC is not written yet.
+// RunTTC measures time-to-content in the local whole system (e2e/harness:
+// the real Lambda bootstraps behind Runtime API servers, real agents on
+// simulated instances with loop-device volumes, DynamoDB Local, moto behind
+// the gap-filling proxy) for each content size:
+//
+//  1. reconcile fills the idle pool (blank volumes); the content is pushed
+//     (`volsd push`, one sync entry) while no instance runs;
+//  2. blank-volume baseline: Runs instances are launched one by one, each
+//     on a blank idle volume (reconcile refills the pool before each): the
+//     agent downloads the whole content before it completes the hook;
+//  3. snapshot (the snapshot Lambda's schedule) of an in-service volume;
+//  4. Entries more entries are pushed (one small file each) after it;
+//  5. reconcile replaces the idle volumes by volumes made from the
+//     snapshot; then Runs instances are launched one by one (reconcile
+//     refills from the snapshot before each, so no launch creates a volume
+//     itself): volsd's time-to-content, with Entries entries to apply;
+//  6. the copy baseline: Runs times, the whole current content copied with
+//     `rsync -a` onto a fresh filesystem.
+//
+// Each new instance's content is checked against the source tree (sha256
+// and mode of every file) the moment its hook completed.
 func RunTTC(ctx context.Context, o TTCOptions) (*TTCResult, error) {
-	return nil, errors.New("not implemented yet")
+	if o.Log == nil {
+		o.Log = func(string, ...any) {}
+	}
+	if o.Runs <= 0 {
+		o.Runs = 3
+	}
+	res := &TTCResult{Entries: o.Entries, Runs: o.Runs, Setup: fmt.Sprintf(
+		"The local whole system (`e2e/harness`): the five Lambda bootstraps behind Runtime API servers, real `volsd-agent`s on simulated instances with loop-device EBS volumes and fake IMDS, DynamoDB Local, moto behind the gap-filling proxy, the real `volsd` CLI. "+
+			"Per content size: the content is pushed (one `sync` entry), the snapshot Lambda snapshots an in-service volume, %d more entries are pushed (one small file each), reconcile replaces the idle volumes by volumes made from the snapshot; "+
+			"then a new instance is launched, %d times (reconcile refills the idle pool before each launch). **volsd** is the time from the launch lifecycle event to the launch hook's completion by the agent, after it mounted the volume and applied the %d entries; the instance's files are checked against the source the moment the hook completes. "+
+			"**Copy everything at boot** is `rsync -a` of the whole current content from the page cache onto a freshly formatted loop-mounted ext4, then syncfs (mkfs not counted): a lower bound of any boot-time copy, which would also download the content and boot. "+
+			"**Blank volume** is the same launch as volsd's but on a blank idle volume (before any snapshot): the agent downloads everything from the S3 origin (moto, local) and applies it before completing the hook — volsd without its snapshot, i.e. the `s3 sync` at boot design through the same plumbing.",
+		o.Entries, o.Runs, o.Entries)}
+	if len(o.Contents) == 0 {
+		return nil, errors.New("no content sizes")
+	}
+	dir, err := os.MkdirTemp(o.WorkDir, "ttc-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	o.Log("building the Lambda bootstraps, volsd-agent and volsd for this machine")
+	bins, err := harness.Build(ctx, o.Root, filepath.Join(dir, "build"))
+	if err != nil {
+		return nil, err
+	}
+	for _, content := range o.Contents {
+		c, err := ttcCase(ctx, o, bins, dir, content)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", content.Label, err)
+		}
+		res.Cases = append(res.Cases, *c)
+		o.Log("%s: volsd %.2f s (%.0f entries applied); copy at boot %.2f s; blank volume %.2f s",
+			c.Label, float64(c.Volsd.Median), float64(c.Applied.Median), float64(c.Copy.Median), float64(c.Blank.Median))
+	}
+	return res, nil
+}
+
+func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir string, content TTCContent) (*TTCCase, error) {
+	res := &TTCCase{Label: content.Label}
+	work := filepath.Join(dir, content.Label)
+	if err := os.MkdirAll(filepath.Join(work, "cluster"), 0o755); err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	// Volumes hold the content and, while a blank volume catches up, its
+	// staged copy: twice the content, rounded up, at least 1 GiB (sparse).
+	sizeGiB := int(max(1, (2*content.Tree.TotalBytes+(512<<20))>>30+1))
+	hlog := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c, err := harness.Start(ctx, harness.Options{
+		DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Binaries: bins, WorkDir: filepath.Join(work, "cluster"),
+		// A pool of its own: moto is shared, and the snapshot Lambda
+		// adopts snapshots tagged with its pool.
+		Pool: "ttc-" + strings.ToLower(content.Label) + "-" + randomName()[:4],
+		IdlePerAZ: 1, VolumeSizeGiB: sizeGiB, ReleasePolicy: "delete",
+		// Replace idle volumes as soon as a newer snapshot exists (the
+		// default waits for 500 entries) and all of them in one run.
+		LambdaEnv:       map[string]string{"VOLSD_REFRESH_BEHIND": "1", "VOLSD_REFRESH_MAX": "4"},
+		LaunchHeartbeat: 15 * time.Minute,
+		Log:             hlog,
+	})
+	defer func() {
+		if cerr := c.Close(); cerr != nil {
+			o.Log("cleanup: %v", cerr)
+		}
+	}()
+	if err != nil {
+		return nil, fmt.Errorf("start the local system: %w", err)
+	}
+	outputs, err := c.OutputsFile()
+	if err != nil {
+		return nil, err
+	}
+	cli := func(args ...string) error {
+		full := append([]string{args[0], "--outputs", outputs}, args[1:]...)
+		_, err := c.CLI(ctx, full...)
+		return err
+	}
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf(format+" (logs: %s)", append(args, c.LogDir())...)
+	}
+
+	// 1. The idle pool and the content.
+	if _, err := c.Schedule(ctx, "reconcile"); err != nil {
+		return nil, fail("reconcile: %v", err)
+	}
+	src := filepath.Join(work, "content", "site")
+	st, err := harness.GenerateTree(src, content.Tree)
+	if err != nil {
+		return nil, err
+	}
+	res.Files, res.Bytes = st.Files, st.Bytes
+	start := time.Now()
+	if err := cli("push", src, "site"); err != nil {
+		return nil, fail("push the content: %v", err)
+	}
+	if err := waitHead(ctx, c, 1, 10*time.Minute); err != nil {
+		return nil, fail("%v", err)
+	}
+	res.PushSeconds = Num(time.Since(start).Seconds())
+	o.Log("%s: %d files, %s pushed in %.1f s (journal head 1)", content.Label, st.Files, mib(st.Bytes), float64(res.PushSeconds))
+	want, err := harness.Digest(src)
+	if err != nil {
+		return nil, err
+	}
+
+	// 2. Blank volumes: everything downloaded at start.
+	var blank []time.Duration
+	var blankApplied []int
+	for run := 0; run < o.Runs; run++ {
+		took, applied, err := ttcLaunch(ctx, c, "", want)
+		if err != nil {
+			return nil, fail("blank-volume launch %d: %v", run+1, err)
+		}
+		blank, blankApplied = append(blank, took), append(blankApplied, applied)
+		o.Log("%s: blank volume, run %d/%d: %.2f s (%d entries applied)", content.Label, run+1, o.Runs, took.Seconds(), applied)
+	}
+	res.Blank, res.BlankApplied = Seconds(blank), Counts(blankApplied)
+
+	// 3. Snapshot.
+	if _, err := c.Schedule(ctx, "snapshot"); err != nil {
+		return nil, fail("snapshot: %v", err)
+	}
+	snap, err := newestSnapshot(ctx, c)
+	if err != nil {
+		return nil, fail("%v", err)
+	}
+	o.Log("%s: snapshot %s at seq %d", content.Label, snap.SnapshotID, snap.Seq)
+
+	// 4. Entries after the snapshot, one small file each.
+	news := filepath.Join(src, "news")
+	if err := os.MkdirAll(news, 0o755); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= o.Entries; i++ {
+		name := fmt.Sprintf("item-%02d.html", i)
+		if err := os.WriteFile(filepath.Join(news, name), []byte(fmt.Sprintf("<article>news %d, after the snapshot</article>\n", i)), 0o644); err != nil {
+			return nil, err
+		}
+		args := []string{"push", filepath.Join(news, name), "site/news/" + name}
+		if i == o.Entries {
+			args = []string{"push", "--wait", filepath.Join(news, name), "site/news/" + name}
+		}
+		if err := cli(args...); err != nil {
+			return nil, fail("push entry %d: %v", i, err)
+		}
+	}
+	head := snap.Seq + int64(o.Entries)
+	if err := waitHead(ctx, c, head, 5*time.Minute); err != nil {
+		return nil, fail("%v", err)
+	}
+	if want, err = harness.Digest(src); err != nil {
+		return nil, err
+	}
+
+	// 5. volsd: idle volumes from the snapshot.
+	var took []time.Duration
+	var applied []int
+	for run := 0; run < o.Runs; run++ {
+		d, n, err := ttcLaunch(ctx, c, snap.SnapshotID, want)
+		if err != nil {
+			return nil, fail("launch %d: %v", run+1, err)
+		}
+		if n != o.Entries {
+			return nil, fail("launch %d: the agent applied %d entries at start; %d were due after snapshot %s", run+1, n, o.Entries, snap.SnapshotID)
+		}
+		took, applied = append(took, d), append(applied, n)
+		o.Log("%s: volsd, run %d/%d: %.2f s (%d entries applied)", content.Label, run+1, o.Runs, d.Seconds(), n)
+	}
+	res.Volsd, res.Applied = Seconds(took), Counts(applied)
+
+	// 6. Copy everything at boot.
+	var copies, mkfs []time.Duration
+	for run := 0; run < o.Runs; run++ {
+		settle()
+		vol, mk, err := newVolume(ctx, work, "copy", sizeGiB)
+		if err != nil {
+			return nil, err
+		}
+		dst := filepath.Join(vol.mount, "site")
+		_, d, err := rsyncCopy(ctx, src, dst, vol.mount)
+		if err == nil && run == 0 {
+			err = verifyTree(dst, src)
+		}
+		if cerr := vol.close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("copy baseline: %w", err)
+		}
+		copies, mkfs = append(copies, d), append(mkfs, mk)
+		o.Log("%s: copy at boot, run %d/%d: %.2f s (+ mkfs %.2f s)", content.Label, run+1, o.Runs, d.Seconds(), mk.Seconds())
+	}
+	res.Copy, res.CopyMkfs = Seconds(copies), Seconds(mkfs)
+	if errs := c.AsyncErrors(); len(errs) > 0 {
+		return nil, fail("asynchronous invocations failed: %v", errors.Join(errs...))
+	}
+	return res, nil
+}
+
+// ttcLaunch refills the idle pool (reconcile), checks that every idle
+// volume was made from fromSnapshot ("" = blank), launches one instance and
+// waits for its launch hook. It returns the time from the lifecycle event
+// to the hook's completion and the entries the agent applied at start,
+// after checking the instance's content against want.
+func ttcLaunch(ctx context.Context, c *harness.Cluster, fromSnapshot string, want map[string]harness.FileDigest) (time.Duration, int, error) {
+	for try := 0; ; try++ {
+		if _, err := c.Schedule(ctx, "reconcile"); err != nil {
+			return 0, 0, fmt.Errorf("reconcile: %w", err)
+		}
+		vols, err := c.Store.ListVolumes(ctx, c.Opts.Pool)
+		if err != nil {
+			return 0, 0, err
+		}
+		perAZ := map[string]int{}
+		var wrong []string
+		for _, v := range vols {
+			if v.State != store.VolumeIdle {
+				continue
+			}
+			perAZ[v.AZ]++
+			if v.SnapshotID != fromSnapshot {
+				wrong = append(wrong, v.VolumeID+" from "+orBlank(v.SnapshotID))
+			}
+		}
+		ready := len(wrong) == 0
+		for _, az := range c.Opts.AZs {
+			ready = ready && perAZ[az] >= c.Opts.IdlePerAZ
+		}
+		if ready {
+			break
+		}
+		if try == 5 {
+			return 0, 0, fmt.Errorf("after %d reconcile runs the idle pool is not ready: %v idle per AZ, want %d from %s; other idle volumes: %s",
+				try+1, perAZ, c.Opts.IdlePerAZ, orBlank(fromSnapshot), strings.Join(wrong, ", "))
+		}
+	}
+	settle()
+	ls, err := c.Group.ScaleOut(ctx, 1)
+	if err != nil {
+		return 0, 0, err
+	}
+	results, err := c.Group.WaitInService(ctx, ls)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(results) != 1 || results[0].Result != "CONTINUE" {
+		return 0, 0, fmt.Errorf("launch ended %+v", results)
+	}
+	r := results[0]
+	in, ok := c.Fleet.Get(r.InstanceID)
+	if !ok {
+		return 0, 0, fmt.Errorf("instance %s is gone", r.InstanceID)
+	}
+	got, err := harness.Digest(filepath.Join(in.Mount, "site"))
+	if err != nil {
+		return 0, 0, err
+	}
+	if diffs := harness.DiffTrees(want, got); len(diffs) > 0 {
+		if len(diffs) > 5 {
+			diffs = append(diffs[:5], fmt.Sprintf("… %d more", len(diffs)-5))
+		}
+		return 0, 0, fmt.Errorf("instance %s entered service without the current content: %s", r.InstanceID, strings.Join(diffs, "; "))
+	}
+	rep := in.UpReport()
+	if rep == nil {
+		// The hook completed; the up process may still be writing its
+		// report.
+		select {
+		case <-in.UpDone():
+			rep = in.UpReport()
+		case <-time.After(10 * time.Second):
+		}
+	}
+	if rep == nil {
+		return 0, 0, fmt.Errorf("instance %s has no report from `volsd-agent up`", r.InstanceID)
+	}
+	if fromSnapshot != "" {
+		inst, err := c.Store.GetInstance(ctx, c.Opts.Pool, r.InstanceID)
+		if err != nil {
+			return 0, 0, err
+		}
+		v, err := c.Store.GetVolume(ctx, c.Opts.Pool, inst.VolumeID)
+		if err != nil {
+			return 0, 0, err
+		}
+		if v.SnapshotID != fromSnapshot {
+			return 0, 0, fmt.Errorf("instance %s got volume %s made from %q, want %s", r.InstanceID, v.VolumeID, v.SnapshotID, fromSnapshot)
+		}
+	}
+	return r.Took, rep.Applied, nil
+}
+
+func orBlank(s string) string {
+	if s == "" {
+		return "blank"
+	}
+	return s
+}
+
+// waitHead waits until the journal head reaches seq.
+func waitHead(ctx context.Context, c *harness.Cluster, seq int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if err := c.Settle(ctx); err != nil {
+			return err
+		}
+		head, err := c.Store.Head(ctx, c.Opts.Pool)
+		if err != nil {
+			return err
+		}
+		if head >= seq {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("journal head %d after %s; want %d", head, timeout, seq)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// newestSnapshot is the pool's newest completed snapshot record.
+func newestSnapshot(ctx context.Context, c *harness.Cluster) (store.Snapshot, error) {
+	snaps, err := c.Store.ListSnapshots(ctx, c.Opts.Pool)
+	if err != nil {
+		return store.Snapshot{}, err
+	}
+	var best store.Snapshot
+	for _, s := range snaps {
+		if s.State == store.SnapshotCompleted && (best.SnapshotID == "" || s.Seq > best.Seq) {
+			best = s
+		}
+	}
+	if best.SnapshotID == "" {
+		return best, fmt.Errorf("no completed snapshot in the table (records: %+v)", snaps)
+	}
+	return best, nil
 }

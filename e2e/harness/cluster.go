@@ -567,7 +567,13 @@ func (c *Cluster) Schedule(ctx context.Context, fn string) ([]byte, error) {
 
 // Settle waits until nothing is in flight: asynchronous invocations, SSM
 // commands, the push queue.
-func (c *Cluster) Settle(ctx context.Context) error {
+func (c *Cluster) Settle(ctx context.Context) error { return c.settle(ctx, true) }
+
+// SettleEvents waits for asynchronous invocations and SSM commands, not for
+// the push queue (which may hold a message that keeps failing).
+func (c *Cluster) SettleEvents(ctx context.Context) error { return c.settle(ctx, false) }
+
+func (c *Cluster) settle(ctx context.Context, queue bool) error {
 	quiet := 0
 	for quiet < 3 {
 		done := make(chan struct{})
@@ -583,9 +589,12 @@ func (c *Cluster) Settle(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		idle, err := c.PushSource.Idle(ctx)
-		if err != nil {
-			return err
+		idle := true
+		if queue {
+			var err error
+			if idle, err = c.PushSource.Idle(ctx); err != nil {
+				return err
+			}
 		}
 		if idle {
 			quiet++

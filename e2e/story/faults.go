@@ -86,7 +86,8 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 			return fmt.Errorf("launch of %s ended %s (timed out: %v); see %s", r.InstanceID, r.Result, r.TimedOut, c.LogDir())
 		}
 	}
-	if err := c.Settle(ctx); err != nil {
+	// The request with the missing blob is still going round the queue.
+	if err := c.SettleEvents(ctx); err != nil {
 		return err
 	}
 	if hits := c.Proxy.Faults.Hits("ec2", "AttachVolume"); hits != 2 {

@@ -77,7 +77,7 @@ func run(small, keep, verbose bool) int {
 		IdlePerAZ: 2, VolumeSizeGiB: 1, ReleasePolicy: "recycle",
 		// Replace idle volumes as soon as they are behind a newer snapshot,
 		// so the story's refresh step happens at once (docs/demo.md).
-		LambdaEnv:       map[string]string{"VOLSD_REFRESH_BEHIND": "0"},
+		LambdaEnv:       map[string]string{"VOLSD_REFRESH_BEHIND": "1"},
 		QueueVisibility: 20 * time.Second,
 		ApplyInterval:   time.Minute,
 		Log:             log,
