@@ -59,6 +59,9 @@ type Results struct {
 	SendCommandCallsPerPush map[string]Num   `json:"sendcommand_calls_per_push"`
 	ReconcileReads          map[string]Num   `json:"reconcile_reads"`
 	BootstrapBytes          map[string]int64 `json:"bootstrap_bytes"`
+	// TTCBlankVolumeSeconds is the second time-to-content baseline: a new
+	// instance on a blank volume that downloads everything at start.
+	TTCBlankVolumeSeconds map[string]Num `json:"ttc_blank_volume_seconds"`
 
 	Apply     *ApplyResult     `json:"apply,omitempty"`
 	TTC       *TTCResult       `json:"ttc,omitempty"`
@@ -96,7 +99,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 	}
 	r := &Results{
-		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{},
+		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{}, TTCBlankVolumeSeconds: map[string]Num{},
 		SendCommandCallsPerPush: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
 		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()),
 		Failures: map[string]string{}, PartSeconds: map[string]Num{},
@@ -173,6 +176,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 				for _, c := range r.TTC.Cases {
 					r.TTCSeconds[c.Label] = c.Volsd.Median
 					r.TTCCopyBaselineSeconds[c.Label] = c.Copy.Median
+					r.TTCBlankVolumeSeconds[c.Label] = c.Blank.Median
 				}
 			}
 		}

@@ -141,7 +141,7 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 		DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Binaries: bins, WorkDir: filepath.Join(work, "cluster"),
 		// A pool of its own: moto is shared, and the snapshot Lambda
 		// adopts snapshots tagged with its pool.
-		Pool: "ttc-" + strings.ToLower(content.Label) + "-" + randomName()[:4],
+		Pool:      "ttc-" + strings.ToLower(content.Label) + "-" + randomName()[:4],
 		IdlePerAZ: 1, VolumeSizeGiB: sizeGiB, ReleasePolicy: "delete",
 		// Replace idle volumes as soon as a newer snapshot exists (the
 		// default waits for 500 entries) and all of them in one run.
