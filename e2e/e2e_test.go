@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -47,6 +48,10 @@ func binaries(t *testing.T) *harness.Binaries {
 		buildDir, err = os.MkdirTemp("", "volsd-e2e-bin-")
 		if err != nil {
 			buildErr = err
+			return
+		}
+		// With the pid, a later run cleans up after this one if it is killed.
+		if buildErr = os.WriteFile(filepath.Join(buildDir, "pid"), []byte(strconv.Itoa(os.Getpid())), 0o644); buildErr != nil {
 			return
 		}
 		bins, buildErr = harness.Build(context.Background(), root, buildDir)

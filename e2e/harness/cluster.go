@@ -704,6 +704,21 @@ func (c *Cluster) Close() error {
 	return errors.Join(errs...)
 }
 
+// killUnder SIGKILLs the processes whose executable lies under dir: the
+// Lambda sandboxes and agents a killed run started from its build there.
+func killUnder(dir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, exe := range procs {
+		target, err := os.Readlink(exe)
+		if err != nil || !strings.HasPrefix(target, dir+"/") {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(exe))); err == nil && pid != os.Getpid() {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
 // SweepStale cleans up after earlier local runs that were killed before
 // they could (SIGKILL, power loss): for each volsd-e2e-* work directory
 // whose owner process is gone, unmount what is mounted under it, detach
@@ -719,6 +734,7 @@ func SweepStale(log *slog.Logger) {
 		if err != nil || pid <= 0 || syscall.Kill(pid, 0) == nil {
 			continue // alive (or not ours to judge)
 		}
+		killUnder(d)
 		mps, _ := mountsUnder(d)
 		for _, mp := range mps {
 			_ = exec.Command("fsfreeze", "--unfreeze", mp).Run()

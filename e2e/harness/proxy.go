@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -63,6 +64,13 @@ func NewProxy(motoURL string, log *slog.Logger) (*Proxy, error) {
 		calls:  map[string]int{},
 	}
 	p.rp.FlushInterval = -1
+	p.rp.ErrorLog = stdlog.New(io.Discard, "", 0)
+	p.rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		if r.Context().Err() == nil { // not just a caller that went away
+			p.log.Warn("forward to moto failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
+		w.WriteHeader(http.StatusBadGateway)
+	}
 	return p, nil
 }
 
