@@ -45,6 +45,9 @@ type Group struct {
 	PowerOff func(ctx context.Context, id string) error
 	// Deliver sends a lifecycle event to its EventBridge target.
 	Deliver func(ctx context.Context, ev events.Envelope)
+	// DuplicateEvents delivers every lifecycle event twice (EventBridge
+	// delivers at least once).
+	DuplicateEvents bool
 
 	mu      sync.Mutex
 	members map[string]*member
@@ -202,7 +205,7 @@ func (g *Group) launch(ctx context.Context, az string) (*Launch, error) {
 	if action != nil {
 		l.Event = g.lifecycleEvent(action, events.DetailTypeLaunch, events.LocationEC2, events.LocationASG)
 		m.event = l.Event
-		g.Deliver(ctx, l.Event)
+		g.deliver(ctx, l.Event)
 	}
 	return l, nil
 }
@@ -217,6 +220,13 @@ func (g *Group) lifecycleEvent(a *LifecycleAction, detailType, origin, dest stri
 		Account: g.Account, Time: time.Now().UTC().Truncate(time.Second), Region: g.Region,
 		Resources: []string{fmt.Sprintf("arn:aws:autoscaling:%s:%s:autoScalingGroup:%s:autoScalingGroupName/%s", g.Region, g.Account, newUUID(), g.Name)},
 		Detail:    detail,
+	}
+}
+
+func (g *Group) deliver(ctx context.Context, ev events.Envelope) {
+	g.Deliver(ctx, ev)
+	if g.DuplicateEvents {
+		g.Deliver(ctx, ev)
 	}
 }
 
@@ -280,8 +290,27 @@ func (g *Group) WaitInService(ctx context.Context, launches []*Launch) ([]Launch
 // Terminating:Wait until the terminate hook completes (or times out), then
 // terminated. It returns the terminated IDs.
 func (g *Group) ScaleIn(ctx context.Context, n int) ([]string, error) {
+	rs, err := g.ScaleInResults(ctx, n)
+	ids := make([]string, len(rs))
+	for i, r := range rs {
+		ids[i] = r.InstanceID
+	}
+	return ids, err
+}
+
+// TerminateResult is how one scale-in termination went.
+type TerminateResult struct {
+	InstanceID string
+	AZ         string
+	Result     string // the terminate hook's result
+	TimedOut   bool   // the hook's default result decided (nobody completed it)
+	Took       time.Duration
+}
+
+// ScaleInResults is ScaleIn with each termination's hook outcome.
+func (g *Group) ScaleInResults(ctx context.Context, n int) ([]TerminateResult, error) {
 	type pick struct {
-		id     string
+		id, az string
 		action *LifecycleAction
 	}
 	var picks []pick
@@ -311,23 +340,27 @@ func (g *Group) ScaleIn(ctx context.Context, n int) ([]string, error) {
 		}
 		g.record(victim.id, victim.az, "Terminating EC2 instance (scale in)")
 		if action != nil {
-			g.Deliver(ctx, g.lifecycleEvent(action, events.DetailTypeTerminate, events.LocationASG, events.LocationEC2))
+			g.deliver(ctx, g.lifecycleEvent(action, events.DetailTypeTerminate, events.LocationASG, events.LocationEC2))
 		}
-		picks = append(picks, pick{victim.id, action})
+		picks = append(picks, pick{victim.id, victim.az, action})
 	}
-	var ids []string
+	var out []TerminateResult
 	for _, p := range picks {
+		r := TerminateResult{InstanceID: p.id, AZ: p.az, Result: "CONTINUE"}
 		if p.action != nil {
-			if _, err := p.action.Wait(ctx); err != nil {
-				return ids, err
+			res, err := p.action.Wait(ctx)
+			if err != nil {
+				return out, err
 			}
+			_, r.TimedOut = p.action.Result()
+			r.Result, r.Took = res, time.Since(p.action.Started)
 		}
 		if err := g.terminate(ctx, p.id); err != nil {
-			return ids, err
+			return out, err
 		}
-		ids = append(ids, p.id)
+		out = append(out, r)
 	}
-	return ids, nil
+	return out, nil
 }
 
 // terminate powers the instance off, terminates it in EC2 and removes it

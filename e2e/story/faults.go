@@ -70,12 +70,10 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 
 	done = n.Step("launch 2 instances with every lifecycle event delivered twice and AttachVolume throttled twice")
 	c.Proxy.Faults.Throttle("ec2", "AttachVolume", 2)
+	c.Group.DuplicateEvents = true
 	launches, err := c.Group.ScaleOut(ctx, 2)
 	if err != nil {
 		return err
-	}
-	for _, l := range launches {
-		c.Group.Redeliver(ctx, l)
 	}
 	results, err := c.Group.WaitInService(ctx, launches)
 	if err != nil {
@@ -182,6 +180,34 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 		}
 	}
 	done("head %d on every instance", head)
+
+	done = n.Step("scale in by 1, the terminate event delivered twice")
+	victim = c.Group.InService()[0]
+	inst, err := c.Store.GetInstance(ctx, pool, victim)
+	if err != nil {
+		return err
+	}
+	terms, err := c.Group.ScaleInResults(ctx, 1)
+	if err != nil {
+		return err
+	}
+	if t := terms[0]; t.Result != "CONTINUE" || t.TimedOut {
+		return fmt.Errorf("terminate hook of %s: %s (timed out: %v)", t.InstanceID, t.Result, t.TimedOut)
+	}
+	if err := c.SettleEvents(ctx); err != nil {
+		return err
+	}
+	v, err := c.Store.GetVolume(ctx, pool, inst.VolumeID)
+	if err != nil {
+		return err
+	}
+	if v.State != store.VolumeIdle || v.Seq != head {
+		return fmt.Errorf("volume %s of terminated %s is %s at seq %d; want idle at %d", v.VolumeID, terms[0].InstanceID, v.State, v.Seq, head)
+	}
+	if err := checkOneVolumePerInstance(ctx, c); err != nil {
+		return err
+	}
+	done("%s terminated; its volume %s idle at seq %d; %d lifecycle invocations in all", terms[0].InstanceID, v.VolumeID, v.Seq, c.Functions["lifecycle"].Stats().Invocations)
 
 	done = n.Step("the push with the missing blob is rejected and reported")
 	var rej store.Request

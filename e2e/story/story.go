@@ -194,14 +194,18 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 			held[id] = inst.VolumeID
 		}
 	}
-	gone, err := c.Group.ScaleIn(ctx, sz.ScaleIn)
+	terms, err := c.Group.ScaleInResults(ctx, sz.ScaleIn)
 	if err != nil {
 		return res, err
 	}
 	if err := c.Settle(ctx); err != nil {
 		return res, err
 	}
-	for _, id := range gone {
+	for _, t := range terms {
+		id := t.InstanceID
+		if t.Result != "CONTINUE" || t.TimedOut {
+			return res, fmt.Errorf("terminate hook of %s: %s (timed out: %v); the lifecycle Lambda must complete it after the release", id, t.Result, t.TimedOut)
+		}
 		vol := held[id]
 		if vol == "" {
 			return res, fmt.Errorf("terminated instance %s had no volume in the table", id)
@@ -216,7 +220,7 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 		if _, attached := c.Disks.Loop(vol); attached {
 			return res, fmt.Errorf("volume %s of terminated %s is still a loop device", vol, id)
 		}
-		n.Note("%s terminated; its volume %s is idle again at seq %d", id, vol, v.Seq)
+		n.Note("%s terminated (hook completed after %.1f s); its volume %s is idle again at seq %d", id, t.Took.Seconds(), vol, v.Seq)
 	}
 	if err := VerifyAll(c, want); err != nil {
 		return res, err
