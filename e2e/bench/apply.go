@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,7 +34,11 @@ type ApplyOptions struct {
 	ImageGiB   int
 	// DynamoDBURL is DynamoDB Local, where the journal lives.
 	DynamoDBURL string
-	Log         func(format string, args ...any)
+	// Root and GoBenchIterations: when both are set, the agent package's
+	// own benchmarks run too (`go test ./agent -bench ^BenchmarkSync`).
+	Root              string
+	GoBenchIterations int
+	Log               func(format string, args ...any)
 }
 
 // ApplyResult compares the agent applying a sync entry with plain
@@ -70,6 +75,11 @@ type ApplyResult struct {
 	AgentFetchedFull  int64  `json:"agentFetchedFullBytes"`
 	AgentFetchedDelta int64  `json:"agentFetchedDeltaBytes"`
 	MkfsSeconds       Sample `json:"mkfsSeconds"`
+	// AgentPackage is the agent package's own benchmarks (go test -bench),
+	// run as a cross-check; AgentPackageError says why they are missing.
+	AgentPackage        []GoBench `json:"agentPackageBench,omitempty"`
+	AgentPackageCommand string    `json:"agentPackageCommand,omitempty"`
+	AgentPackageError   string    `json:"agentPackageError,omitempty"`
 }
 
 // RunApply measures, per run and on a fresh loop-mounted ext4 each time:
@@ -220,6 +230,18 @@ func RunApply(ctx context.Context, o ApplyOptions) (*ApplyResult, error) {
 	res.DeltaRatio = Num(Ratio(float64(res.AgentDelta.Median), float64(res.RsyncDelta.Median)))
 	res.FullRatioPlain = Num(Ratio(float64(res.AgentFull.Median), float64(res.RsyncPlainFull.Median)))
 	res.DeltaRatioPlain = Num(Ratio(float64(res.AgentDelta.Median), float64(res.RsyncPlainDelta.Median)))
+	if o.Root != "" && o.GoBenchIterations > 0 {
+		o.Log("the agent package's own benchmarks, %d iterations each", o.GoBenchIterations)
+		var err error
+		res.AgentPackage, res.AgentPackageCommand, err = RunAgentGoBench(ctx, o.Root, o.GoBenchIterations)
+		if err != nil {
+			res.AgentPackageError = err.Error()
+			o.Log("agent package benchmarks: %v", err)
+		}
+		for _, b := range res.AgentPackage {
+			o.Log("%s: agent/rsync+syncfs %s", b.Name, f(b.Metrics["agent/rsync+syncfs"], 2))
+		}
+	}
 	return res, nil
 }
 
@@ -385,4 +407,58 @@ func mib(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+}
+
+// GoBench is one result line of `go test -bench`: the benchmark's name,
+// its iterations and every metric by unit.
+type GoBench struct {
+	Name    string         `json:"name"`
+	N       int            `json:"iterations"`
+	Metrics map[string]Num `json:"metrics"`
+}
+
+// RunAgentGoBench runs the agent package's own apply-vs-rsync benchmarks
+// (`go test ./agent -bench ^BenchmarkSync -benchtime <n>x`, their tree and
+// their loop devices) and parses their result lines, as a cross-check of
+// RunApply's figures with another tree and origin setup.
+func RunAgentGoBench(ctx context.Context, root string, iterations int) ([]GoBench, string, error) {
+	args := []string{"test", "./agent", "-run", "^$", "-bench", "^BenchmarkSync", "-benchtime", fmt.Sprintf("%dx", iterations), "-timeout", "30m"}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	command := "go " + strings.Join(args, " ")
+	if err != nil {
+		return nil, command, fmt.Errorf("%s: %v: %s", command, err, tail(string(out), 800))
+	}
+	res := ParseGoBench(string(out))
+	if len(res) == 0 {
+		return nil, command, fmt.Errorf("%s printed no benchmark results: %s", command, tail(string(out), 800))
+	}
+	return res, command, nil
+}
+
+// ParseGoBench reads the result lines of `go test -bench` output:
+// "BenchmarkX-2  N  v1 unit1  v2 unit2 …".
+func ParseGoBench(out string) []GoBench {
+	var res []GoBench
+	for _, line := range strings.Split(out, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 4 || !strings.HasPrefix(fields[0], "Benchmark") {
+			continue
+		}
+		n, err := strconv.Atoi(fields[1])
+		if err != nil {
+			continue
+		}
+		b := GoBench{Name: fields[0], N: n, Metrics: map[string]Num{}}
+		for i := 2; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				break
+			}
+			b.Metrics[fields[i+1]] = Num(v)
+		}
+		res = append(res, b)
+	}
+	return res
 }

@@ -181,6 +181,20 @@ func writeApply(w writer, a *ApplyResult) {
 	w("| delta | %s s | %s s | **%s** | %s s | %s |\n\n", withSpread(a.AgentDelta, 2), withSpread(a.RsyncDelta, 2), ratio(a.DeltaRatio), withSpread(a.RsyncPlainDelta, 2), ratio(a.DeltaRatioPlain))
 	w("Per-run ratios (agent / rsync + syncfs): full %s; delta %s. The agent fetched %s for the full sync and %s for the delta (manifests included).\n\n",
 		floats(a.PairedFull), floats(a.PairedDelta), mib(a.AgentFetchedFull), mib(a.AgentFetchedDelta))
+	if len(a.AgentPackage) > 0 || a.AgentPackageError != "" {
+		w("**Cross-check: the agent package's own benchmarks** (`%s`: their own tree of the same size with another size mix, on its own loop device, the same kind of HTTP origin, an in-memory journal; figures are means over the iterations):\n\n", a.AgentPackageCommand)
+		if a.AgentPackageError != "" {
+			w("not measured: %s\n\n", oneLine(a.AgentPackageError))
+		} else {
+			w("| benchmark | iterations | agent | `rsync -a` + syncfs | ratio | `rsync -a` alone | ratio |\n| --- | --- | --- | --- | --- | --- | --- |\n")
+			for _, b := range a.AgentPackage {
+				m := b.Metrics
+				w("| %s | %d | %s s | %s s | **%s** | %s s | %s |\n", b.Name, b.N, f(m["agent-s/op"], 2), f(m["rsync+syncfs-s/op"], 2), ratio(m["agent/rsync+syncfs"]),
+					f(m["rsync-s/op"], 2), ratio(m["agent/rsync"]))
+			}
+			w("\n")
+		}
+	}
 }
 
 func floats(vs []float64) string {

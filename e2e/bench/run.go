@@ -162,7 +162,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		case "apply":
 			r.Apply, err = RunApply(ctx, ApplyOptions{
 				WorkDir: o.WorkDir, Tree: sz.Apply, DeltaFiles: sz.DeltaFiles, Runs: runs(sz.ApplyRuns),
-				DynamoDBURL: o.DynamoDBURL, Log: logf(part),
+				DynamoDBURL: o.DynamoDBURL, Root: o.Root, GoBenchIterations: sz.AgentGoBench, Log: logf(part),
 			})
 			if err == nil {
 				r.ApplyFullVsRsync, r.ApplyDeltaVsRsync = r.Apply.FullRatio, r.Apply.DeltaRatio

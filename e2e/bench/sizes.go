@@ -8,6 +8,9 @@ type Sizes struct {
 	Apply      harness.TreeSpec
 	DeltaFiles int
 	ApplyRuns  int
+	// AgentGoBench is the iterations of the agent package's own
+	// benchmarks (0: not run).
+	AgentGoBench int
 
 	TTCContents []TTCContent
 	TTCEntries  int
@@ -26,9 +29,10 @@ type Sizes struct {
 // FullSizes are the sizes.
 func FullSizes() Sizes {
 	return Sizes{
-		Apply:      harness.TreeSpec{Files: 10000, TotalBytes: 1 << 30, BigFile: 64 << 20, Seed: 9},
-		DeltaFiles: 100, // 1%
-		ApplyRuns:  5,
+		Apply:        harness.TreeSpec{Files: 10000, TotalBytes: 1 << 30, BigFile: 64 << 20, Seed: 9},
+		DeltaFiles:   100, // 1%
+		ApplyRuns:    5,
+		AgentGoBench: 3,
 
 		TTCContents: []TTCContent{
 			{Label: "100MiB", Tree: harness.TreeSpec{Files: 1000, TotalBytes: 100 << 20, BigFile: 20 << 20, Seed: 11}},
