@@ -30,8 +30,11 @@ const (
 const MaxFreezeSeconds = 3600
 
 // WatchdogCommand is the hidden command freeze starts, detached, to thaw
-// at the deadline.
-const WatchdogCommand = "thaw-watchdog"
+// at the deadline; it logs to runDir/watchdog.log.
+const (
+	WatchdogCommand = "thaw-watchdog"
+	watchdogLog     = "watchdog.log"
+)
 
 // freezeMarker is runDir/freeze.json: present while the filesystem is
 // frozen by the agent. The watchdog thaws at Deadline unless the marker is
@@ -133,6 +136,13 @@ func (a *Agent) startWatchdog(m freezeMarker) error {
 	cmd.Env = os.Environ()
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	logPath := filepath.Join(a.cfg.RunDir, watchdogLog)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return retryable("open %s: %v", logPath, err)
+	}
+	defer logFile.Close()
+	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
 		return retryable("start thaw watchdog %s: %v", a.self, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -149,7 +150,7 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest) 
 		}
 	}
 	if target >= 0 {
-		if err := w.walk(target, ""); err != nil {
+		if err := w.walkTarget(target); err != nil {
 			return nil, err
 		}
 	}
@@ -191,18 +192,70 @@ type syncWalk struct {
 	dirs   map[string]bool                  // directories the manifest implies
 	have   map[string]string                // sha256 → absolute path of a live file holding it (trusted record)
 	done   map[string]bool                  // manifest paths already planned (unchanged or copy)
+	sem    chan struct{}                    // bounds the directories walked in parallel
 }
 
+// walkResult is what the walk of one directory (and below) found.
+type walkResult struct {
+	deletes, copies []string
+	stage           []stageItem
+	unchanged       int
+	have            map[string]string
+	done            []string
+}
+
+func (r *walkResult) merge(c *walkResult) {
+	r.deletes = append(r.deletes, c.deletes...)
+	r.copies = append(r.copies, c.copies...)
+	r.stage = append(r.stage, c.stage...)
+	r.unchanged += c.unchanged
+	r.done = append(r.done, c.done...)
+	for k, v := range c.have {
+		r.have[k] = v
+	}
+}
+
+// walkTarget walks the target open at fd into the plan.
+func (w *syncWalk) walkTarget(fd int) error {
+	w.sem = make(chan struct{}, walkWorkers)
+	res, err := w.walk(fd, "")
+	if err != nil {
+		return err
+	}
+	w.plan.deletes = append(w.plan.deletes, res.deletes...)
+	w.plan.copies = append(w.plan.copies, res.copies...)
+	w.plan.stage = append(w.plan.stage, res.stage...)
+	w.plan.unchanged += res.unchanged
+	for _, d := range res.done {
+		w.done[d] = true
+	}
+	for k, v := range res.have {
+		w.have[k] = v
+	}
+	return nil
+}
+
+// walkWorkers bounds the directories walked at once (lstat, getxattr and
+// the occasional hash are cheap but many).
+const walkWorkers = 4
+
 // walk visits the directory open at fd (rel: relative to the target; ""
-// is the target) and closes fd.
-func (w *syncWalk) walk(fd int, rel string) error {
+// is the target) and closes fd. Subdirectories are walked in parallel
+// while a worker is free, inline otherwise.
+func (w *syncWalk) walk(fd int, rel string) (*walkResult, error) {
+	res := &walkResult{have: map[string]string{}}
 	dir := os.NewFile(uintptr(fd), filepath.Join(w.mount, w.prefix+rel))
 	defer dir.Close()
 	ents, err := dir.ReadDir(-1)
 	if err != nil {
-		return retryable("read directory %s: %v", dir.Name(), err)
+		return nil, retryable("read directory %s: %v", dir.Name(), err)
 	}
-	for _, de := range ents {
+	var (
+		wg       sync.WaitGroup
+		children = make([]*walkResult, len(ents))
+		errs     = make([]error, len(ents))
+	)
+	for i, de := range ents {
 		name := de.Name()
 		r := name
 		if rel != "" {
@@ -220,7 +273,7 @@ func (w *syncWalk) walk(fd int, rel string) error {
 			// rsync's holding directory left by an interrupted apply:
 			// never content (checkAgentPath), remove it.
 			if err := removeAt(fd, name); err != nil {
-				return retryable("remove leftover %s: %v", abs, err)
+				return nil, retryable("remove leftover %s: %v", abs, err)
 			}
 			continue
 		}
@@ -231,34 +284,34 @@ func (w *syncWalk) walk(fd int, rel string) error {
 				if errors.Is(err, unix.ENOENT) {
 					continue
 				}
-				return retryable("lstat %s: %v", abs, err)
+				return nil, retryable("lstat %s: %v", abs, err)
 			}
 			c, trusted := readContent(abs, &st)
 			if trusted {
-				w.have[c.SHA256] = abs
+				res.have[c.SHA256] = abs
 			}
 			me, wanted := w.files[r]
 			if !wanted {
-				w.plan.deletes = append(w.plan.deletes, live)
+				res.deletes = append(res.deletes, live)
 				continue
 			}
-			w.done[r] = true
+			res.done = append(res.done, r)
 			same := trusted && c.SHA256 == me.SHA256 && st.Size == me.Size
 			if !trusted {
 				same = liveSHA256(abs, &st, me.SHA256, me.Size)
 			}
 			if same {
-				w.have[me.SHA256] = abs
+				res.have[me.SHA256] = abs
 				if st.Mode&0o7777 == me.Mode {
-					w.plan.unchanged++
+					res.unchanged++
 					continue
 				}
 			}
-			w.plan.copies = append(w.plan.copies, live)
-			w.plan.stage = append(w.plan.stage, stageItem{path: live, blob: blobOf(me)})
+			res.copies = append(res.copies, live)
+			res.stage = append(res.stage, stageItem{path: live, blob: blobOf(me)})
 		case typ.IsDir():
 			if !w.dirs[r] {
-				w.plan.deletes = append(w.plan.deletes, live)
+				res.deletes = append(res.deletes, live)
 				continue
 			}
 			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -266,17 +319,34 @@ func (w *syncWalk) walk(fd int, rel string) error {
 				if errors.Is(err, unix.ENOENT) {
 					continue
 				}
-				return retryable("open %s: %v", abs, err)
+				return nil, retryable("open %s: %v", abs, err)
 			}
-			if err := w.walk(sub, r); err != nil {
-				return err
+			select {
+			case w.sem <- struct{}{}:
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer func() { <-w.sem }()
+					children[i], errs[i] = w.walk(sub, r)
+				}()
+			default:
+				children[i], errs[i] = w.walk(sub, r)
 			}
 		default:
 			// Symlinks, devices, fifos, sockets: never content.
-			w.plan.deletes = append(w.plan.deletes, live)
+			res.deletes = append(res.deletes, live)
 		}
 	}
-	return nil
+	wg.Wait()
+	for i, c := range children {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		if c != nil {
+			res.merge(c)
+		}
+	}
+	return res, nil
 }
 
 // describe summarises a plan for the log.
