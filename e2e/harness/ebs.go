@@ -35,8 +35,15 @@ type EBS struct {
 	fleet InstanceDevices
 	log   *slog.Logger
 
-	mu   sync.Mutex
-	busy map[string]bool // volume ID → detach waiting for unmount
+	// CreateDelay is how long a new volume stays "creating"; AttachDelay how
+	// long an attachment stays "attaching" before its device appears (EC2's
+	// asynchronous states, which moto skips). Zero: at once.
+	CreateDelay, AttachDelay time.Duration
+
+	mu        sync.Mutex
+	busy      map[string]bool      // volume ID → detach waiting for unmount
+	creating  map[string]time.Time // volume ID → end of its creating state
+	attaching map[string]time.Time // volume ID → end of its attaching state
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -44,7 +51,9 @@ type EBS struct {
 
 // NewEBS registers the EC2 volume operations on the proxy.
 func NewEBS(p *Proxy, ec2c *ec2.Client, disks *Disks, fleet InstanceDevices, log *slog.Logger) *EBS {
-	e := &EBS{p: p, ec2: ec2c, disks: disks, fleet: fleet, log: log, busy: map[string]bool{}, stop: make(chan struct{})}
+	e := &EBS{p: p, ec2: ec2c, disks: disks, fleet: fleet, log: log, stop: make(chan struct{}),
+		busy: map[string]bool{}, creating: map[string]time.Time{}, attaching: map[string]time.Time{},
+		CreateDelay: 300 * time.Millisecond, AttachDelay: 500 * time.Millisecond}
 	p.HandleQuery("ec2", "CreateVolume", e.createVolume)
 	p.HandleQuery("ec2", "DeleteVolume", e.deleteVolume)
 	p.HandleQuery("ec2", "AttachVolume", e.attachVolume)
@@ -105,7 +114,40 @@ func (e *EBS) createVolume(w http.ResponseWriter, r *http.Request, form url.Valu
 		writeEC2Error(w, http.StatusInternalServerError, "InternalError", "proxy: volume image: "+err.Error())
 		return
 	}
-	f.write(w, f.Body)
+	answer := f.Body
+	if e.CreateDelay > 0 {
+		e.mu.Lock()
+		e.creating[res.VolumeID] = time.Now().Add(e.CreateDelay)
+		e.mu.Unlock()
+		answer = []byte(strings.Replace(string(answer), "<status>available</status>", "<status>creating</status>", 1))
+	}
+	f.write(w, answer)
+}
+
+// states returns the volumes now in a transient state the proxy plays.
+func (e *EBS) states() (creating, attaching, busy map[string]bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	now := time.Now()
+	creating, attaching, busy = map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for id, until := range e.creating {
+		if now.Before(until) {
+			creating[id] = true
+		} else {
+			delete(e.creating, id)
+		}
+	}
+	for id, until := range e.attaching {
+		if now.Before(until) {
+			attaching[id] = true
+		} else {
+			delete(e.attaching, id)
+		}
+	}
+	for id := range e.busy {
+		busy[id] = true
+	}
+	return creating, attaching, busy
 }
 
 func (e *EBS) deleteVolume(w http.ResponseWriter, r *http.Request, form url.Values, body []byte) {
@@ -173,16 +215,12 @@ func (e *EBS) deleteSnapshot(w http.ResponseWriter, r *http.Request, form url.Va
 
 var attachmentSetRe = regexp.MustCompile(`(?s)<attachmentSet>.*?</attachmentSet>`)
 
-// describeVolumes shows the attachment of a busy volume (detach requested,
-// still mounted) as detaching, as EC2 does; moto still has it attached.
+// describeVolumes shows the states moto skips: a new volume creating, an
+// attachment attaching, and a busy detach (requested, still mounted)
+// detaching, as EC2 does.
 func (e *EBS) describeVolumes(w http.ResponseWriter, r *http.Request, _ url.Values, body []byte) {
-	e.mu.Lock()
-	busy := make([]string, 0, len(e.busy))
-	for id := range e.busy {
-		busy = append(busy, id)
-	}
-	e.mu.Unlock()
-	if len(busy) == 0 {
+	creating, attaching, busy := e.states()
+	if len(creating)+len(attaching)+len(busy) == 0 {
 		e.p.forwardTo(w, r, body)
 		return
 	}
@@ -195,8 +233,17 @@ func (e *EBS) describeVolumes(w http.ResponseWriter, r *http.Request, _ url.Valu
 		f.write(w, f.Body)
 		return
 	}
-	out := attachmentSetRe.ReplaceAllStringFunc(string(f.Body), func(set string) string {
-		for _, id := range busy {
+	out := string(f.Body)
+	for id := range creating {
+		out = rewriteVolumeStatus(out, id, "creating")
+	}
+	out = attachmentSetRe.ReplaceAllStringFunc(out, func(set string) string {
+		for id := range attaching {
+			if strings.Contains(set, "<volumeId>"+id+"</volumeId>") {
+				return strings.Replace(set, "<status>attached</status>", "<status>attaching</status>", 1)
+			}
+		}
+		for id := range busy {
 			if strings.Contains(set, "<volumeId>"+id+"</volumeId>") {
 				return strings.Replace(set, "<status>attached</status>", "<status>detaching</status>", 1)
 			}
@@ -204,6 +251,33 @@ func (e *EBS) describeVolumes(w http.ResponseWriter, r *http.Request, _ url.Valu
 		return set
 	})
 	f.write(w, []byte(out))
+}
+
+// rewriteVolumeStatus sets the volume-level <status> of volume id (the one
+// after its own <volumeId>, before its attachmentSet) to state.
+func rewriteVolumeStatus(doc, id, state string) string {
+	tag := "<volumeId>" + id + "</volumeId>"
+	from := 0
+	for {
+		i := strings.Index(doc[from:], tag)
+		if i < 0 {
+			return doc
+		}
+		i += from + len(tag)
+		if !strings.HasPrefix(doc[i:], "<instanceId>") { // not an attachment's volumeId
+			j := strings.Index(doc[i:], "<status>")
+			k := strings.Index(doc[i:], "<attachmentSet>")
+			if j >= 0 && (k < 0 || j < k) {
+				j += i
+				end := strings.Index(doc[j:], "</status>")
+				if end > 0 {
+					return doc[:j] + "<status>" + state + doc[j+end:]
+				}
+			}
+			return doc
+		}
+		from = i
+	}
 }
 
 func (e *EBS) describeVolume(ctx context.Context, id string) (*types.Volume, error) {
@@ -247,11 +321,10 @@ func (e *EBS) attachVolume(w http.ResponseWriter, r *http.Request, form url.Valu
 		e.p.forwardTo(w, r, body) // moto's InvalidInstanceID.NotFound
 		return
 	}
-	e.mu.Lock()
-	busy := e.busy[volID]
-	e.mu.Unlock()
+	creating, _, busyNow := e.states()
+	busy := busyNow[volID]
 	switch {
-	case vol.State == types.VolumeStateCreating:
+	case vol.State == types.VolumeStateCreating || creating[volID]:
 		writeEC2Error(w, http.StatusBadRequest, "IncorrectState", fmt.Sprintf("vol '%s' is not 'available'.", volID))
 		return
 	case vol.State == types.VolumeStateInUse || len(vol.Attachments) > 0 || busy:
@@ -286,7 +359,12 @@ func (e *EBS) attachVolume(w http.ResponseWriter, r *http.Request, form url.Valu
 		return
 	}
 	if f.Status == http.StatusOK && simulated && e.disks.HasVolume(volID) {
-		if _, err := e.disks.Attach(volID, tree); err != nil {
+		if e.AttachDelay > 0 {
+			e.mu.Lock()
+			e.attaching[volID] = time.Now().Add(e.AttachDelay)
+			e.mu.Unlock()
+		}
+		if _, err := e.disks.AttachAfter(volID, tree, e.AttachDelay); err != nil {
 			_, _ = e.ec2.DetachVolume(context.WithoutCancel(ctx), &ec2.DetachVolumeInput{VolumeId: &volID, InstanceId: &instID})
 			writeEC2Error(w, http.StatusInternalServerError, "InternalError", "proxy: loop device: "+err.Error())
 			return
@@ -358,6 +436,7 @@ func (e *EBS) detachVolume(w http.ResponseWriter, r *http.Request, form url.Valu
 	}
 	e.mu.Lock()
 	delete(e.busy, volID)
+	delete(e.attaching, volID)
 	e.mu.Unlock()
 	f.write(w, f.Body)
 }

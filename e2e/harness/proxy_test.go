@@ -312,6 +312,8 @@ func TestProxyRunCommandByTagAndByID(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := aws.ToString(out.Command.CommandId)
+	_, err = client.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: &id, InstanceId: aws.String(tagged1)})
+	wantCode(t, err, "InvocationDoesNotExist", "") // right after SendCommand, as in SSM
 	if out.Command.TargetCount != 2 {
 		t.Errorf("TargetCount %d; want the 2 managed instances with the tag (not %s, not managed; not %s, untagged)", out.Command.TargetCount, unmanagedTagged, untagged)
 	}
@@ -467,6 +469,18 @@ func TestProxyEBSVolumesAreLoopDevices(t *testing.T) {
 	if !e.disks.HasVolume(vol) {
 		t.Fatalf("no image for %s", vol)
 	}
+	if v.State != ec2types.VolumeStateCreating {
+		t.Errorf("CreateVolume answered %s; EC2 answers creating", v.State)
+	}
+	_, err = client.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &vol, InstanceId: &instA, Device: aws.String("/dev/sdf")})
+	wantCode(t, err, "IncorrectState", "not 'available'")
+	waitAvailable := func(id string) {
+		waitFor(t, 5*time.Second, id+" available", func() bool {
+			d, err := client.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+			return err == nil && d.Volumes[0].State == ec2types.VolumeStateAvailable
+		})
+	}
+	waitAvailable(vol)
 	if _, err := client.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &vol, InstanceId: &instB, Device: aws.String("/dev/sdf")}); err == nil {
 		t.Fatal("attached a us-east-1a volume to a us-east-1b instance")
 	} else {
@@ -482,6 +496,20 @@ func TestProxyEBSVolumesAreLoopDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	link := filepath.Join(tree.DeviceRoot, ByIDName(vol))
+	if d, _ := client.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{vol}}); d.Volumes[0].Attachments[0].State != ec2types.VolumeAttachmentStateAttaching {
+		t.Errorf("attachment right after AttachVolume: %s; want attaching", d.Volumes[0].Attachments[0].State)
+	}
+	if _, err := os.Lstat(link); !os.IsNotExist(err) {
+		t.Errorf("device link present while attaching: %v", err)
+	}
+	waitFor(t, 5*time.Second, "attached", func() bool {
+		d, err := client.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{vol}})
+		if err != nil || d.Volumes[0].Attachments[0].State != ec2types.VolumeAttachmentStateAttached {
+			return false
+		}
+		_, err = os.Lstat(link)
+		return err == nil
+	})
 	loop, err := filepath.EvalSymlinks(link)
 	if err != nil || !strings.HasPrefix(loop, "/dev/loop") {
 		t.Fatalf("by-id link %s: %q, %v", link, loop, err)
@@ -492,6 +520,7 @@ func TestProxyEBSVolumesAreLoopDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitAvailable(aws.ToString(v2.VolumeId))
 	_, err = client.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: v2.VolumeId, InstanceId: &instA, Device: aws.String("/dev/sdf")})
 	wantCode(t, err, "InvalidParameterValue", "already in use")
 
@@ -540,10 +569,15 @@ func TestProxyEBSVolumesAreLoopDevices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitAvailable(aws.ToString(v3.VolumeId))
 	if _, err := client.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: v3.VolumeId, InstanceId: &instA, Device: aws.String("/dev/sdh")}); err != nil {
 		t.Fatal(err)
 	}
-	loop3, _ := filepath.EvalSymlinks(filepath.Join(tree.DeviceRoot, ByIDName(aws.ToString(v3.VolumeId))))
+	var loop3 string
+	waitFor(t, 5*time.Second, "the device of the volume from the snapshot", func() bool {
+		loop3, err = filepath.EvalSymlinks(filepath.Join(tree.DeviceRoot, ByIDName(aws.ToString(v3.VolumeId))))
+		return err == nil
+	})
 	run(t, "mount", loop3, mnt)
 	b, err := os.ReadFile(filepath.Join(mnt, "index.html"))
 	run(t, "umount", mnt)

@@ -142,6 +142,10 @@ type RunCommand struct {
 	// BeforeRun, if set, runs before each invocation's process starts (fault
 	// injection: it may return a context that gets cancelled to kill it).
 	BeforeRun func(ctx context.Context, commandID, instanceID, document string) context.Context
+	// InvocationDelay is how long after SendCommand an invocation stays
+	// invisible to GetCommandInvocation (InvocationDoesNotExist), as in SSM;
+	// no status event is sent before it is visible.
+	InvocationDelay time.Duration
 
 	mu       sync.Mutex
 	commands map[string]*ssmCommand
@@ -151,7 +155,8 @@ type RunCommand struct {
 
 // NewRunCommand registers the Run Command API on the proxy.
 func NewRunCommand(p *Proxy, fleet ManagedFleet, ec2c *ec2.Client, docs map[string]Document, account, region string, log *slog.Logger) *RunCommand {
-	rc := &RunCommand{fleet: fleet, ec2: ec2c, docs: docs, log: log, account: account, region: region, commands: map[string]*ssmCommand{}}
+	rc := &RunCommand{fleet: fleet, ec2: ec2c, docs: docs, log: log, account: account, region: region,
+		commands: map[string]*ssmCommand{}, InvocationDelay: 200 * time.Millisecond}
 	p.HandleJSON("AmazonSSM.SendCommand", rc.sendCommand)
 	p.HandleJSON("AmazonSSM.GetCommandInvocation", rc.getCommandInvocation)
 	p.HandleJSON("AmazonSSM.ListCommandInvocations", rc.listCommandInvocations)
@@ -185,6 +190,7 @@ type ssmCommand struct {
 	requested time.Time
 	params    map[string][]string // with defaults
 	targets   []string            // resolved instance IDs, in order
+	visible   time.Time           // when GetCommandInvocation starts to find the invocations
 	invs      map[string]*ssmInvocation
 	maxConc   int
 	maxErrs   int
@@ -265,6 +271,7 @@ func (rc *RunCommand) sendCommand(w http.ResponseWriter, r *http.Request, body [
 		return
 	}
 	c := &ssmCommand{in: in, id: newUUID(), requested: time.Now(), params: params, targets: targets, invs: map[string]*ssmInvocation{}}
+	c.visible = c.requested.Add(rc.InvocationDelay)
 	c.maxConc = limitOf(in.MaxConcurrency, len(targets), 1)
 	c.maxErrs = limitOf(in.MaxErrors, len(targets), 0)
 	for _, id := range targets {
@@ -492,6 +499,9 @@ func (rc *RunCommand) invoke(c *ssmCommand, doc Document, id string) bool {
 }
 
 func (rc *RunCommand) setStatus(c *ssmCommand, id, status, details string, out CommandOutput) {
+	if d := time.Until(c.visible); d > 0 {
+		time.Sleep(d) // events only for invocations GetCommandInvocation can find
+	}
 	rc.mu.Lock()
 	inv := c.invs[id]
 	now := time.Now()
@@ -612,7 +622,7 @@ func (rc *RunCommand) getCommandInvocation(w http.ResponseWriter, _ *http.Reques
 		return
 	}
 	inv, ok := c.invs[in.InstanceId]
-	if !ok {
+	if !ok || time.Now().Before(c.visible) {
 		writeJSONError(w, http.StatusBadRequest, "InvocationDoesNotExist", "")
 		return
 	}
