@@ -227,6 +227,7 @@ func writeTTC(w writer, t *TTCResult) {
 			ratio(Num(Ratio(float64(b.Volsd.Median), float64(a.Volsd.Median)))), ratio(Num(Ratio(float64(b.Copy.Median), float64(a.Copy.Median)))),
 			ratio(Num(Ratio(float64(b.Blank.Median), float64(a.Blank.Median)))))
 	}
+	w(" The agent starts at boot and polls DescribeVolumes every 2 s until the lifecycle Lambda has attached the volume, so up to 2 s of each volsd figure is that poll interval.")
 	w(" On AWS a volume made from a snapshot loads its blocks lazily on first read (or at `VOLSD_VOLUME_INIT_RATE`); here the snapshot image is copied when reconcile creates the idle volume, before the launch, as the idle pool does ahead of time.\n\n")
 }
 

@@ -108,7 +108,9 @@ func RunTTC(ctx context.Context, o TTCOptions) (*TTCResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	if os.Getenv("VOLSD_E2E_KEEP") == "" { // the harness's switch to keep images and logs
+		defer os.RemoveAll(dir)
+	}
 	o.Log("building the Lambda bootstraps, volsd-agent and volsd for this machine")
 	bins, err := harness.Build(ctx, o.Root, filepath.Join(dir, "build"))
 	if err != nil {
@@ -132,7 +134,9 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	if err := os.MkdirAll(filepath.Join(work, "cluster"), 0o755); err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
+	if os.Getenv("VOLSD_E2E_KEEP") == "" {
+		defer os.RemoveAll(work)
+	}
 	// Volumes hold the content and, while a blank volume catches up, its
 	// staged copy: twice the content, rounded up, at least 1 GiB (sparse).
 	sizeGiB := int(max(1, (2*content.Tree.TotalBytes+(512<<20))>>30+1))
