@@ -44,11 +44,12 @@ type ApplyOptions struct {
 // ApplyResult compares the agent applying a sync entry with plain
 // `rsync -a` of the same tree onto the same kind of filesystem.
 type ApplyResult struct {
-	Files      int   `json:"files"`
-	Bytes      int64 `json:"bytes"`
-	DeltaFiles int   `json:"deltaFiles"`
-	DeltaBytes int64 `json:"deltaBytes"`
-	Runs       int   `json:"runs"`
+	Files        int   `json:"files"`
+	Bytes        int64 `json:"bytes"`
+	BigFileBytes int64 `json:"bigFileBytes"`
+	DeltaFiles   int   `json:"deltaFiles"`
+	DeltaBytes   int64 `json:"deltaBytes"`
+	Runs         int   `json:"runs"`
 
 	// Agent: Apply until it returned (its watermark is written after a
 	// syncfs, so the content is on the volume).
@@ -109,7 +110,7 @@ func RunApply(ctx context.Context, o ApplyOptions) (*ApplyResult, error) {
 	if o.ImageGiB <= 0 {
 		o.ImageGiB = int(max(2, 3*o.Tree.TotalBytes>>30+1))
 	}
-	res := &ApplyResult{Runs: o.Runs}
+	res := &ApplyResult{Runs: o.Runs, BigFileBytes: o.Tree.BigFile}
 	dir, err := os.MkdirTemp(o.WorkDir, "apply-")
 	if err != nil {
 		return nil, err
