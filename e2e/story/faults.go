@@ -182,10 +182,13 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 	done("head %d on every instance", head)
 
 	done = n.Step("scale in by 1, the terminate event delivered twice")
-	victim = c.Group.InService()[0]
-	inst, err := c.Store.GetInstance(ctx, pool, victim)
-	if err != nil {
-		return err
+	held := map[string]string{}
+	for _, id := range c.Group.InService() {
+		inst, err := c.Store.GetInstance(ctx, pool, id)
+		if err != nil {
+			return err
+		}
+		held[id] = inst.VolumeID
 	}
 	terms, err := c.Group.ScaleInResults(ctx, 1)
 	if err != nil {
@@ -197,7 +200,7 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 	if err := c.SettleEvents(ctx); err != nil {
 		return err
 	}
-	v, err := c.Store.GetVolume(ctx, pool, inst.VolumeID)
+	v, err := c.Store.GetVolume(ctx, pool, held[terms[0].InstanceID])
 	if err != nil {
 		return err
 	}
