@@ -16,6 +16,10 @@ const maxNameBytes = 255
 // content path may name it or anything under it.
 const ReservedDir = ".volsd"
 
+// rsyncHoldingDir is where rsync --delay-updates stages files in each
+// directory; content there would be clobbered or leak half-written files.
+const rsyncHoldingDir = ".~tmp~"
+
 // RootPath names the root of the content tree. Only a sync may target it.
 const RootPath = "."
 
@@ -75,6 +79,8 @@ func ValidatePath(field, p string) error {
 			return invalid(field, `must be clean (no "." components)`, p)
 		case len(part) > maxNameBytes:
 			return invalid(field, fmt.Sprintf("components must be at most %d bytes", maxNameBytes), p)
+		case part == rsyncHoldingDir:
+			return invalid(field, "must not contain "+rsyncHoldingDir+" components (rsync's --delay-updates holding directory)", p)
 		}
 	}
 	if first, _, _ := strings.Cut(p, "/"); first == ReservedDir {
