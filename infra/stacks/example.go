@@ -14,17 +14,14 @@ import (
 	"github.com/aws/jsii-runtime-go"
 	"github.com/cdklabs/cdk-nag-go/cdknag/v2"
 
+	"github.com/volsd/volsd/agent/systemd"
 	"github.com/volsd/volsd/infra/volsd"
 )
 
-// Files the example's instances get (reviewable in infra/stacks/instance/).
+// Files the example's instances get besides the agent's own systemd units
+// (agent/systemd, the same files install.sh installs); reviewable in
+// infra/stacks/instance/.
 var (
-	//go:embed instance/volsd-agent.service
-	agentUnit string
-	//go:embed instance/volsd-apply.service
-	applyUnit string
-	//go:embed instance/volsd-apply.timer
-	applyTimer string
 	//go:embed instance/nginx-volsd.conf
 	nginxDropIn string
 	//go:embed instance/nginx.conf
@@ -120,9 +117,9 @@ func NewExampleStack(scope constructs.Construct, id string, c Config) awscdk.Sta
 		awscdk.Fn_Join(jsii.String(""), &[]*string{
 			jsii.String("cat > /etc/volsd/agent.json <<'VOLSD_EOF'\n"), pool.AgentConfigJSON(), jsii.String("\nVOLSD_EOF"),
 		}),
-		jsii.String(heredoc("/etc/systemd/system/volsd-agent.service", agentUnit)),
-		jsii.String(heredoc("/etc/systemd/system/volsd-apply.service", applyUnit)),
-		jsii.String(heredoc("/etc/systemd/system/volsd-apply.timer", applyTimer)),
+		jsii.String(heredoc("/etc/systemd/system/volsd-agent.service", systemd.AgentService)),
+		jsii.String(heredoc("/etc/systemd/system/volsd-apply.service", systemd.ApplyService)),
+		jsii.String(heredoc("/etc/systemd/system/volsd-apply.timer", systemd.ApplyTimer)),
 		jsii.String(heredoc("/etc/systemd/system/nginx.service.d/volsd.conf", nginxDropIn)),
 		jsii.String(heredoc("/etc/nginx/nginx.conf", strings.ReplaceAll(nginxConf, "@MOUNT@", c.MountPath))),
 		jsii.String("systemctl daemon-reload"),

@@ -233,7 +233,7 @@ func TestExampleUserData(t *testing.T) {
 		"cat > /etc/volsd/agent.json <<'VOLSD_EOF'\n{\"asg\":\"volsd-example-web\",\"bucket\":\"<PoolOrigin",
 		"\"fsType\":\"ext4\",\"lifecycleHook\":\"volsd-launch\",\"mountPath\":\"/srv/volsd\",\"pool\":\"web\",\"region\":\"eu-west-1\",\"table\":\"<PoolTable",
 		"ExecStart=/usr/local/bin/volsd-agent up",
-		"ExecStart=/usr/local/bin/volsd-agent apply --upto 0",
+		"ExecStart=/usr/local/bin/volsd-agent apply --periodic",
 		"root /srv/volsd;",
 		"systemctl enable --now volsd-agent.service volsd-apply.timer nginx.service",
 	} {
