@@ -221,28 +221,6 @@ func (s *Store) AssignNew(ctx context.Context, v Volume) (Volume, error) {
 	return v, fmt.Errorf("assign volume %s to %s: %w", v.VolumeID, v.InstanceID, err)
 }
 
-// ReleaseInstance clears the instance's binding to volumeID (after the
-// volume was recycled or deleted) so the record shows no volume. It is a
-// no-op when the binding is already elsewhere or gone.
-func (s *Store) ReleaseInstance(ctx context.Context, pool, instanceID, volumeID string, state InstanceState) error {
-	_, err := s.db.UpdateItem(ctx, &dynamodb.UpdateItemInput{
-		TableName: &s.table, Key: key(poolPK(pool), instanceSK(instanceID)),
-		UpdateExpression:         aws.String("REMOVE #vol SET #state = :st, #upd = :now, #rev = #rev + :one"),
-		ConditionExpression:      aws.String("#vol = :vol"),
-		ExpressionAttributeNames: map[string]string{"#vol": "volumeId", "#state": "state", "#upd": "updatedAt", "#rev": "rev"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":vol": str(volumeID), ":st": str(string(state)), ":now": str(s.now().Format(time.RFC3339Nano)), ":one": num(1),
-		},
-	})
-	if awserr.IsConditionFailed(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("release instance %s from %s: %w", instanceID, volumeID, err)
-	}
-	return nil
-}
-
 func withTable(in *dynamodb.QueryInput, table string) *dynamodb.QueryInput {
 	in.TableName = aws.String(table)
 	return in

@@ -282,13 +282,19 @@ func TestAssignNewIsIdempotent(t *testing.T) {
 	if _, err := s.GetVolume(ctx, "web", "vol-0other"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("the extra volume was recorded: %v", err)
 	}
-	// After release the instance can be bound again (stale binding replaced).
-	if err := s.ReleaseInstance(ctx, "web", inst, "vol-0new", store.InstanceTerminating); err != nil {
+	// After unbinding, the instance can be bound again.
+	if err := s.UnbindInstance(ctx, "web", inst, "vol-0new"); err != nil {
 		t.Fatal(err)
 	}
 	in, _ := s.GetInstance(ctx, "web", inst)
-	if in.VolumeID != "" || in.State != store.InstanceTerminating {
-		t.Errorf("after release: %+v", in)
+	if in.VolumeID != "" || in.State != store.InstanceLaunching {
+		t.Errorf("after unbind: %+v", in)
+	}
+	// Unbound, the instance may be given a new volume.
+	fresh := v
+	fresh.VolumeID = "vol-0fresh"
+	if got, err := s.AssignNew(ctx, fresh); err != nil || got.VolumeID != "vol-0fresh" {
+		t.Errorf("assign after unbind: %+v %v", got, err)
 	}
 }
 
