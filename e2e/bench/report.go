@@ -52,14 +52,15 @@ func ratio(v Num) string {
 	return fmt.Sprintf("%.2f×", float64(v))
 }
 
-// withSpread formats a median with its unit and spread: "1.23 s (±4%)".
+// withSpread formats a median with its unit and the range of the runs:
+// "1.23 s (1.10–1.40)".
 func withSpread(s Sample, prec int, unit string) string {
 	out := f(s.Median, prec)
 	if unit != "" {
 		out += " " + unit
 	}
-	if sp := s.Spread(); sp != "" {
-		out += " (" + sp + ")"
+	if len(s.Values) > 1 {
+		out += " (" + f(s.Min, prec) + "–" + f(s.Max, prec) + ")"
 	}
 	return out
 }
@@ -79,7 +80,7 @@ func Markdown(r *Results) string {
 		w(" at commit `%s`", r.Commit)
 	}
 	w(", in %.1f minutes. ", float64(r.Duration)/60)
-	w("Each figure is the **median** of several runs (the run count is given with each table; ± is the largest distance of a run from the median) ")
+	w("Each figure is the **median** of several runs (the run count is given with each table; the range of the runs follows in parentheses) ")
 	w("and stands beside its baseline measured in the same run. The raw values of every run are in [`benchmarks.json`](benchmarks.json).\n\n")
 	if r.Quick {
 		w("> **Quick mode** (`VOLSD_BENCH_QUICK=1`): small sizes to check the benchmark code, not the figures to quote.\n\n")
@@ -187,6 +188,7 @@ func writeApply(w writer, a *ApplyResult) {
 	w("| | volsd agent | `rsync -a` + syncfs | ratio | `rsync -a` alone | ratio |\n| --- | --- | --- | --- | --- | --- |\n")
 	w("| full | %s | %s | **%s** | %s | %s |\n", withSpread(a.AgentFull, 2, "s"), withSpread(a.RsyncFull, 2, "s"), ratio(a.FullRatio), withSpread(a.RsyncPlainFull, 2, "s"), ratio(a.FullRatioPlain))
 	w("| delta | %s | %s | **%s** | %s | %s |\n\n", withSpread(a.AgentDelta, 2, "s"), withSpread(a.RsyncDelta, 2, "s"), ratio(a.DeltaRatio), withSpread(a.RsyncPlainDelta, 2, "s"), ratio(a.DeltaRatioPlain))
+	w("The issue's target is ≤ 1.1×: %s for the full sync, %s for the delta. ", met(a.FullRatio, 1.1), met(a.DeltaRatio, 1.1))
 	w("Per-run ratios (agent / rsync + syncfs): full %s; delta %s. The agent fetched %s for the full sync and %s for the delta (manifests included).\n\n",
 		floats(a.PairedFull), floats(a.PairedDelta), mib(a.AgentFetchedFull), mib(a.AgentFetchedDelta))
 	if len(a.AgentPackage) > 0 || a.AgentPackageError != "" {
@@ -203,6 +205,17 @@ func writeApply(w writer, a *ApplyResult) {
 			w("\n")
 		}
 	}
+}
+
+// met says whether ratio r is at most target.
+func met(r Num, target float64) string {
+	switch {
+	case math.IsNaN(float64(r)):
+		return "not measured"
+	case float64(r) <= target:
+		return "met"
+	}
+	return "not met"
 }
 
 func floats(vs []float64) string {
@@ -281,7 +294,14 @@ func writeReconcile(w writer, rc *ReconcileResult) {
 		c := rc.Cases[len(rc.Cases)-1]
 		w("\nCalls per run at %d records: %s.\n", c.Records, callList(c.Calls))
 	}
-	w("\nReads are Query pages of the pool's own partition (volumes, instances, snapshots) and one GetItem of the journal head: they grow with the records read (1 MB per page), never with the table. ")
+	w("\nReads are Query pages of the pool's own items (volumes, instances, snapshots) and one GetItem of the journal head: they grow with the pool's records (1 MB per page), not with the journal or anything else in the table. ")
+	w("Reconcile needs every volume and instance record, so in a table made mostly of them (a large pool) a Scan costs about as much; a Scan's cost also grows with the journal and everything else in the table")
+	if len(rc.Cases) > 0 {
+		lo, hi := rc.Cases[0], rc.Cases[len(rc.Cases)-1]
+		w(" (here a Scan costs %s reconcile's read units at %d records, %s at %d)", ratio(Num(Ratio(float64(lo.ScanUnits.Median), float64(lo.ReadUnits.Median)))), lo.Records,
+			ratio(Num(Ratio(float64(hi.ScanUnits.Median), float64(hi.ReadUnits.Median)))), hi.Records)
+	}
+	w(". Read units are DynamoDB Local's accounting of strongly consistent reads. ")
 	w("EC2 calls are DescribeVolumes pages (500 per page) and DescribeInstances in batches of 200 IDs.\n\n")
 }
 
@@ -330,7 +350,7 @@ func writeMachine(w writer, r *Results) {
 	w("Machines here are shared and noisy (2 cores); absolute times vary between runs, the ratios much less. Local emulators stand in for AWS: DynamoDB Local for DynamoDB, moto and `internal/awsfake` for the rest, loop devices for EBS.\n\n")
 	w("## Reproduce\n\n")
 	w("```\n")
-	w("sudo make bench                                   # everything, ~20 min; writes docs/benchmarks.md and .json\n")
+	w("sudo make bench                                   # everything, 10-20 min; writes docs/benchmarks.md and .json\n")
 	w("sudo VOLSD_BENCH_QUICK=1 make bench                # small sizes, ~1-2 min; writes build/bench-quick/\n")
 	w("./scripts/with-emulators.sh go run ./e2e/cmd/volsd-bench -parts apply,ttc -runs 3   # some parts, fewer runs\n")
 	w("./scripts/with-emulators.sh go test ./e2e/bench -run Quick -v                        # the smoke test in make test\n")

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"fmt"
 	"math"
 	"sort"
 	"strconv"
@@ -109,17 +108,6 @@ func Ratio(a, b float64) float64 {
 		return math.NaN()
 	}
 	return a / b
-}
-
-// Spread says how far the runs spread around the median, as text: "±x%"
-// of the larger distance to min or max.
-func (s Sample) Spread() string {
-	m := float64(s.Median)
-	if len(s.Values) < 2 || m == 0 || math.IsNaN(m) {
-		return ""
-	}
-	d := math.Max(float64(s.Max)-m, m-float64(s.Min))
-	return fmt.Sprintf("±%.0f%%", 100*d/math.Abs(m))
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }

@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,8 +32,37 @@ func main() {
 	runs := flag.Int("runs", 0, "runs per figure for every benchmark (default: each benchmark's own, at least 3)")
 	quick := flag.Bool("quick", os.Getenv("VOLSD_BENCH_QUICK") == "1", "small sizes (also VOLSD_BENCH_QUICK=1)")
 	keep := flag.Bool("keep", false, "keep the work directory")
+	render := flag.String("render", "", "only render: read this benchmarks.json and write benchmarks.md beside it (or into -out)")
 	flag.Parse()
+	if *render != "" {
+		os.Exit(rerender(*render, *out))
+	}
 	os.Exit(run(*parts, *out, *runs, *quick, *keep))
+}
+
+// rerender writes benchmarks.md (and a re-indented benchmarks.json) from
+// an earlier run's benchmarks.json, so the report's wording can change
+// without measuring again.
+func rerender(from, out string) int {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 2
+	}
+	var res bench.Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		fmt.Fprintf(os.Stderr, "volsd-bench: %s: %v\n", from, err)
+		return 2
+	}
+	if out == "" {
+		out = filepath.Dir(from)
+	}
+	if err := bench.WriteReport(out, &res); err != nil {
+		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
+		return 1
+	}
+	fmt.Printf("wrote %s from %s\n", filepath.Join(out, "benchmarks.md"), from)
+	return 0
 }
 
 func run(parts, out string, runs int, quick, keep bool) int {
