@@ -20,6 +20,14 @@ var (
 	testFnErr  error
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testFnPath != "" {
+		os.RemoveAll(filepath.Dir(testFnPath))
+	}
+	os.Exit(code)
+}
+
 // testFunction builds testdata/testfn once per test binary.
 func testFunction(t *testing.T) string {
 	t.Helper()
