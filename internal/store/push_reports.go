@@ -30,7 +30,9 @@ const maxReportTries = 20
 // conditional write on its rev: seq becomes max(stored, reported), so a
 // late, repeated or out-of-order report never lowers it; lastStatus,
 // lastError, lastCommandId and lastReportAt take the report's values only
-// when it is at least as new as the stored one. A report that changes
+// when it is at least as new as the stored one; a successful report of an
+// instance still launching with its volume moves it to ready (a terminating
+// instance is never moved back). A report that changes
 // nothing writes nothing. It returns the item as stored afterwards and
 // whether this call changed it; ErrNotFound when the pool has no such
 // instance.
@@ -48,7 +50,11 @@ func (s *Store) RecordReport(ctx context.Context, pool, instanceID string, rep I
 			next.LastStatus, next.LastError, next.LastCommandID = rep.Status, sanitizeRecorded(rep.Error, maxRejectedReason), rep.CommandID
 			next.LastReportAt = rep.At.UTC()
 		}
-		if next.Seq == cur.Seq && next.LastStatus == cur.LastStatus && next.LastError == cur.LastError &&
+		if cur.State == InstanceLaunching && cur.VolumeID != "" && rep.Status == "Success" && rep.Error == "" && rep.Seq > 0 {
+			// The agent answered with its volume mounted: in service.
+			next.State = InstanceReady
+		}
+		if next.State == cur.State && next.Seq == cur.Seq && next.LastStatus == cur.LastStatus && next.LastError == cur.LastError &&
 			next.LastCommandID == cur.LastCommandID && next.LastReportAt.Equal(cur.LastReportAt) {
 			return cur, false, nil
 		}

@@ -199,6 +199,37 @@ func TestRecordReportNeverLowersSeq(t *testing.T) {
 	}
 }
 
+func TestRecordReportMarksLaunchingInstanceReady(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	const inst = "i-0abcdefabcdefabc1"
+	if _, err := s.PutVolume(ctx, idleVolume("web", "eu-west-1a", 1)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.ClaimIdle(ctx, "web", "eu-west-1a", inst) // instance record: launching, bound
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now().UTC()
+	got, _, err := s.RecordReport(ctx, "web", inst, store.InstanceReport{Seq: 3, Status: "Failed", Error: "disk full", At: t0})
+	if err != nil || got.State != store.InstanceLaunching {
+		t.Fatalf("a failed report must not make the instance ready: %+v %v", got, err)
+	}
+	got, _, err = s.RecordReport(ctx, "web", inst, store.InstanceReport{Seq: 4, Status: "Success", At: t0.Add(time.Second)})
+	if err != nil || got.State != store.InstanceReady || got.VolumeID != v.VolumeID {
+		t.Fatalf("after a successful report: %+v %v", got, err)
+	}
+	// A terminating instance is never moved back to ready.
+	got.State = store.InstanceTerminating
+	if _, err := s.UpdateInstance(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err = s.RecordReport(ctx, "web", inst, store.InstanceReport{Seq: 5, Status: "Success", At: t0.Add(2 * time.Second)})
+	if err != nil || got.State != store.InstanceTerminating {
+		t.Fatalf("terminating instance: %+v %v", got, err)
+	}
+}
+
 // TestRecordReportRace: 40 goroutines report seqs 1..40 in random order at
 // random times; the stored seq ends at 40 and the stored status is that of
 // the newest report.
