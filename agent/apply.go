@@ -200,11 +200,6 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	if err := e.Validate(); err != nil {
 		return pe, badInput("%v", err)
 	}
-	if e.Path != events.RootPath {
-		if err := checkAgentPath("path", e.Path); err != nil {
-			return pe, err
-		}
-	}
 	var err error
 	switch e.Op {
 	case events.OpPut:

@@ -30,17 +30,6 @@ const (
 // hashed again instead of reused.
 const contentXattr = "user.volsd.content"
 
-// checkAgentPath refuses what events.ValidatePath allows but the agent
-// cannot place: rsync's own holding directory name.
-func checkAgentPath(field, p string) error {
-	for _, part := range strings.Split(p, "/") {
-		if part == rsyncTmpName {
-			return badInput("%s: component %q is reserved for rsync's delayed updates (got %q)", field, rsyncTmpName, p)
-		}
-	}
-	return nil
-}
-
 // probe is what lies at a relative path inside the mount, found without
 // following any symlink.
 type probe struct {

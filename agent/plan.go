@@ -271,7 +271,7 @@ func (w *syncWalk) walk(fd int, rel string) (*walkResult, error) {
 			continue // mkfs's, kept like rsync users keep it
 		case name == rsyncTmpName:
 			// rsync's holding directory left by an interrupted apply:
-			// never content (checkAgentPath), remove it.
+			// never content (events.ValidatePath refuses it), remove it.
 			if err := removeAt(fd, name); err != nil {
 				return nil, retryable("remove leftover %s: %v", abs, err)
 			}

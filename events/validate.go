@@ -80,7 +80,7 @@ func ValidatePath(field, p string) error {
 		case len(part) > maxNameBytes:
 			return invalid(field, fmt.Sprintf("components must be at most %d bytes", maxNameBytes), p)
 		case part == rsyncHoldingDir:
-			return invalid(field, "must not contain "+rsyncHoldingDir+" components (rsync's --delay-updates holding directory)", p)
+			return invalid(field, "must not contain "+rsyncHoldingDir+" components (reserved for rsync's --delay-updates)", p)
 		}
 	}
 	if first, _, _ := strings.Cut(p, "/"); first == ReservedDir {

@@ -51,7 +51,7 @@ func TestHostileRequests(t *testing.T) {
 		{"del", put("a\x7fb"), "path", "control"},
 		{"carriage return", put("evil\r"), "path", "control"},
 		{"reserved dir", put(".volsd"), "path", "reserved"},
-		{"rsync holding dir", put("a/.~tmp~/b"), "path", "holding directory"},
+		{"rsync holding dir", put("a/.~tmp~/b"), "path", "reserved for rsync"},
 		{"under reserved", put(".volsd/state.json"), "path", "reserved"},
 		{"too long", put(strings.Repeat("a/", 600)), "path", "at most 1024 bytes"},
 		{"long component", put(strings.Repeat("x", 256)), "path", "255"},
