@@ -6,17 +6,15 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/store"
@@ -24,17 +22,7 @@ import (
 
 func main() {
 	env, err := push.LoadEnv(envconfig.New(os.LookupEnv), "push")
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: env.LogLevel})).With("function", "push")
-	if err != nil {
-		log.Error("bad configuration", "error", err)
-		os.Exit(2)
-	}
-	ctx := context.Background()
-	cfg, err := config.LoadDefaultConfig(ctx)
-	if err != nil {
-		log.Error("load AWS config", "error", err)
-		os.Exit(1)
-	}
+	log, cfg := lambdamain.Setup("push", env.LogLevel, err)
 	st := store.New(dynamodb.NewFromConfig(cfg), env.Table)
 	p := push.NewPusher(env.Push, st, s3.NewFromConfig(cfg), ssm.NewFromConfig(cfg), log, metrics.New(os.Stdout))
 	lambda.Start(p.HandleSQS)

@@ -6,17 +6,15 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
 	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/store"
@@ -24,17 +22,7 @@ import (
 
 func main() {
 	cfg, err := pool.LoadConfig(envconfig.New(os.LookupEnv))
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("function", "reconcile")
-	if err != nil {
-		log.Error("bad configuration", "error", err)
-		os.Exit(2)
-	}
-	ctx := context.Background()
-	awsCfg, err := config.LoadDefaultConfig(ctx)
-	if err != nil {
-		log.Error("load AWS config", "error", err)
-		os.Exit(1)
-	}
+	log, awsCfg := lambdamain.Setup("reconcile", cfg.LogLevel, err)
 	p := pool.New(cfg, pool.Deps{
 		Store:       store.New(dynamodb.NewFromConfig(awsCfg), cfg.Table),
 		EC2:         ec2.NewFromConfig(awsCfg, func(o *ec2.Options) { o.Retryer = pool.Retryer(5)() }),

@@ -5,16 +5,14 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/store"
@@ -22,17 +20,7 @@ import (
 
 func main() {
 	env, err := push.LoadEnv(envconfig.New(os.LookupEnv), "report")
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: env.LogLevel})).With("function", "report")
-	if err != nil {
-		log.Error("bad configuration", "error", err)
-		os.Exit(2)
-	}
-	ctx := context.Background()
-	cfg, err := config.LoadDefaultConfig(ctx)
-	if err != nil {
-		log.Error("load AWS config", "error", err)
-		os.Exit(1)
-	}
+	log, cfg := lambdamain.Setup("report", env.LogLevel, err)
 	st := store.New(dynamodb.NewFromConfig(cfg), env.Table)
 	r := push.NewReporter(env.Report, st, ssm.NewFromConfig(cfg), log, metrics.New(os.Stdout))
 	lambda.Start(r.HandleEvent)

@@ -5,18 +5,16 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"os"
 
 	"github.com/aws/aws-lambda-go/lambda"
-	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/snapshot"
 	"github.com/volsd/volsd/internal/store"
@@ -24,17 +22,7 @@ import (
 
 func main() {
 	env, err := snapshot.LoadEnv(envconfig.New(os.LookupEnv))
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: env.LogLevel})).With("function", "snapshot")
-	if err != nil {
-		log.Error("bad configuration", "error", err)
-		os.Exit(2)
-	}
-	ctx := context.Background()
-	cfg, err := config.LoadDefaultConfig(ctx)
-	if err != nil {
-		log.Error("load AWS config", "error", err)
-		os.Exit(1)
-	}
+	log, cfg := lambdamain.Setup("snapshot", env.LogLevel, err)
 	st := store.New(dynamodb.NewFromConfig(cfg), env.Table)
 	r, err := snapshot.New(env.Config, st, ec2.NewFromConfig(cfg), ssm.NewFromConfig(cfg),
 		autoscaling.NewFromConfig(cfg), log, metrics.New(os.Stdout))

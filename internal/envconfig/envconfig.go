@@ -6,6 +6,7 @@ package envconfig
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"strconv"
 	"strings"
@@ -134,3 +135,16 @@ func (r *Reader) Err() error {
 
 // PoolName is the rule for pool names: letters, digits, - and _, 1..64.
 var PoolName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// LogLevel reads a log level (debug, info, warn, error; default info).
+func (r *Reader) LogLevel(name string) slog.Level {
+	switch r.OneOf(name, "info", false, "debug", "info", "warn", "error") {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}

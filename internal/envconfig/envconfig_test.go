@@ -1,6 +1,7 @@
 package envconfig
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -45,5 +46,16 @@ func TestReaderDefaults(t *testing.T) {
 	}
 	if err := r.Err(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestLogLevel(t *testing.T) {
+	r := FromMap(map[string]string{"A": "debug", "B": "error", "C": "loud"})
+	if r.LogLevel("A") != slog.LevelDebug || r.LogLevel("B") != slog.LevelError || r.LogLevel("UNSET") != slog.LevelInfo {
+		t.Error("levels")
+	}
+	r.LogLevel("C")
+	if err := r.Err(); err == nil || !strings.Contains(err.Error(), `C: must be one of debug, info, warn, error (got "loud")`) {
+		t.Errorf("bad level: %v", err)
 	}
 }

@@ -82,14 +82,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		RefreshAge:     r.Duration("VOLSD_REFRESH_AGE", 168*time.Hour, false, time.Minute, 10*365*24*time.Hour),
 		RefreshMax:     int(r.Int("VOLSD_REFRESH_MAX", 2, false, 0, 100)),
 	}
-	switch r.OneOf("VOLSD_LOG_LEVEL", "info", false, "debug", "info", "warn", "error") {
-	case "debug":
-		c.LogLevel = slog.LevelDebug
-	case "warn":
-		c.LogLevel = slog.LevelWarn
-	case "error":
-		c.LogLevel = slog.LevelError
-	}
+	c.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
 	var bad []error
 	for _, az := range c.AZs {
 		if !azName.MatchString(az) {

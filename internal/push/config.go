@@ -75,16 +75,7 @@ func LoadEnv(r *envconfig.Reader, function string) (Env, error) {
 	var e Env
 	pool := r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
 	e.Table = r.String("VOLSD_TABLE", "", true)
-	switch r.OneOf("VOLSD_LOG_LEVEL", "info", false, "debug", "info", "warn", "error") {
-	case "debug":
-		e.LogLevel = slog.LevelDebug
-	case "warn":
-		e.LogLevel = slog.LevelWarn
-	case "error":
-		e.LogLevel = slog.LevelError
-	default:
-		e.LogLevel = slog.LevelInfo
-	}
+	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
 	switch function {
 	case "push":
 		e.Push = Config{

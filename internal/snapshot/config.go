@@ -35,15 +35,6 @@ func LoadEnv(r *envconfig.Reader) (Env, error) {
 	e.DocThaw = r.String("VOLSD_DOC_THAW", "volsd-Thaw", false)
 	e.KMSKeyID = r.String("VOLSD_KMS_KEY_ID", "", false)
 	e.CompactGrace = r.Duration("VOLSD_COMPACT_GRACE", 24*time.Hour, false, 0, 720*time.Hour)
-	switch r.OneOf("VOLSD_LOG_LEVEL", "info", false, "debug", "info", "warn", "error") {
-	case "debug":
-		e.LogLevel = slog.LevelDebug
-	case "warn":
-		e.LogLevel = slog.LevelWarn
-	case "error":
-		e.LogLevel = slog.LevelError
-	default:
-		e.LogLevel = slog.LevelInfo
-	}
+	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
 	return e, r.Err()
 }
