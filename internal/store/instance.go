@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
@@ -52,15 +50,7 @@ func (s *Store) PutInstance(ctx context.Context, in Instance) (Instance, error) 
 	if err != nil {
 		return in, err
 	}
-	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: &s.table, Item: item,
-		ConditionExpression:      aws.String("attribute_not_exists(#pk)"),
-		ExpressionAttributeNames: map[string]string{"#pk": AttrPK},
-	})
-	if err != nil {
-		return in, conditionErr(err, ErrExists, "put instance "+in.InstanceID)
-	}
-	return in, nil
+	return in, s.putNew(ctx, item, "put instance "+in.InstanceID)
 }
 
 // GetInstance reads one instance (consistent).
@@ -81,18 +71,8 @@ func (s *Store) UpdateInstance(ctx context.Context, next Instance) (Instance, er
 	if err != nil {
 		return next, err
 	}
-	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: &s.table, Item: item,
-		ConditionExpression:      aws.String("#rev = :rev AND #seq <= :seq"),
-		ExpressionAttributeNames: map[string]string{"#rev": "rev", "#seq": "seq"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":rev": num(rev), ":seq": num(next.Seq),
-		},
-	})
-	if err != nil {
-		return next, conditionErr(err, ErrConflict, fmt.Sprintf("instance %s@%d", next.InstanceID, rev))
-	}
-	return next, nil
+	return next, s.putAtRev(ctx, item, rev, "#seq <= :seq", map[string]string{"#seq": "seq"},
+		map[string]types.AttributeValue{":seq": num(next.Seq)}, fmt.Sprintf("instance %s@%d", next.InstanceID, rev))
 }
 
 // ListInstances lists every instance record of a pool (consistent).

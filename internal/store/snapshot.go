@@ -48,15 +48,7 @@ func (s *Store) PutSnapshot(ctx context.Context, sn Snapshot) (Snapshot, error) 
 	if err != nil {
 		return sn, err
 	}
-	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: &s.table, Item: item,
-		ConditionExpression:      aws.String("attribute_not_exists(#pk)"),
-		ExpressionAttributeNames: map[string]string{"#pk": AttrPK},
-	})
-	if err != nil {
-		return sn, conditionErr(err, ErrExists, "put snapshot "+sn.SnapshotID)
-	}
-	return sn, nil
+	return sn, s.putNew(ctx, item, "put snapshot "+sn.SnapshotID)
 }
 
 // GetSnapshot reads one snapshot record (consistent).
@@ -74,16 +66,7 @@ func (s *Store) UpdateSnapshot(ctx context.Context, next Snapshot) (Snapshot, er
 	if err != nil {
 		return next, err
 	}
-	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: &s.table, Item: item,
-		ConditionExpression:       aws.String("#rev = :rev"),
-		ExpressionAttributeNames:  map[string]string{"#rev": "rev"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":rev": num(rev)},
-	})
-	if err != nil {
-		return next, conditionErr(err, ErrConflict, fmt.Sprintf("snapshot %s@%d", next.SnapshotID, rev))
-	}
-	return next, nil
+	return next, s.putAtRev(ctx, item, rev, "", nil, nil, fmt.Sprintf("snapshot %s@%d", next.SnapshotID, rev))
 }
 
 // DeleteSnapshotRecord drops a snapshot record if it still has rev.

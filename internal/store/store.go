@@ -153,6 +153,47 @@ func queryPrefix[T any](ctx context.Context, s *Store, pk, prefix string) ([]T, 
 	return out, err
 }
 
+// putNew writes a new item; ErrExists (wrapped with what) when its key is
+// taken.
+func (s *Store) putNew(ctx context.Context, item map[string]types.AttributeValue, what string) error {
+	_, err := s.db.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: &s.table, Item: item,
+		ConditionExpression:      aws.String("attribute_not_exists(#pk)"),
+		ExpressionAttributeNames: map[string]string{"#pk": AttrPK},
+	})
+	if err != nil {
+		return conditionErr(err, ErrExists, what)
+	}
+	return nil
+}
+
+// putAtRev replaces an item if the stored one still has revision rev and
+// meets extra (an additional condition, "" for none, whose names and
+// values are in names and vals); ErrConflict (wrapped with what) otherwise.
+func (s *Store) putAtRev(ctx context.Context, item map[string]types.AttributeValue, rev int64, extra string,
+	names map[string]string, vals map[string]types.AttributeValue, what string) error {
+	cond := "#rev = :rev"
+	if extra != "" {
+		cond += " AND " + extra
+	}
+	n := map[string]string{"#rev": "rev"}
+	for k, v := range names {
+		n[k] = v
+	}
+	v := map[string]types.AttributeValue{":rev": num(rev)}
+	for k, x := range vals {
+		v[k] = x
+	}
+	_, err := s.db.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: &s.table, Item: item, ConditionExpression: aws.String(cond),
+		ExpressionAttributeNames: n, ExpressionAttributeValues: v,
+	})
+	if err != nil {
+		return conditionErr(err, ErrConflict, what)
+	}
+	return nil
+}
+
 // conditionErr maps a lost conditional write to ErrConflict (or the given
 // sentinel), keeping other errors as they are.
 func conditionErr(err error, sentinel error, what string) error {

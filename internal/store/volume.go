@@ -75,15 +75,7 @@ func (s *Store) PutVolume(ctx context.Context, v Volume) (Volume, error) {
 	if err != nil {
 		return v, err
 	}
-	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: &s.table, Item: item,
-		ConditionExpression:      aws.String("attribute_not_exists(#pk)"),
-		ExpressionAttributeNames: map[string]string{"#pk": AttrPK},
-	})
-	if err != nil {
-		return v, conditionErr(err, ErrExists, "put volume "+v.VolumeID)
-	}
-	return v, nil
+	return v, s.putNew(ctx, item, "put volume "+v.VolumeID)
 }
 
 // GetVolume reads one volume (consistent).
@@ -103,18 +95,9 @@ func (s *Store) TransitionVolume(ctx context.Context, next Volume, from VolumeSt
 	if err != nil {
 		return next, err
 	}
-	_, err = s.db.PutItem(ctx, &dynamodb.PutItemInput{
-		TableName: &s.table, Item: item,
-		ConditionExpression:      aws.String("#state = :from AND #rev = :rev"),
-		ExpressionAttributeNames: map[string]string{"#state": "state", "#rev": "rev"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":from": str(string(from)), ":rev": num(rev),
-		},
-	})
-	if err != nil {
-		return next, conditionErr(err, ErrConflict, fmt.Sprintf("volume %s %s@%d → %s", next.VolumeID, from, rev, next.State))
-	}
-	return next, nil
+	return next, s.putAtRev(ctx, item, rev, "#state = :from", map[string]string{"#state": "state"},
+		map[string]types.AttributeValue{":from": str(string(from))},
+		fmt.Sprintf("volume %s %s@%d → %s", next.VolumeID, from, rev, next.State))
 }
 
 // DeleteVolume drops a volume record if it still has revision rev.
