@@ -268,7 +268,13 @@ func RenderStatus(w io.Writer, st Status, now time.Time) error {
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "INSTANCE\tZONE\tSTATE\tSEQ\tLAG\tLAST REPORT\tSTATUS\tLAST ERROR")
 	for _, i := range st.Instances {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", i.InstanceID, i.AZ, i.State, i.Seq, i.Lag, ago(now, i.LastReportAt),
+		// An instance that has not answered a command yet has no known
+		// seq (agents report through SSM only): show "-" rather than a lag.
+		seq, lag := fmt.Sprint(i.Seq), fmt.Sprint(i.Lag)
+		if i.LastReportAt.IsZero() {
+			seq, lag = "-", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", i.InstanceID, i.AZ, i.State, seq, lag, ago(now, i.LastReportAt),
 			dash(i.LastStatus), dash(oneLine(i.LastError, 80)))
 	}
 	if len(st.Instances) == 0 {
