@@ -310,6 +310,14 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 		return res, fmt.Errorf("instance %s got volume %s made from %q; want one from %s", id, vol.VolumeID, vol.SnapshotID, snap.SnapshotID)
 	}
 	in, _ := c.Fleet.Get(id)
+	// The hook completes inside `volsd-agent up`, just before it prints its
+	// report and exits: wait for the process, not only for the hook.
+	select {
+	case <-in.UpDone():
+	case <-time.After(30 * time.Second):
+	case <-ctx.Done():
+		return res, ctx.Err()
+	}
 	rep := in.UpReport()
 	if rep == nil {
 		return res, fmt.Errorf("instance %s has no report from `volsd-agent up`", id)
