@@ -275,7 +275,19 @@ func (l *launch) step(ctx context.Context, v store.Volume) (outcome, error) {
 			log.Info("instance already holds its volume", "device", ev.Device, "seq", v.Seq)
 			return attached, nil
 		}
-	case store.VolumeClaimed, store.VolumeAttaching:
+	case store.VolumeAttaching:
+		ev, found, err := p.describeVolume(ctx, v.VolumeID)
+		if err != nil {
+			return again, err
+		}
+		if found && ev.Instance == l.id && ev.Attach == types.VolumeAttachmentStateAttached {
+			// Another delivery for this instance attached it and has not
+			// recorded it yet (or was cut off). Record it without fencing:
+			// duplicates that fenced each other after the attach would
+			// invalidate each other's record round after round.
+			return l.recordAttached(ctx, v, ev)
+		}
+	case store.VolumeClaimed:
 	default:
 		return again, nil
 	}
@@ -474,6 +486,9 @@ func (l *launch) recordAttached(ctx context.Context, v store.Volume, ev ec2Volum
 	_, err := p.transition(ctx, v, store.VolumeInUse, func(n *store.Volume) { n.Device = ev.Device; n.LastError = "" })
 	if errors.Is(err, store.ErrConflict) {
 		cur, gerr := p.store.GetVolume(ctx, p.cfg.Pool, v.VolumeID)
+		if gerr == nil && cur.InstanceID == l.id && cur.State == store.VolumeInUse {
+			return attached, nil // another delivery for the instance recorded it
+		}
 		if gerr == nil && cur.InstanceID == l.id && cur.State.Held() {
 			return again, nil // another delivery for the instance: re-read
 		}

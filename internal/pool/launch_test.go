@@ -415,3 +415,31 @@ func TestLaunchWaitsForAPendingInstance(t *testing.T) {
 		t.Fatalf("AttachVolume called %d times; the first should have met a pending instance", e.ec2.Calls("AttachVolume"))
 	}
 }
+
+// TestLaunchDuplicatesUnderThrottledAttachDoNotAbandon: duplicate deliveries
+// racing while AttachVolume is throttled converge on one attached volume and
+// never abandon the hook. (The e2e fault story once caught two deliveries
+// fencing each other's record after the attach until both gave up; this
+// fake's timing does not reproduce that interleaving reliably, so this test
+// guards the outcome, not that exact schedule.)
+func TestLaunchDuplicatesUnderThrottledAttachDoNotAbandon(t *testing.T) {
+	for run := 0; run < 5; run++ {
+		e := newEnv(t, awsfake.EC2Config{AttachDelay: 100 * time.Millisecond})
+		e.seedIdle()
+		id, raw := e.launch("us-east-1a")
+		e.ec2.FailNext("AttachVolume", awsfake.EC2Throttle())
+		e.ec2.FailNext("AttachVolume", awsfake.EC2Throttle())
+		var wg sync.WaitGroup
+		for i := 0; i < 6; i++ {
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = e.handle(raw) }()
+		}
+		wg.Wait()
+		for _, a := range e.asg.Actions() {
+			if a.Instance == id && a.Result == "ABANDON" {
+				t.Fatalf("run %d: launch of %s abandoned although its volume could be attached", run, id)
+			}
+		}
+		checkAttached(t, e, id)
+	}
+}
