@@ -4,15 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,44 +17,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/volsd/volsd/internal/lambdatest"
 	"github.com/volsd/volsd/internal/store"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
-var buildDir string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "volsd-reconcile-bootstrap")
-	if err != nil {
-		panic(err)
-	}
-	buildDir = dir
-	code := m.Run()
-	_ = os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-// build compiles this main once, the way it is deployed (bootstrap,
-// lambda.norpc).
-var build = sync.OnceValues(func() (string, error) {
-	bin := filepath.Join(buildDir, "bootstrap")
-	if out, err := exec.Command("go", "build", "-tags", "lambda.norpc", "-o", bin, ".").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	return bin, nil
-})
-
-func bootstrap(t *testing.T) string {
-	t.Helper()
-	bin, err := build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
 func TestBadConfigurationExits2(t *testing.T) {
-	cmd := exec.Command(bootstrap(t))
+	cmd := exec.Command(lambdatest.Build(t))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VOLSD_VOLUME_TYPE=st1", "VOLSD_IDLE_PER_AZ=x"}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -73,44 +36,6 @@ func TestBadConfigurationExits2(t *testing.T) {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
 		}
-	}
-}
-
-// runtimeAPI serves events one by one through the Lambda Runtime API and
-// records the answers.
-type runtimeAPI struct {
-	mu     sync.Mutex
-	events [][]byte
-	next   int
-	result chan string
-}
-
-func (a *runtimeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	const prefix = "/2018-06-01/runtime/invocation/"
-	switch {
-	case r.Method == http.MethodGet && r.URL.Path == prefix+"next":
-		a.mu.Lock()
-		i := a.next
-		a.next++
-		a.mu.Unlock()
-		if i >= len(a.events) {
-			<-r.Context().Done()
-			return
-		}
-		w.Header().Set("Lambda-Runtime-Aws-Request-Id", fmt.Sprintf("req-%d", i))
-		w.Header().Set("Lambda-Runtime-Deadline-Ms", strconv.FormatInt(time.Now().Add(2*time.Minute).UnixMilli(), 10))
-		w.Header().Set("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:123456789012:function:volsd-reconcile")
-		_, _ = w.Write(a.events[i])
-	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/response"):
-		body, _ := io.ReadAll(r.Body)
-		w.WriteHeader(http.StatusAccepted)
-		a.result <- "response: " + string(body)
-	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/error"):
-		body, _ := io.ReadAll(r.Body)
-		w.WriteHeader(http.StatusAccepted)
-		a.result <- "error: " + string(body)
-	default:
-		http.Error(w, "unexpected "+r.Method+" "+r.URL.Path, http.StatusNotFound)
 	}
 }
 
@@ -143,40 +68,16 @@ func TestBootstrapFillsThePool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := &runtimeAPI{events: [][]byte{event}, result: make(chan string, 1)}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: api}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-
-	cmd := exec.Command(bootstrap(t))
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"AWS_LAMBDA_RUNTIME_API=" + ln.Addr().String(),
+	res := lambdatest.Invoke(t, lambdatest.Build(t), []string{
 		"AWS_REGION=" + testenv.Region, "AWS_ACCESS_KEY_ID=" + testenv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + testenv.SecretKey,
 		"AWS_ENDPOINT_URL=" + motoEP, "AWS_ENDPOINT_URL_DYNAMODB=" + ddbEP,
 		"VOLSD_POOL=" + pool, "VOLSD_TABLE=" + table, "VOLSD_ASG=" + group, "VOLSD_IDLE_PER_AZ=2",
 		"VOLSD_VOLUME_SIZE_GIB=4", "VOLSD_VOLUME_TYPE=gp3", "VOLSD_RELEASE_POLICY=delete",
+	}, 90*time.Second, event)
+	if got := res.Answers[0]; got != "response: null" {
+		t.Fatalf("answer %s\nstderr:\n%s", got, res.Stderr)
 	}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	select {
-	case got := <-api.result:
-		if got != "response: null" {
-			t.Fatalf("answer %s\nstderr:\n%s", got, stderr.String())
-		}
-	case <-time.After(90 * time.Second):
-		t.Fatalf("no answer from bootstrap; stderr:\n%s", stderr.String())
-	}
-	_ = cmd.Process.Kill()
-	_ = cmd.Wait()
+	stdout, stderr := res.Stdout, res.Stderr
 	vols, err := store.New(db, table).ListVolumes(ctx, pool)
 	if err != nil {
 		t.Fatal(err)
@@ -188,11 +89,11 @@ func TestBootstrapFillsThePool(t *testing.T) {
 		}
 	}
 	if len(vols) != 4 || idle["us-east-1a"] != 2 || idle["us-east-1c"] != 2 {
-		t.Fatalf("volumes %+v\nstderr:\n%s", vols, stderr.String())
+		t.Fatalf("volumes %+v\nstderr:\n%s", vols, stderr)
 	}
 	for _, az := range []string{"us-east-1a", "us-east-1c"} {
-		if !strings.Contains(stdout.String(), fmt.Sprintf(`"AZ":%q,"IdleVolumes":2`, az)) {
-			t.Errorf("no IdleVolumes metric for %s on stdout:\n%s", az, stdout.String())
+		if !strings.Contains(stdout, fmt.Sprintf(`"AZ":%q,"IdleVolumes":2`, az)) {
+			t.Errorf("no IdleVolumes metric for %s on stdout:\n%s", az, stdout)
 		}
 	}
 }
