@@ -409,6 +409,9 @@ func TestLaunchWaitsForAPendingInstance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// On a loaded machine the handler may reach AttachVolume after the 80 ms:
+	// make sure its first attach meets the error EC2 gives a pending instance.
+	e.ec2.FailNext("AttachVolume", awsfake.EC2Error("IncorrectInstanceState", "The instance '%s' is not in a valid state for this operation.", inst))
 	e.mustHandle(raw)
 	checkAttached(t, e, inst)
 	if e.ec2.Calls("AttachVolume") < 2 {
