@@ -4,10 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
 // SnapshotState is where a pool snapshot is.
@@ -71,16 +67,7 @@ func (s *Store) UpdateSnapshot(ctx context.Context, next Snapshot) (Snapshot, er
 
 // DeleteSnapshotRecord drops a snapshot record if it still has rev.
 func (s *Store) DeleteSnapshotRecord(ctx context.Context, pool, snapshotID string, rev int64) error {
-	_, err := s.db.DeleteItem(ctx, &dynamodb.DeleteItemInput{
-		TableName: &s.table, Key: key(poolPK(pool), snapshotSK(snapshotID)),
-		ConditionExpression:       aws.String("#rev = :rev"),
-		ExpressionAttributeNames:  map[string]string{"#rev": "rev"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":rev": num(rev)},
-	})
-	if err != nil {
-		return conditionErr(err, ErrConflict, fmt.Sprintf("delete snapshot %s@%d", snapshotID, rev))
-	}
-	return nil
+	return s.deleteAtRev(ctx, poolPK(pool), snapshotSK(snapshotID), rev, fmt.Sprintf("delete snapshot %s@%d", snapshotID, rev))
 }
 
 // ListSnapshots lists every snapshot record of a pool (consistent).

@@ -194,6 +194,21 @@ func (s *Store) putAtRev(ctx context.Context, item map[string]types.AttributeVal
 	return nil
 }
 
+// deleteAtRev removes the item at pk/sk if it still has revision rev;
+// ErrConflict (wrapped with what) otherwise.
+func (s *Store) deleteAtRev(ctx context.Context, pk, sk string, rev int64, what string) error {
+	_, err := s.db.DeleteItem(ctx, &dynamodb.DeleteItemInput{
+		TableName: &s.table, Key: key(pk, sk),
+		ConditionExpression:       aws.String("#rev = :rev"),
+		ExpressionAttributeNames:  map[string]string{"#rev": "rev"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":rev": num(rev)},
+	})
+	if err != nil {
+		return conditionErr(err, ErrConflict, what)
+	}
+	return nil
+}
+
 // conditionErr maps a lost conditional write to ErrConflict (or the given
 // sentinel), keeping other errors as they are.
 func conditionErr(err error, sentinel error, what string) error {

@@ -102,16 +102,7 @@ func (s *Store) TransitionVolume(ctx context.Context, next Volume, from VolumeSt
 
 // DeleteVolume drops a volume record if it still has revision rev.
 func (s *Store) DeleteVolume(ctx context.Context, pool, volumeID string, rev int64) error {
-	_, err := s.db.DeleteItem(ctx, &dynamodb.DeleteItemInput{
-		TableName: &s.table, Key: key(poolPK(pool), volumeSK(volumeID)),
-		ConditionExpression:       aws.String("#rev = :rev"),
-		ExpressionAttributeNames:  map[string]string{"#rev": "rev"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":rev": num(rev)},
-	})
-	if err != nil {
-		return conditionErr(err, ErrConflict, fmt.Sprintf("delete volume %s@%d", volumeID, rev))
-	}
-	return nil
+	return s.deleteAtRev(ctx, poolPK(pool), volumeSK(volumeID), rev, fmt.Sprintf("delete volume %s@%d", volumeID, rev))
 }
 
 // ListVolumes lists every volume record of a pool (one partition query,

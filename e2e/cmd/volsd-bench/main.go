@@ -12,11 +12,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -24,6 +22,7 @@ import (
 	"time"
 
 	"github.com/volsd/volsd/e2e/bench"
+	"github.com/volsd/volsd/e2e/harness"
 )
 
 func main() {
@@ -73,7 +72,7 @@ func run(parts, out string, runs int, quick, keep bool) int {
 	}
 	ddb, moto := os.Getenv("VOLSD_TEST_DYNAMODB_ENDPOINT"), os.Getenv("VOLSD_TEST_MOTO_ENDPOINT")
 	if ddb == "" || moto == "" {
-		return reexecWithEmulators(root)
+		return harness.ReexecWithEmulators(root, "volsd-bench")
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "volsd-bench: run as root (loop devices, mkfs.ext4, mount)")
@@ -140,28 +139,4 @@ func command(quick bool) string {
 		c = "go run ./e2e/cmd/volsd-bench " + args
 	}
 	return c
-}
-
-// reexecWithEmulators runs this program again under
-// scripts/with-emulators.sh, which starts DynamoDB Local and moto on free
-// 127.0.0.1 ports and stops them when the program ends.
-func reexecWithEmulators(root string) int {
-	self, err := os.Executable()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
-		return 2
-	}
-	cmd := exec.Command(filepath.Join(root, "scripts", "with-emulators.sh"), append([]string{self}, os.Args[1:]...)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Dir = root
-	signal.Ignore(os.Interrupt) // the child handles Ctrl-C and cleans up
-	if err := cmd.Run(); err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode()
-		}
-		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
-		return 2
-	}
-	return 0
 }

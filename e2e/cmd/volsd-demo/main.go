@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"syscall"
@@ -41,7 +40,7 @@ func run(small, keep, verbose bool) int {
 		return 2
 	}
 	if ddb == "" || moto == "" {
-		return reexecWithEmulators(root)
+		return harness.ReexecWithEmulators(root, "volsd-demo")
 	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "volsd-demo: run as root (loop devices, mkfs.ext4, mount)")
@@ -134,28 +133,4 @@ func saveLogs(work string) {
 	if err := os.CopyFS(dst, os.DirFS(src)); err == nil {
 		fmt.Fprintf(os.Stderr, "volsd-demo: logs of the Lambdas, agents and CLI kept in %s\n", dst)
 	}
-}
-
-// reexecWithEmulators runs this program again under
-// scripts/with-emulators.sh, which starts DynamoDB Local and moto on free
-// 127.0.0.1 ports and stops them when the program ends.
-func reexecWithEmulators(root string) int {
-	self, err := os.Executable()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "volsd-demo:", err)
-		return 2
-	}
-	cmd := exec.Command(filepath.Join(root, "scripts", "with-emulators.sh"), append([]string{self}, os.Args[1:]...)...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Dir = root
-	signal.Ignore(os.Interrupt) // the child handles Ctrl-C and cleans up
-	if err := cmd.Run(); err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode()
-		}
-		fmt.Fprintln(os.Stderr, "volsd-demo:", err)
-		return 2
-	}
-	return 0
 }
