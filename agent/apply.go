@@ -9,10 +9,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
@@ -328,54 +328,86 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	}
 
 	var fetched atomic.Int64
-	fetch := func(ctx context.Context, s stageItem, dst string) error {
-		n, err := a.origin.blob(ctx, s.blob, dst)
-		fetched.Add(n)
-		return err
+	finisher := func(s stageItem) func(*os.File) error {
+		c := content{SHA256: s.blob.SHA256, Size: s.blob.Size, Mtime: mtime}
+		return func(f *os.File) error { return finishFile(f, s.blob.Mode, c) }
 	}
-	primary := map[string]string{} // sha256 → staged path fetched from the origin
-	var dups []stageItem
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(FileWorkers)
-	for _, s := range p.stage {
+	// produce makes the staged file of s: a local copy, or a fetch from
+	// the origin (also when the local copy fails: the live file changed
+	// under us); then its mode, content record and mtime.
+	produce := func(ctx context.Context, s stageItem) error {
 		dst := filepath.Join(staging, s.path)
-		switch {
-		case s.from != "":
-			g.Go(func() error {
-				err := copyLocal(s.from, dst, s.blob.Size)
-				if err == nil {
-					return nil
-				}
-				if isNoSpace(err) {
-					return stageErr(err)
-				}
-				// The live file changed under us: fetch instead.
+		if s.from != "" {
+			err := copyLocal(s.from, dst, s.blob.Size, finisher(s))
+			if isNoSpace(err) {
+				return stageErr(err)
+			}
+			if err != nil {
 				os.Remove(dst)
 				a.log.Warn("local copy failed; fetching from the origin", "from", s.from, "err", err)
-				return fetch(gctx, s, dst)
-			})
+				s.from = ""
+			}
+		}
+		if s.from == "" {
+			n, err := a.origin.blob(ctx, s.blob, dst, finisher(s))
+			fetched.Add(n)
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	primary := map[string]string{} // sha256 → staged path fetched from the origin
+	var work, dups []stageItem
+	for _, s := range p.stage {
+		switch {
+		case s.from != "":
+			work = append(work, s)
 		case primary[s.blob.SHA256] != "":
 			dups = append(dups, s)
 		default:
-			primary[s.blob.SHA256] = dst
-			g.Go(func() error { return fetch(gctx, s, dst) })
+			primary[s.blob.SHA256] = filepath.Join(staging, s.path)
+			work = append(work, s)
 		}
 	}
-	if err := g.Wait(); err != nil {
+	if err := parallel(ctx, FileWorkers, work, produce); err != nil {
 		return fetched.Load(), err
 	}
 	for _, s := range dups {
-		if err := copyLocal(primary[s.blob.SHA256], filepath.Join(staging, s.path), s.blob.Size); err != nil {
-			return fetched.Load(), stageErr(err)
-		}
-	}
-	for _, s := range p.stage {
-		c := content{SHA256: s.blob.SHA256, Size: s.blob.Size, Mtime: mtime}
-		if err := finishStaged(filepath.Join(staging, s.path), s.blob.Mode, c); err != nil {
+		if err := copyLocal(primary[s.blob.SHA256], filepath.Join(staging, s.path), s.blob.Size, finisher(s)); err != nil {
 			return fetched.Load(), stageErr(err)
 		}
 	}
 	return fetched.Load(), nil
+}
+
+// parallel runs fn on every item with at most workers long-lived
+// goroutines (one goroutine per item would grow a fresh stack through the
+// SDK's middleware for each of thousands of files). It stops taking items
+// at the first error or when ctx ends, and returns the first error.
+func parallel[T any](ctx context.Context, workers int, items []T, fn func(context.Context, T) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(workers, len(items)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(len(items)) {
+					return
+				}
+				if err := fn(ctx, items[i]); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return context.Cause(ctx) // nil, fn's first error, or why the caller's ctx ended
 }
 
 func stageErr(err error) error {
@@ -390,8 +422,9 @@ func stageErr(err error) error {
 }
 
 // copyLocal copies the local file src (not following a final symlink) to
-// the new file dst, expecting size bytes (copy_file_range where possible).
-func copyLocal(src, dst string, size int64) error {
+// the new file dst, expecting size bytes (copy_file_range where possible),
+// and calls finish on dst before closing it.
+func copyLocal(src, dst string, size int64, finish func(*os.File) error) error {
 	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
@@ -402,16 +435,16 @@ func copyLocal(src, dst string, size int64) error {
 		return err
 	}
 	n, err := io.Copy(out, in)
+	if err == nil && n != size {
+		err = fmt.Errorf("%s has %d bytes, expected %d", src, n, size)
+	}
+	if err == nil {
+		err = finish(out)
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return err
-	}
-	if n != size {
-		return fmt.Errorf("%s has %d bytes, expected %d", src, n, size)
-	}
-	return nil
+	return err
 }
 
 // verifyPlaced checks that rsync put each path in place: a regular file

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -187,6 +188,7 @@ func originServer(b *testing.B, root string) *s3.Client {
 		defer f.Close()
 		fi, _ := f.Stat()
 		w.Header().Set("ETag", `"`+strconv.FormatInt(fi.ModTime().UnixNano(), 16)+`"`)
+		w.Header().Set("Content-Type", "binary/octet-stream") // S3's default; also spares ServeContent a sniffing read
 		http.ServeContent(w, r, "", fi.ModTime(), f)
 	}))
 	b.Cleanup(srv.Close)
@@ -290,12 +292,30 @@ func initVolume(b *testing.B, a *Agent) {
 // figures collects the timings of one benchmark.
 type figures struct {
 	agent, rsync, rsyncSync time.Duration
+	agentCPU                time.Duration // CPU of this process and its children (rsync) while the agent ran
 	n                       int
+}
+
+// cpuTime is the user and system CPU of this process and its waited-for
+// children so far. In the benchmarks it includes the origin server, which
+// runs in this process.
+func cpuTime() time.Duration {
+	var self, children unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &self)
+	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &children)
+	var d time.Duration
+	for _, tv := range []unix.Timeval{self.Utime, self.Stime, children.Utime, children.Stime} {
+		d += time.Duration(tv.Nano())
+	}
+	return d
 }
 
 func (f *figures) report(b *testing.B, bytes int64) {
 	n := time.Duration(f.n)
 	b.ReportMetric((f.agent / n).Seconds(), "agent-s/op")
+	if f.agentCPU > 0 {
+		b.ReportMetric((f.agentCPU / n).Seconds(), "agent-cpu-s/op")
+	}
 	b.ReportMetric((f.rsync / n).Seconds(), "rsync-s/op")
 	b.ReportMetric((f.rsyncSync / n).Seconds(), "rsync+syncfs-s/op")
 	b.ReportMetric(float64(f.agent)/float64(f.rsync), "agent/rsync")
@@ -325,6 +345,8 @@ func BenchmarkSyncFull(b *testing.B) {
 		a := benchAgent(b, vol, j, origin)
 		initVolume(b, a)
 		settle(b)
+		stopProfile := startProfile(b)
+		cpu := cpuTime()
 		start := time.Now()
 		b.StartTimer()
 		var r Report
@@ -333,6 +355,8 @@ func BenchmarkSyncFull(b *testing.B) {
 		}
 		b.StopTimer()
 		f.agent += time.Since(start)
+		f.agentCPU += cpuTime() - cpu
+		stopProfile()
 		if r.Bytes < bt.bytes {
 			b.Fatalf("agent fetched %d bytes of %d", r.Bytes, bt.bytes)
 		}
@@ -433,6 +457,24 @@ func (m *memJournal) rawOf(b *testing.B, root string, i int) []byte {
 		b.Fatal(err)
 	}
 	return data
+}
+
+// startProfile starts a CPU profile of the timed section when
+// VOLSD_BENCH_CPUPROFILE names a file (the last iteration's profile is
+// kept); the returned func stops it.
+func startProfile(b *testing.B) func() {
+	path := os.Getenv("VOLSD_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }
 
 // benchLogger discards logs unless VOLSD_BENCH_DEBUG=1 (phase timings).

@@ -11,7 +11,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -33,8 +32,37 @@ const (
 )
 
 // copyBuffers are the buffers of blob downloads: large reads mean few
-// syscalls per blob.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+// syscalls per blob. A free list, not a sync.Pool: every garbage
+// collection empties a sync.Pool, and with the agent's small heap
+// collections are frequent, so its 256 KiB buffers were allocated again
+// and again (and each allocation brought the next collection nearer).
+var copyBuffers = newBufferList(FileWorkers+RangedWorkers, 256<<10)
+
+// bufferList keeps up to cap(free) buffers of size bytes for reuse.
+type bufferList struct {
+	free chan []byte
+	size int
+}
+
+func newBufferList(n, size int) *bufferList {
+	return &bufferList{free: make(chan []byte, n), size: size}
+}
+
+func (l *bufferList) get() []byte {
+	select {
+	case b := <-l.free:
+		return b
+	default:
+		return make([]byte, l.size)
+	}
+}
+
+func (l *bufferList) put(b []byte) {
+	select {
+	case l.free <- b:
+	default: // more in use than kept: let this one go
+	}
+}
 
 // fetchBackoff retries a whole blob when the connection breaks mid-body
 // (the SDK retries the request itself, not a body that stops halfway).
@@ -94,14 +122,14 @@ func (o origin) manifest(ctx context.Context, ref events.ManifestRef) (events.Ma
 	return m, n, nil
 }
 
-// blob downloads blob b into a new file at dst (which must not exist),
-// verifies its size and sha256, and leaves it with mode 0600 for the
-// caller to finish. On any error dst is removed.
-func (o origin) blob(ctx context.Context, b events.Blob, dst string) (int64, error) {
+// blob downloads blob b into a new file at dst, verifies its size and
+// sha256, and calls finish on the verified file before closing it. On any
+// error dst is removed.
+func (o origin) blob(ctx context.Context, b events.Blob, dst string, finish func(*os.File) error) (int64, error) {
 	var n int64
 	err := awserr.Retry(ctx, fetchBackoff, func(ctx context.Context) error {
 		var err error
-		n, err = o.blobOnce(ctx, b, dst)
+		n, err = o.blobOnce(ctx, b, dst, finish)
 		return err
 	})
 	if err != nil {
@@ -119,7 +147,7 @@ func (o origin) blob(ctx context.Context, b events.Blob, dst string) (int64, err
 	return n, nil
 }
 
-func (o origin) blobOnce(ctx context.Context, b events.Blob, dst string) (int64, error) {
+func (o origin) blobOnce(ctx context.Context, b events.Blob, dst string, finish func(*os.File) error) (int64, error) {
 	f, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o600)
 	if err != nil {
 		return 0, err
@@ -133,6 +161,9 @@ func (o origin) blobOnce(ctx context.Context, b events.Blob, dst string) (int64,
 	}
 	if err != nil {
 		return n, err
+	}
+	if err := finish(f); err != nil {
+		return n, stageErr(err)
 	}
 	return n, f.Close()
 }
@@ -149,9 +180,9 @@ func (o origin) whole(ctx context.Context, b events.Blob, f *os.File) (int64, er
 		return 0, badInput("blob %s: size mismatch: the origin has %d bytes, the journal says %d", short(b.SHA256), *out.ContentLength, b.Size)
 	}
 	h := sha256.New()
-	buf := copyBuffers.Get().(*[]byte)
-	defer copyBuffers.Put(buf)
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(out.Body, b.Size+1), *buf)
+	buf := copyBuffers.get()
+	defer copyBuffers.put(buf)
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(out.Body, b.Size+1), buf)
 	if err != nil {
 		return n, err
 	}
@@ -187,9 +218,9 @@ func (o origin) ranged(ctx context.Context, b events.Blob, f *os.File) (int64, e
 				return badInput("blob %s: size mismatch: the origin has %d bytes, the journal says %d", short(b.SHA256), total, b.Size)
 			}
 			want := end - off + 1
-			buf := copyBuffers.Get().(*[]byte)
-			defer copyBuffers.Put(buf)
-			n, err := io.CopyBuffer(io.NewOffsetWriter(f, off), io.LimitReader(out.Body, want+1), *buf)
+			buf := copyBuffers.get()
+			defer copyBuffers.put(buf)
+			n, err := io.CopyBuffer(io.NewOffsetWriter(f, off), io.LimitReader(out.Body, want+1), buf)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"unsafe"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
@@ -168,18 +170,30 @@ func mkdirAll(dir string) error {
 	return os.Chmod(dir, 0o755)
 }
 
-// finishStaged gives the staged file at path its mode, content record and
-// mtime (in that order: the xattr does not change the mtime).
-func finishStaged(path string, mode uint32, c content) error {
-	if err := os.Chmod(path, os.FileMode(mode)); err != nil {
+// finishFile gives the new staged file f its mode, content record and
+// mtime (in that order: the xattr does not change the mtime), all through
+// its descriptor: no path lookups, and the file cannot be swapped.
+func finishFile(f *os.File, mode uint32, c content) error {
+	if err := f.Chmod(os.FileMode(mode)); err != nil {
 		return err
 	}
-	if err := unix.Lsetxattr(path, contentXattr, c.xattr(), 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
-		return fmt.Errorf("set %s on %s: %w", contentXattr, path, err)
+	fd := int(f.Fd())
+	if err := unix.Fsetxattr(fd, contentXattr, c.xattr(), 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
+		return fmt.Errorf("set %s on %s: %w", contentXattr, f.Name(), err)
 	}
-	ts := []unix.Timespec{unix.NsecToTimespec(c.Mtime), unix.NsecToTimespec(c.Mtime)}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("set mtime of %s: %w", path, err)
+	if err := futimens(fd, c.Mtime); err != nil {
+		return fmt.Errorf("set mtime of %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// futimens sets the access and modification times of the open file fd to
+// ns (utimensat with a NULL path, which x/sys/unix does not expose).
+func futimens(fd int, ns int64) error {
+	ts := [2]unix.Timespec{unix.NsecToTimespec(ns), unix.NsecToTimespec(ns)}
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return errno
 	}
 	return nil
 }
