@@ -62,6 +62,7 @@ test-unit:
 fuzz:
 	$(GO) test ./events -run '^$$' -fuzz '^FuzzValidatePath$$' -fuzztime 5s
 	$(GO) test ./events -run '^$$' -fuzz '^FuzzParsePushRequest$$' -fuzztime 5s
+	$(GO) test ./events -run '^$$' -fuzz '^FuzzParseCanonical$$' -fuzztime 5s
 	$(GO) test ./internal/push -run '^$$' -fuzz '^FuzzPushMessage$$' -fuzztime 5s
 
 ## lint: go vet + staticcheck

@@ -152,6 +152,8 @@ type ManifestEntry struct {
 	Mode   uint32 `json:"mode"`
 }
 
+func (e ManifestEntry) blob() Blob { return Blob{SHA256: e.SHA256, Size: e.Size, Mode: e.Mode} }
+
 // MaxManifestBytes bounds a manifest download (about a million entries).
 const MaxManifestBytes = 256 << 20
 
@@ -168,8 +170,12 @@ func ParseManifest(r io.Reader) (Manifest, error) {
 	if !utf8.Valid(data) {
 		return m, invalid("manifest", "must be valid UTF-8", "")
 	}
-	if err := decodeStrict(data, &m); err != nil {
-		return m, err
+	m, ok := parseCanonical(data)
+	if !ok {
+		m = Manifest{}
+		if err := decodeStrict(data, &m); err != nil {
+			return m, err
+		}
 	}
 	return m, m.Validate()
 }
@@ -182,15 +188,17 @@ func (m Manifest) Validate() error {
 	}
 	files := make(map[string]struct{}, len(m.Entries))
 	for i, e := range m.Entries {
-		f := fmt.Sprintf("entries[%d]", i)
-		if err := ValidatePath(f+".path", e.Path); err != nil {
-			return err
-		}
-		if err := (Blob{SHA256: e.SHA256, Size: e.Size, Mode: e.Mode}).Validate(f); err != nil {
-			return err
+		// Field names are built only for an error: a manifest may have a
+		// million entries.
+		if ValidatePath("", e.Path) != nil || e.blob().Validate("") != nil {
+			f := fmt.Sprintf("entries[%d]", i)
+			if err := ValidatePath(f+".path", e.Path); err != nil {
+				return err
+			}
+			return e.blob().Validate(f)
 		}
 		if _, dup := files[e.Path]; dup {
-			return invalid(f+".path", "appears twice in the manifest", e.Path)
+			return invalid(fmt.Sprintf("entries[%d].path", i), "appears twice in the manifest", e.Path)
 		}
 		files[e.Path] = struct{}{}
 	}

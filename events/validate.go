@@ -69,7 +69,7 @@ func ValidatePath(field, p string) error {
 			return invalid(field, fmt.Sprintf("must not contain NUL or control bytes (byte 0x%02x at %d)", c, i), p)
 		}
 	}
-	for _, part := range strings.Split(p, "/") {
+	for part := range strings.SplitSeq(p, "/") {
 		switch {
 		case part == "":
 			return invalid(field, "must be clean (no empty components, no trailing /)", p)

@@ -1,0 +1,107 @@
+package events
+
+import (
+	"bytes"
+	"math"
+	"unicode/utf8"
+)
+
+// parseCanonical parses data when it is exactly in the form Canonical
+// writes (no spaces, keys in order, no escapes in strings, integers without
+// leading zeros): the common case, parsed in one pass without reflection.
+// ok is false for anything else, and the general decoder then parses the
+// manifest or says what is wrong with it; for data parseCanonical accepts,
+// both give the same Manifest (FuzzParseCanonical checks this).
+func parseCanonical(data []byte) (m Manifest, ok bool) {
+	p := canonParser{data: data}
+	if !p.lit(`{"version":`) {
+		return m, false
+	}
+	v, ok := p.uint(math.MaxInt32)
+	if !ok || !p.lit(`,"entries":[`) {
+		return m, false
+	}
+	m.Version = int(v)
+	m.Entries = make([]ManifestEntry, 0, bytes.Count(data, []byte(`{"path":`)))
+	for !p.lit("]") {
+		if len(m.Entries) > 0 && !p.lit(",") {
+			return m, false
+		}
+		var e ManifestEntry
+		var size, mode uint64
+		if !p.lit(`{"path":`) {
+			return m, false
+		}
+		if e.Path, ok = p.str(); !ok || !p.lit(`,"sha256":`) {
+			return m, false
+		}
+		if e.SHA256, ok = p.str(); !ok || !p.lit(`,"size":`) {
+			return m, false
+		}
+		if size, ok = p.uint(math.MaxInt64); !ok || !p.lit(`,"mode":`) {
+			return m, false
+		}
+		if mode, ok = p.uint(math.MaxUint32); !ok || !p.lit("}") {
+			return m, false
+		}
+		e.Size, e.Mode = int64(size), uint32(mode)
+		m.Entries = append(m.Entries, e)
+	}
+	if !p.lit("}") {
+		return m, false
+	}
+	p.lit("\n")
+	return m, p.i == len(p.data)
+}
+
+type canonParser struct {
+	data []byte
+	i    int
+}
+
+// lit consumes s if the input continues with it.
+func (p *canonParser) lit(s string) bool {
+	if len(p.data)-p.i < len(s) || string(p.data[p.i:p.i+len(s)]) != s {
+		return false
+	}
+	p.i += len(s)
+	return true
+}
+
+// str consumes a string of valid UTF-8 without escapes or control
+// characters (the decoder would replace invalid bytes).
+func (p *canonParser) str() (string, bool) {
+	if !p.lit(`"`) {
+		return "", false
+	}
+	start := p.i
+	for ; p.i < len(p.data); p.i++ {
+		switch c := p.data[p.i]; {
+		case c == '"':
+			b := p.data[start:p.i]
+			p.i++
+			return string(b), utf8.Valid(b)
+		case c == '\\' || c < 0x20:
+			return "", false
+		}
+	}
+	return "", false
+}
+
+// uint consumes a non-negative integer without leading zeros, at most max.
+func (p *canonParser) uint(max uint64) (uint64, bool) {
+	start := p.i
+	var n uint64
+	for ; p.i < len(p.data) && p.data[p.i] >= '0' && p.data[p.i] <= '9'; p.i++ {
+		d := uint64(p.data[p.i] - '0')
+		if n > (max-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	digits := p.i - start
+	if digits == 0 || digits > 1 && p.data[start] == '0' {
+		return 0, false
+	}
+	return n, true
+}

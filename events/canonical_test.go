@@ -1,0 +1,74 @@
+package events
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseCanonicalTakesCanonicalManifests(t *testing.T) {
+	m := Manifest{Version: ManifestVersion, Entries: []ManifestEntry{
+		{Path: "b/index.html", SHA256: strings.Repeat("ab", 32), Size: 0, Mode: 0o644},
+		{Path: "a/é.css", SHA256: strings.Repeat("01", 32), Size: 9007199254740993, Mode: 0o755},
+	}}
+	raw, err := m.Canonical()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := parseCanonical(raw)
+	if !ok {
+		t.Fatalf("parseCanonical refused Canonical's own output %s", raw)
+	}
+	want := Manifest{Version: m.Version, Entries: []ManifestEntry{m.Entries[1], m.Entries[0]}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	empty, _ := Manifest{Version: ManifestVersion}.Canonical()
+	if got, ok := parseCanonical(empty); !ok || got.Entries == nil || len(got.Entries) != 0 {
+		t.Fatalf("empty manifest: ok %v, %+v", ok, got)
+	}
+}
+
+// Anything off the canonical form goes to the general decoder, which
+// parses it (or explains what is wrong): the fast path never decides.
+func TestParseCanonicalLeavesTheRestToTheDecoder(t *testing.T) {
+	sha := strings.Repeat("ab", 32)
+	for _, in := range []string{
+		`{"version":1,"entries":[{"path":"a\u0026b","sha256":"` + sha + `","size":1,"mode":420}]}`, // escape
+		`{"version":1, "entries":[]}`,                                                             // space
+		`{"entries":[],"version":1}`,                                                              // key order
+		`{"Version":1,"entries":[]}`,                                                              // key case
+		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":01,"mode":420}]}`,      // leading zero
+		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":-1,"mode":420}]}`,      // negative
+		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":1,"mode":4294967296}]}`, // overflow
+		`{"version":1,"entries":[]}` + "\n\n",                                                     // trailing data
+		`{"version":1,"entries":[],"extra":1}`,                                                    // unknown field
+		`{"version":1,"entries":null}`,
+	} {
+		if m, ok := parseCanonical([]byte(in)); ok {
+			t.Errorf("parseCanonical took %s: %+v", in, m)
+		}
+	}
+}
+
+// FuzzParseCanonical: whatever the fast path accepts, the general strict
+// decoder accepts too and decodes to the same manifest.
+func FuzzParseCanonical(f *testing.F) {
+	sha := strings.Repeat("0f", 32)
+	f.Add([]byte(`{"version":1,"entries":[{"path":"a/b","sha256":"` + sha + `","size":12,"mode":420}]}` + "\n"))
+	f.Add([]byte(`{"version":1,"entries":[]}`))
+	f.Add([]byte(`{"version":1,"entries":[{"path":"x","sha256":"y","size":0,"mode":0},{"path":"x","sha256":"","size":18446744073709551615,"mode":1}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast, ok := parseCanonical(data)
+		if !ok {
+			return
+		}
+		var slow Manifest
+		if err := decodeStrict(data, &slow); err != nil {
+			t.Fatalf("fast path took %q, the decoder refuses it: %v", data, err)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%q: fast %+v, decoder %+v", data, fast, slow)
+		}
+	})
+}
