@@ -35,14 +35,14 @@ func TestParseCanonicalLeavesTheRestToTheDecoder(t *testing.T) {
 	sha := strings.Repeat("ab", 32)
 	for _, in := range []string{
 		`{"version":1,"entries":[{"path":"a\u0026b","sha256":"` + sha + `","size":1,"mode":420}]}`, // escape
-		`{"version":1, "entries":[]}`,                                                             // space
-		`{"entries":[],"version":1}`,                                                              // key order
-		`{"Version":1,"entries":[]}`,                                                              // key case
-		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":01,"mode":420}]}`,      // leading zero
-		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":-1,"mode":420}]}`,      // negative
+		`{"version":1, "entries":[]}`, // space
+		`{"entries":[],"version":1}`,  // key order
+		`{"Version":1,"entries":[]}`,  // key case
+		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":01,"mode":420}]}`,       // leading zero
+		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":-1,"mode":420}]}`,       // negative
 		`{"version":1,"entries":[{"path":"a","sha256":"` + sha + `","size":1,"mode":4294967296}]}`, // overflow
-		`{"version":1,"entries":[]}` + "\n\n",                                                     // trailing data
-		`{"version":1,"entries":[],"extra":1}`,                                                    // unknown field
+		`{"version":1,"entries":[]}` + "\n\n",                                                      // trailing data
+		`{"version":1,"entries":[],"extra":1}`,                                                     // unknown field
 		`{"version":1,"entries":null}`,
 	} {
 		if m, ok := parseCanonical([]byte(in)); ok {
