@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -106,19 +107,33 @@ func readContent(abs string, st *unix.Stat_t) (content, bool) {
 	if err != nil {
 		return content{}, false
 	}
-	f := strings.Fields(string(buf[:n]))
-	if len(f) != 4 || f[0] != "v1" {
+	// "v1 <sha256> <size> <mtime>", as content.xattr writes it; checked
+	// field by field without allocating (the walk reads one per file).
+	rec := buf[:n]
+	var f [4][]byte
+	for i := range f {
+		j := bytes.IndexByte(rec, ' ')
+		if i == len(f)-1 {
+			j = len(rec)
+		}
+		if j < 0 {
+			return content{}, false
+		}
+		f[i], rec = rec[:j], rec[min(j+1, len(rec)):]
+	}
+	if string(f[0]) != "v1" {
 		return content{}, false
 	}
-	size, err1 := strconv.ParseInt(f[2], 10, 64)
-	mtime, err2 := strconv.ParseInt(f[3], 10, 64)
-	if err1 != nil || err2 != nil || events.ValidateSHA256("xattr", f[1]) != nil {
+	size, err1 := strconv.ParseInt(string(f[2]), 10, 64)
+	mtime, err2 := strconv.ParseInt(string(f[3]), 10, 64)
+	if err1 != nil || err2 != nil || size != st.Size || mtime != st.Mtim.Nano() {
 		return content{}, false
 	}
-	if size != st.Size || mtime != st.Mtim.Nano() {
+	sha := string(f[1])
+	if events.ValidateSHA256("xattr", sha) != nil {
 		return content{}, false
 	}
-	return content{SHA256: f[1], Size: size, Mtime: mtime}, true
+	return content{SHA256: sha, Size: size, Mtime: mtime}, true
 }
 
 // hashFile returns the sha256 of the file at abs, opened without following
