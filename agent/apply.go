@@ -328,6 +328,8 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	}
 
 	var fetched atomic.Int64
+	wb := newWriteback(a.cfg.MountPath)
+	defer wb.stop()
 	finisher := func(s stageItem) func(*os.File) error {
 		c := content{SHA256: s.blob.SHA256, Size: s.blob.Size, Mtime: mtime}
 		return func(f *os.File) error { return finishFile(f, s.blob.Mode, c) }
@@ -355,6 +357,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 				return err
 			}
 		}
+		wb.add(s.blob.Size)
 		return nil
 	}
 	primary := map[string]string{} // sha256 → staged path fetched from the origin

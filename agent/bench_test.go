@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -289,11 +290,10 @@ func initVolume(b *testing.B, a *Agent) {
 	}
 }
 
-// figures collects the timings of one benchmark.
+// figures collects the timings of one benchmark, one value per iteration.
 type figures struct {
-	agent, rsync, rsyncSync time.Duration
+	agent, rsync, rsyncSync []time.Duration
 	agentCPU                time.Duration // CPU of this process and its children (rsync) while the agent ran
-	n                       int
 }
 
 // cpuTime is the user and system CPU of this process and its waited-for
@@ -310,16 +310,38 @@ func cpuTime() time.Duration {
 	return d
 }
 
-func (f *figures) report(b *testing.B, bytes int64) {
-	n := time.Duration(f.n)
-	b.ReportMetric((f.agent / n).Seconds(), "agent-s/op")
-	if f.agentCPU > 0 {
-		b.ReportMetric((f.agentCPU / n).Seconds(), "agent-cpu-s/op")
+func mean(ds []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
 	}
-	b.ReportMetric((f.rsync / n).Seconds(), "rsync-s/op")
-	b.ReportMetric((f.rsyncSync / n).Seconds(), "rsync+syncfs-s/op")
-	b.ReportMetric(float64(f.agent)/float64(f.rsync), "agent/rsync")
-	b.ReportMetric(float64(f.agent)/float64(f.rsyncSync), "agent/rsync+syncfs")
+	return sum / time.Duration(max(1, len(ds)))
+}
+
+// report gives the means of each side and their ratios, and the median of
+// the per-iteration ratios agent / (rsync + syncfs): each iteration runs
+// both sides back to back, so this figure is the least disturbed by a
+// machine whose speed drifts between iterations.
+func (f *figures) report(b *testing.B, bytes int64) {
+	agent, rsync, rsyncSync := mean(f.agent), mean(f.rsync), mean(f.rsyncSync)
+	b.ReportMetric(agent.Seconds(), "agent-s/op")
+	if f.agentCPU > 0 {
+		b.ReportMetric((f.agentCPU / time.Duration(len(f.agent))).Seconds(), "agent-cpu-s/op")
+	}
+	b.ReportMetric(rsync.Seconds(), "rsync-s/op")
+	b.ReportMetric(rsyncSync.Seconds(), "rsync+syncfs-s/op")
+	b.ReportMetric(float64(agent)/float64(rsync), "agent/rsync")
+	b.ReportMetric(float64(agent)/float64(rsyncSync), "agent/rsync+syncfs")
+	paired := make([]float64, len(f.agent))
+	for i := range paired {
+		paired[i] = float64(f.agent[i]) / float64(f.rsyncSync[i])
+	}
+	slices.Sort(paired)
+	med := paired[len(paired)/2]
+	if len(paired)%2 == 0 {
+		med = (paired[len(paired)/2-1] + med) / 2
+	}
+	b.ReportMetric(med, "median-paired-ratio")
 	b.SetBytes(bytes)
 }
 
@@ -354,7 +376,7 @@ func BenchmarkSyncFull(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StopTimer()
-		f.agent += time.Since(start)
+		f.agent = append(f.agent, time.Since(start))
 		f.agentCPU += cpuTime() - cpu
 		stopProfile()
 		if r.Bytes < bt.bytes {
@@ -368,12 +390,11 @@ func BenchmarkSyncFull(b *testing.B) {
 			rsyncBaseline(b, bt.dir(), vol.dir)
 			if withSync {
 				syncfs(b, vol.dir)
-				f.rsyncSync += time.Since(start)
+				f.rsyncSync = append(f.rsyncSync, time.Since(start))
 			} else {
-				f.rsync += time.Since(start)
+				f.rsync = append(f.rsync, time.Since(start))
 			}
 		}
-		f.n++
 	}
 	f.report(b, bt.bytes)
 }
@@ -427,7 +448,7 @@ func BenchmarkSyncDelta1Percent(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StopTimer()
-		f.agent += time.Since(start)
+		f.agent = append(f.agent, time.Since(start))
 		if r.Bytes > changed+int64(len(bt.raw))+1<<20 {
 			b.Fatalf("delta fetched %s; %s changed", fmtBytes(r.Bytes), fmtBytes(changed))
 		}
@@ -439,12 +460,11 @@ func BenchmarkSyncDelta1Percent(b *testing.B) {
 			rsyncBaseline(b, bt.dir(), rsyncVol.dir)
 			if withSync {
 				syncfs(b, rsyncVol.dir)
-				f.rsyncSync += time.Since(start)
+				f.rsyncSync = append(f.rsyncSync, time.Since(start))
 			} else {
-				f.rsync += time.Since(start)
+				f.rsync = append(f.rsync, time.Since(start))
 			}
 		}
-		f.n++
 	}
 	f.report(b, changed)
 }
@@ -503,7 +523,7 @@ func BenchmarkPlaceFull(b *testing.B) {
 		vol.format(b)
 		a := benchAgent(b, vol, j, origin)
 		initVolume(b, a)
-		f.agent += timePlace(b, a, j.entries[0])
+		f.agent = append(f.agent, timePlace(b, a, j.entries[0]))
 		for _, withSync := range []bool{false, true} {
 			vol.format(b)
 			settle(b)
@@ -511,12 +531,11 @@ func BenchmarkPlaceFull(b *testing.B) {
 			rsyncBaseline(b, bt.dir(), vol.dir)
 			if withSync {
 				syncfs(b, vol.dir)
-				f.rsyncSync += time.Since(start)
+				f.rsyncSync = append(f.rsyncSync, time.Since(start))
 			} else {
-				f.rsync += time.Since(start)
+				f.rsync = append(f.rsync, time.Since(start))
 			}
 		}
-		f.n++
 	}
 	f.report(b, bt.bytes)
 }
@@ -547,7 +566,7 @@ func BenchmarkPlaceDelta1Percent(b *testing.B) {
 	b.ResetTimer()
 	b.StopTimer()
 	for i := 0; i < b.N; i++ {
-		f.agent += timePlace(b, a, j.entries[1])
+		f.agent = append(f.agent, timePlace(b, a, j.entries[1]))
 		// Back to version 1 for the next round (untimed).
 		if err := a.writeState(0); err != nil {
 			b.Fatal(err)
@@ -562,12 +581,11 @@ func BenchmarkPlaceDelta1Percent(b *testing.B) {
 			rsyncBaseline(b, bt.dir(), rsyncVol.dir)
 			if withSync {
 				syncfs(b, rsyncVol.dir)
-				f.rsyncSync += time.Since(start)
+				f.rsyncSync = append(f.rsyncSync, time.Since(start))
 			} else {
-				f.rsync += time.Since(start)
+				f.rsync = append(f.rsync, time.Since(start))
 			}
 		}
-		f.n++
 	}
 	f.report(b, changed)
 }
