@@ -278,7 +278,7 @@ func rsyncBaseline(b *testing.B, src, dst string) {
 func benchAgent(b *testing.B, vol *benchVolume, j *memJournal, origin *s3.Client) *Agent {
 	cfg := Config{Pool: "bench", Table: "bench", Bucket: "origin", MountPath: vol.dir, FSType: "ext4", RunDir: filepath.Join(b.TempDir(), "run"),
 		ApplyInterval: Duration(time.Minute), DeviceWait: Duration(time.Second)}
-	return New(cfg, Deps{S3: origin, Journal: j, Logger: benchLogger(), CheckpointEvery: time.Hour})
+	return New(cfg, Deps{S3: NewS3Getter(origin.Options()), Journal: j, Logger: benchLogger(), CheckpointEvery: time.Hour})
 }
 
 func initVolume(b *testing.B, a *Agent) {

@@ -214,7 +214,7 @@ func (w *world) config(t testing.TB) Config {
 
 // agent returns an Agent on cfg with this world's clients.
 func (w *world) agent(t testing.TB, cfg Config, d Deps) *Agent {
-	d.S3 = w.s3
+	d.S3 = NewS3Getter(w.s3.Options()) // as volsd-agent builds it
 	d.Journal = store.NewJournalReader(w.db, w.table)
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))

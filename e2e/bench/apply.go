@@ -154,7 +154,7 @@ func RunApply(ctx context.Context, o ApplyOptions) (*ApplyResult, error) {
 	if err := origin.publish(m2); err != nil {
 		return nil, err
 	}
-	originClient := origin.start()
+	originClient := agent.NewS3Getter(origin.start().Options()) // as volsd-agent builds it
 	defer origin.close()
 	settle()
 	o.Log("tree: %d files, %s (one of %s); delta: %d files, %s; manifests hashed and published in %s",

@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
@@ -55,11 +54,10 @@ func connect(ctx context.Context, c agent.Config, log *slog.Logger) (agent.Deps,
 		IMDS:        md,
 		EC2:         ec2.NewFromConfig(cfg),
 		AutoScaling: autoscaling.NewFromConfig(cfg),
-		S3: s3.NewFromConfig(cfg, func(o *s3.Options) {
-			// The agent verifies size and sha256 of everything it reads.
-			o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
-			o.DisableLogOutputChecksumValidationSkipped = true
-		}),
+		// Blobs and manifests are read with signed GETs built from the S3
+		// client's resolved options (agent.S3Getter); the agent verifies
+		// the size and sha256 of everything it reads.
+		S3:      agent.NewS3Getter(s3.NewFromConfig(cfg).Options()),
 		Journal: store.NewJournalReader(dynamodb.NewFromConfig(cfg), c.Table),
 	}, nil
 }
