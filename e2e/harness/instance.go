@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,7 +62,14 @@ type Instance struct {
 	wg      sync.WaitGroup
 	upDone  chan struct{}
 	upFinal *events.AgentReport
+
+	timerHeld atomic.Bool // the volsd-apply.timer skips its runs (HoldTimer)
 }
+
+// HoldTimer stops (true) or resumes (false) the instance's periodic
+// apply, as `systemctl stop volsd-apply.timer` would: a fault story that
+// must catch an apply started by a command holds it meanwhile.
+func (in *Instance) HoldTimer(hold bool) { in.timerHeld.Store(hold) }
 
 // AgentRun records one agent process the instance ran.
 type AgentRun struct {
@@ -171,7 +179,9 @@ func (in *Instance) service() {
 		case <-in.stop:
 			return
 		case <-t.C:
-			in.RunAgent(context.Background(), []string{"apply", "--upto", "0"}, time.Hour)
+			if !in.timerHeld.Load() {
+				in.RunAgent(context.Background(), []string{"apply", "--upto", "0"}, time.Hour)
+			}
 		}
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -123,6 +123,10 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 	victim := c.Group.InService()[0]
 	done = n.Step("push an update and kill volsd-agent on %s in the middle of its apply (SIGKILL while staging)", victim)
 	in, _ := c.Fleet.Get(victim)
+	// Only a command may apply the update on the victim until it is
+	// killed: its timer would otherwise race the command and could apply
+	// the whole entry before the command ran.
+	in.HoldTimer(true)
 	killed := killDuringApply(c, in)
 	big := filepath.Join(src, "media", "lecture-01.mp4")
 	if err := rewriteRandom(big, sz.Tree.BigFile); err != nil {
@@ -141,6 +145,7 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 	case <-time.After(sz.Converge):
 		return fmt.Errorf("the apply on %s was never seen staging; nothing was killed", victim)
 	}
+	in.HoldTimer(false)
 	n.Note("killed `volsd-agent %s` (command %s) after %.2f s with %s staged", k.args, k.command, k.after.Seconds(), mib(k.staged))
 	if err := WaitFor(ctx, sz.Converge, "the killed invocation is reported failed", func() (bool, error) {
 		return c.RunCommand.Invocations(k.command)[victim] == "Failed", nil
@@ -328,34 +333,34 @@ type killRecord struct {
 	staged  int64
 }
 
-// killDuringApply arranges for the next volsd-Apply on in to be SIGKILLed
-// once it has staged content (after the fetch began, before the watermark
-// moved).
+// killDuringApply arranges for a volsd-Apply on in to be SIGKILLed once
+// it has staged content (after the fetch began, before the watermark
+// moved). Every volsd-Apply on in is watched until one is killed: an
+// earlier command (already up to date) may run first. A watch ends when its
+// invocation ends.
 func killDuringApply(c *harness.Cluster, in *harness.Instance) <-chan killRecord {
 	out := make(chan killRecord, 1)
-	var once sync.Once
+	var fired atomic.Bool
 	prev := c.RunCommand.BeforeRun
 	c.RunCommand.BeforeRun = func(ctx context.Context, commandID, instanceID, document string) context.Context {
 		if prev != nil {
 			ctx = prev(ctx, commandID, instanceID, document)
 		}
-		if instanceID != in.ID || document != "volsd-Apply" {
-			return ctx
-		}
-		armed := false
-		once.Do(func() { armed = true })
-		if !armed {
+		if instanceID != in.ID || document != "volsd-Apply" || fired.Load() {
 			return ctx
 		}
 		ctx, cancel := context.WithCancel(ctx)
 		start := time.Now()
 		go func() {
 			staging := filepath.Join(in.Mount, ".volsd", "staging")
-			for time.Since(start) < 2*time.Minute {
-				if n := stagedBytes(staging); n > 0 {
+			for time.Since(start) < 2*time.Minute && !fired.Load() {
+				if n := stagedBytes(staging); n > 0 && fired.CompareAndSwap(false, true) {
 					cancel()
 					out <- killRecord{command: commandID, args: "apply", after: time.Since(start), staged: n}
 					return
+				}
+				if st := c.RunCommand.Invocations(commandID)[in.ID]; st != "" && st != "Pending" && st != "InProgress" {
+					return // this invocation ended without staging
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
