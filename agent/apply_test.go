@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -245,4 +246,50 @@ func TestSymlinksInTheTreeAreNeverFollowed(t *testing.T) {
 	}
 	os.Remove(filepath.Join(m, "del"))
 	assertTree(t, m, w.model)
+}
+
+// A small delta that changes and adds files, and deletes nothing, is
+// placed by one rsync run (the new files folded into the copy pass), and
+// ends exactly right.
+func TestSmallDeltaRunsRsyncOnce(t *testing.T) {
+	requireRoot(t)
+	w := newWorld(t)
+	a := w.agent(t, w.config(t), Deps{})
+	mountedVolume(t, a, 64)
+	tree := map[string]file{}
+	for i := 0; i < 50; i++ {
+		tree[fmt.Sprintf("d%d/f%03d", i%5, i)] = file{gen(fmt.Sprint("v1-", i), 1000+i), 0o644}
+	}
+	w.sync(events.RootPath, tree)
+	ctx := context.Background()
+	var r Report
+	if err := a.Apply(ctx, 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+
+	// Count rsync runs from here on.
+	count := filepath.Join(t.TempDir(), "runs")
+	wrapper := filepath.Join(t.TempDir(), "rsync")
+	script := "#!/bin/sh\necho run >> " + count + "\nexec " + a.rsyncBin + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a.rsyncBin = wrapper
+
+	next := map[string]file{}
+	for k, v := range tree {
+		next[k] = v
+	}
+	next["d0/f000"] = file{gen("changed", 4321), 0o644}      // changed
+	next["d1/f999"] = file{gen("new in d1", 777), 0o640}     // new beside others
+	next["new/dir/x.html"] = file{gen("new dir", 99), 0o644} // new in new directories
+	w.sync(events.RootPath, next)
+	if err := a.Apply(ctx, 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, a.cfg.MountPath, w.model)
+	runs, _ := os.ReadFile(count)
+	if n := strings.Count(string(runs), "run"); n != 1 {
+		t.Errorf("rsync ran %d times for a small change-and-add delta, want 1", n)
+	}
 }

@@ -3,10 +3,13 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/events"
 )
 
 // The content record is trusted only when it is well formed and still
@@ -50,5 +53,24 @@ func TestReadContentTrustsOnlyAMatchingRecord(t *testing.T) {
 		if ok != tc.ok || ok && c != good {
 			t.Errorf("%s (%q): got %+v, %v; want ok=%v", tc.name, tc.rec, c, ok, tc.ok)
 		}
+	}
+}
+
+func TestFoldSmallLinks(t *testing.T) {
+	want := map[string]events.Blob{
+		"a/changed": {Size: 10}, "a/new": {Size: 1 << 20}, "b/new": {Size: 2 << 20}, "big": {Size: FoldLinkBytes},
+	}
+	copies, links := foldSmallLinks([]string{"a/changed"}, []string{"a/new", "b/new", "site"}, want)
+	if !slices.Equal(copies, []string{"a/changed", "a/new", "b/new"}) || !slices.Equal(links, []string{"site"}) {
+		t.Errorf("small new files: copies %v, links %v", copies, links)
+	}
+	copies, links = foldSmallLinks([]string{"a/changed"}, []string{"a/new", "big"}, want)
+	if !slices.Equal(copies, []string{"a/changed"}) || !slices.Equal(links, []string{"a/new", "big"}) {
+		t.Errorf("over %d bytes: copies %v, links %v", FoldLinkBytes, copies, links)
+	}
+	in := []string{"a/changed"}
+	copies, _ = foldSmallLinks(in[:1:1], []string{"a/new"}, want)
+	if len(in) != 1 || in[0] != "a/changed" || len(copies) != 2 {
+		t.Errorf("the plan's own slice changed: %v / %v", in, copies)
 	}
 }

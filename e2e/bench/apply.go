@@ -263,7 +263,7 @@ func agentApply(ctx context.Context, mount, runDir, pool, table, bucket string, 
 	os.RemoveAll(runDir)
 	defer os.RemoveAll(runDir)
 	a := agent.New(agent.Config{Pool: pool, Table: table, Bucket: bucket, MountPath: mount, FSType: "ext4", RunDir: runDir},
-		agent.Deps{S3: origin, Journal: journal, Logger: slog.New(slog.NewJSONHandler(io.Discard, nil))})
+		agent.Deps{S3: origin, Journal: journal, Logger: agentLogger()})
 	for i, upTo := range []int64{1, 2} {
 		var r agent.Report
 		start := time.Now()
@@ -288,6 +288,15 @@ func agentApply(ctx context.Context, mount, runDir, pool, table, bucket string, 
 		}
 	}
 	return full, delta, fetched, nil
+}
+
+// agentLogger discards the agent's log unless VOLSD_BENCH_DEBUG=1, which
+// writes it to stderr at debug level (the phases of each entry).
+func agentLogger() *slog.Logger {
+	if os.Getenv("VOLSD_BENCH_DEBUG") == "1" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewJSONHandler(io.Discard, nil))
 }
 
 // rsyncApply times `rsync -a v1/ mnt/target/` and then v2 over it, each
