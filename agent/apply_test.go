@@ -133,21 +133,28 @@ func inodesOf(t testing.TB, mount string) map[string]uint64 {
 
 // TestSyncFetchesOnlyWhatChanged: a 1% change of a tree downloads the
 // changed files only; moved files and unchanged files come from the volume.
-func TestSyncFetchesOnlyWhatChanged(t *testing.T) {
+// syncedTree returns an agent on a mounted volume that applied a sync of
+// n generated files in dirs directories, the tree, and the first report.
+func syncedTree(t *testing.T, n, dirs int) (*world, *Agent, map[string]file, Report) {
 	requireRoot(t)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 64)
 	tree := map[string]file{}
-	for i := 0; i < 200; i++ {
-		tree[fmt.Sprintf("d%d/f%03d", i%7, i)] = file{gen(fmt.Sprint("v1-", i), 1000+i), 0o644}
+	for i := 0; i < n; i++ {
+		tree[fmt.Sprintf("d%d/f%03d", i%dirs, i)] = file{gen(fmt.Sprint("v1-", i), 1000+i), 0o644}
 	}
 	w.sync(events.RootPath, tree)
-	ctx := context.Background()
 	var r Report
-	if err := a.Apply(ctx, 0, false, &r); err != nil {
+	if err := a.Apply(context.Background(), 0, false, &r); err != nil {
 		t.Fatal(err)
 	}
+	return w, a, tree, r
+}
+
+func TestSyncFetchesOnlyWhatChanged(t *testing.T) {
+	w, a, tree, r := syncedTree(t, 200, 7)
+	ctx := context.Background()
 	var total int64
 	for _, f := range tree {
 		total += int64(len(f.data))
@@ -252,20 +259,8 @@ func TestSymlinksInTheTreeAreNeverFollowed(t *testing.T) {
 // placed by one rsync run (the new files folded into the copy pass), and
 // ends exactly right.
 func TestSmallDeltaRunsRsyncOnce(t *testing.T) {
-	requireRoot(t)
-	w := newWorld(t)
-	a := w.agent(t, w.config(t), Deps{})
-	mountedVolume(t, a, 64)
-	tree := map[string]file{}
-	for i := 0; i < 50; i++ {
-		tree[fmt.Sprintf("d%d/f%03d", i%5, i)] = file{gen(fmt.Sprint("v1-", i), 1000+i), 0o644}
-	}
-	w.sync(events.RootPath, tree)
+	w, a, tree, r := syncedTree(t, 50, 5)
 	ctx := context.Background()
-	var r Report
-	if err := a.Apply(ctx, 0, false, &r); err != nil {
-		t.Fatal(err)
-	}
 
 	// Count rsync runs from here on.
 	count := filepath.Join(t.TempDir(), "runs")
