@@ -310,6 +310,44 @@ func cpuTime() time.Duration {
 	return d
 }
 
+// timeApply times one Apply of a up to upTo (after settling), with its
+// CPU and, when asked for, its CPU profile.
+func (f *figures) timeApply(b *testing.B, a *Agent, upTo int64) Report {
+	settle(b)
+	stopProfile := startProfile(b)
+	cpu := cpuTime()
+	start := time.Now()
+	b.StartTimer()
+	var r Report
+	err := a.Apply(context.Background(), upTo, false, &r)
+	b.StopTimer()
+	f.agent = append(f.agent, time.Since(start))
+	f.agentCPU += cpuTime() - cpu
+	stopProfile()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return r
+}
+
+// timeRsync times the baselines of one iteration: `rsync -a src/ dst/`,
+// and the same followed by syncfs; reset (untimed) puts dst back to where
+// the agent started from before each.
+func (f *figures) timeRsync(b *testing.B, src, dst string, reset func()) {
+	for _, withSync := range []bool{false, true} {
+		reset()
+		settle(b)
+		start := time.Now()
+		rsyncBaseline(b, src, dst)
+		if withSync {
+			syncfs(b, dst)
+			f.rsyncSync = append(f.rsyncSync, time.Since(start))
+		} else {
+			f.rsync = append(f.rsync, time.Since(start))
+		}
+	}
+}
+
 func mean(ds []time.Duration) time.Duration {
 	var sum time.Duration
 	for _, d := range ds {
@@ -366,35 +404,12 @@ func BenchmarkSyncFull(b *testing.B) {
 		vol.format(b)
 		a := benchAgent(b, vol, j, origin)
 		initVolume(b, a)
-		settle(b)
-		stopProfile := startProfile(b)
-		cpu := cpuTime()
-		start := time.Now()
-		b.StartTimer()
-		var r Report
-		if err := a.Apply(context.Background(), 0, false, &r); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		f.agent = append(f.agent, time.Since(start))
-		f.agentCPU += cpuTime() - cpu
-		stopProfile()
+		r := f.timeApply(b, a, 0)
 		if r.Bytes < bt.bytes {
 			b.Fatalf("agent fetched %d bytes of %d", r.Bytes, bt.bytes)
 		}
 
-		for _, withSync := range []bool{false, true} {
-			vol.format(b)
-			settle(b)
-			start = time.Now()
-			rsyncBaseline(b, bt.dir(), vol.dir)
-			if withSync {
-				syncfs(b, vol.dir)
-				f.rsyncSync = append(f.rsyncSync, time.Since(start))
-			} else {
-				f.rsync = append(f.rsync, time.Since(start))
-			}
-		}
+		f.timeRsync(b, bt.dir(), vol.dir, func() { vol.format(b) })
 	}
 	f.report(b, bt.bytes)
 }
@@ -403,29 +418,8 @@ func BenchmarkSyncFull(b *testing.B) {
 // a volume holding the previous version, against rsync -a --delete of the
 // new tree onto a copy of the previous one.
 func BenchmarkSyncDelta1Percent(b *testing.B) {
-	requireRoot(b)
-	files, total := benchSize()
-	bt := newBenchTree(b, files, total)
-	origin := originServer(b, bt.root)
-	j := &memJournal{}
-	j.sync(bt.raw)
-	// Keep version 1 as a tree of links (the blobs keep the content).
-	run(b, "cp", "-al", bt.dir(), filepath.Join(bt.root, "tree-v1"))
-	changed := bt.change(b, 1, 42)
-	j.sync(bt.raw)
-	j.sync(j.rawOf(b, bt.root, 0)) // back to version 1, to set up the next round
-	b.Logf("tree: %d files, %s; %s changed", len(bt.manifest.Entries), fmtBytes(bt.bytes), fmtBytes(changed))
-
-	agentVol := newBenchVolume(b, bt.bytes)
-	agentVol.format(b)
-	a := benchAgent(b, agentVol, j, origin)
-	initVolume(b, a)
+	bt, _, a, rsyncVol, changed := newDeltaBench(b)
 	var r Report
-	if err := a.Apply(context.Background(), 1, false, &r); err != nil {
-		b.Fatal(err)
-	}
-	rsyncVol := newBenchVolume(b, bt.bytes)
-	rsyncVol.format(b)
 	var f figures
 	b.ResetTimer()
 	b.StopTimer()
@@ -440,33 +434,46 @@ func BenchmarkSyncDelta1Percent(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		settle(b)
-		start := time.Now()
-		b.StartTimer()
-		r = Report{}
-		if err := a.Apply(context.Background(), 2, false, &r); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		f.agent = append(f.agent, time.Since(start))
+		r = f.timeApply(b, a, 2)
 		if r.Bytes > changed+int64(len(bt.raw))+1<<20 {
 			b.Fatalf("delta fetched %s; %s changed", fmtBytes(r.Bytes), fmtBytes(changed))
 		}
 
-		for _, withSync := range []bool{false, true} {
-			rsyncBaseline(b, filepath.Join(bt.root, "tree-v1"), rsyncVol.dir)
-			settle(b)
-			start = time.Now()
-			rsyncBaseline(b, bt.dir(), rsyncVol.dir)
-			if withSync {
-				syncfs(b, rsyncVol.dir)
-				f.rsyncSync = append(f.rsyncSync, time.Since(start))
-			} else {
-				f.rsync = append(f.rsync, time.Since(start))
-			}
-		}
+		f.timeRsync(b, bt.dir(), rsyncVol.dir, func() { rsyncBaseline(b, filepath.Join(bt.root, "tree-v1"), rsyncVol.dir) })
 	}
 	f.report(b, changed)
+}
+
+// newDeltaBench sets up a 1% delta: the generated tree as version 1
+// (kept in tree-v1 as links), 1% of its files rewritten as version 2, a
+// journal of sync entries v1, v2, v1 (the last to go back for the next
+// round), an agent on its own volume at version 1, and a blank volume for
+// the rsync baseline. It returns the bytes changed.
+func newDeltaBench(b *testing.B) (*benchTree, *memJournal, *Agent, *benchVolume, int64) {
+	requireRoot(b)
+	files, total := benchSize()
+	bt := newBenchTree(b, files, total)
+	origin := originServer(b, bt.root)
+	j := &memJournal{}
+	j.sync(bt.raw)
+	// Keep version 1 as a tree of links (the blobs keep the content).
+	run(b, "cp", "-al", bt.dir(), filepath.Join(bt.root, "tree-v1"))
+	changed := bt.change(b, 1, 42)
+	j.sync(bt.raw)
+	j.sync(j.rawOf(b, bt.root, 0))
+	b.Logf("tree: %d files, %s; %s changed", len(bt.manifest.Entries), fmtBytes(bt.bytes), fmtBytes(changed))
+
+	vol := newBenchVolume(b, bt.bytes)
+	vol.format(b)
+	a := benchAgent(b, vol, j, origin)
+	initVolume(b, a)
+	var r Report
+	if err := a.Apply(context.Background(), 1, false, &r); err != nil {
+		b.Fatal(err)
+	}
+	rsyncVol := newBenchVolume(b, bt.bytes)
+	rsyncVol.format(b)
+	return bt, j, a, rsyncVol, changed
 }
 
 // rawOf returns the canonical manifest of journal entry i's tree: the
@@ -524,18 +531,7 @@ func BenchmarkPlaceFull(b *testing.B) {
 		a := benchAgent(b, vol, j, origin)
 		initVolume(b, a)
 		f.agent = append(f.agent, timePlace(b, a, j.entries[0]))
-		for _, withSync := range []bool{false, true} {
-			vol.format(b)
-			settle(b)
-			start := time.Now()
-			rsyncBaseline(b, bt.dir(), vol.dir)
-			if withSync {
-				syncfs(b, vol.dir)
-				f.rsyncSync = append(f.rsyncSync, time.Since(start))
-			} else {
-				f.rsync = append(f.rsync, time.Since(start))
-			}
-		}
+		f.timeRsync(b, bt.dir(), vol.dir, func() { vol.format(b) })
 	}
 	f.report(b, bt.bytes)
 }
@@ -543,25 +539,8 @@ func BenchmarkPlaceFull(b *testing.B) {
 // BenchmarkPlaceDelta1Percent: the placement of a 1% delta, against
 // rsync -a --delete of the new tree onto the previous one.
 func BenchmarkPlaceDelta1Percent(b *testing.B) {
-	requireRoot(b)
-	files, total := benchSize()
-	bt := newBenchTree(b, files, total)
-	origin := originServer(b, bt.root)
-	j := &memJournal{}
-	j.sync(bt.raw)
-	run(b, "cp", "-al", bt.dir(), filepath.Join(bt.root, "tree-v1"))
-	changed := bt.change(b, 1, 42)
-	j.sync(bt.raw)
-	vol := newBenchVolume(b, bt.bytes)
-	vol.format(b)
-	a := benchAgent(b, vol, j, origin)
-	initVolume(b, a)
+	bt, j, a, rsyncVol, changed := newDeltaBench(b)
 	var r Report
-	if err := a.Apply(context.Background(), 1, false, &r); err != nil {
-		b.Fatal(err)
-	}
-	rsyncVol := newBenchVolume(b, bt.bytes)
-	rsyncVol.format(b)
 	var f figures
 	b.ResetTimer()
 	b.StopTimer()
@@ -574,18 +553,7 @@ func BenchmarkPlaceDelta1Percent(b *testing.B) {
 		if err := a.Apply(context.Background(), 1, false, &r); err != nil {
 			b.Fatal(err)
 		}
-		for _, withSync := range []bool{false, true} {
-			rsyncBaseline(b, filepath.Join(bt.root, "tree-v1"), rsyncVol.dir)
-			settle(b)
-			start := time.Now()
-			rsyncBaseline(b, bt.dir(), rsyncVol.dir)
-			if withSync {
-				syncfs(b, rsyncVol.dir)
-				f.rsyncSync = append(f.rsyncSync, time.Since(start))
-			} else {
-				f.rsync = append(f.rsync, time.Since(start))
-			}
-		}
+		f.timeRsync(b, bt.dir(), rsyncVol.dir, func() { rsyncBaseline(b, filepath.Join(bt.root, "tree-v1"), rsyncVol.dir) })
 	}
 	f.report(b, changed)
 }
