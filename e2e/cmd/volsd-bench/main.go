@@ -65,7 +65,7 @@ func rerender(from, out string) int {
 }
 
 func run(parts, out string, runs int, quick, keep bool) int {
-	root, err := bench.RepoRoot()
+	root, err := harness.RepoRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
 		return 2
