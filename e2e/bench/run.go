@@ -220,4 +220,3 @@ func gitCommit(root string) string {
 	}
 	return c
 }
-
