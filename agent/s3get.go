@@ -33,11 +33,9 @@ import (
 // retries a whole blob with backoff); errors carry the status, S3 error
 // code and message as the SDK's do, so awserr classifies them alike.
 type S3Getter struct {
+	opts      s3.Options // the client's: Region, Credentials, endpoint settings
 	http      aws.HTTPClient
-	creds     aws.CredentialsProvider
 	signer    *v4.Signer
-	region    string
-	opts      s3.Options
 	endpoints sync.Map // bucket → *url.URL
 }
 
@@ -56,11 +54,9 @@ func NewS3Getter(o s3.Options) *S3Getter {
 		})
 	}
 	return &S3Getter{
-		http:   hc,
-		creds:  o.Credentials,
-		signer: v4.NewSigner(func(so *v4.SignerOptions) { so.DisableURIPathEscaping = true }),
-		region: o.Region,
 		opts:   o,
+		http:   hc,
+		signer: v4.NewSigner(func(so *v4.SignerOptions) { so.DisableURIPathEscaping = true }),
 	}
 }
 
@@ -121,11 +117,14 @@ func (g *S3Getter) get(ctx context.Context, in *s3.GetObjectInput) (*s3.GetObjec
 	if in.Range != nil {
 		req.Header.Set("Range", *in.Range)
 	}
-	creds, err := g.creds.Retrieve(ctx)
+	if g.opts.Credentials == nil {
+		return nil, fmt.Errorf("no AWS credentials configured")
+	}
+	creds, err := g.opts.Credentials.Retrieve(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("get AWS credentials: %w", err)
 	}
-	if err := g.signer.SignHTTP(ctx, creds, req, emptySHA256, "s3", g.region, time.Now().UTC()); err != nil {
+	if err := g.signer.SignHTTP(ctx, creds, req, emptySHA256, "s3", g.opts.Region, time.Now().UTC()); err != nil {
 		return nil, fmt.Errorf("sign the request: %w", err)
 	}
 	resp, err := g.http.Do(req)
