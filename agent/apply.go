@@ -236,6 +236,9 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	for _, s := range p.stage {
 		pe.want[s.path] = s.blob
 	}
+	if len(p.copies) > 0 && len(p.deletes) == 0 {
+		p.copies, p.links = foldSmallLinks(p.copies, p.links, pe.want)
+	}
 	for _, c := range p.copies {
 		copyBytes += pe.want[c].Size
 	}
@@ -256,19 +259,15 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 // checked afterwards.
 func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs rsync, ph *phases) error {
 	p := pe.plan
-	copies, links := p.copies, p.links
-	if len(copies) > 0 && len(p.deletes) == 0 {
-		copies, links = foldSmallLinks(copies, links, pe.want)
-	}
-	if len(copies) > 0 {
+	if len(p.copies) > 0 {
 		tmp := filepath.Join(a.stateDir(), rsyncTmpDir)
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
 			return retryable("create %s: %v", tmp, err)
 		}
-		err := rs.copyPass(ctx, pe.staging, a.cfg.MountPath, tmp, copies)
+		err := rs.copyPass(ctx, pe.staging, a.cfg.MountPath, tmp, p.copies)
 		// A failed pass may leave holding directories; so may a crash,
 		// which the next apply cleans up when it re-applies this entry.
-		for _, d := range parentDirs(copies) {
+		for _, d := range parentDirs(p.copies) {
 			if cerr := removePath(root, filepath.Join(d, rsyncTmpName)); cerr != nil && err == nil {
 				err = retryable("remove %s: %v", filepath.Join(d, rsyncTmpName), cerr)
 			}
@@ -276,7 +275,7 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		if err != nil {
 			return err
 		}
-		if err := verifyPlaced(root, a.cfg.MountPath, copies, pe.want); err != nil {
+		if err := verifyPlaced(root, a.cfg.MountPath, p.copies, pe.want); err != nil {
 			return err
 		}
 		ph.mark("copy")
@@ -287,11 +286,11 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		}
 	}
 	ph.mark("delete")
-	if len(links) > 0 {
-		if err := rs.linkPass(ctx, pe.staging, a.cfg.MountPath, links); err != nil {
+	if len(p.links) > 0 {
+		if err := rs.linkPass(ctx, pe.staging, a.cfg.MountPath, p.links); err != nil {
 			return err
 		}
-		if err := verifyPlaced(root, a.cfg.MountPath, links, pe.want); err != nil {
+		if err := verifyPlaced(root, a.cfg.MountPath, p.links, pe.want); err != nil {
 			return err
 		}
 		ph.mark("link")
@@ -310,7 +309,8 @@ const FoldLinkBytes = 16 << 20
 // foldSmallLinks moves the new files of links into copies when they add up
 // to at most FoldLinkBytes; directories (a sync's new target) stay links.
 // Only for a plan without deletions: nothing is then in the way of a new
-// file, and the copy pass runs before the deletions would.
+// file, and the copy pass runs before the deletions would. prepareEntry
+// folds before its space check, which counts the folded files as copies.
 func foldSmallLinks(copies, links []string, want map[string]events.Blob) ([]string, []string) {
 	var n int64
 	var files, dirs []string
