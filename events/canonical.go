@@ -13,7 +13,8 @@ import (
 // manifest or says what is wrong with it; for data parseCanonical accepts,
 // both give the same Manifest (FuzzParseCanonical checks this).
 func parseCanonical(data []byte) (m Manifest, ok bool) {
-	p := canonParser{data: data}
+	// One copy of the input: paths and hashes are substrings of it.
+	p := canonParser{data: data, s: string(data)}
 	if !p.lit(`{"version":`) {
 		return m, false
 	}
@@ -56,6 +57,7 @@ func parseCanonical(data []byte) (m Manifest, ok bool) {
 
 type canonParser struct {
 	data []byte
+	s    string // data, as a string
 	i    int
 }
 
@@ -74,15 +76,17 @@ func (p *canonParser) str() (string, bool) {
 	if !p.lit(`"`) {
 		return "", false
 	}
-	start := p.i
+	start, ascii := p.i, true
 	for ; p.i < len(p.data); p.i++ {
 		switch c := p.data[p.i]; {
 		case c == '"':
-			b := p.data[start:p.i]
+			str := p.s[start:p.i]
 			p.i++
-			return string(b), utf8.Valid(b)
+			return str, ascii || utf8.ValidString(str)
 		case c == '\\' || c < 0x20:
 			return "", false
+		case c >= 0x80:
+			ascii = false
 		}
 	}
 	return "", false

@@ -164,6 +164,13 @@ func ParseManifest(r io.Reader) (Manifest, error) {
 	if err != nil {
 		return m, fmt.Errorf("read manifest: %w", err)
 	}
+	return ParseManifestBytes(data)
+}
+
+// ParseManifestBytes is ParseManifest of data already read; data is not
+// kept.
+func ParseManifestBytes(data []byte) (Manifest, error) {
+	var m Manifest
 	if len(data) > MaxManifestBytes {
 		return m, invalid("manifest", fmt.Sprintf("must be at most %d bytes", MaxManifestBytes), "")
 	}
@@ -186,7 +193,7 @@ func (m Manifest) Validate() error {
 	if m.Version != ManifestVersion {
 		return invalid("version", fmt.Sprintf("must be %d (unsupported manifest version)", ManifestVersion), fmt.Sprint(m.Version))
 	}
-	files := make(map[string]struct{}, len(m.Entries))
+	sorted := true
 	for i, e := range m.Entries {
 		// Field names are built only for an error: a manifest may have a
 		// million entries.
@@ -197,6 +204,40 @@ func (m Manifest) Validate() error {
 			}
 			return e.blob().Validate(f)
 		}
+		sorted = sorted && (i == 0 || m.Entries[i-1].Path < e.Path)
+	}
+	if !sorted {
+		return m.validateUnsorted()
+	}
+	// Sorted by path (every canonical manifest): no path repeats, and a
+	// file that is also a directory is found by a binary search for each
+	// distinct parent directory.
+	var last string
+	for _, e := range m.Entries {
+		for dir := e.Path; ; {
+			i := strings.LastIndexByte(dir, '/')
+			if i < 0 {
+				break
+			}
+			dir = dir[:i]
+			if dir == last {
+				break // checked, with its parents
+			}
+			if _, found := sort.Find(len(m.Entries), func(k int) int { return strings.Compare(dir, m.Entries[k].Path) }); found {
+				return invalid("entries.path", fmt.Sprintf("%q is a file and also the directory of %q", dir, e.Path), dir)
+			}
+		}
+		if j := strings.LastIndexByte(e.Path, '/'); j >= 0 {
+			last = e.Path[:j]
+		}
+	}
+	return nil
+}
+
+// validateUnsorted checks repeats and file-directory clashes with a set.
+func (m Manifest) validateUnsorted() error {
+	files := make(map[string]struct{}, len(m.Entries))
+	for i, e := range m.Entries {
 		if _, dup := files[e.Path]; dup {
 			return invalid(fmt.Sprintf("entries[%d].path", i), "appears twice in the manifest", e.Path)
 		}

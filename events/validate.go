@@ -95,13 +95,20 @@ func ValidateSHA256(field, s string) error {
 		return invalid(field, fmt.Sprintf("must be a sha256 of 64 lowercase hex characters, has %d characters", len(s)), s)
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+		if !lowerHex[s[i]] {
 			return invalid(field, "must be a sha256 of 64 lowercase hex characters", s)
 		}
 	}
 	return nil
 }
+
+// lowerHex marks the bytes 0-9 and a-f.
+var lowerHex = func() (t [256]bool) {
+	for _, c := range "0123456789abcdef" {
+		t[c] = true
+	}
+	return t
+}()
 
 // PermMask is the only mode bits volsd writes: plain rwx permissions.
 // setuid, setgid and sticky are refused.

@@ -131,6 +131,13 @@ func TestManifestRules(t *testing.T) {
 		{"version", Manifest{Version: 3}, "version"},
 		{"dup", Manifest{Version: 1, Entries: []ManifestEntry{e("a"), e("a")}}, "twice"},
 		{"file is dir", Manifest{Version: 1, Entries: []ManifestEntry{e("a"), e("a/b")}}, "is a file and also the directory"},
+		// Sorted (as every canonical manifest is): the clashing pair
+		// need not be neighbours ("-" sorts before "/").
+		{"file is dir, sorted apart", Manifest{Version: 1, Entries: []ManifestEntry{e("a"), e("a-b"), e("a.c"), e("a/b")}}, `"a" is a file and also the directory of "a/b"`},
+		{"file is grandparent, sorted", Manifest{Version: 1, Entries: []ManifestEntry{e("d/a"), e("d/a-x"), e("d/a/b/c"), e("e")}}, `"d/a" is a file and also the directory of "d/a/b/c"`},
+		{"file is dir, unsorted", Manifest{Version: 1, Entries: []ManifestEntry{e("x/y/z"), e("b"), e("x/y")}}, `"x/y" is a file and also the directory of "x/y/z"`},
+		{"dup, unsorted", Manifest{Version: 1, Entries: []ManifestEntry{e("b"), e("a"), e("b")}}, "entries[2].path: appears twice"},
+		{"ok, sorted deep", Manifest{Version: 1, Entries: []ManifestEntry{e("a-b"), e("a/b/c"), e("a/b/d"), e("a/c"), e("ab")}}, ""},
 		{"hostile", Manifest{Version: 1, Entries: []ManifestEntry{e("../x")}}, `entries[0].path: must not contain ".."`},
 		{"reserved", Manifest{Version: 1, Entries: []ManifestEntry{e("ok"), e(".volsd/state.json")}}, "entries[1].path"},
 		{"mode", Manifest{Version: 1, Entries: []ManifestEntry{{Path: "a", SHA256: okSHA, Mode: 0o4755}}}, "entries[0].mode"},
