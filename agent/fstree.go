@@ -349,5 +349,8 @@ func mtimeOf(e events.JournalEntry) int64 {
 	if e.CreatedAt.IsZero() {
 		return time.Unix(0, 0).UnixNano()
 	}
-	return e.CreatedAt.UnixNano()
+	// Whole seconds: a filesystem with one-second timestamps (ext4 with
+	// 128-byte inodes) keeps the mtime the content record names, and HTTP
+	// dates have no finer resolution anyway.
+	return e.CreatedAt.Truncate(time.Second).UnixNano()
 }
