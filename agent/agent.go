@@ -58,6 +58,11 @@ type Agent struct {
 	pollEvery       time.Duration
 	rsyncBin        string
 	rsyncErr        error
+
+	// During an apply (under its lock): the tree index, once a sync
+	// needed it, and whether the volume keeps nanosecond timestamps.
+	index     *treeIndex
+	fineTimes bool
 }
 
 // New returns an Agent.

@@ -78,9 +78,12 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		return notReady("volume at %s has no watermark %s (run `volsd-agent up`)", a.cfg.MountPath, a.statePath())
 	}
 	r.Seq = st.Seq
+	a.index = nil // loaded again by the first sync: files may have changed since the last apply
+	defer func() { a.index = nil }()
 	if err := a.recoverLeftovers(); err != nil {
 		return err
 	}
+	jstart := time.Now()
 	head, err := a.journal.Head(ctx, a.cfg.Pool)
 	if err != nil {
 		return &Error{Kind: KindRetryable, Err: fmt.Errorf("read journal head of pool %s: %w", a.cfg.Pool, err)}
@@ -101,6 +104,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 	if int64(len(entries)) != target-st.Seq {
 		return retryable("journal of pool %s returned %d entries for %d..%d (expired below a snapshot? the volume is too far behind)", a.cfg.Pool, len(entries), st.Seq+1, target)
 	}
+	a.log.Debug("journal read", "duration", time.Since(jstart).Round(time.Millisecond).String())
 	a.log.Info("applying", "from", st.Seq+1, "to", target, "head", head)
 
 	rs := rsync{bin: a.rsyncBin, lock: lock.f}
@@ -111,6 +115,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		if done > r.Seq {
 			if cerr := a.writeState(done); cerr == nil {
 				r.Seq = done
+				a.writeIndex()
 			}
 		}
 		return err
@@ -137,6 +142,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 			if err := a.writeState(done); err != nil {
 				return err
 			}
+			a.writeIndex()
 			a.log.Debug("checkpoint", "seq", done, "duration", time.Since(cp).Round(time.Millisecond).String())
 			r.Seq = done
 			lastCheckpoint = time.Now()
@@ -175,10 +181,74 @@ func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync)
 	ph := newPhases()
 	defer func() { a.log.Debug("phases", "seq", e.Seq, "times", ph.String()) }()
 	pe, err := a.prepareEntry(ctx, root, e, ph)
-	if err != nil || pe.empty() {
+	if err != nil {
 		return pe.fetched, pe.desc, err
 	}
-	return pe.fetched, pe.desc, a.placeEntry(ctx, root, pe, rs, ph)
+	if !pe.empty() {
+		if err := a.placeEntry(ctx, root, pe, rs, ph); err != nil {
+			return pe.fetched, pe.desc, err
+		}
+		// Before the index captures the placed files: unlinking the
+		// staged names changes the ctime of the files linked from them.
+		a.removeStaging()
+	}
+	a.updateIndex(root, e, pe)
+	ph.mark("index")
+	return pe.fetched, pe.desc, nil
+}
+
+// treeIndex returns the tree index, loaded on first use in an apply.
+func (a *Agent) treeIndex() *treeIndex {
+	if a.index == nil {
+		var err error
+		a.index, err = loadIndex(filepath.Join(a.stateDir(), indexFile))
+		if err != nil {
+			a.log.Warn("tree index not used; the walk reads content records", "err", err)
+		}
+		a.fineTimes = fineTimestamps(a.stateDir())
+	}
+	return a.index
+}
+
+// updateIndex brings the tree index, when this apply loaded it, up to
+// date with the entry just applied: a sync's target gets the records of
+// its unchanged and placed files, a put's file its placed record, and
+// whatever was deleted loses its records.
+func (a *Agent) updateIndex(root int, e events.JournalEntry, pe *preparedEntry) {
+	x, p := a.index, pe.plan
+	if x == nil || p == nil {
+		return
+	}
+	placed := captureRecords(root, a.cfg.MountPath, pe.want, a.fineTimes)
+	if e.Op == events.OpSync {
+		for _, d := range p.deletes {
+			if !underPath(d, e.Path) {
+				x.removeUnder(d) // a blocker on the way to the target
+			}
+		}
+		x.replaceUnder(e.Path, append(p.records, placed...))
+		return
+	}
+	for _, d := range p.deletes {
+		x.removeUnder(d)
+	}
+	for path := range pe.want {
+		x.removeUnder(path)
+	}
+	x.add(placed)
+}
+
+// writeIndex writes the tree index after a checkpoint (its syncfs made
+// everything the index describes durable). A failure only costs speed.
+func (a *Agent) writeIndex() {
+	if err := a.index.write(filepath.Join(a.stateDir(), indexFile)); err != nil {
+		a.log.Warn("write tree index (the next walk reads content records instead)", "err", err)
+	}
+}
+
+// underPath says whether p is dir or inside it (events.RootPath: all).
+func underPath(p, dir string) bool {
+	return dir == events.RootPath || p == dir || strings.HasPrefix(p, dir+"/")
 }
 
 // preparedEntry is an entry planned and staged, ready to place.
@@ -213,12 +283,19 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	case events.OpDelete:
 		pe.plan, err = planDelete(root, e)
 	case events.OpSync:
+		// The tree index is read while the manifest is fetched.
+		loaded := make(chan struct{})
+		go func() {
+			defer close(loaded)
+			a.treeIndex().ready()
+		}()
 		var m events.Manifest
 		m, pe.fetched, err = a.origin.manifest(ctx, *e.Manifest)
-		ph.mark("manifest")
+		<-loaded
+		ph.mark("manifest+index")
 		if err == nil {
 			// The walk also removes leftover holding directories.
-			pe.plan, err = planSync(root, a.cfg.MountPath, e, m)
+			pe.plan, err = planSync(root, a.cfg.MountPath, e, m, a.index, a.fineTimes)
 		}
 	}
 	if err != nil {
@@ -265,6 +342,7 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 			return retryable("create %s: %v", tmp, err)
 		}
 		err := rs.copyPass(ctx, pe.staging, a.cfg.MountPath, tmp, p.copies)
+		ph.mark("rsync")
 		// A failed pass may leave holding directories; so may a crash,
 		// which the next apply cleans up when it re-applies this entry.
 		for _, d := range parentDirs(p.copies) {
@@ -275,10 +353,11 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		if err != nil {
 			return err
 		}
+		ph.mark("holddirs")
 		if err := verifyPlaced(root, a.cfg.MountPath, p.copies, pe.want); err != nil {
 			return err
 		}
-		ph.mark("copy")
+		ph.mark("verify")
 	}
 	for _, d := range p.deletes {
 		if err := removePath(root, d); err != nil {

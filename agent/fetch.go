@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -115,7 +114,7 @@ func (o origin) manifest(ctx context.Context, ref events.ManifestRef) (events.Ma
 	if got := hex.EncodeToString(sum[:]); got != ref.SHA256 {
 		return events.Manifest{}, n, badInput("%s: sha256 mismatch: got %s", what, short(got))
 	}
-	m, err := events.ParseManifest(bytes.NewReader(data))
+	m, err := events.ParseManifestBytes(data)
 	if err != nil {
 		return m, n, badInput("%s: %v", what, err)
 	}

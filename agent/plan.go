@@ -18,11 +18,13 @@ import (
 // All paths are relative to the mount; the staging tree has the same
 // layout.
 type entryPlan struct {
-	deletes   []string    // stale files and trees, and whatever is in the way (removed by the agent, no symlink followed)
-	copies    []string    // existing regular files to replace (rsync copy pass)
-	links     []string    // files (and a sync's target directory) that do not exist yet (rsync link pass)
-	stage     []stageItem // content to put into the staging tree before any pass
-	unchanged int         // files already right
+	deletes   []string      // stale files and trees, and whatever is in the way (removed by the agent, no symlink followed)
+	copies    []string      // existing regular files to replace (rsync copy pass)
+	links     []string      // files (and a sync's target directory) that do not exist yet (rsync link pass)
+	stage     []stageItem   // content to put into the staging tree before any pass
+	unchanged int           // files already right
+	records   []indexRecord // a sync's unchanged files, known without hashing: for the tree index
+	indexed   int           // live files the tree index vouched for
 }
 
 // stageItem is one file of the staging tree.
@@ -90,24 +92,27 @@ func planDelete(root int, e events.JournalEntry) (*entryPlan, error) {
 
 // planSync plans making the tree at e.Path exactly the manifest: walk the
 // live tree without following symlinks, keep files whose content and mode
-// match (by their content record, else by hashing when the size matches),
-// take content for new and changed files from any live file that has it
-// (moves, renames) before fetching from the origin, and delete everything
-// else.
-func planSync(root int, mount string, e events.JournalEntry, m events.Manifest) (*entryPlan, error) {
+// match (by the tree index, else their content record, else by hashing
+// when the size matches), take content for new and changed files from any
+// live file that has it (moves, renames) before fetching from the origin,
+// and delete everything else. idx (may be nil) is the tree index; fine
+// says the filesystem keeps nanosecond timestamps (see indexFile). The
+// plan's records are the unchanged files, for the next index.
+func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, idx *treeIndex, fine bool) (*entryPlan, error) {
 	w := &syncWalk{
 		mount: mount, plan: &entryPlan{},
-		files: make(map[string]*events.ManifestEntry, len(m.Entries)),
-		dirs:  map[string]bool{},
-		have:  map[string]string{},
-		done:  map[string]bool{},
+		entries: m.Entries,
+		files:   make(map[string]int, len(m.Entries)),
+		dirs:    map[string]bool{},
+		found:   make([]bool, len(m.Entries)),
+		idx:     idx,
 	}
 	if e.Path != events.RootPath {
 		w.prefix = e.Path + "/"
 	}
 	for i := range m.Entries {
 		me := &m.Entries[i]
-		w.files[me.Path] = me
+		w.files[me.Path] = i
 		for d := me.Path; ; {
 			j := strings.LastIndexByte(d, '/')
 			if j < 0 {
@@ -150,29 +155,61 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest) 
 		}
 	}
 	if target >= 0 {
-		if err := w.walkTarget(target); err != nil {
+		idx.ready()
+		w.racyBefore = racyBefore(fine)
+		w.sem = make(chan struct{}, walkWorkers)
+		if err := w.walk(target, ""); err != nil {
 			return nil, err
 		}
+		sort.Strings(w.res.deletes)
+		sort.Strings(w.res.copies)
+		sort.Slice(w.res.stage, func(i, j int) bool { return w.res.stage[i].path < w.res.stage[j].path })
+		w.plan.deletes = append(w.plan.deletes, w.res.deletes...)
+		w.plan.copies = append(w.plan.copies, w.res.copies...)
+		w.plan.stage = append(w.plan.stage, w.res.stage...)
+		w.plan.unchanged += w.res.unchanged
+		w.plan.indexed = w.res.indexed
 	}
 
-	// Whatever the walk did not find right is new.
-	paths := make([]string, 0, len(m.Entries))
-	for _, me := range m.Entries {
-		if !w.done[me.Path] {
-			paths = append(paths, me.Path)
+	// Whatever the walk did not find is new (the manifest is sorted).
+	for i := range m.Entries {
+		if !w.found[i] {
+			me := &m.Entries[i]
+			w.plan.links = append(w.plan.links, w.prefix+me.Path)
+			w.plan.stage = append(w.plan.stage, stageItem{path: w.prefix + me.Path, blob: blobOf(me)})
 		}
 	}
-	sort.Strings(paths)
-	for _, rel := range paths {
-		me := w.files[rel]
-		w.plan.links = append(w.plan.links, w.prefix+rel)
-		w.plan.stage = append(w.plan.stage, stageItem{path: w.prefix + rel, blob: blobOf(me)})
-	}
 	// Content found in the live tree is copied locally instead of fetched.
+	var need map[string]bool
+	for _, s := range w.plan.stage {
+		if s.from == "" {
+			if need == nil {
+				need = map[string]bool{}
+			}
+			need[s.blob.SHA256] = true
+		}
+	}
+	have := map[string]string{}
+	n := 0
+	for _, dir := range w.known {
+		n += len(dir)
+	}
+	w.plan.records = make([]indexRecord, 0, n)
+	for _, dir := range w.known {
+		for i := range dir {
+			k := &dir[i]
+			if need[k.rec.sha] {
+				have[k.rec.sha] = filepath.Join(mount, k.rec.path)
+			}
+			if k.keep {
+				w.plan.records = append(w.plan.records, k.rec)
+			}
+		}
+	}
 	for i := range w.plan.stage {
 		s := &w.plan.stage[i]
 		if s.from == "" {
-			if src, ok := w.have[s.blob.SHA256]; ok {
+			if src, ok := have[s.blob.SHA256]; ok {
 				s.from = src
 			}
 		}
@@ -185,23 +222,35 @@ func blobOf(me *events.ManifestEntry) events.Blob {
 }
 
 type syncWalk struct {
-	mount  string
-	prefix string // the target directory + "/", "" for the root
-	plan   *entryPlan
-	files  map[string]*events.ManifestEntry // by path relative to the target
-	dirs   map[string]bool                  // directories the manifest implies
-	have   map[string]string                // sha256 → absolute path of a live file holding it (trusted record)
-	done   map[string]bool                  // manifest paths already planned (unchanged or copy)
-	sem    chan struct{}                    // bounds the directories walked in parallel
+	mount      string
+	prefix     string // the target directory + "/", "" for the root
+	plan       *entryPlan
+	entries    []events.ManifestEntry
+	files      map[string]int  // manifest entry by path relative to the target
+	dirs       map[string]bool // directories the manifest implies
+	found      []bool          // by manifest entry: met in the live tree (each written by one walker)
+	idx        *treeIndex
+	racyBefore int64         // ns: a file changed since cannot go into the index (see indexFile)
+	sem        chan struct{} // bounds the directories walked in parallel
+
+	mu    sync.Mutex
+	res   walkResult    // what the directories walked so far found
+	known [][]knownFile // by directory: live regular files whose content is known
 }
 
-// walkResult is what the walk of one directory (and below) found.
+// walkResult is what the walk found.
 type walkResult struct {
 	deletes, copies []string
 	stage           []stageItem
 	unchanged       int
-	have            map[string]string
-	done            []string
+	indexed         int
+	known           []knownFile // this directory's only
+}
+
+// knownFile is a live regular file whose content the walk knows.
+type knownFile struct {
+	rec  indexRecord
+	keep bool // unchanged, known without hashing, not racy: for the next index
 }
 
 func (r *walkResult) merge(c *walkResult) {
@@ -209,61 +258,42 @@ func (r *walkResult) merge(c *walkResult) {
 	r.copies = append(r.copies, c.copies...)
 	r.stage = append(r.stage, c.stage...)
 	r.unchanged += c.unchanged
-	r.done = append(r.done, c.done...)
-	for k, v := range c.have {
-		r.have[k] = v
-	}
+	r.indexed += c.indexed
 }
 
-// walkTarget walks the target open at fd into the plan.
-func (w *syncWalk) walkTarget(fd int) error {
-	w.sem = make(chan struct{}, walkWorkers)
-	res, err := w.walk(fd, "")
-	if err != nil {
-		return err
-	}
-	w.plan.deletes = append(w.plan.deletes, res.deletes...)
-	w.plan.copies = append(w.plan.copies, res.copies...)
-	w.plan.stage = append(w.plan.stage, res.stage...)
-	w.plan.unchanged += res.unchanged
-	for _, d := range res.done {
-		w.done[d] = true
-	}
-	for k, v := range res.have {
-		w.have[k] = v
-	}
-	return nil
-}
-
-// walkWorkers bounds the directories walked at once (lstat, getxattr and
-// the occasional hash are cheap but many).
+// walkWorkers bounds the directories walked at once (lstat and the
+// occasional content record or hash are cheap but many).
 const walkWorkers = 4
 
 // walk visits the directory open at fd (rel: relative to the target; ""
 // is the target) and closes fd. Subdirectories are walked in parallel
-// while a worker is free, inline otherwise.
-func (w *syncWalk) walk(fd int, rel string) (*walkResult, error) {
-	res := &walkResult{have: map[string]string{}}
+// while a worker is free, inline otherwise. Each directory's findings are
+// added to w.res once.
+func (w *syncWalk) walk(fd int, rel string) error {
+	var res walkResult
 	dir := os.NewFile(uintptr(fd), filepath.Join(w.mount, w.prefix+rel))
 	defer dir.Close()
 	ents, err := dir.ReadDir(-1)
 	if err != nil {
-		return nil, retryable("read directory %s: %v", dir.Name(), err)
+		return retryable("read directory %s: %v", dir.Name(), err)
 	}
+	// path holds the path of each entry relative to the mount: the index
+	// and the manifest are looked up without building a string per file.
+	path := make([]byte, 0, 256)
+	path = append(path, w.prefix...)
+	if rel != "" {
+		path = append(path, rel...)
+		path = append(path, '/')
+	}
+	base, atRoot := len(path), w.prefix == "" && rel == ""
+	res.known = make([]knownFile, 0, len(ents))
 	var (
-		wg       sync.WaitGroup
-		children = make([]*walkResult, len(ents))
-		errs     = make([]error, len(ents))
+		wg   sync.WaitGroup
+		errs = make([]error, len(ents))
 	)
 	for i, de := range ents {
 		name := de.Name()
-		r := name
-		if rel != "" {
-			r = rel + "/" + name
-		}
-		live := w.prefix + r // relative to the mount
-		abs := filepath.Join(w.mount, live)
-		atRoot := w.prefix == "" && rel == ""
+		path = append(path[:base], name...)
 		switch {
 		case atRoot && name == stateDirName:
 			continue
@@ -273,7 +303,7 @@ func (w *syncWalk) walk(fd int, rel string) (*walkResult, error) {
 			// rsync's holding directory left by an interrupted apply:
 			// never content (events.ValidatePath refuses it), remove it.
 			if err := removeAt(fd, name); err != nil {
-				return nil, retryable("remove leftover %s: %v", abs, err)
+				return retryable("remove leftover %s: %v", filepath.Join(w.mount, string(path)), err)
 			}
 			continue
 		}
@@ -284,34 +314,15 @@ func (w *syncWalk) walk(fd int, rel string) (*walkResult, error) {
 				if errors.Is(err, unix.ENOENT) {
 					continue
 				}
-				return nil, retryable("lstat %s: %v", abs, err)
+				return retryable("lstat %s: %v", filepath.Join(w.mount, string(path)), err)
 			}
-			c, trusted := readContent(abs, &st)
-			if trusted {
-				res.have[c.SHA256] = abs
+			if err := w.file(&res, path, &st); err != nil {
+				return err
 			}
-			me, wanted := w.files[r]
-			if !wanted {
-				res.deletes = append(res.deletes, live)
-				continue
-			}
-			res.done = append(res.done, r)
-			same := trusted && c.SHA256 == me.SHA256 && st.Size == me.Size
-			if !trusted {
-				same = liveSHA256(abs, &st, me.SHA256, me.Size)
-			}
-			if same {
-				res.have[me.SHA256] = abs
-				if st.Mode&0o7777 == me.Mode {
-					res.unchanged++
-					continue
-				}
-			}
-			res.copies = append(res.copies, live)
-			res.stage = append(res.stage, stageItem{path: live, blob: blobOf(me)})
 		case typ.IsDir():
+			r := string(path[len(w.prefix):])
 			if !w.dirs[r] {
-				res.deletes = append(res.deletes, live)
+				res.deletes = append(res.deletes, string(path))
 				continue
 			}
 			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -319,7 +330,7 @@ func (w *syncWalk) walk(fd int, rel string) (*walkResult, error) {
 				if errors.Is(err, unix.ENOENT) {
 					continue
 				}
-				return nil, retryable("open %s: %v", abs, err)
+				return retryable("open %s: %v", filepath.Join(w.mount, string(path)), err)
 			}
 			select {
 			case w.sem <- struct{}{}:
@@ -327,30 +338,77 @@ func (w *syncWalk) walk(fd int, rel string) (*walkResult, error) {
 				go func() {
 					defer wg.Done()
 					defer func() { <-w.sem }()
-					children[i], errs[i] = w.walk(sub, r)
+					errs[i] = w.walk(sub, r)
 				}()
 			default:
-				children[i], errs[i] = w.walk(sub, r)
+				errs[i] = w.walk(sub, r)
 			}
 		default:
 			// Symlinks, devices, fifos, sockets: never content.
-			res.deletes = append(res.deletes, live)
+			res.deletes = append(res.deletes, string(path))
 		}
 	}
 	wg.Wait()
-	for i, c := range children {
-		if errs[i] != nil {
-			return nil, errs[i]
-		}
-		if c != nil {
-			res.merge(c)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.res.merge(&res)
+	if len(res.known) > 0 {
+		w.known = append(w.known, res.known)
+	}
+	w.mu.Unlock()
+	return nil
+}
+
+// file plans the regular file whose lstat is st and whose path relative
+// to the mount is live (a reused buffer: the index and manifest are looked
+// up without a string per file; an index record brings its own path).
+func (w *syncWalk) file(res *walkResult, live []byte, st *unix.Stat_t) error {
+	var rec indexRecord
+	trusted := false
+	if w.idx != nil {
+		if i, ok := w.idx.byPath[string(live)]; ok && w.idx.recs[i].matches(st) {
+			rec, trusted = w.idx.recs[i], true
+			res.indexed++
 		}
 	}
-	return res, nil
+	if !trusted {
+		p := string(live)
+		if c, ok := readContent(filepath.Join(w.mount, p), st); ok {
+			rec, trusted = recordOf(p, st, c.SHA256), true
+		}
+	}
+	mi, wanted := w.files[string(live[len(w.prefix):])]
+	if !wanted {
+		res.deletes = append(res.deletes, string(live))
+		if trusted {
+			res.known = append(res.known, knownFile{rec: rec}) // content to move
+		}
+		return nil
+	}
+	w.found[mi] = true
+	me := &w.entries[mi]
+	same := trusted && rec.sha == me.SHA256 && st.Size == me.Size
+	if !trusted && liveSHA256(filepath.Join(w.mount, string(live)), st, me.SHA256, me.Size) {
+		// Hashed (and given a content record, which changed its ctime).
+		same, rec = true, recordOf(string(live), st, me.SHA256)
+	}
+	modeOK := st.Mode&0o7777 == me.Mode
+	if same {
+		res.known = append(res.known, knownFile{rec: rec, keep: trusted && modeOK && st.Ctim.Nano() < w.racyBefore})
+		if modeOK {
+			res.unchanged++
+			return nil
+		}
+	}
+	res.copies = append(res.copies, string(live))
+	res.stage = append(res.stage, stageItem{path: string(live), blob: blobOf(me)})
+	return nil
 }
 
 // describe summarises a plan for the log.
 func (p *entryPlan) describe() string {
-	return fmt.Sprintf("%d to fetch or copy (%s), %d new, %d changed, %d deleted, %d unchanged",
-		len(p.stage), fmtBytes(p.bytesToStage()), len(p.links), len(p.copies), len(p.deletes), p.unchanged)
+	return fmt.Sprintf("%d to fetch or copy (%s), %d new, %d changed, %d deleted, %d unchanged (%d files known by the tree index)",
+		len(p.stage), fmtBytes(p.bytesToStage()), len(p.links), len(p.copies), len(p.deletes), p.unchanged, p.indexed)
 }
