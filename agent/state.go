@@ -59,11 +59,36 @@ func (a *Agent) readState() (VolumeState, bool, error) {
 	return s, true, nil
 }
 
-// writeState advances the watermark: content first made durable with
-// syncfs, then the state file written to a temp file, fsynced, renamed and
-// the directory fsynced. So the watermark never runs ahead of the content,
-// even across a power loss.
+// writeState advances the watermark: the new state is written to a temp
+// file, then the content and that file are made durable with one syncfs,
+// then the temp file is renamed over the state file and the directory
+// fsynced. So the watermark never runs ahead of the content, even across
+// a power loss, and the state file is always whole. (The syncfs stands for
+// the temp file's own fsync: one flush fewer per checkpoint.)
 func (a *Agent) writeState(seq int64) error {
+	data, _ := json.Marshal(VolumeState{Version: 1, Pool: a.cfg.Pool, Seq: seq, UpdatedAt: a.now().UTC()})
+	fail := func(err error) error {
+		if isNoSpace(err) {
+			return retryable("disk full writing the watermark %s: %v", a.statePath(), err)
+		}
+		return retryable("write watermark %s: %v", a.statePath(), err)
+	}
+	f, err := os.CreateTemp(a.stateDir(), "."+stateFile+".tmp-*")
+	if err != nil {
+		return fail(err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op after the rename
+	_, err = f.Write(append(data, '\n'))
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(err)
+	}
 	fd, err := openDir(a.cfg.MountPath)
 	if err != nil {
 		return retryable("%v", err)
@@ -73,12 +98,11 @@ func (a *Agent) writeState(seq int64) error {
 	if err != nil {
 		return retryable("syncfs %s: %v", a.cfg.MountPath, err)
 	}
-	data, _ := json.Marshal(VolumeState{Version: 1, Pool: a.cfg.Pool, Seq: seq, UpdatedAt: a.now().UTC()})
-	if err := writeFileAtomic(a.statePath(), append(data, '\n'), 0o600); err != nil {
-		if isNoSpace(err) {
-			return retryable("disk full writing the watermark %s: %v", a.statePath(), err)
-		}
-		return retryable("write watermark %s: %v", a.statePath(), err)
+	if err := os.Rename(tmp, a.statePath()); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(a.stateDir()); err != nil {
+		return fail(err)
 	}
 	return nil
 }
