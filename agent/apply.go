@@ -370,6 +370,7 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 // checked afterwards.
 func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs rsync, ph *phases) error {
 	p := pe.plan
+	defer flushWhile(a.cfg.MountPath)()
 	if len(p.copies) > 0 {
 		tmp := filepath.Join(a.stateDir(), rsyncTmpDir)
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
