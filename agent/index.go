@@ -29,13 +29,14 @@ import (
 // and ctime cannot be set from user space, so a match means the file is
 // the one recorded, untouched since. Two guards keep that true:
 //
-//   - Racy records are never written. A change in the same clock tick as
-//     the lstat that captured a record could leave ctime as it was. A
-//     record is kept only when its ctime is older than the coarse clock
-//     read before the capture (minus one second on a filesystem whose
+//   - Racy records never vouch. A change in the same clock tick as the
+//     lstat that captured a record could leave ctime as it was. A record
+//     vouches only when its ctime is older than the coarse clock read
+//     before the capture (minus one second on a filesystem whose
 //     timestamps are not nanosecond-grained), so any later change gets a
 //     newer ctime. This is Git's "racily clean" problem, solved the same
-//     way.
+//     way. The walk checks a file whose record does not vouch by its
+//     content record, and its next record vouches.
 //   - The index describes only what is durable: it is written after the
 //     checkpoint's syncfs, never fsynced itself, and checked with a CRC on
 //     load. A lost, old or torn index is only slower (the walk falls back
@@ -58,14 +59,20 @@ type indexRecord struct {
 	ctime int64 // ns
 	mode  uint32
 	sha   string // hex sha256
+	// vouch: the record was not racy when captured, so a match proves the
+	// file untouched. A record that does not vouch still tells what the
+	// file held (prefetch predicts from it); the walk checks such a file
+	// by its content record.
+	vouch bool
 }
 
 // indexRecordLen is the fixed part of a record on disk after its
-// NUL-terminated path: ino, size, mtime, ctime, mode, sha256 in hex.
-const indexRecordLen = 8 + 8 + 8 + 8 + 4 + 64
+// NUL-terminated path: ino, size, mtime, ctime, mode, vouch (0 or 1),
+// sha256 in hex.
+const indexRecordLen = 8 + 8 + 8 + 8 + 4 + 1 + 64
 
-func recordOf(path string, st *unix.Stat_t, sha string) indexRecord {
-	return indexRecord{path: path, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(), mode: st.Mode, sha: sha}
+func recordOf(path string, st *unix.Stat_t, sha string, vouch bool) indexRecord {
+	return indexRecord{path: path, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano(), mode: st.Mode, sha: sha, vouch: vouch}
 }
 
 // matches says whether the file whose lstat is st is the one recorded.
@@ -120,6 +127,11 @@ func encodeIndex(recs []indexRecord) []byte {
 		buf = binary.LittleEndian.AppendUint64(buf, uint64(r.mtime))
 		buf = binary.LittleEndian.AppendUint64(buf, uint64(r.ctime))
 		buf = binary.LittleEndian.AppendUint32(buf, r.mode)
+		if r.vouch {
+			buf = append(buf, 1)
+		} else {
+			buf = append(buf, 0)
+		}
 		buf = append(buf, r.sha...)
 	}
 	return binary.LittleEndian.AppendUint32(buf, crc32.Checksum(buf, crc32c))
@@ -151,7 +163,8 @@ func decodeIndex(data []byte) ([]indexRecord, error) {
 		r.mtime = int64(binary.LittleEndian.Uint64(f[16:]))
 		r.ctime = int64(binary.LittleEndian.Uint64(f[24:]))
 		r.mode = binary.LittleEndian.Uint32(f[32:])
-		k := i + j + 1 + 36
+		r.vouch = f[36] == 1
+		k := i + j + 1 + 37
 		r.sha = s[k : k+64]
 		recs = append(recs, r)
 		i = k + 64
@@ -267,17 +280,18 @@ func fineTimestamps(dir string) bool {
 
 // captureRecords lstats the placed files of want (relative to the mount
 // open at root) and returns the records of those holding the content
-// they were placed with, by their content record, and not racy.
+// they were placed with, by their content record; a record captured in
+// its file's clock tick does not vouch.
 func captureRecords(root int, mount string, want map[string]events.Blob, fine bool) []indexRecord {
 	before := racyBefore(fine)
 	recs := make([]indexRecord, 0, len(want))
 	for p, b := range want {
 		var st unix.Stat_t
-		if err := unix.Fstatat(root, p, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Ctim.Nano() >= before {
+		if err := unix.Fstatat(root, p, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
 		if c, ok := readContent(filepath.Join(mount, p), &st); ok && c.SHA256 == b.SHA256 {
-			recs = append(recs, recordOf(p, &st, b.SHA256))
+			recs = append(recs, recordOf(p, &st, b.SHA256, st.Ctim.Nano() < before))
 		}
 	}
 	return recs

@@ -250,7 +250,7 @@ type walkResult struct {
 // knownFile is a live regular file whose content the walk knows.
 type knownFile struct {
 	rec  indexRecord
-	keep bool // unchanged, known without hashing, not racy: for the next index
+	keep bool // unchanged: for the next index (vouching when known without hashing and not racy)
 }
 
 func (r *walkResult) merge(c *walkResult) {
@@ -368,7 +368,7 @@ func (w *syncWalk) file(res *walkResult, live []byte, st *unix.Stat_t) error {
 	var rec indexRecord
 	trusted := false
 	if w.idx != nil {
-		if i, ok := w.idx.byPath[string(live)]; ok && w.idx.recs[i].matches(st) {
+		if i, ok := w.idx.byPath[string(live)]; ok && w.idx.recs[i].vouch && w.idx.recs[i].matches(st) {
 			rec, trusted = w.idx.recs[i], true
 			res.indexed++
 		}
@@ -376,7 +376,7 @@ func (w *syncWalk) file(res *walkResult, live []byte, st *unix.Stat_t) error {
 	if !trusted {
 		p := string(live)
 		if c, ok := readContent(filepath.Join(w.mount, p), st); ok {
-			rec, trusted = recordOf(p, st, c.SHA256), true
+			rec, trusted = recordOf(p, st, c.SHA256, false), true
 		}
 	}
 	mi, wanted := w.files[string(live[len(w.prefix):])]
@@ -392,11 +392,12 @@ func (w *syncWalk) file(res *walkResult, live []byte, st *unix.Stat_t) error {
 	same := trusted && rec.sha == me.SHA256 && st.Size == me.Size
 	if !trusted && liveSHA256(filepath.Join(w.mount, string(live)), st, me.SHA256, me.Size) {
 		// Hashed (and given a content record, which changed its ctime).
-		same, rec = true, recordOf(string(live), st, me.SHA256)
+		same, rec = true, recordOf(string(live), st, me.SHA256, false)
 	}
 	modeOK := st.Mode&0o7777 == me.Mode
 	if same {
-		res.known = append(res.known, knownFile{rec: rec, keep: trusted && modeOK && st.Ctim.Nano() < w.racyBefore})
+		rec.vouch = trusted && st.Ctim.Nano() < w.racyBefore
+		res.known = append(res.known, knownFile{rec: rec, keep: modeOK})
 		if modeOK {
 			res.unchanged++
 			return nil
