@@ -305,7 +305,11 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	if err := e.Validate(); err != nil {
 		return pe, badInput("%v", err)
 	}
-	var err error
+	var (
+		err     error
+		pf      *prefetch
+		staging = filepath.Join(a.stateDir(), stagingDir, fmt.Sprint(e.Seq))
+	)
 	switch e.Op {
 	case events.OpPut:
 		// rsync's holding directory beside the file, left by a copy pass
@@ -328,6 +332,8 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 		<-loaded
 		ph.mark("manifest+index")
 		if err == nil {
+			pf = a.startPrefetch(ctx, e, m, staging)
+			defer pf.stop()
 			// The walk also removes leftover holding directories.
 			pe.plan, err = planSync(root, a.cfg.MountPath, e, m, a.index, a.fineTimes)
 		}
@@ -338,14 +344,24 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	p := pe.plan
 	pe.desc = p.describe()
 	ph.mark("plan")
+	prefetched, n := pf.wait()
+	pe.fetched += n
 	if pe.empty() {
 		return pe, nil
 	}
-	pe.staging = filepath.Join(a.stateDir(), stagingDir, fmt.Sprint(e.Seq))
+	pe.staging = staging
 	pe.want = make(map[string]events.Blob, len(p.stage))
 	var copyBytes int64
 	for _, s := range p.stage {
 		pe.want[s.path] = s.blob
+	}
+	for path := range prefetched {
+		if _, ok := pe.want[path]; !ok {
+			// A wrong guess. The passes take the plan's paths only, but a
+			// sync whose target is new links the staged target whole.
+			os.Remove(filepath.Join(staging, path))
+			delete(prefetched, path)
+		}
 	}
 	if len(p.copies) > 0 && len(p.deletes) == 0 {
 		p.copies, p.links = foldSmallLinks(p.copies, p.links, pe.want)
@@ -355,11 +371,17 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	}
 	// Staging holds the new content once, and the copy pass a second copy
 	// of the changed files until it renames them; links cost no data.
+	// What prefetch staged is already on the volume.
 	need := p.bytesToStage() + copyBytes + 1<<20
+	for path, b := range prefetched {
+		if pe.want[path] == b {
+			need -= b.Size
+		}
+	}
 	if free, err := freeBytes(a.cfg.MountPath); err == nil && need > free {
 		return pe, retryable("disk full: needs %s free on %s to stage and place this entry, has %s", fmtBytes(need), a.cfg.MountPath, fmtBytes(free))
 	}
-	n, err := a.stage(ctx, pe.staging, p, mtimeOf(e))
+	n, err = a.stage(ctx, pe.staging, p, mtimeOf(e), prefetched)
 	pe.fetched += n
 	ph.mark("stage")
 	return pe, err
@@ -455,7 +477,7 @@ func (a *Agent) removeStaging() {
 // unique blobs from the origin in parallel, duplicates copied from the
 // first staged copy; then each file gets its mode, mtime and content
 // record. It returns the bytes fetched from the origin.
-func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime int64) (int64, error) {
+func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime int64, prefetched map[string]events.Blob) (int64, error) {
 	dirs := map[string]bool{staging: true}
 	files := make(map[string]bool, len(p.stage))
 	for _, s := range p.stage {
@@ -481,10 +503,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	var fetched atomic.Int64
 	wb := newWriteback(a.cfg.MountPath)
 	defer wb.stop()
-	finisher := func(s stageItem) func(*os.File) error {
-		c := content{SHA256: s.blob.SHA256, Size: s.blob.Size, Mtime: mtime}
-		return func(f *os.File) error { return finishFile(f, s.blob.Mode, c) }
-	}
+	finisher := func(s stageItem) func(*os.File) error { return finisherOf(s, mtime) }
 	// produce makes the staged file of s: a local copy, or a fetch from
 	// the origin (also when the local copy fails: the live file changed
 	// under us); then its mode, content record and mtime.
@@ -514,7 +533,14 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	primary := map[string]string{} // sha256 → staged path fetched from the origin
 	var work, dups []stageItem
 	for _, s := range p.stage {
+		if b, ok := prefetched[s.path]; ok && b == s.blob {
+			primary[s.blob.SHA256] = filepath.Join(staging, s.path)
+		}
+	}
+	for _, s := range p.stage {
 		switch {
+		case primary[s.blob.SHA256] == filepath.Join(staging, s.path):
+			// prefetched
 		case s.from != "":
 			work = append(work, s)
 		case primary[s.blob.SHA256] != "":
@@ -533,6 +559,13 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 		}
 	}
 	return fetched.Load(), nil
+}
+
+// finisherOf returns what finishes the staged file of s: its mode, content
+// record and mtime.
+func finisherOf(s stageItem, mtime int64) func(*os.File) error {
+	c := content{SHA256: s.blob.SHA256, Size: s.blob.Size, Mtime: mtime}
+	return func(f *os.File) error { return finishFile(f, s.blob.Mode, c) }
 }
 
 // parallel runs fn on every item with at most workers long-lived

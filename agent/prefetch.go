@@ -1,0 +1,144 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/volsd/volsd/events"
+)
+
+// prefetch fetches, while a sync's walk runs, the content the tree index
+// predicts the walk will ask the origin for: manifest files whose path has
+// no record holding their content, and whose content no record anywhere
+// holds (that content the walk finds on the volume, and copies). The walk
+// still decides; stage then skips what prefetch already staged, and a
+// wrong guess only costs a fetch: a staged file the plan does not name is
+// never placed (the rsync passes take the plan's paths) and goes with the
+// staging tree. A failed prefetch of a file is forgotten: stage fetches it
+// again and reports what is wrong.
+type prefetch struct {
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	staged  map[string]events.Blob // by path; complete once done is closed
+	fetched atomic.Int64
+}
+
+// PrefetchMax bounds a prefetch: at most this many files, or an eighth of
+// the manifest when that is more. A larger predicted change (or an index
+// that knows little of the tree) waits for the walk, which may find much
+// of it already in place.
+const PrefetchMax = 64
+
+// predictFetch returns the files of m (a sync of the target whose mount
+// relative prefix is prefix: "" or "<target>/") that idx predicts must be
+// fetched, one per distinct content; nil when idx knows nothing of the
+// target or predicts more than PrefetchMax (or an eighth of m).
+func predictFetch(idx *treeIndex, prefix string, m events.Manifest) []stageItem {
+	if idx == nil || len(idx.recs) == 0 {
+		return nil
+	}
+	known := prefix == ""
+	for i := 0; !known && i < len(idx.recs); i++ {
+		known = len(idx.recs[i].path) > len(prefix) && idx.recs[i].path[:len(prefix)] == prefix
+	}
+	if !known {
+		return nil
+	}
+	limit := max(PrefetchMax, len(m.Entries)/8)
+	var items []stageItem
+	want := map[string]bool{} // content to fetch
+	for i := range m.Entries {
+		me := &m.Entries[i]
+		path := prefix + me.Path
+		if j, ok := idx.byPath[path]; ok && idx.recs[j].sha == me.SHA256 && idx.recs[j].size == me.Size {
+			continue // in place (perhaps but for its mode)
+		}
+		if want[me.SHA256] {
+			continue // staged once, copied by stage
+		}
+		if len(items) == limit {
+			return nil
+		}
+		want[me.SHA256] = true
+		items = append(items, stageItem{path: path, blob: blobOf(me)})
+	}
+	// Content the volume holds elsewhere is copied, not fetched.
+	local := map[string]bool{}
+	for i := range idx.recs {
+		if want[idx.recs[i].sha] {
+			local[idx.recs[i].sha] = true
+		}
+	}
+	out := items[:0]
+	for _, s := range items {
+		if !local[s.blob.SHA256] {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// startPrefetch starts fetching the predicted files of a sync into
+// staging; nil when there is nothing to fetch or not room for it.
+func (a *Agent) startPrefetch(ctx context.Context, e events.JournalEntry, m events.Manifest, staging string) *prefetch {
+	prefix := ""
+	if e.Path != events.RootPath {
+		prefix = e.Path + "/"
+	}
+	items := predictFetch(a.index, prefix, m)
+	if len(items) == 0 {
+		return nil
+	}
+	var bytes int64
+	for _, s := range items {
+		bytes += s.blob.Size
+	}
+	if free, err := freeBytes(a.cfg.MountPath); err != nil || bytes+1<<20 > free {
+		return nil // stage checks the space and says what is missing
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	pf := &prefetch{cancel: cancel, done: make(chan struct{}), staged: make(map[string]events.Blob, len(items))}
+	mtime := mtimeOf(e)
+	go func() {
+		defer close(pf.done)
+		_ = parallel(ctx, FileWorkers, items, func(ctx context.Context, s stageItem) error {
+			dst := filepath.Join(staging, s.path)
+			if err := mkdirAll(filepath.Dir(dst)); err != nil {
+				return nil
+			}
+			n, err := a.origin.blob(ctx, s.blob, dst, finisherOf(s, mtime))
+			pf.fetched.Add(n)
+			if err != nil {
+				os.Remove(dst)
+				return nil
+			}
+			pf.mu.Lock()
+			pf.staged[s.path] = s.blob
+			pf.mu.Unlock()
+			return nil
+		})
+	}()
+	return pf
+}
+
+// wait waits for the prefetch to end and returns what it staged (by path)
+// and fetched; nil-safe.
+func (pf *prefetch) wait() (map[string]events.Blob, int64) {
+	if pf == nil {
+		return nil, 0
+	}
+	<-pf.done
+	return pf.staged, pf.fetched.Load()
+}
+
+// stop ends the prefetch and waits for it; nil-safe.
+func (pf *prefetch) stop() {
+	if pf != nil {
+		pf.cancel()
+		<-pf.done
+	}
+}
