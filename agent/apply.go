@@ -106,9 +106,8 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 	// stop keeps what is done (checkpoint) and returns err.
 	stop := func(err error) error {
 		if done > r.Seq {
-			if cerr := a.writeState(done); cerr == nil {
+			if cerr := a.checkpoint(done); cerr == nil {
 				r.Seq = done
-				a.writeIndex()
 			}
 		}
 		return err
@@ -132,10 +131,9 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		}
 		if i == len(entries)-1 || time.Since(lastCheckpoint) >= a.checkpointEvery {
 			cp := time.Now()
-			if err := a.writeState(done); err != nil {
+			if err := a.checkpoint(done); err != nil {
 				return err
 			}
-			a.writeIndex()
 			a.log.Debug("checkpoint", "seq", done, "duration", time.Since(cp).Round(time.Millisecond).String())
 			r.Seq = done
 			lastCheckpoint = time.Now()
@@ -272,12 +270,21 @@ func (a *Agent) updateIndex(root int, e events.JournalEntry, pe *preparedEntry) 
 	x.add(placed)
 }
 
-// writeIndex writes the tree index after a checkpoint (its syncfs made
-// everything the index describes durable). A failure only costs speed.
-func (a *Agent) writeIndex() {
-	if err := a.index.write(filepath.Join(a.stateDir(), indexFile)); err != nil {
-		a.log.Warn("write tree index (the next walk reads content records instead)", "err", err)
+// checkpoint advances the watermark to seq and then writes the tree
+// index (encoded while the volume is made durable): the index describes
+// only what that syncfs made durable. A failed index write only costs
+// speed.
+func (a *Agent) checkpoint(seq int64) error {
+	encoded := a.index.encode()
+	if err := a.writeState(seq); err != nil {
+		return err
 	}
+	if encoded != nil {
+		if err := a.index.write(filepath.Join(a.stateDir(), indexFile), encoded()); err != nil {
+			a.log.Warn("write tree index (the next walk reads content records instead)", "err", err)
+		}
+	}
+	return nil
 }
 
 // underPath says whether p is dir or inside it (events.RootPath: all).

@@ -220,14 +220,23 @@ func (x *treeIndex) removeUnder(path string) {
 	}
 }
 
-// write replaces the index file at path (temp file and rename, no fsync:
-// see indexFile) when it changed.
-func (x *treeIndex) write(path string) error {
+// encode returns a func that returns the file's bytes, encoded meanwhile
+// (the caller makes the volume durable first); nil when unchanged.
+func (x *treeIndex) encode() func() []byte {
 	if x == nil || !x.dirty {
 		return nil
 	}
+	done := make(chan []byte, 1)
+	recs := x.recs
+	go func() { done <- encodeIndex(recs) }()
+	return func() []byte { return <-done }
+}
+
+// write replaces the index file at path with data (temp file and rename,
+// no fsync: see indexFile).
+func (x *treeIndex) write(path string, data []byte) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, encodeIndex(x.recs), 0o600); err != nil {
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
 		os.Remove(tmp)
 		return err
 	}

@@ -69,7 +69,7 @@ func TestIndexCodecRoundTripsAndRefusesDamage(t *testing.T) {
 		t.Fatalf("damaged index: %d records, dirty %v, err %v; want none, dirty, an error saying it is ignored", len(x.recs), x.dirty, err)
 	}
 	x.add(recs)
-	if err := x.write(path); err != nil {
+	if err := x.write(path, x.encode()()); err != nil {
 		t.Fatal(err)
 	}
 	if x, err = loadIndex(path); err != nil || len(x.recs) != len(recs) {

@@ -82,29 +82,27 @@ func predictFetch(idx *treeIndex, prefix string, m events.Manifest) []stageItem 
 	return out
 }
 
-// startPrefetch starts fetching the predicted files of a sync into
-// staging; nil when there is nothing to fetch or not room for it.
+// startPrefetch starts predicting and fetching the files of a sync into
+// staging, next to the walk; nothing is fetched when the prediction is
+// empty or the volume has not room for it.
 func (a *Agent) startPrefetch(ctx context.Context, e events.JournalEntry, m events.Manifest, staging string) *prefetch {
 	prefix := ""
 	if e.Path != events.RootPath {
 		prefix = e.Path + "/"
 	}
-	items := predictFetch(a.index, prefix, m)
-	if len(items) == 0 {
-		return nil
-	}
-	var bytes int64
-	for _, s := range items {
-		bytes += s.blob.Size
-	}
-	if free, err := freeBytes(a.cfg.MountPath); err != nil || bytes+1<<20 > free {
-		return nil // stage checks the space and says what is missing
-	}
 	ctx, cancel := context.WithCancel(ctx)
-	pf := &prefetch{cancel: cancel, done: make(chan struct{}), staged: make(map[string]events.Blob, len(items))}
-	mtime := mtimeOf(e)
+	pf := &prefetch{cancel: cancel, done: make(chan struct{}), staged: map[string]events.Blob{}}
+	idx, mtime := a.index, mtimeOf(e)
 	go func() {
 		defer close(pf.done)
+		items := predictFetch(idx, prefix, m)
+		var bytes int64
+		for _, s := range items {
+			bytes += s.blob.Size
+		}
+		if free, err := freeBytes(a.cfg.MountPath); len(items) == 0 || err != nil || bytes+1<<20 > free {
+			return // stage checks the space and says what is missing
+		}
 		_ = parallel(ctx, FileWorkers, items, func(ctx context.Context, s stageItem) error {
 			dst := filepath.Join(staging, s.path)
 			if err := mkdirAll(filepath.Dir(dst)); err != nil {

@@ -75,7 +75,7 @@ func TestPrefetchGuessesNeverReachTheTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	x.removeUnder("d3/f003")
-	if err := x.write(path); err != nil {
+	if err := x.write(path, x.encode()()); err != nil {
 		t.Fatal(err)
 	}
 	before := inodesOf(t, a.cfg.MountPath)
