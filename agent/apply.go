@@ -405,7 +405,7 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
 			return retryable("create %s: %v", tmp, err)
 		}
-		err := rs.copyPass(ctx, pe.staging, a.cfg.MountPath, tmp, p.copies)
+		err := a.copyPasses(ctx, rs, pe.staging, tmp, p.copies)
 		ph.mark("rsync")
 		// A failed pass may leave holding directories; so may a crash,
 		// which the next apply cleans up when it re-applies this entry.
@@ -439,6 +439,76 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		ph.mark("link")
 	}
 	return nil
+}
+
+// SplitCopyFiles: a copy pass of at least this many files (in more than
+// one directory) runs as CopyProcesses rsync runs at once, each over the
+// files of its own directories (two runs never share a holding directory).
+// Each rsync run spends most of its fixed cost waiting (start-up, and its
+// exit, which polls in 20 ms sleeps) and copies one file after another;
+// two runs of 50 files each took 72 ms where one of 100 took 80 ms.
+const (
+	SplitCopyFiles = 32
+	CopyProcesses  = 2
+)
+
+// copyPasses runs the copy pass of paths, split by directory when large,
+// and returns the first error.
+func (a *Agent) copyPasses(ctx context.Context, rs rsync, staging, tmp string, paths []string) error {
+	groups := [][]string{paths}
+	if len(paths) >= SplitCopyFiles {
+		groups = splitByDir(paths, CopyProcesses)
+	}
+	errs := make([]error, len(groups))
+	var wg sync.WaitGroup
+	for i, g := range groups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = rs.copyPass(ctx, staging, a.cfg.MountPath, tmp, g)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitByDir splits paths into at most n groups of about the same size,
+// the files of one directory always in the same group; empty groups are
+// dropped.
+func splitByDir(paths []string, n int) [][]string {
+	byDir := map[string][]string{}
+	var dirs []string
+	for _, p := range paths {
+		d := filepath.Dir(p)
+		if byDir[d] == nil {
+			dirs = append(dirs, d)
+		}
+		byDir[d] = append(byDir[d], p)
+	}
+	// Largest directories first, each to the smallest group.
+	sort.SliceStable(dirs, func(i, j int) bool { return len(byDir[dirs[i]]) > len(byDir[dirs[j]]) })
+	groups := make([][]string, n)
+	for _, d := range dirs {
+		small := 0
+		for i := range groups {
+			if len(groups[i]) < len(groups[small]) {
+				small = i
+			}
+		}
+		groups[small] = append(groups[small], byDir[d]...)
+	}
+	out := groups[:0]
+	for _, g := range groups {
+		if len(g) > 0 {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // FoldLinkBytes: when an entry has a copy pass anyway, new files adding up

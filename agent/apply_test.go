@@ -288,3 +288,82 @@ func TestSmallDeltaRunsRsyncOnce(t *testing.T) {
 		t.Errorf("rsync ran %d times for a small change-and-add delta, want 1", n)
 	}
 }
+
+func TestSplitByDir(t *testing.T) {
+	paths := []string{"a/1", "a/2", "a/3", "b/1", "b/2", "c/1", "top", "a/x/1"}
+	groups := splitByDir(paths, 2)
+	if len(groups) != 2 {
+		t.Fatalf("%d groups, want 2: %v", len(groups), groups)
+	}
+	seen := map[string]int{}
+	n := 0
+	for gi, g := range groups {
+		for _, p := range g {
+			n++
+			if other, ok := seen[filepath.Dir(p)]; ok && other != gi {
+				t.Fatalf("directory %s is in groups %d and %d: %v", filepath.Dir(p), other, gi, groups)
+			}
+			seen[filepath.Dir(p)] = gi
+		}
+	}
+	if n != len(paths) || len(groups[0])+len(groups[1]) != len(paths) || abs(len(groups[0])-len(groups[1])) > 2 {
+		t.Fatalf("groups %v: want all %d paths, balanced", groups, len(paths))
+	}
+	if g := splitByDir([]string{"a/1", "a/2"}, 2); len(g) != 1 {
+		t.Fatalf("one directory: %d groups, want 1", len(g))
+	}
+}
+
+func abs(n int) int { return max(n, -n) }
+
+// TestLargeCopyPassRunsSplitByDirectory: a delta that changes many files
+// runs two rsync copy passes at once over disjoint directories, and ends
+// exactly right.
+func TestLargeCopyPassRunsSplitByDirectory(t *testing.T) {
+	w, a, tree, r := syncedTree(t, 80, 6)
+	ctx := context.Background()
+	lists := filepath.Join(t.TempDir(), "lists")
+	wrapper := filepath.Join(t.TempDir(), "rsync")
+	script := `#!/bin/sh
+for arg in "$@"; do
+  case "$arg" in --files-from=*) { tr '\0' '\n' < "${arg#--files-from=}"; echo --; } >> ` + lists + ` ;; esac
+done
+exec ` + a.rsyncBin + ` "$@"
+`
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a.rsyncBin = wrapper
+	next := map[string]file{}
+	for k, v := range tree {
+		next[k] = v
+	}
+	for i := 0; i < 40; i++ {
+		p := fmt.Sprintf("d%d/f%03d", i%6, i)
+		next[p] = file{gen("changed "+p, 900+i), 0o644}
+	}
+	w.sync(events.RootPath, next)
+	if err := a.Apply(ctx, 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, a.cfg.MountPath, w.model)
+	data, _ := os.ReadFile(lists)
+	runs := strings.Split(strings.TrimSuffix(string(data), "--\n"), "--\n")
+	if len(runs) != 2 {
+		t.Fatalf("%d rsync runs, want 2 copy passes:\n%s", len(runs), data)
+	}
+	dirs := map[string]int{}
+	total := 0
+	for i, run := range runs {
+		for _, p := range strings.Fields(run) {
+			total++
+			if j, ok := dirs[filepath.Dir(p)]; ok && j != i {
+				t.Fatalf("directory %s copied by both runs", filepath.Dir(p))
+			}
+			dirs[filepath.Dir(p)] = i
+		}
+	}
+	if total != 40 {
+		t.Fatalf("the runs copied %d files, want 40", total)
+	}
+}
