@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -266,11 +267,14 @@ func agentApply(ctx context.Context, mount, runDir, pool, table, bucket string, 
 		agent.Deps{S3: origin, Journal: journal, Logger: agentLogger()})
 	for i, upTo := range []int64{1, 2} {
 		var r agent.Report
+		stopProfile := startProfile(i == 1)
 		start := time.Now()
-		if err := a.Apply(ctx, upTo, false, &r); err != nil {
+		err := a.Apply(ctx, upTo, false, &r)
+		d := time.Since(start)
+		stopProfile()
+		if err != nil {
 			return 0, 0, fetched, fmt.Errorf("apply up to %d: %w", upTo, err)
 		}
-		d := time.Since(start)
 		if r.Seq != upTo || r.Applied != 1 {
 			return 0, 0, fetched, fmt.Errorf("apply up to %d: report says seq %d, applied %d", upTo, r.Seq, r.Applied)
 		}
@@ -289,6 +293,28 @@ func agentApply(ctx context.Context, mount, runDir, pool, table, bucket string, 
 	}
 	return full, delta, fetched, nil
 }
+
+// startProfile starts a CPU profile of the delta apply when
+// VOLSD_BENCH_CPUPROFILE names a file: each run writes <file>.<n>, to be
+// read together (go tool pprof <file>.*); the returned func stops it.
+func startProfile(on bool) func() {
+	path := os.Getenv("VOLSD_BENCH_CPUPROFILE")
+	if !on || path == "" {
+		return func() {}
+	}
+	profiles++
+	f, err := os.Create(fmt.Sprintf("%s.%d", path, profiles))
+	if err != nil {
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+var profiles int
 
 // agentLogger discards the agent's log unless VOLSD_BENCH_DEBUG=1, which
 // writes it to stderr at debug level (the phases of each entry).
