@@ -210,20 +210,26 @@ func (m Manifest) Validate() error {
 		return m.validateUnsorted()
 	}
 	// Sorted by path (every canonical manifest): no path repeats, and a
-	// file that is also a directory is found by a binary search for each
-	// distinct parent directory.
+	// file that is also a directory is found by a binary search.
+	return m.checkDirs(func(dir string) bool {
+		_, found := sort.Find(len(m.Entries), func(k int) int { return strings.Compare(dir, m.Entries[k].Path) })
+		return found
+	})
+}
+
+// checkDirs returns the error for the first entry with a parent directory
+// isFile says is a file. A directory that is the previous entry's parent
+// was checked with it, and its parents too.
+func (m Manifest) checkDirs(isFile func(dir string) bool) error {
 	var last string
 	for _, e := range m.Entries {
 		for dir := e.Path; ; {
 			i := strings.LastIndexByte(dir, '/')
-			if i < 0 {
+			if i < 0 || dir[:i] == last {
 				break
 			}
 			dir = dir[:i]
-			if dir == last {
-				break // checked, with its parents
-			}
-			if _, found := sort.Find(len(m.Entries), func(k int) int { return strings.Compare(dir, m.Entries[k].Path) }); found {
+			if isFile(dir) {
 				return invalid("entries.path", fmt.Sprintf("%q is a file and also the directory of %q", dir, e.Path), dir)
 			}
 		}
@@ -243,19 +249,10 @@ func (m Manifest) validateUnsorted() error {
 		}
 		files[e.Path] = struct{}{}
 	}
-	for _, e := range m.Entries {
-		for dir := e.Path; ; {
-			i := strings.LastIndexByte(dir, '/')
-			if i < 0 {
-				break
-			}
-			dir = dir[:i]
-			if _, clash := files[dir]; clash {
-				return invalid("entries.path", fmt.Sprintf("%q is a file and also the directory of %q", dir, e.Path), dir)
-			}
-		}
-	}
-	return nil
+	return m.checkDirs(func(dir string) bool {
+		_, clash := files[dir]
+		return clash
+	})
 }
 
 // Canonical returns the manifest's canonical JSON: entries sorted by path,
