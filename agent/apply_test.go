@@ -262,14 +262,7 @@ func TestSmallDeltaRunsRsyncOnce(t *testing.T) {
 	w, a, tree, r := syncedTree(t, 50, 5)
 	ctx := context.Background()
 
-	// Count rsync runs from here on.
-	count := filepath.Join(t.TempDir(), "runs")
-	wrapper := filepath.Join(t.TempDir(), "rsync")
-	script := "#!/bin/sh\necho run >> " + count + "\nexec " + a.rsyncBin + " \"$@\"\n"
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	a.rsyncBin = wrapper
+	runs := recordRsyncRuns(t, a)
 
 	next := map[string]file{}
 	for k, v := range tree {
@@ -283,8 +276,7 @@ func TestSmallDeltaRunsRsyncOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertTree(t, a.cfg.MountPath, w.model)
-	runs, _ := os.ReadFile(count)
-	if n := strings.Count(string(runs), "run"); n != 1 {
+	if n := len(runs()); n != 1 {
 		t.Errorf("rsync ran %d times for a small change-and-add delta, want 1", n)
 	}
 }
@@ -322,18 +314,7 @@ func abs(n int) int { return max(n, -n) }
 func TestLargeCopyPassRunsSplitByDirectory(t *testing.T) {
 	w, a, tree, r := syncedTree(t, 80, 6)
 	ctx := context.Background()
-	lists := filepath.Join(t.TempDir(), "lists")
-	wrapper := filepath.Join(t.TempDir(), "rsync")
-	script := `#!/bin/sh
-for arg in "$@"; do
-  case "$arg" in --files-from=*) { tr '\0' '\n' < "${arg#--files-from=}"; echo --; } >> ` + lists + ` ;; esac
-done
-exec ` + a.rsyncBin + ` "$@"
-`
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	a.rsyncBin = wrapper
+	runs := recordRsyncRuns(t, a)
 	next := map[string]file{}
 	for k, v := range tree {
 		next[k] = v
@@ -347,15 +328,14 @@ exec ` + a.rsyncBin + ` "$@"
 		t.Fatal(err)
 	}
 	assertTree(t, a.cfg.MountPath, w.model)
-	data, _ := os.ReadFile(lists)
-	runs := strings.Split(strings.TrimSuffix(string(data), "--\n"), "--\n")
-	if len(runs) != 2 {
-		t.Fatalf("%d rsync runs, want 2 copy passes:\n%s", len(runs), data)
+	got := runs()
+	if len(got) != 2 {
+		t.Fatalf("%d rsync runs, want 2 copy passes: %v", len(got), got)
 	}
 	dirs := map[string]int{}
 	total := 0
-	for i, run := range runs {
-		for _, p := range strings.Fields(run) {
+	for i, run := range got {
+		for _, p := range run {
 			total++
 			if j, ok := dirs[filepath.Dir(p)]; ok && j != i {
 				t.Fatalf("directory %s copied by both runs", filepath.Dir(p))
@@ -365,5 +345,33 @@ exec ` + a.rsyncBin + ` "$@"
 	}
 	if total != 40 {
 		t.Fatalf("the runs copied %d files, want 40", total)
+	}
+}
+
+// recordRsyncRuns puts a wrapper in front of a's rsync that logs each
+// run's file list; runs returns them, one slice of paths per run.
+func recordRsyncRuns(t *testing.T, a *Agent) (runs func() [][]string) {
+	t.Helper()
+	lists := filepath.Join(t.TempDir(), "lists")
+	wrapper := filepath.Join(t.TempDir(), "rsync")
+	script := `#!/bin/sh
+for arg in "$@"; do
+  case "$arg" in --files-from=*) { tr '\0' '\n' < "${arg#--files-from=}"; echo --; } >> ` + lists + ` ;; esac
+done
+exec ` + a.rsyncBin + ` "$@"
+`
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a.rsyncBin = wrapper
+	return func() [][]string {
+		data, _ := os.ReadFile(lists)
+		var out [][]string
+		for _, run := range strings.SplitAfter(string(data), "--\n") {
+			if run != "" {
+				out = append(out, strings.Fields(strings.TrimSuffix(run, "--\n")))
+			}
+		}
+		return out
 	}
 }
