@@ -51,10 +51,11 @@ func predictFetch(idx *treeIndex, prefix string, m events.Manifest) []stageItem 
 	limit := max(PrefetchMax, len(m.Entries)/8)
 	var items []stageItem
 	want := map[string]bool{} // content to fetch
+	path := []byte(prefix) // each entry's path in the mount, looked up without a string
 	for i := range m.Entries {
 		me := &m.Entries[i]
-		path := prefix + me.Path
-		if j, ok := idx.byPath[path]; ok && idx.recs[j].sha == me.SHA256 && idx.recs[j].size == me.Size {
+		path = append(path[:len(prefix)], me.Path...)
+		if j, ok := idx.byPath[string(path)]; ok && idx.recs[j].sha == me.SHA256 && idx.recs[j].size == me.Size {
 			continue // in place (perhaps but for its mode)
 		}
 		if want[me.SHA256] {
@@ -64,7 +65,7 @@ func predictFetch(idx *treeIndex, prefix string, m events.Manifest) []stageItem 
 			return nil
 		}
 		want[me.SHA256] = true
-		items = append(items, stageItem{path: path, blob: blobOf(me)})
+		items = append(items, stageItem{path: string(path), blob: blobOf(me)})
 	}
 	// Content the volume holds elsewhere is copied, not fetched.
 	local := map[string]bool{}
