@@ -287,6 +287,13 @@ func openDir(path string) (int, error) {
 	return fd, nil
 }
 
+// reopenDir opens the directory open at fd again: its own descriptor with
+// its own offset (a dup shares the offset, so a second read of the listing
+// would find it at its end).
+func reopenDir(fd int) (int, error) {
+	return unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+}
+
 // syncDir fsyncs a directory so a rename in it is durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

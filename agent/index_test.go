@@ -326,3 +326,25 @@ func TestRacyRecordsDoNotVouch(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanSyncTwiceOnOneDescriptor: the walk reads the mount through its
+// own descriptor; a dup would share the root's offset, and a second plan
+// on the same root would find the tree empty.
+func TestPlanSyncTwiceOnOneDescriptor(t *testing.T) {
+	_, a, tree, _ := syncedTree(t, 20, 2)
+	root, err := openDir(a.cfg.MountPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeFD(root)
+	e := events.JournalEntry{Seq: 9, Op: events.OpSync, Path: events.RootPath, Manifest: &events.ManifestRef{SHA256: strings.Repeat("0", 64)}}
+	for i := range 2 {
+		p, err := planSync(root, a.cfg.MountPath, e, manifestOf(t, tree), nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.unchanged != len(tree) {
+			t.Fatalf("plan %d on one descriptor: %s; want all %d unchanged", i+1, p.describe(), len(tree))
+		}
+	}
+}

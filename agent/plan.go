@@ -128,7 +128,7 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 
 	target := -1 // the target directory, opened, when it exists as one
 	if e.Path == events.RootPath {
-		fd, err := unix.Dup(root)
+		fd, err := reopenDir(root)
 		if err != nil {
 			return nil, retryable("dup: %v", err)
 		}

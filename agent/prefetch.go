@@ -51,7 +51,7 @@ func predictFetch(idx *treeIndex, prefix string, m events.Manifest) []stageItem 
 	limit := max(PrefetchMax, len(m.Entries)/8)
 	var items []stageItem
 	want := map[string]bool{} // content to fetch
-	path := []byte(prefix) // each entry's path in the mount, looked up without a string
+	path := []byte(prefix)    // each entry's path in the mount, looked up without a string
 	for i := range m.Entries {
 		me := &m.Entries[i]
 		path = append(path[:len(prefix)], me.Path...)
