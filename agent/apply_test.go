@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -163,10 +164,7 @@ func TestSyncFetchesOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("first sync fetched %d bytes, tree has %d", r.Bytes, total)
 	}
 
-	next := map[string]file{}
-	for k, v := range tree {
-		next[k] = v
-	}
+	next := maps.Clone(tree)
 	changed := gen("changed", 4321)
 	next["d0/f000"] = file{changed, 0o644}              // changed
 	next["moved/f001"] = next["d1/f001"]                // moved: local copy
@@ -264,10 +262,7 @@ func TestSmallDeltaRunsRsyncOnce(t *testing.T) {
 
 	runs := recordRsyncRuns(t, a)
 
-	next := map[string]file{}
-	for k, v := range tree {
-		next[k] = v
-	}
+	next := maps.Clone(tree)
 	next["d0/f000"] = file{gen("changed", 4321), 0o644}      // changed
 	next["d1/f999"] = file{gen("new in d1", 777), 0o640}     // new beside others
 	next["new/dir/x.html"] = file{gen("new dir", 99), 0o644} // new in new directories
@@ -315,10 +310,7 @@ func TestLargeCopyPassRunsSplitByDirectory(t *testing.T) {
 	w, a, tree, r := syncedTree(t, 80, 6)
 	ctx := context.Background()
 	runs := recordRsyncRuns(t, a)
-	next := map[string]file{}
-	for k, v := range tree {
-		next[k] = v
-	}
+	next := maps.Clone(tree)
 	for i := 0; i < 40; i++ {
 		p := fmt.Sprintf("d%d/f%03d", i%6, i)
 		next[p] = file{gen("changed "+p, 900+i), 0o644}

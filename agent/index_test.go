@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -233,10 +234,7 @@ func TestDamagedTreeIndexIsIgnoredAndRewritten(t *testing.T) {
 	if err := os.WriteFile(path, data[:len(data)/2], 0o600); err != nil {
 		t.Fatal(err)
 	}
-	next := map[string]file{}
-	for k, v := range tree {
-		next[k] = v
-	}
+	next := maps.Clone(tree)
 	next["d0/f000"] = file{gen("changed", 3000), 0o644}
 	w.sync(events.RootPath, next)
 	if err := a.Apply(context.Background(), 0, false, &r); err != nil {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -80,11 +81,8 @@ func TestPrefetchGuessesNeverReachTheTree(t *testing.T) {
 	}
 	before := inodesOf(t, a.cfg.MountPath)
 
-	next := map[string]file{}
 	var changed int64
-	for k, v := range tree {
-		next[k] = v
-	}
+	next := maps.Clone(tree)
 	for _, p := range []string{"d0/f000", "d1/f001"} {
 		next[p] = file{gen("changed "+p, 2000), 0o644}
 		changed += 2000
