@@ -282,17 +282,7 @@ func TestSplitByDir(t *testing.T) {
 	if len(groups) != 2 {
 		t.Fatalf("%d groups, want 2: %v", len(groups), groups)
 	}
-	seen := map[string]int{}
-	n := 0
-	for gi, g := range groups {
-		for _, p := range g {
-			n++
-			if other, ok := seen[filepath.Dir(p)]; ok && other != gi {
-				t.Fatalf("directory %s is in groups %d and %d: %v", filepath.Dir(p), other, gi, groups)
-			}
-			seen[filepath.Dir(p)] = gi
-		}
-	}
+	n := disjointDirs(t, groups)
 	if n != len(paths) || len(groups[0])+len(groups[1]) != len(paths) || abs(len(groups[0])-len(groups[1])) > 2 {
 		t.Fatalf("groups %v: want all %d paths, balanced", groups, len(paths))
 	}
@@ -324,17 +314,7 @@ func TestLargeCopyPassRunsSplitByDirectory(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("%d rsync runs, want 2 copy passes: %v", len(got), got)
 	}
-	dirs := map[string]int{}
-	total := 0
-	for i, run := range got {
-		for _, p := range run {
-			total++
-			if j, ok := dirs[filepath.Dir(p)]; ok && j != i {
-				t.Fatalf("directory %s copied by both runs", filepath.Dir(p))
-			}
-			dirs[filepath.Dir(p)] = i
-		}
-	}
+	total := disjointDirs(t, got)
 	if total != 40 {
 		t.Fatalf("the runs copied %d files, want 40", total)
 	}
@@ -366,4 +346,22 @@ exec ` + a.rsyncBin + ` "$@"
 		}
 		return out
 	}
+}
+
+// disjointDirs fails unless no directory has paths in two groups, and
+// returns the number of paths.
+func disjointDirs(t *testing.T, groups [][]string) int {
+	t.Helper()
+	seen := map[string]int{}
+	n := 0
+	for gi, g := range groups {
+		for _, p := range g {
+			n++
+			if other, ok := seen[filepath.Dir(p)]; ok && other != gi {
+				t.Fatalf("directory %s is in groups %d and %d: %v", filepath.Dir(p), other, gi, groups)
+			}
+			seen[filepath.Dir(p)] = gi
+		}
+	}
+	return n
 }
