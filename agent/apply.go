@@ -287,9 +287,19 @@ func (a *Agent) checkpoint(seq int64) error {
 	return nil
 }
 
-// underPath says whether p is dir or inside it (events.RootPath: all).
+// underPath says whether p is dir or inside it (events.RootPath: all),
+// without building a string (the index asks it of every record).
 func underPath(p, dir string) bool {
-	return dir == events.RootPath || p == dir || strings.HasPrefix(p, dir+"/")
+	return dir == events.RootPath || strings.HasPrefix(p, dir) && (len(p) == len(dir) || p[len(dir)] == '/')
+}
+
+// targetPrefix is what a sync's target puts before its manifest's paths
+// to make them relative to the mount: "" for the root, "<target>/".
+func targetPrefix(target string) string {
+	if target == events.RootPath {
+		return ""
+	}
+	return target + "/"
 }
 
 // preparedEntry is an entry planned and staged, ready to place.
@@ -580,14 +590,13 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	var fetched atomic.Int64
 	wb := newWriteback(a.cfg.MountPath)
 	defer wb.stop()
-	finisher := func(s stageItem) func(*os.File) error { return finisherOf(s, mtime) }
 	// produce makes the staged file of s: a local copy, or a fetch from
 	// the origin (also when the local copy fails: the live file changed
 	// under us); then its mode, content record and mtime.
 	produce := func(ctx context.Context, s stageItem) error {
 		dst := filepath.Join(staging, s.path)
 		if s.from != "" {
-			err := copyLocal(s.from, dst, s.blob.Size, finisher(s))
+			err := copyLocal(s.from, dst, s.blob.Size, finisherOf(s, mtime))
 			if isNoSpace(err) {
 				return stageErr(err)
 			}
@@ -598,7 +607,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 			}
 		}
 		if s.from == "" {
-			n, err := a.origin.blob(ctx, s.blob, dst, finisher(s))
+			n, err := a.origin.blob(ctx, s.blob, dst, finisherOf(s, mtime))
 			fetched.Add(n)
 			if err != nil {
 				return err
@@ -631,7 +640,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 		return fetched.Load(), err
 	}
 	for _, s := range dups {
-		if err := copyLocal(primary[s.blob.SHA256], filepath.Join(staging, s.path), s.blob.Size, finisher(s)); err != nil {
+		if err := copyLocal(primary[s.blob.SHA256], filepath.Join(staging, s.path), s.blob.Size, finisherOf(s, mtime)); err != nil {
 			return fetched.Load(), stageErr(err)
 		}
 	}

@@ -207,10 +207,9 @@ func (x *treeIndex) removeUnder(path string) {
 		x.replaceUnder(path, nil)
 		return
 	}
-	prefix := path + "/"
 	kept := x.recs[:0]
 	for _, r := range x.recs {
-		if r.path != path && !strings.HasPrefix(r.path, prefix) {
+		if !underPath(r.path, path) {
 			kept = append(kept, r)
 		}
 	}
@@ -235,9 +234,8 @@ func (x *treeIndex) encode() func() []byte {
 // write replaces the index file at path with data (temp file and rename,
 // no fsync: see indexFile).
 func (x *treeIndex) write(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		os.Remove(tmp)
+	tmp, err := writeTemp(path, data, 0o600, false)
+	if err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
@@ -255,7 +253,7 @@ func (x *treeIndex) write(path string, data []byte) error {
 func racyBefore(fine bool) int64 {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_REALTIME_COARSE, &ts); err != nil {
-		return 0 // no record is kept
+		return 0 // no record vouches
 	}
 	t := ts.Nano()
 	if !fine {

@@ -107,9 +107,7 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 		found:   make([]bool, len(m.Entries)),
 		idx:     idx,
 	}
-	if e.Path != events.RootPath {
-		w.prefix = e.Path + "/"
-	}
+	w.prefix = targetPrefix(e.Path)
 	for i := range m.Entries {
 		me := &m.Entries[i]
 		w.files[me.Path] = i

@@ -2,8 +2,8 @@ package agent
 
 import (
 	"context"
-	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -33,21 +33,15 @@ type prefetch struct {
 // of it already in place.
 const PrefetchMax = 64
 
-// predictFetch returns the files of m (a sync of the target whose mount
-// relative prefix is prefix: "" or "<target>/") that idx predicts must be
-// fetched, one per distinct content; nil when idx knows nothing of the
-// target or predicts more than PrefetchMax (or an eighth of m).
-func predictFetch(idx *treeIndex, prefix string, m events.Manifest) []stageItem {
-	if idx == nil || len(idx.recs) == 0 {
+// predictFetch returns the files of m (a sync of target) that idx
+// predicts must be fetched, one per distinct content; nil when idx knows
+// nothing under the target or predicts more than PrefetchMax (or an eighth
+// of m).
+func predictFetch(idx *treeIndex, target string, m events.Manifest) []stageItem {
+	if idx == nil || !slices.ContainsFunc(idx.recs, func(r indexRecord) bool { return underPath(r.path, target) }) {
 		return nil
 	}
-	known := prefix == ""
-	for i := 0; !known && i < len(idx.recs); i++ {
-		known = len(idx.recs[i].path) > len(prefix) && idx.recs[i].path[:len(prefix)] == prefix
-	}
-	if !known {
-		return nil
-	}
+	prefix := targetPrefix(target)
 	limit := max(PrefetchMax, len(m.Entries)/8)
 	var items []stageItem
 	want := map[string]bool{} // content to fetch
@@ -87,16 +81,12 @@ func predictFetch(idx *treeIndex, prefix string, m events.Manifest) []stageItem 
 // staging, next to the walk; nothing is fetched when the prediction is
 // empty or the volume has not room for it.
 func (a *Agent) startPrefetch(ctx context.Context, e events.JournalEntry, m events.Manifest, staging string) *prefetch {
-	prefix := ""
-	if e.Path != events.RootPath {
-		prefix = e.Path + "/"
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	pf := &prefetch{cancel: cancel, done: make(chan struct{}), staged: map[string]events.Blob{}}
 	idx, mtime := a.index, mtimeOf(e)
 	go func() {
 		defer close(pf.done)
-		items := predictFetch(idx, prefix, m)
+		items := predictFetch(idx, e.Path, m)
 		var bytes int64
 		for _, s := range items {
 			bytes += s.blob.Size
@@ -109,10 +99,9 @@ func (a *Agent) startPrefetch(ctx context.Context, e events.JournalEntry, m even
 			if err := mkdirAll(filepath.Dir(dst)); err != nil {
 				return nil
 			}
-			n, err := a.origin.blob(ctx, s.blob, dst, finisherOf(s, mtime))
+			n, err := a.origin.blob(ctx, s.blob, dst, finisherOf(s, mtime)) // removes dst on error
 			pf.fetched.Add(n)
 			if err != nil {
-				os.Remove(dst)
 				return nil
 			}
 			pf.mu.Lock()

@@ -34,16 +34,16 @@ func TestPredictFetch(t *testing.T) {
 		entry("g", "b"), // new, content of site/b: copied
 	}}
 	var got []string
-	for _, s := range predictFetch(idx, "site/", m) {
+	for _, s := range predictFetch(idx, "site", m) {
 		got = append(got, s.path+" "+s.blob.SHA256[:1])
 	}
 	if want := []string{"site/b 1", "site/e 2"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("predicted %v, want %v", got, want)
 	}
-	if got := predictFetch(idx, "blog/", m); got != nil {
+	if got := predictFetch(idx, "blog", m); got != nil {
 		t.Fatalf("a target the index knows nothing of: predicted %d files, want none", len(got))
 	}
-	if got := predictFetch(nil, "site/", m); got != nil {
+	if got := predictFetch(nil, "site", m); got != nil {
 		t.Fatalf("no index: predicted %d files", len(got))
 	}
 	big := events.Manifest{Version: events.ManifestVersion}
@@ -51,7 +51,7 @@ func TestPredictFetch(t *testing.T) {
 		big.Entries = append(big.Entries, entry(fmt.Sprintf("n%03d", i), fmt.Sprintf("%x", i%16)))
 		big.Entries[i].SHA256 = fmt.Sprintf("%064x", i+1000)
 	}
-	if got := predictFetch(idx, "site/", big); got != nil {
+	if got := predictFetch(idx, "site", big); got != nil {
 		t.Fatalf("%d new files predicted (more than PrefetchMax): want none prefetched, got %d", len(big.Entries), len(got))
 	}
 }
@@ -90,7 +90,7 @@ func TestPrefetchGuessesNeverReachTheTree(t *testing.T) {
 	next["new/f100"] = file{gen("new", 1500), 0o644}
 	changed += 1500
 	x.ready()
-	if got := predictFetch(x, "", manifestOf(t, next)); len(got) != 4 {
+	if got := predictFetch(x, events.RootPath, manifestOf(t, next)); len(got) != 4 {
 		t.Fatalf("predicted %d files, want 4 (two changed, one new, one forgotten)", len(got))
 	}
 	w.sync(events.RootPath, next)

@@ -73,22 +73,11 @@ func (a *Agent) writeState(seq int64) error {
 		}
 		return retryable("write watermark %s: %v", a.statePath(), err)
 	}
-	f, err := os.CreateTemp(a.stateDir(), "."+stateFile+".tmp-*")
+	tmp, err := writeTemp(a.statePath(), append(data, '\n'), 0o600, false)
 	if err != nil {
 		return fail(err)
 	}
-	tmp := f.Name()
 	defer os.Remove(tmp) // a no-op after the rename
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Chmod(0o600)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fail(err)
-	}
 	fd, err := openDir(a.cfg.MountPath)
 	if err != nil {
 		return retryable("%v", err)
