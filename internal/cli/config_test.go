@@ -72,7 +72,10 @@ func TestCheckNamesWhatIsMissing(t *testing.T) {
 	}
 }
 
-func TestDestination(t *testing.T) {
+// TestDestRule: the root is a target only when written as "/"; every
+// other spelling of the root is refused naming the rule, for push (put and
+// sync) and delete alike.
+func TestDestRule(t *testing.T) {
 	cases := []struct {
 		dest  string
 		op    events.Op
@@ -82,18 +85,34 @@ func TestDestination(t *testing.T) {
 		{"site", events.OpSync, "site", ""},
 		{"/site/", events.OpSync, "site", ""},
 		{"/", events.OpSync, ".", ""},
-		{".", events.OpSync, ".", ""},
 		{"www/", events.OpPut, "www/index.html", ""},
 		{"/", events.OpPut, "index.html", ""},
 		{"www/home.html", events.OpPut, "www/home.html", ""},
+		{"www/", events.OpDelete, "www", ""},
+		{"/", events.OpDelete, "", "cannot be deleted"},
 		{"../etc", events.OpSync, "", `".."`},
 		{"a/../b", events.OpPut, "", `".."`},
 		{".volsd/state.json", events.OpPut, "", "reserved"},
 		{"a\nb", events.OpPut, "", "control"},
 		{"a//b", events.OpSync, "", "clean"},
+		{"www//", events.OpSync, "", "clean"},
+	}
+	for _, root := range []string{"", ".", "./", "//", "///", "/.", "/./", "./.", "a/..", "a/../", "/a/../."} {
+		for _, op := range []events.Op{events.OpSync, events.OpPut, events.OpDelete} {
+			cases = append(cases, struct {
+				dest  string
+				op    events.Op
+				want  string
+				fails string
+			}{root, op, "", `the root is a target only when written as "/"`})
+		}
 	}
 	for _, c := range cases {
-		got, err := destination(c.dest, "index.html", c.op)
+		d, err := parseDest(c.dest)
+		got := ""
+		if err == nil {
+			got, err = d.target(c.op, "index.html")
+		}
 		switch {
 		case c.fails == "" && (err != nil || got != c.want):
 			t.Errorf("%q %s: %q %v, want %q", c.dest, c.op, got, err, c.want)

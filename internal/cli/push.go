@@ -62,12 +62,16 @@ func NewRequestID(now time.Time) string {
 // sync of its manifest. Blobs are uploaded only when the origin lacks them
 // (HeadObject), large ones in parts; the manifest after its blobs; then one
 // message with a fresh request ID goes to the push queue.
-func (a *App) Push(ctx context.Context, local, dest string) (Sent, error) {
+func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
+	d, err := parseDest(rawDest)
+	if err != nil {
+		return Sent{}, err
+	}
 	op, files, err := scan(local)
 	if err != nil {
 		return Sent{}, err
 	}
-	dpath, err := destination(dest, baseName(local), op)
+	dpath, err := d.target(op, baseName(local))
 	if err != nil {
 		return Sent{}, err
 	}
@@ -111,23 +115,17 @@ func (a *App) Push(ctx context.Context, local, dest string) (Sent, error) {
 }
 
 // Delete asks the pool to delete DEST (a file or a tree).
-func (a *App) Delete(ctx context.Context, dest string) (Sent, error) {
-	d := trimLeadingSlashes(dest)
-	if d == "" && dest != "" {
-		d = events.RootPath // "/" names the root, which cannot be deleted
+func (a *App) Delete(ctx context.Context, rawDest string) (Sent, error) {
+	pd, err := parseDest(rawDest)
+	if err != nil {
+		return Sent{}, err
 	}
-	if err := events.ValidatePath("DEST", d); err != nil {
-		return Sent{}, inputErr("%v", err)
+	d, err := pd.target(events.OpDelete, "")
+	if err != nil {
+		return Sent{}, err
 	}
 	s := Sent{Op: events.OpDelete, Path: d}
 	return s, a.send(ctx, events.PushRequest{Version: events.PushVersion, Op: events.OpDelete, Path: d}, &s)
-}
-
-func trimLeadingSlashes(p string) string {
-	for len(p) > 0 && p[0] == '/' {
-		p = p[1:]
-	}
-	return p
 }
 
 // send puts one request on the push queue with a fresh request ID.

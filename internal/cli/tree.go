@@ -37,28 +37,59 @@ func inputErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInput, fmt.Sprintf(format, args...))
 }
 
-// destination turns the operator's DEST into a content path: leading
-// slashes are dropped ("/" is the root), a put into "dir/" (or the root)
-// takes the file's name, and the result must pass events.ValidatePath (a
-// sync may also target the root).
-func destination(dest, localName string, op events.Op) (string, error) {
-	d := strings.TrimLeft(dest, "/")
-	if op == events.OpPut && (d == "" || d == "." || strings.HasSuffix(d, "/")) {
-		if d == "." {
-			d = ""
-		}
-		d += localName
+// RootDest is the only spelling of the root as a DEST.
+const RootDest = "/"
+
+// dest is an operator's DEST, parsed by parseDest.
+type dest struct {
+	raw  string
+	rel  string // the content path; "" for the root
+	root bool   // written as "/"
+	dir  bool   // ends in "/" (or is the root): "into this directory" for a put
+}
+
+// parseDest is the one DEST rule of push and delete: the root is a target
+// only when written as "/". Every other spelling that names the root
+// without saying so ("", ".", "./", "//", "/.", "a/..") is refused, because a
+// sync to the root replaces every file on every server. Other DESTs lose
+// their leading slashes (the content tree has no other root) and must then
+// be clean content paths (events.ValidatePath) with at most one trailing
+// slash.
+func parseDest(raw string) (dest, error) {
+	if raw == RootDest {
+		return dest{raw: raw, root: true, dir: true}, nil
 	}
-	if op == events.OpSync {
-		d = strings.TrimSuffix(d, "/")
-		if d == "" || d == events.RootPath {
-			return events.RootPath, nil
-		}
+	if path.Clean("/"+raw) == "/" {
+		return dest{}, inputErr(`DEST %q names the root without saying so: the root is a target only when written as %q `+
+			`(a sync there replaces every file of the pool); name a directory, or write %q`, raw, RootDest, RootDest)
 	}
-	if err := events.ValidatePath("DEST", d); err != nil {
-		return "", inputErr("%v", err)
+	d := dest{raw: raw, rel: strings.TrimLeft(raw, "/")}
+	if strings.HasSuffix(d.rel, "/") {
+		d.dir, d.rel = true, d.rel[:len(d.rel)-1]
+	}
+	if err := events.ValidatePath("DEST", d.rel); err != nil {
+		return dest{}, inputErr("%v", err)
 	}
 	return d, nil
+}
+
+// target is the content path op works on: a put into a directory ("dir/"
+// or "/") takes the local file's name; a sync of "/" is events.RootPath;
+// the root cannot be deleted.
+func (d dest) target(op events.Op, localName string) (string, error) {
+	switch {
+	case op == events.OpPut && d.dir:
+		p := path.Join(d.rel, localName)
+		if err := events.ValidatePath("DEST", p); err != nil {
+			return "", inputErr("%v", err)
+		}
+		return p, nil
+	case d.root && op == events.OpSync:
+		return events.RootPath, nil
+	case d.root:
+		return "", inputErr("DEST %q: the root cannot be deleted; push an empty directory to %q to empty the pool", d.raw, RootDest)
+	}
+	return d.rel, nil
 }
 
 // scan lists what LOCAL holds: one file (a put) or every regular file of a
