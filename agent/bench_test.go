@@ -131,7 +131,7 @@ func (bt *benchTree) finish(b *testing.B) {
 		if err != nil {
 			return err
 		}
-		bt.manifest.Entries = append(bt.manifest.Entries, events.ManifestEntry{Path: rel, SHA256: sha, Size: n, Mode: 0o644})
+		bt.manifest.Entries = append(bt.manifest.Entries, events.ManifestEntry{Path: rel, Type: events.TypeFile, SHA256: sha, Size: n, Mode: 0o644})
 		bt.bytes += n
 		return nil
 	})

@@ -114,7 +114,7 @@ func TestIndexRemoveUnder(t *testing.T) {
 func manifestOf(t testing.TB, files map[string]file) events.Manifest {
 	m := events.Manifest{Version: events.ManifestVersion}
 	for p, f := range files {
-		m.Entries = append(m.Entries, events.ManifestEntry{Path: p, SHA256: sum(f.data), Size: int64(len(f.data)), Mode: f.mode})
+		m.Entries = append(m.Entries, events.ManifestEntry{Path: p, Type: events.TypeFile, SHA256: sum(f.data), Size: int64(len(f.data)), Mode: f.mode})
 	}
 	data, err := m.Canonical()
 	if err != nil {

@@ -43,7 +43,7 @@ func BenchmarkPlanSyncUnchanged(b *testing.B) {
 		if err := unix.Lsetxattr(abs, contentXattr, rec.xattr(), 0); err != nil {
 			b.Fatal(err)
 		}
-		m.Entries = append(m.Entries, events.ManifestEntry{Path: rel, SHA256: sha, Size: int64(len(data)), Mode: 0o644})
+		m.Entries = append(m.Entries, events.ManifestEntry{Path: rel, Type: events.TypeFile, SHA256: sha, Size: int64(len(data)), Mode: 0o644})
 	}
 	e := events.JournalEntry{Seq: 1, Op: events.OpSync, Path: "site", Manifest: &events.ManifestRef{SHA256: "x"}}
 	root, err := openDir(vol.dir)

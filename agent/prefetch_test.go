@@ -22,7 +22,7 @@ func TestPredictFetch(t *testing.T) {
 	idx.add([]indexRecord{rec("site/a", "a", true), rec("site/b", "b", true), rec("site/c", "c", false), rec("other/x", "d", true)})
 	idx.ready()
 	entry := func(p, c string) events.ManifestEntry {
-		return events.ManifestEntry{Path: p, SHA256: sha(c), Size: 10, Mode: 0o644}
+		return events.ManifestEntry{Path: p, Type: events.TypeFile, SHA256: sha(c), Size: 10, Mode: 0o644}
 	}
 	m := events.Manifest{Version: events.ManifestVersion, Entries: []events.ManifestEntry{
 		entry("a", "a"), // in place

@@ -310,7 +310,7 @@ func (w *world) manifest(files map[string]file) events.ManifestRef {
 			w.upload(f.data)
 			seen[sum(f.data)] = true
 		}
-		m.Entries = append(m.Entries, events.ManifestEntry{Path: p, SHA256: sum(f.data), Size: int64(len(f.data)), Mode: f.mode})
+		m.Entries = append(m.Entries, events.ManifestEntry{Path: p, Type: events.TypeFile, SHA256: sum(f.data), Size: int64(len(f.data)), Mode: f.mode})
 	}
 	data, err := m.Canonical()
 	if err != nil {

@@ -28,24 +28,10 @@ func parseCanonical(data []byte) (m Manifest, ok bool) {
 		if len(m.Entries) > 0 && !p.lit(",") {
 			return m, false
 		}
-		var e ManifestEntry
-		var size, mode uint64
-		if !p.lit(`{"path":`) {
+		e, ok := p.entry()
+		if !ok {
 			return m, false
 		}
-		if e.Path, ok = p.str(); !ok || !p.lit(`,"sha256":`) {
-			return m, false
-		}
-		if e.SHA256, ok = p.str(); !ok || !p.lit(`,"size":`) {
-			return m, false
-		}
-		if size, ok = p.uint(math.MaxInt64); !ok || !p.lit(`,"mode":`) {
-			return m, false
-		}
-		if mode, ok = p.uint(math.MaxUint32); !ok || !p.lit("}") {
-			return m, false
-		}
-		e.Size, e.Mode = int64(size), uint32(mode)
 		m.Entries = append(m.Entries, e)
 	}
 	if !p.lit("}") {
@@ -53,6 +39,59 @@ func parseCanonical(data []byte) (m Manifest, ok bool) {
 	}
 	p.lit("\n")
 	return m, p.i == len(p.data)
+}
+
+// entry parses one entry in either canonical form: version 1
+// {"path","sha256","size","mode"}, or version 2 {"path","type",...} with
+// the type's own fields in the order Canonical writes them.
+func (p *canonParser) entry() (e ManifestEntry, ok bool) {
+	var size, mode, mtime uint64
+	if !p.lit(`{"path":`) {
+		return e, false
+	}
+	if e.Path, ok = p.str(); !ok {
+		return e, false
+	}
+	switch {
+	case p.lit(`,"type":"dir","mode":`):
+		e.Type = TypeDir
+		if mode, ok = p.uint(math.MaxUint32); !ok {
+			return e, false
+		}
+		e.Mode = uint32(mode)
+		return e, p.lit("}")
+	case p.lit(`,"type":"link","target":`):
+		e.Type = TypeLink
+		if e.Target, ok = p.str(); !ok {
+			return e, false
+		}
+		return e, p.lit("}")
+	case p.lit(`,"type":"file","sha256":`):
+		e.Type = TypeFile
+	case p.lit(`,"sha256":`):
+	default:
+		return e, false
+	}
+	if e.SHA256, ok = p.str(); !ok || !p.lit(`,"size":`) {
+		return e, false
+	}
+	if size, ok = p.uint(math.MaxInt64); !ok || !p.lit(`,"mode":`) {
+		return e, false
+	}
+	if mode, ok = p.uint(math.MaxUint32); !ok {
+		return e, false
+	}
+	e.Size, e.Mode = int64(size), uint32(mode)
+	if e.Type == TypeFile {
+		if !p.lit(`,"mtime":`) {
+			return e, false
+		}
+		if mtime, ok = p.uint(math.MaxInt64); !ok {
+			return e, false
+		}
+		e.Mtime = int64(mtime)
+	}
+	return e, p.lit("}")
 }
 
 type canonParser struct {

@@ -7,7 +7,7 @@ import (
 )
 
 func TestParseCanonicalTakesCanonicalManifests(t *testing.T) {
-	m := Manifest{Version: ManifestVersion, Entries: []ManifestEntry{
+	m := Manifest{Version: ManifestV1, Entries: []ManifestEntry{
 		{Path: "b/index.html", SHA256: strings.Repeat("ab", 32), Size: 0, Mode: 0o644},
 		{Path: "a/é.css", SHA256: strings.Repeat("01", 32), Size: 9007199254740993, Mode: 0o755},
 	}}
@@ -29,6 +29,45 @@ func TestParseCanonicalTakesCanonicalManifests(t *testing.T) {
 	}
 }
 
+func TestParseCanonicalTakesCanonicalV2Manifests(t *testing.T) {
+	m := Manifest{Version: ManifestVersion, Entries: []ManifestEntry{
+		{Path: "b/index.html", Type: TypeFile, SHA256: strings.Repeat("ab", 32), Size: 0, Mode: 0o644, Mtime: 1700000000},
+		{Path: ".", Type: TypeDir, Mode: 0o755},
+		{Path: "cache", Type: TypeDir, Mode: 0o700},
+		{Path: "latest", Type: TypeLink, Target: "v1.2.3"},
+		{Path: "a/é.css", Type: TypeFile, SHA256: strings.Repeat("01", 32), Size: 9007199254740993, Mode: 0o755, Mtime: 0},
+	}}
+	raw, err := m.Canonical()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"version":2,"entries":[{"path":".","type":"dir","mode":493},` +
+		`{"path":"a/é.css","type":"file","sha256":"` + strings.Repeat("01", 32) + `","size":9007199254740993,"mode":493,"mtime":0},` +
+		`{"path":"b/index.html","type":"file","sha256":"` + strings.Repeat("ab", 32) + `","size":0,"mode":420,"mtime":1700000000},` +
+		`{"path":"cache","type":"dir","mode":448},{"path":"latest","type":"link","target":"v1.2.3"}]}` + "\n"
+	if string(raw) != want {
+		t.Fatalf("canonical form:\n got %s\nwant %s", raw, want)
+	}
+	got, ok := parseCanonical(raw)
+	if !ok {
+		t.Fatalf("parseCanonical refused Canonical's own output %s", raw)
+	}
+	var slow Manifest
+	if err := decodeStrict(raw, &slow); err != nil || !reflect.DeepEqual(got, slow) {
+		t.Fatalf("fast %+v, decoder %+v (%v)", got, slow, err)
+	}
+	if err := got.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// Strings that need escapes still round-trip, through the decoder.
+	odd := Manifest{Version: ManifestVersion, Entries: []ManifestEntry{{Path: `a"<b>&\c`, Type: TypeLink, Target: "x\u2028y"}}}
+	raw, _ = odd.Canonical()
+	back, err := ParseManifestBytes(raw)
+	if err != nil || !reflect.DeepEqual(back.Entries, odd.Entries) {
+		t.Fatalf("%s: %+v %v", raw, back, err)
+	}
+}
+
 // Anything off the canonical form goes to the general decoder, which
 // parses it (or explains what is wrong): the fast path never decides.
 func TestParseCanonicalLeavesTheRestToTheDecoder(t *testing.T) {
@@ -44,6 +83,11 @@ func TestParseCanonicalLeavesTheRestToTheDecoder(t *testing.T) {
 		`{"version":1,"entries":[]}` + "\n\n",                                                      // trailing data
 		`{"version":1,"entries":[],"extra":1}`,                                                     // unknown field
 		`{"version":1,"entries":null}`,
+		`{"version":2,"entries":[{"path":"a","type":"dir","mode":448,"size":0}]}`,                         // a field the form lacks
+		`{"version":2,"entries":[{"type":"dir","path":"a","mode":448}]}`,                                  // key order
+		`{"version":2,"entries":[{"path":"a","type":"file","sha256":"` + sha + `","size":1,"mode":420}]}`, // no mtime
+		`{"version":2,"entries":[{"path":"a","type":"file","sha256":"` + sha + `","size":1,"mode":420,"mtime":-1}]}`,
+		`{"version":2,"entries":[{"path":"a","type":"link","target":"\/etc"}]}`,
 	} {
 		if m, ok := parseCanonical([]byte(in)); ok {
 			t.Errorf("parseCanonical took %s: %+v", in, m)
@@ -57,6 +101,8 @@ func FuzzParseCanonical(f *testing.F) {
 	sha := strings.Repeat("0f", 32)
 	f.Add([]byte(`{"version":1,"entries":[{"path":"a/b","sha256":"` + sha + `","size":12,"mode":420}]}` + "\n"))
 	f.Add([]byte(`{"version":1,"entries":[]}`))
+	f.Add([]byte(`{"version":2,"entries":[{"path":".","type":"dir","mode":493},{"path":"a/b","type":"file","sha256":"` + sha + `","size":12,"mode":420,"mtime":1700000000},{"path":"l","type":"link","target":"a/b"}]}` + "\n"))
+	f.Add([]byte(`{"version":2,"entries":[{"path":"x","type":"link","target":"../y"},{"path":"x","sha256":"","size":0,"mode":1}]}`))
 	f.Add([]byte(`{"version":1,"entries":[{"path":"x","sha256":"y","size":0,"mode":0},{"path":"x","sha256":"","size":18446744073709551615,"mode":1}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fast, ok := parseCanonical(data)

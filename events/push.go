@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -25,10 +24,15 @@ const (
 )
 
 // Blob names a content-addressed object in the origin (blobs/<sha256>).
+//
+// Mtime (whole seconds since the epoch) is the file's modification time,
+// placed on every server; 0 means not given (a request of an older CLI):
+// the agent then uses the entry's creation time.
 type Blob struct {
 	SHA256 string `json:"sha256"`
 	Size   int64  `json:"size"`
 	Mode   uint32 `json:"mode"`
+	Mtime  int64  `json:"mtime,omitempty"`
 }
 
 // ManifestRef names a manifest in the origin (manifests/<sha256>.json).
@@ -125,6 +129,9 @@ func (b Blob) Validate(field string) error {
 	if err := ValidateSize(field+".size", b.Size); err != nil {
 		return err
 	}
+	if err := ValidateMtime(field+".mtime", b.Mtime); err != nil {
+		return err
+	}
 	return ValidateMode(field+".mode", b.Mode)
 }
 
@@ -133,142 +140,6 @@ func BlobKey(sha256 string) string { return "blobs/" + sha256 }
 
 // ManifestKey is the origin object key of a manifest.
 func ManifestKey(sha256 string) string { return "manifests/" + sha256 + ".json" }
-
-// ManifestVersion is the manifest schema version.
-const ManifestVersion = 1
-
-// Manifest lists every file of a tree; directories are implied by the paths.
-// Paths are relative to the sync's target directory.
-type Manifest struct {
-	Version int             `json:"version"`
-	Entries []ManifestEntry `json:"entries"`
-}
-
-// ManifestEntry is one regular file of a manifest.
-type ManifestEntry struct {
-	Path   string `json:"path"`
-	SHA256 string `json:"sha256"`
-	Size   int64  `json:"size"`
-	Mode   uint32 `json:"mode"`
-}
-
-func (e ManifestEntry) blob() Blob { return Blob{SHA256: e.SHA256, Size: e.Size, Mode: e.Mode} }
-
-// MaxManifestBytes bounds a manifest download (about a million entries).
-const MaxManifestBytes = 256 << 20
-
-// ParseManifest decodes and validates a manifest strictly.
-func ParseManifest(r io.Reader) (Manifest, error) {
-	var m Manifest
-	data, err := io.ReadAll(io.LimitReader(r, MaxManifestBytes+1))
-	if err != nil {
-		return m, fmt.Errorf("read manifest: %w", err)
-	}
-	return ParseManifestBytes(data)
-}
-
-// ParseManifestBytes is ParseManifest of data already read; data is not
-// kept.
-func ParseManifestBytes(data []byte) (Manifest, error) {
-	var m Manifest
-	if len(data) > MaxManifestBytes {
-		return m, invalid("manifest", fmt.Sprintf("must be at most %d bytes", MaxManifestBytes), "")
-	}
-	if !utf8.Valid(data) {
-		return m, invalid("manifest", "must be valid UTF-8", "")
-	}
-	m, ok := parseCanonical(data)
-	if !ok {
-		m = Manifest{}
-		if err := decodeStrict(data, &m); err != nil {
-			return m, err
-		}
-	}
-	return m, m.Validate()
-}
-
-// Validate checks every entry, that no path repeats, and that no file is
-// also the parent directory of another file.
-func (m Manifest) Validate() error {
-	if m.Version != ManifestVersion {
-		return invalid("version", fmt.Sprintf("must be %d (unsupported manifest version)", ManifestVersion), fmt.Sprint(m.Version))
-	}
-	sorted := true
-	for i, e := range m.Entries {
-		// Field names are built only for an error: a manifest may have a
-		// million entries.
-		if ValidatePath("", e.Path) != nil || e.blob().Validate("") != nil {
-			f := fmt.Sprintf("entries[%d]", i)
-			if err := ValidatePath(f+".path", e.Path); err != nil {
-				return err
-			}
-			return e.blob().Validate(f)
-		}
-		sorted = sorted && (i == 0 || m.Entries[i-1].Path < e.Path)
-	}
-	if !sorted {
-		return m.validateUnsorted()
-	}
-	// Sorted by path (every canonical manifest): no path repeats, and a
-	// file that is also a directory is found by a binary search.
-	return m.checkDirs(func(dir string) bool {
-		_, found := sort.Find(len(m.Entries), func(k int) int { return strings.Compare(dir, m.Entries[k].Path) })
-		return found
-	})
-}
-
-// checkDirs returns the error for the first entry with a parent directory
-// isFile says is a file. A directory that is the previous entry's parent
-// was checked with it, and its parents too.
-func (m Manifest) checkDirs(isFile func(dir string) bool) error {
-	var last string
-	for _, e := range m.Entries {
-		for dir := e.Path; ; {
-			i := strings.LastIndexByte(dir, '/')
-			if i < 0 || dir[:i] == last {
-				break
-			}
-			dir = dir[:i]
-			if isFile(dir) {
-				return invalid("entries.path", fmt.Sprintf("%q is a file and also the directory of %q", dir, e.Path), dir)
-			}
-		}
-		if j := strings.LastIndexByte(e.Path, '/'); j >= 0 {
-			last = e.Path[:j]
-		}
-	}
-	return nil
-}
-
-// validateUnsorted checks repeats and file-directory clashes with a set.
-func (m Manifest) validateUnsorted() error {
-	files := make(map[string]struct{}, len(m.Entries))
-	for i, e := range m.Entries {
-		if _, dup := files[e.Path]; dup {
-			return invalid(fmt.Sprintf("entries[%d].path", i), "appears twice in the manifest", e.Path)
-		}
-		files[e.Path] = struct{}{}
-	}
-	return m.checkDirs(func(dir string) bool {
-		_, clash := files[dir]
-		return clash
-	})
-}
-
-// Canonical returns the manifest's canonical JSON: entries sorted by path,
-// compact, newline-terminated. Its sha256 names the manifest in the origin.
-func (m Manifest) Canonical() ([]byte, error) {
-	c := Manifest{Version: m.Version, Entries: append([]ManifestEntry(nil), m.Entries...)}
-	sort.Slice(c.Entries, func(i, j int) bool { return c.Entries[i].Path < c.Entries[j].Path })
-	if c.Entries == nil {
-		c.Entries = []ManifestEntry{}
-	}
-	b, err := json.Marshal(c)
-	if err != nil {
-		return nil, err
-	}
-	return append(b, '\n'), nil
-}
 
 // JournalEntry is one appended content change; Seq starts at 1 and has no gaps.
 type JournalEntry struct {

@@ -145,3 +145,16 @@ func ValidateRequestID(field, s string) error {
 	}
 	return nil
 }
+
+// MaxMtime bounds a modification time in whole seconds since the epoch:
+// 2^33 s (the year 2242) still fits the agent's nanosecond clocks.
+const MaxMtime = 1 << 33
+
+// ValidateMtime checks a modification time in whole seconds since the
+// epoch: 0 (the epoch; for a put, "not given") up to MaxMtime.
+func ValidateMtime(field string, s int64) error {
+	if s < 0 || s >= MaxMtime {
+		return invalid(field, fmt.Sprintf("must be whole seconds since 1970 below %d (the year 2242)", int64(MaxMtime)), fmt.Sprint(s))
+	}
+	return nil
+}

@@ -83,6 +83,7 @@ func TestHostileRequests(t *testing.T) {
 		{"sticky", strings.Replace(put("a"), `"mode":420`, `"mode":1023`, 1), "blob.mode", "permission bits"},
 		{"file type bits", strings.Replace(put("a"), `"mode":420`, `"mode":33188`, 1), "blob.mode", "permission bits"},
 		{"negative mode", strings.Replace(put("a"), `"mode":420`, `"mode":-1`, 1), "blob.mode", "wrong type"},
+		{"negative mtime", strings.Replace(put("a"), `"mode":420`, `"mode":420,"mtime":-5`, 1), "blob.mtime", "whole seconds"},
 		{"unknown field", strings.Replace(put("a"), `"op"`, `"pool":"x","op"`, 1), "pool", "not a known field"},
 		{"not json", `put a please`, "body", "not valid JSON"},
 		{"empty body", ``, "body", "empty"},

@@ -176,7 +176,7 @@ func hashEntry(root, p string) (events.ManifestEntry, error) {
 		return events.ManifestEntry{}, err
 	}
 	rel, _ := filepath.Rel(root, p)
-	return events.ManifestEntry{Path: filepath.ToSlash(rel), SHA256: hex.EncodeToString(h.Sum(nil)), Size: n, Mode: uint32(st.Mode().Perm())}, nil
+	return events.ManifestEntry{Path: filepath.ToSlash(rel), Type: events.TypeFile, SHA256: hex.EncodeToString(h.Sum(nil)), Size: n, Mode: uint32(st.Mode().Perm()), Mtime: st.ModTime().Unix()}, nil
 }
 
 // publish puts the manifest and every blob into the origin directory:

@@ -210,7 +210,7 @@ func (f localFile) unchanged() bool {
 func buildManifest(files []localFile) ([]byte, string, error) {
 	m := events.Manifest{Version: events.ManifestVersion, Entries: make([]events.ManifestEntry, 0, len(files))}
 	for _, f := range files {
-		m.Entries = append(m.Entries, events.ManifestEntry{Path: f.rel, SHA256: f.sha256, Size: f.size, Mode: f.mode})
+		m.Entries = append(m.Entries, events.ManifestEntry{Path: f.rel, Type: events.TypeFile, SHA256: f.sha256, Size: f.size, Mode: f.mode})
 	}
 	if err := m.Validate(); err != nil {
 		return nil, "", inputErr("%v", err)

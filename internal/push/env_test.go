@@ -122,7 +122,7 @@ func (r *rig) manifest(files map[string]string) string {
 	m := events.Manifest{Version: events.ManifestVersion}
 	for p, c := range files {
 		b := r.blob(c)
-		m.Entries = append(m.Entries, events.ManifestEntry{Path: p, SHA256: b.SHA256, Size: b.Size, Mode: b.Mode})
+		m.Entries = append(m.Entries, events.ManifestEntry{Path: p, Type: events.TypeFile, SHA256: b.SHA256, Size: b.Size, Mode: b.Mode})
 	}
 	raw, err := m.Canonical()
 	if err != nil {
