@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -120,5 +121,51 @@ func TestBinaryWiring(t *testing.T) {
 	}
 	if code, _, errs = run("status", "--table", ""); code != 0 {
 		t.Fatalf("an empty flag must not hide the outputs file: exit %d %s", code, errs)
+	}
+}
+
+// TestUnreadableFileIsBadInput: a file the operator may not read is bad
+// input (exit 2) naming the path, whether it is LOCAL or inside a tree;
+// nothing is sent. The binary runs as nobody (root reads everything).
+func TestUnreadableFileIsBadInput(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run the CLI as another user")
+	}
+	dir, err := os.MkdirTemp("", "volsd-unreadable-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	bin := filepath.Join(dir, "volsd")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(dir, "site")
+	secret := filepath.Join(tree, "private", "secret.txt")
+	if err := os.MkdirAll(filepath.Dir(secret), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for p, mode := range map[string]os.FileMode{bin: 0o755, secret: 0o600, filepath.Join(tree, "index.html"): 0o644} {
+		if err := os.WriteFile(p, self, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, local := range []string{secret, tree} {
+		cmd := exec.Command(bin, "push", local, "www/")
+		cmd.Env = []string{"VOLSD_CLI_UNDER_TEST=1", "HOME=" + dir, "AWS_REGION=" + testenv.Region,
+			"AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing",
+			"VOLSD_BUCKET=origin", "VOLSD_QUEUE_URL=http://127.0.0.1:1/queue/never-reached"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		var errb strings.Builder
+		cmd.Stderr = &errb
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != cli.ExitUsage || !strings.Contains(errb.String(), secret+" is not readable") {
+			t.Errorf("push %s as nobody: %v\n%s", local, err, errb.String())
+		}
 	}
 }

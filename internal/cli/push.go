@@ -48,6 +48,9 @@ type Sent struct {
 	PresentBlobs  int   `json:"presentBlobs"`
 	// ManifestUploaded is false when the origin had the manifest already.
 	ManifestUploaded bool `json:"manifestUploaded,omitempty"`
+	// Warnings says what the push changed on the way (special mode bits
+	// dropped, sparse files made dense); also printed on stderr.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // NewRequestID returns a fresh request ID: "cli-", the UTC time, and 64
@@ -78,7 +81,10 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 	if err := hashFiles(ctx, files); err != nil {
 		return Sent{}, err
 	}
-	s := Sent{Op: op, Path: dpath, Files: len(files)}
+	s := Sent{Op: op, Path: dpath, Files: len(files), Warnings: warnings(files)}
+	for _, w := range s.Warnings {
+		fmt.Fprintf(a.errOut(), "volsd: warning: %s\n", w)
+	}
 	for _, f := range files {
 		s.Bytes += f.size
 	}
@@ -227,7 +233,7 @@ func (a *App) uploadBlobs(ctx context.Context, files []localFile, s *Sent) error
 // smaller than the part size, else in parts. A file that changed since it
 // was hashed is withdrawn from the origin and the push fails.
 func (a *App) uploadFile(ctx context.Context, f localFile, bar *progressbar.ProgressBar) error {
-	fh, err := os.Open(f.abs)
+	fh, err := openLocal(f.abs)
 	if err != nil {
 		return err
 	}

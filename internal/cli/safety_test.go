@@ -1,12 +1,17 @@
 package cli_test
 
 import (
+	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
+	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/cli"
 )
 
@@ -46,5 +51,63 @@ func TestRootOnlyWhenWrittenAsSlash(t *testing.T) {
 	}
 	if n := w.queued(); n != 1 {
 		t.Fatalf("push to / sent %d messages", n)
+	}
+}
+
+// fakeApp is an App on the S3 and SQS fakes (which check checksums as AWS
+// does), with stderr captured.
+func fakeApp(t *testing.T) (*cli.App, *awsfake.S3, *awsfake.SQS, *bytes.Buffer) {
+	t.Helper()
+	origin := awsfake.NewS3("origin")
+	q := awsfake.NewSQS()
+	out, err := q.CreateQueue(context.Background(), &sqs.CreateQueueInput{QueueName: aws.String("push")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errb bytes.Buffer
+	return &cli.App{Cfg: cli.Config{Bucket: "origin", QueueURL: aws.ToString(out.QueueUrl)}, S3: origin, SQS: q, Err: &errb}, origin, q, &errb
+}
+
+// TestPushWarnsWhatItChanges: setuid, setgid and sticky bits are dropped
+// with a warning naming the file; a sparse file is pushed dense with a
+// warning; a plain tree pushes without one.
+func TestPushWarnsWhatItChanges(t *testing.T) {
+	a, _, _, errb := fakeApp(t)
+	dir := writeTree(t, map[string]string{"bin/tool": "#!/bin/sh\n", "share/dir/file": "x", "plain.txt": "plain"})
+	if err := os.Chmod(filepath.Join(dir, "bin/tool"), 0o755|os.ModeSetuid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(dir, "share/dir/file"), 0o644|os.ModeSetgid|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	sparse := filepath.Join(dir, "disk.img")
+	f, err := os.Create(sparse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("end"), 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s, err := a.Push(context.Background(), dir, "site")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := errb.String()
+	for _, want := range []string{
+		filepath.Join(dir, "bin/tool") + ": setuid dropped", filepath.Join(dir, "share/dir/file") + ": setgid+sticky dropped",
+		sparse + " is sparse: uploaded and written dense",
+	} {
+		if !strings.Contains(got, "volsd: warning: "+want) {
+			t.Errorf("stderr lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "plain.txt") || len(s.Warnings) != 3 {
+		t.Errorf("warnings %q, stderr:\n%s", s.Warnings, got)
+	}
+
+	a, _, _, errb = fakeApp(t)
+	if _, err := a.Push(context.Background(), writeTree(t, map[string]string{"a": "a", "b/c": "c"}), "site"); err != nil || errb.Len() != 0 {
+		t.Fatalf("a plain tree: %v, stderr %q", err, errb.String())
 	}
 }

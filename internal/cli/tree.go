@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/volsd/volsd/events"
@@ -30,7 +31,63 @@ type localFile struct {
 	size    int64
 	mode    uint32 // permission bits
 	modTime time.Time
+	ctime   time.Time // status change time, to notice a rewrite that restores mtime
 	sha256  string
+	// special is the setuid, setgid and sticky bits the file had; volsd
+	// writes plain permission bits only, so they are dropped (with a warning).
+	special fs.FileMode
+	// sparse says the file has holes (fewer blocks allocated than its
+	// size); it is uploaded and written dense (with a warning).
+	sparse bool
+}
+
+// newLocalFile describes a regular file from its FileInfo.
+func newLocalFile(abs, rel string, fi fs.FileInfo) localFile {
+	f := localFile{abs: abs, rel: rel, size: fi.Size(), mode: uint32(fi.Mode().Perm()), modTime: fi.ModTime(),
+		special: fi.Mode() & (fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		f.ctime = time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
+		f.sparse = st.Blocks*512 < fi.Size()
+	}
+	return f
+}
+
+// maxWarnings is how many warnings of one kind the CLI prints.
+const maxWarnings = 10
+
+// warnings says what the push changes silently otherwise: special mode bits
+// dropped and sparse files made dense, at most maxWarnings paths each.
+func warnings(files []localFile) []string {
+	var special, sparse []string
+	for _, f := range files {
+		if f.special != 0 {
+			special = append(special, fmt.Sprintf("%s: %s dropped (volsd writes plain permission bits, %#o)", f.abs, specialNames(f.special), f.mode))
+		}
+		if f.sparse {
+			sparse = append(sparse, fmt.Sprintf("%s is sparse: uploaded and written dense (%d bytes on every server)", f.abs, f.size))
+		}
+	}
+	var out []string
+	for _, ws := range [][]string{special, sparse} {
+		if len(ws) > maxWarnings {
+			ws = append(ws[:maxWarnings], fmt.Sprintf("… and %d more like it", len(ws)-maxWarnings))
+		}
+		out = append(out, ws...)
+	}
+	return out
+}
+
+func specialNames(m fs.FileMode) string {
+	var names []string
+	for _, b := range []struct {
+		bit  fs.FileMode
+		name string
+	}{{fs.ModeSetuid, "setuid"}, {fs.ModeSetgid, "setgid"}, {fs.ModeSticky, "sticky"}} {
+		if m&b.bit != 0 {
+			names = append(names, b.name)
+		}
+	}
+	return strings.Join(names, "+")
 }
 
 func inputErr(format string, args ...any) error {
@@ -102,7 +159,7 @@ func scan(local string) (events.Op, []localFile, error) {
 	}
 	if info.Mode().IsRegular() {
 		abs, _ := filepath.Abs(local)
-		return events.OpPut, []localFile{{abs: abs, size: info.Size(), mode: uint32(info.Mode().Perm()), modTime: info.ModTime()}}, nil
+		return events.OpPut, []localFile{newLocalFile(abs, "", info)}, nil
 	}
 	if !info.IsDir() {
 		return "", nil, inputErr("%s is neither a regular file nor a directory", local)
@@ -140,7 +197,7 @@ func scan(local string) (events.Op, []localFile, error) {
 		if err != nil {
 			return inputErr("%v", err)
 		}
-		files = append(files, localFile{abs: p, rel: rel, size: fi.Size(), mode: uint32(fi.Mode().Perm()), modTime: fi.ModTime()})
+		files = append(files, newLocalFile(p, rel, fi))
 		return nil
 	})
 	if err != nil {
@@ -187,7 +244,7 @@ func hashFiles(ctx context.Context, files []localFile) error {
 }
 
 func hashFile(p string) (string, error) {
-	f, err := os.Open(p)
+	f, err := openLocal(p)
 	if err != nil {
 		return "", err
 	}
@@ -199,11 +256,26 @@ func hashFile(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// unchanged reports whether a file still has the size and modification
-// time it had when it was hashed.
+// openLocal opens a file to push. A file this user may not read is bad
+// input (exit 2) naming the path: pushing again will not help.
+func openLocal(p string) (*os.File, error) {
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, inputErr("%s is not readable by this user (%v): fix its permissions, or leave it out of LOCAL", p, err)
+	}
+	return f, err
+}
+
+// unchanged reports whether a file still has the size, modification time
+// and status change time it had when it was scanned (a rewrite that
+// restores the mtime still moves the ctime).
 func (f localFile) unchanged() bool {
 	fi, err := os.Stat(f.abs)
-	return err == nil && fi.Size() == f.size && fi.ModTime().Equal(f.modTime)
+	if err != nil {
+		return false
+	}
+	now := newLocalFile(f.abs, f.rel, fi)
+	return now.size == f.size && now.modTime.Equal(f.modTime) && now.ctime.Equal(f.ctime)
 }
 
 // buildManifest returns the canonical manifest of files and its sha256.
