@@ -35,9 +35,6 @@ type Deps struct {
 	// LockWait bounds how long freeze and release wait for a running apply
 	// (default 60s).
 	LockWait time.Duration
-	// PollEvery spaces DescribeVolumes while up waits for the attachment
-	// (default 2s).
-	PollEvery time.Duration
 }
 
 // Agent runs the volsd-agent commands for one configuration.
@@ -55,7 +52,6 @@ type Agent struct {
 	heartbeatEvery  time.Duration
 	checkpointEvery time.Duration
 	lockWait        time.Duration
-	pollEvery       time.Duration
 	rsyncBin        string
 	rsyncErr        error
 
@@ -71,7 +67,7 @@ func New(cfg Config, d Deps) *Agent {
 		cfg: cfg, log: d.Logger, imds: d.IMDS, ec2: d.EC2, asg: d.AutoScaling, journal: d.Journal,
 		origin: origin{s3: d.S3, bucket: cfg.Bucket},
 		self:   d.Self, now: d.Now,
-		heartbeatEvery: d.HeartbeatEvery, checkpointEvery: d.CheckpointEvery, lockWait: d.LockWait, pollEvery: d.PollEvery,
+		heartbeatEvery: d.HeartbeatEvery, checkpointEvery: d.CheckpointEvery, lockWait: d.LockWait,
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -91,9 +87,6 @@ func New(cfg Config, d Deps) *Agent {
 	}
 	if a.lockWait <= 0 {
 		a.lockWait = 60 * time.Second
-	}
-	if a.pollEvery <= 0 {
-		a.pollEvery = 2 * time.Second
 	}
 	a.rsyncBin, a.rsyncErr = findRsync()
 	return a

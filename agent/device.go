@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,60 +23,6 @@ const ebsLinkPrefix = "nvme-Amazon_Elastic_Block_Store_"
 // volSerial is the NVMe serial of an EBS volume: "vol" + the ID without
 // its dash.
 func volSerial(volumeID string) string { return strings.ReplaceAll(volumeID, "-", "") }
-
-// findDevice waits, at most deviceWait, for the block device of volumeID:
-// the by-id link under deviceRoot, else a scan of sysfs, each confirmed by
-// the serial in <sysfsRoot>/class/block/<dev>/device/serial.
-func (a *Agent) findDevice(ctx context.Context, volumeID string) (string, error) {
-	want := volSerial(volumeID)
-	link := filepath.Join(a.cfg.DeviceRoot, ebsLinkPrefix+want)
-	deadline := time.Now().Add(time.Duration(a.cfg.DeviceWait))
-	var last string
-	for {
-		dev, why := a.lookDevice(link, want)
-		if dev != "" {
-			return dev, nil
-		}
-		if why != last {
-			a.log.Info("waiting for the volume's device", "volume", volumeID, "why", why)
-			last = why
-		}
-		if time.Now().After(deadline) {
-			return "", notReady("device of %s did not appear within %s: %s", volumeID, time.Duration(a.cfg.DeviceWait), why)
-		}
-		select {
-		case <-ctx.Done():
-			return "", retryable("waiting for the device of %s: %v", volumeID, ctx.Err())
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
-// lookDevice returns the device path, or "" and why not.
-func (a *Agent) lookDevice(link, want string) (string, string) {
-	target, err := filepath.EvalSymlinks(link)
-	if err == nil {
-		name := filepath.Base(target)
-		got, err := a.readSerial(name)
-		switch {
-		case err != nil:
-			return "", fmt.Sprintf("%s -> %s: %v", link, target, err)
-		case got != want:
-			return "", fmt.Sprintf("%s -> %s has serial %q, not %q", link, target, got, want)
-		}
-		return target, ""
-	}
-	// No by-id link (no udev rule for EBS): scan sysfs for the serial.
-	ents, serr := os.ReadDir(filepath.Join(a.cfg.SysfsRoot, "class", "block"))
-	if serr == nil {
-		for _, e := range ents {
-			if got, err := a.readSerial(e.Name()); err == nil && got == want {
-				return "/dev/" + e.Name(), ""
-			}
-		}
-	}
-	return "", fmt.Sprintf("no %s and no block device with serial %s in %s", link, want, filepath.Join(a.cfg.SysfsRoot, "class", "block"))
-}
 
 func (a *Agent) readSerial(dev string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(a.cfg.SysfsRoot, "class", "block", dev, "device", "serial"))

@@ -7,15 +7,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
-	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/volsd/volsd/internal/awserr"
 )
@@ -34,24 +31,24 @@ func (a *Agent) Up(ctx context.Context, r *Report) error {
 	if a.cfg.ASG == "" {
 		return badInput("config: asg (VOLSD_ASG) is required for up (the lifecycle hook's group)")
 	}
+	steps := newBootSteps()
+	defer func() { a.log.Info("up steps", steps.attrs()...) }()
 	doc, err := a.imds.GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
 	if err != nil {
 		return retryable("instance identity from IMDS: %v", err)
 	}
 	r.Instance = doc.InstanceID
+	steps.done("imds")
 	a.log.Info("instance", "instance", doc.InstanceID, "az", doc.AvailabilityZone, "region", doc.Region)
 
-	vol, err := a.findVolume(ctx, doc.InstanceID)
+	vol, dev, calls, err := a.waitVolume(ctx, doc.InstanceID)
+	steps.describeVolumes = calls
 	if err != nil {
 		return err
 	}
-	r.Volume = vol
-	dev, err := a.findDevice(ctx, vol)
-	if err != nil {
-		return err
-	}
-	r.Device = dev
-	a.log.Info("device", "volume", vol, "device", dev)
+	r.Volume, r.Device = vol, dev
+	steps.done("device")
+	a.log.Info("device", "volume", vol, "device", dev, "describeVolumesCalls", calls)
 
 	lock, err := a.lockApply(ctx, 0)
 	if err != nil {
@@ -67,6 +64,7 @@ func (a *Agent) Up(ctx context.Context, r *Report) error {
 	if err := a.writeVolumeInfo(volumeInfo{Instance: doc.InstanceID, Volume: vol, Device: dev, Mount: a.cfg.MountPath}); err != nil {
 		return retryable("write %s: %v", volumeFile, err)
 	}
+	steps.done("mount")
 
 	hb := a.heartbeat(ctx, doc.InstanceID)
 	err = a.applyLocked(ctx, 0, lock, r, hb.beat)
@@ -74,73 +72,37 @@ func (a *Agent) Up(ctx context.Context, r *Report) error {
 	if err != nil {
 		return err
 	}
-	return a.completeLaunch(ctx, doc.InstanceID)
+	steps.done("catchUp")
+	err = a.completeLaunch(ctx, doc.InstanceID)
+	steps.done("hook")
+	return err
 }
 
-// findVolume returns the ID of the pool volume attached to instance,
-// waiting (within deviceWait) while the lifecycle Lambda is still
-// attaching it.
-func (a *Agent) findVolume(ctx context.Context, instance string) (string, error) {
-	deadline := time.Now().Add(time.Duration(a.cfg.DeviceWait))
-	in := &ec2.DescribeVolumesInput{Filters: []ec2types.Filter{
-		{Name: aws.String("attachment.instance-id"), Values: []string{instance}},
-		{Name: aws.String("tag:" + PoolTag), Values: []string{a.cfg.Pool}},
-	}}
-	last := ""
-	for {
-		var vols []ec2types.Volume
-		err := awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
-			vols = nil
-			p := ec2.NewDescribeVolumesPaginator(a.ec2, in)
-			for p.HasMorePages() {
-				page, err := p.NextPage(ctx)
-				if err != nil {
-					return err
-				}
-				vols = append(vols, page.Volumes...)
-			}
-			return nil
-		})
-		if err != nil {
-			return "", &Error{Kind: KindRetryable, Err: fmt.Errorf("describe volumes of %s in pool %s: %w", instance, a.cfg.Pool, err)}
-		}
-		var attached, attaching []string
-		for _, v := range vols {
-			for _, at := range v.Attachments {
-				if aws.ToString(at.InstanceId) != instance {
-					continue
-				}
-				switch at.State {
-				case ec2types.VolumeAttachmentStateAttached:
-					attached = append(attached, aws.ToString(v.VolumeId))
-				default:
-					attaching = append(attaching, aws.ToString(v.VolumeId)+" ("+string(at.State)+")")
-				}
-			}
-		}
-		switch {
-		case len(attached) == 1:
-			return attached[0], nil
-		case len(attached) > 1:
-			return "", notReady("%d volumes of pool %s are attached to %s (%s); expected one", len(attached), a.cfg.Pool, instance, strings.Join(attached, ", "))
-		}
-		why := "no volume of pool " + a.cfg.Pool + " is attached"
-		if len(attaching) > 0 {
-			why = "volume not attached yet: " + strings.Join(attaching, ", ")
-		}
-		if why != last {
-			a.log.Info("waiting for the pool volume", "instance", instance, "why", why)
-			last = why
-		}
-		if time.Now().After(deadline) {
-			return "", notReady("%s to %s after %s", why, instance, time.Duration(a.cfg.DeviceWait))
-		}
-		select {
-		case <-ctx.Done():
-			return "", retryable("waiting for the pool volume: %v", ctx.Err())
-		case <-time.After(a.pollEvery):
-		}
+// bootSteps times the steps of up (docs/agent.md "Boot"), logged as one
+// line: imds, device (the wait for the volume and its device), mount
+// (lock, probe, format, mount, grow, watermark), catchUp (journal read
+// and entries applied), hook (CompleteLifecycleAction), in seconds.
+type bootSteps struct {
+	start, last     time.Time
+	names           []string
+	took            []time.Duration
+	describeVolumes int
+}
+
+func newBootSteps() *bootSteps { now := time.Now(); return &bootSteps{start: now, last: now} }
+
+func (b *bootSteps) done(name string) {
+	now := time.Now()
+	b.names, b.took = append(b.names, name), append(b.took, now.Sub(b.last))
+	b.last = now
+}
+
+func (b *bootSteps) attrs() []any {
+	out := make([]any, 0, 2*len(b.names)+4)
+	for i, n := range b.names {
+		out = append(out, n, b.took[i].Seconds())
 	}
+	return append(out, "total", time.Since(b.start).Seconds(), "describeVolumesCalls", b.describeVolumes)
 }
 
 // prepareFilesystem formats a blank device, mounts it, grows it and makes
@@ -193,7 +155,10 @@ type heartbeater struct {
 // RecordLifecycleActionHeartbeat per heartbeatEvery (and a ticker sends
 // them while one long entry runs). A gone action stops the heartbeats.
 func (a *Agent) heartbeat(ctx context.Context, instance string) *heartbeater {
-	h := &heartbeater{}
+	// The first heartbeat is due heartbeatEvery after the start: the
+	// hook's timeout is far longer, and a call on the first entry would
+	// sit on the boot's critical path.
+	h := &heartbeater{next: time.Now().Add(a.heartbeatEvery)}
 	ctx, cancel := context.WithCancel(ctx)
 	gone := false
 	send := func() {

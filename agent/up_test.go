@@ -39,8 +39,19 @@ func motoEC2(t testing.TB) *ec2.Client { return ec2.NewFromConfig(testenv.Moto(t
 // img is the volume's image (a fresh blank one when "").
 func newInstance(t testing.TB, w *world, img string) *instance {
 	t.Helper()
+	return launchInstance(t, w, img, nil, true)
+}
+
+// launchInstance is newInstance with the EC2 client the agent uses (nil:
+// moto's) and, when attach is false, the volume neither attached nor its
+// device plugged yet (attachNow does both).
+func launchInstance(t testing.TB, w *world, img string, agentEC2 EC2, attach bool) *instance {
+	t.Helper()
 	ctx := context.Background()
 	c := motoEC2(t)
+	if agentEC2 == nil {
+		agentEC2 = c
+	}
 	run, err := c.RunInstances(ctx, &ec2.RunInstancesInput{
 		ImageId: aws.String("ami-12345678"), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
 		Placement: &ec2types.Placement{AvailabilityZone: aws.String("us-east-1a")},
@@ -57,8 +68,10 @@ func newInstance(t testing.TB, w *world, img string) *instance {
 		t.Fatal(err)
 	}
 	in.volume = aws.ToString(vol.VolumeId)
-	if _, err := c.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &in.volume, InstanceId: &in.id, Device: aws.String("/dev/sdf")}); err != nil {
-		t.Fatal(err)
+	if attach {
+		if _, err := c.AttachVolume(ctx, &ec2.AttachVolumeInput{VolumeId: &in.volume, InstanceId: &in.id, Device: aws.String("/dev/sdf")}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if img == "" {
 		in.dev, in.img = loopDevice(t, 64)
@@ -67,14 +80,15 @@ func newInstance(t testing.TB, w *world, img string) *instance {
 		in.dev = attachImage(t, img)
 	}
 	in.cfg = w.config(t)
-	in.plugDevice(t)
+	if attach {
+		in.plugDevice(t)
+	}
 	in.asg = newFakeAutoScaling(in.id)
 	in.agent = w.agent(t, in.cfg, Deps{
 		IMDS:           fakeIMDS{imds.InstanceIdentityDocument{InstanceID: in.id, AvailabilityZone: "us-east-1a", Region: testenv.Region}},
-		EC2:            c,
+		EC2:            agentEC2,
 		AutoScaling:    in.asg,
 		HeartbeatEvery: time.Millisecond,
-		PollEvery:      100 * time.Millisecond,
 	})
 	unmountAtCleanup(t, in.cfg.MountPath)
 	return in
