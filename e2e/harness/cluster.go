@@ -526,12 +526,21 @@ func (c *Cluster) agentSettings() *AgentSettings {
 	}
 }
 
-func (c *Cluster) boot(_ context.Context, id, az string) error {
+func (c *Cluster) boot(ctx context.Context, id, az string) error {
 	in, err := BootInstance(id, az, Region, Account, filepath.Join(c.workDir, "instances", id), c.agentSettings(), c.Opts.Log)
 	if err != nil {
 		return err
 	}
 	c.Fleet.Add(in)
+	// The machine boots with its root EBS volume (moto made it at
+	// RunInstances), as on Nitro: the agent must tell it from the pool's.
+	root, err := c.EBS.RootVolume(ctx, id)
+	if err != nil {
+		return fmt.Errorf("root volume of %s: %w", id, err)
+	}
+	if root != "" {
+		return PublishRoot(root, in.Tree)
+	}
 	return nil
 }
 

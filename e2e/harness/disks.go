@@ -21,6 +21,11 @@ import (
 type DeviceTree struct {
 	DeviceRoot string
 	SysfsRoot  string
+	// NodeDir is the instance's /dev: attached volumes appear there as
+	// NVMe namespaces (nvme1n1, nvme2n1, … block nodes of their loop
+	// devices) and the by-id links point at them relatively (../../nvme1n1),
+	// as on a Nitro instance. Empty: the links point at the loop devices.
+	NodeDir string
 }
 
 // ByIDName is the name of a volume's link in the by-id directory, as udev
@@ -49,6 +54,7 @@ type attachment struct {
 	loop  string // /dev/loopN
 	tree  DeviceTree
 	timer *time.Timer // pending publication (AttachAfter)
+	node  string      // the published device's name (nvmeNn1 or loopN)
 }
 
 // NewDisks keeps images under dir (created if missing).
@@ -169,16 +175,21 @@ func (d *Disks) AttachAfter(volumeID string, tree DeviceTree, delay time.Duratio
 	loop := strings.TrimSpace(string(out))
 	a := attachment{loop: loop, tree: tree}
 	if delay <= 0 {
-		if err := publish(volumeID, loop, tree); err != nil {
+		node, err := publish(volumeID, loop, tree)
+		if err != nil {
 			_ = exec.Command("losetup", "-d", loop).Run()
 			return "", err
 		}
+		a.node = node
 	} else {
 		a.timer = time.AfterFunc(delay, func() {
 			d.mu.Lock()
 			defer d.mu.Unlock()
 			if cur, ok := d.attached[volumeID]; ok && cur.loop == loop {
-				_ = publish(volumeID, loop, tree)
+				if node, err := publish(volumeID, loop, tree); err == nil {
+					cur.node = node
+					d.attached[volumeID] = cur
+				}
 			}
 		})
 	}
@@ -186,22 +197,110 @@ func (d *Disks) AttachAfter(volumeID string, tree DeviceTree, delay time.Duratio
 	return loop, nil
 }
 
-func publish(volumeID, loop string, tree DeviceTree) error {
-	name := filepath.Base(loop)
+// publish makes an attached volume appear in tree as the NVMe driver and
+// udev make an EBS volume appear: the block device (a node of the loop
+// device in NodeDir, named like the next free NVMe namespace), its sysfs
+// serial and dev attributes, then the by-id link, renamed into place as
+// udev does. It returns the device's name.
+func publish(volumeID, loop string, tree DeviceTree) (string, error) {
+	name, target := filepath.Base(loop), loop
+	if tree.NodeDir != "" {
+		var err error
+		if name, err = makeNVMeNode(tree.NodeDir, loop); err != nil {
+			return "", err
+		}
+		if target, err = filepath.Rel(tree.DeviceRoot, filepath.Join(tree.NodeDir, name)); err != nil {
+			return "", err
+		}
+	}
 	serialDir := filepath.Join(tree.SysfsRoot, "class", "block", name, "device")
 	if err := os.MkdirAll(serialDir, 0o755); err != nil {
-		return err
+		return "", err
 	}
 	// The NVMe serial attribute is the 20-byte serial, space padded.
 	if err := os.WriteFile(filepath.Join(serialDir, "serial"), []byte(fmt.Sprintf("%-20s\n", Serial(volumeID))), 0o644); err != nil {
-		return err
+		return "", err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(loop, &st); err == nil {
+		dev := fmt.Sprintf("%d:%d\n", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		if err := os.WriteFile(filepath.Join(tree.SysfsRoot, "class", "block", name, "dev"), []byte(dev), 0o644); err != nil {
+			return "", err
+		}
 	}
 	if err := os.MkdirAll(tree.DeviceRoot, 0o755); err != nil {
+		return "", err
+	}
+	link := filepath.Join(tree.DeviceRoot, ByIDName(volumeID))
+	for _, l := range []string{link, link + "_1"} { // systemd ≥ 252 adds the namespace link
+		tmp := filepath.Join(tree.DeviceRoot, ".#"+filepath.Base(l))
+		_ = os.Remove(tmp)
+		if err := os.Symlink(target, tmp); err != nil {
+			return "", err
+		}
+		if err := os.Rename(tmp, l); err != nil {
+			return "", err
+		}
+	}
+	return name, nil
+}
+
+// makeNVMeNode makes the block node of loop in nodeDir under the first
+// free name nvme1n1, nvme2n1, … (nvme0n1 is the root volume).
+func makeNVMeNode(nodeDir, loop string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(loop, &st); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(nodeDir, 0o755); err != nil {
+		return "", err
+	}
+	for i := 1; i < 64; i++ {
+		name := fmt.Sprintf("nvme%dn1", i)
+		err := unix.Mknod(filepath.Join(nodeDir, name), unix.S_IFBLK|0o660, int(st.Rdev))
+		if err == nil {
+			return name, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return "", fmt.Errorf("mknod %s: %w", filepath.Join(nodeDir, name), err)
+		}
+	}
+	return "", fmt.Errorf("no free NVMe name in %s", nodeDir)
+}
+
+// PublishRoot shows the instance's root volume in tree as udev does on
+// Nitro (nvme0n1, its partition and namespace links), so agents see the
+// EBS devices a real instance has at boot. The root device is an empty
+// file: nothing may open it.
+func PublishRoot(volumeID string, tree DeviceTree) error {
+	if tree.NodeDir == "" {
+		return nil
+	}
+	for _, d := range []string{tree.NodeDir, tree.DeviceRoot, filepath.Join(tree.SysfsRoot, "class", "block", "nvme0n1", "device")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	for _, n := range []string{"nvme0n1", "nvme0n1p1"} {
+		if err := os.WriteFile(filepath.Join(tree.NodeDir, n), nil, 0o600); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(tree.SysfsRoot, "class", "block", "nvme0n1", "device", "serial"), []byte(fmt.Sprintf("%-20s\n", Serial(volumeID))), 0o644); err != nil {
 		return err
 	}
 	link := filepath.Join(tree.DeviceRoot, ByIDName(volumeID))
-	_ = os.Remove(link)
-	return os.Symlink(loop, link)
+	for l, node := range map[string]string{link: "nvme0n1", link + "_1": "nvme0n1", link + "-part1": "nvme0n1p1"} {
+		target, err := filepath.Rel(tree.DeviceRoot, filepath.Join(tree.NodeDir, node))
+		if err != nil {
+			return err
+		}
+		_ = os.Remove(l)
+		if err := os.Symlink(target, l); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Loop returns the loop device of an attached volume.
@@ -263,8 +362,15 @@ func (d *Disks) Detach(volumeID string, force bool) error {
 	if a.timer != nil {
 		a.timer.Stop()
 	}
-	_ = os.Remove(filepath.Join(a.tree.DeviceRoot, ByIDName(volumeID)))
-	_ = os.RemoveAll(filepath.Join(a.tree.SysfsRoot, "class", "block", filepath.Base(a.loop)))
+	link := filepath.Join(a.tree.DeviceRoot, ByIDName(volumeID))
+	_ = os.Remove(link)
+	_ = os.Remove(link + "_1")
+	if a.node != "" {
+		_ = os.RemoveAll(filepath.Join(a.tree.SysfsRoot, "class", "block", a.node))
+		if a.tree.NodeDir != "" {
+			_ = os.Remove(filepath.Join(a.tree.NodeDir, a.node))
+		}
+	}
 	if out, err := exec.Command("losetup", "-d", a.loop).CombinedOutput(); err != nil {
 		return fmt.Errorf("losetup -d %s: %v: %s", a.loop, err, strings.TrimSpace(string(out)))
 	}

@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -184,5 +185,66 @@ func TestCopySparseKeepsHoles(t *testing.T) {
 	}
 	if st.Blocks*512 > 1<<20 {
 		t.Errorf("copy uses %d bytes of disk for 10 bytes of data; holes were filled", st.Blocks*512)
+	}
+}
+
+// TestDisksPublishLikeNitro: with an instance /dev (NodeDir) an attached
+// volume appears as Nitro shows EBS: a block node nvme1n1 of the loop
+// device, by-id links ../../nvme1n1 (and the _1 namespace link), a sysfs
+// serial and dev; the root volume as nvme0n1 with its partition link; a
+// second volume as nvme2n1; a detach removes its node, links and sysfs.
+func TestDisksPublishLikeNitro(t *testing.T) {
+	d, tree := newDisks(t)
+	tree.NodeDir = filepath.Dir(tree.DeviceRoot)
+	tree.DeviceRoot = filepath.Join(tree.NodeDir, "disk", "by-id")
+	const root, vol, vol2 = "vol-0aaaaaaaaaaaaaaa1", "vol-0123456789abcdef0", "vol-0fedcba9876543210"
+	if err := PublishRoot(root, tree); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{vol, vol2} {
+		if err := d.CreateVolume(v, 1, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	loop, err := d.Attach(vol, tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Attach(vol2, tree); err != nil {
+		t.Fatal(err)
+	}
+	for link, want := range map[string]string{
+		"nvme-Amazon_Elastic_Block_Store_vol0aaaaaaaaaaaaaaa1":       "../../nvme0n1",
+		"nvme-Amazon_Elastic_Block_Store_vol0aaaaaaaaaaaaaaa1-part1": "../../nvme0n1p1",
+		"nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0":       "../../nvme1n1",
+		"nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0_1":     "../../nvme1n1",
+		"nvme-Amazon_Elastic_Block_Store_vol0fedcba9876543210":       "../../nvme2n1",
+	} {
+		if got, err := os.Readlink(filepath.Join(tree.DeviceRoot, link)); err != nil || got != want {
+			t.Errorf("%s → %q (%v); want %s", link, got, err, want)
+		}
+	}
+	var lst, nst unix.Stat_t
+	if err := unix.Stat(loop, &lst); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(filepath.Join(tree.NodeDir, "nvme1n1"), &nst); err != nil || nst.Mode&unix.S_IFMT != unix.S_IFBLK || nst.Rdev != lst.Rdev {
+		t.Fatalf("nvme1n1 is not a block node of %s (%v)", loop, err)
+	}
+	for name, want := range map[string]string{"nvme0n1/device/serial": "vol0aaaaaaaaaaaaaaa1", "nvme1n1/device/serial": "vol0123456789abcdef0",
+		"nvme1n1/dev": fmt.Sprintf("%d:%d", unix.Major(lst.Rdev), unix.Minor(lst.Rdev))} {
+		b, err := os.ReadFile(filepath.Join(tree.SysfsRoot, "class", "block", name))
+		if err != nil || strings.TrimSpace(string(b)) != want {
+			t.Errorf("sysfs %s = %q (%v); want %s", name, b, err, want)
+		}
+	}
+	if err := d.Detach(vol, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{filepath.Join(tree.NodeDir, "nvme1n1"), filepath.Join(tree.SysfsRoot, "class", "block", "nvme1n1"),
+		filepath.Join(tree.DeviceRoot, "nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"), filepath.Join(tree.DeviceRoot, "nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0_1")} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("%s still there after detach (%v)", p, err)
+		}
 	}
 }

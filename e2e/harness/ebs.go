@@ -490,6 +490,21 @@ func (e *EBS) detachWhenUnmounted(volID, instID string) {
 	}
 }
 
+// RootVolume is the ID of the EBS volume at the instance's root device
+// ("" when EC2 shows none).
+func (e *EBS) RootVolume(ctx context.Context, instanceID string) (string, error) {
+	inst, err := e.describeInstance(ctx, instanceID)
+	if err != nil || inst == nil {
+		return "", err
+	}
+	for _, m := range inst.BlockDeviceMappings {
+		if aws.ToString(m.DeviceName) == aws.ToString(inst.RootDeviceName) && m.Ebs != nil {
+			return aws.ToString(m.Ebs.VolumeId), nil
+		}
+	}
+	return "", nil
+}
+
 // ForceDetachAll detaches every volume attached to instanceID (the instance
 // is going away: EBS detaches its volumes at termination).
 func (e *EBS) ForceDetachAll(ctx context.Context, instanceID string) error {

@@ -86,7 +86,7 @@ type AgentRun struct {
 func BootInstance(id, az, region, account, dir string, set *AgentSettings, log *slog.Logger) (*Instance, error) {
 	in := &Instance{
 		ID: id, AZ: az, Dir: dir,
-		Tree:       DeviceTree{DeviceRoot: filepath.Join(dir, "dev", "disk", "by-id"), SysfsRoot: filepath.Join(dir, "sys")},
+		Tree:       DeviceTree{DeviceRoot: filepath.Join(dir, "dev", "disk", "by-id"), SysfsRoot: filepath.Join(dir, "sys"), NodeDir: filepath.Join(dir, "dev")},
 		RunDir:     filepath.Join(dir, "run", "volsd"),
 		Mount:      filepath.Join(dir, "srv", "volsd"),
 		ConfigPath: filepath.Join(dir, "etc", "volsd", "agent.json"),
