@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
@@ -199,7 +200,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 		content := []byte(fmt.Sprintf("<p>push %d to %d instances</p>\n", run, n))
 		sum := sha256.Sum256(content)
 		sha := hex.EncodeToString(sum[:])
-		if _, err := origin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(events.BlobKey(sha)), Body: bytes.NewReader(content)}); err != nil {
+		if _, err := origin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(events.BlobKey(sha)), Body: bytes.NewReader(content), ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256}); err != nil {
 			return nil, err
 		}
 		req := events.PushRequest{Version: events.PushVersion, RequestID: fmt.Sprintf("bench-%d-%d-%s", n, run, randomName()), Op: events.OpPut,

@@ -267,3 +267,13 @@ func hasAny(have []string, want ...string) bool {
 	}
 	return false
 }
+
+// IsBadDigest reports whether S3 refused a body because it does not match
+// the checksum sent with it: the bytes read are not the bytes hashed.
+func IsBadDigest(err error) bool {
+	switch Code(err) {
+	case "BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest":
+		return true
+	}
+	return false
+}

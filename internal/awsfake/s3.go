@@ -46,11 +46,31 @@ type s3Object struct {
 	etag     string
 	modified time.Time
 	meta     map[string]string
+	// checksum is the stored SHA-256 checksum (base64; "<b64>-N" for a
+	// multipart object, a checksum of the part checksums), "" for none.
+	checksum     string
+	checksumType types.ChecksumType
 }
 
 type s3Upload struct {
 	bucket, key string
 	parts       map[int32]*s3Object
+	sha256      bool // created with ChecksumAlgorithm SHA256
+	meta        map[string]string
+}
+
+// s3Checksum is the SHA-256 checksum S3 stores for a body: the one the
+// caller sent (already checked against the body), or computed when the
+// caller asked for the algorithm only.
+func s3Checksum(data []byte, sent *string, algo types.ChecksumAlgorithm) string {
+	switch {
+	case aws.ToString(sent) != "":
+		return aws.ToString(sent)
+	case algo == types.ChecksumAlgorithmSha256:
+		sum := sha256.Sum256(data)
+		return base64.StdEncoding.EncodeToString(sum[:])
+	}
+	return ""
 }
 
 // NewS3 returns an empty S3 with the given buckets.
@@ -141,10 +161,14 @@ func (f *S3) HeadObject(ctx context.Context, in *s3.HeadObjectInput, _ ...func(*
 	if !ok {
 		return nil, f.wrap("HeadObject", &types.NotFound{Message: aws.String("Not Found")})
 	}
-	return &s3.HeadObjectOutput{
+	out := &s3.HeadObjectOutput{
 		ContentLength: aws.Int64(int64(len(o.data))), ETag: aws.String(o.etag),
 		LastModified: aws.Time(o.modified), Metadata: o.meta,
-	}, nil
+	}
+	if in.ChecksumMode == types.ChecksumModeEnabled && o.checksum != "" {
+		out.ChecksumSHA256, out.ChecksumType = aws.String(o.checksum), o.checksumType
+	}
+	return out, nil
 }
 
 // GetObject returns an object, or the byte range asked for
@@ -262,9 +286,12 @@ func (f *S3) PutObject(ctx context.Context, in *s3.PutObjectInput, _ ...func(*s3
 	if _, exists := objs[key]; exists && aws.ToString(in.IfNoneMatch) == "*" {
 		return nil, f.wrap("PutObject", pipelineAPIError("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", smithy.FaultClient))
 	}
-	o := &s3Object{data: data, etag: s3ETag(data), modified: f.now(), meta: in.Metadata}
+	o := &s3Object{data: data, etag: s3ETag(data), modified: f.now(), meta: in.Metadata, checksum: s3Checksum(data, in.ChecksumSHA256, in.ChecksumAlgorithm)}
+	if o.checksum != "" {
+		o.checksumType = types.ChecksumTypeFullObject
+	}
 	objs[key] = o
-	return &s3.PutObjectOutput{ETag: aws.String(o.etag), ChecksumSHA256: in.ChecksumSHA256}, nil
+	return &s3.PutObjectOutput{ETag: aws.String(o.etag), ChecksumSHA256: aws.String(o.checksum)}, nil
 }
 
 // DeleteObject removes an object; deleting a missing key succeeds, as in S3.
@@ -374,7 +401,8 @@ func (f *S3) CreateMultipartUpload(ctx context.Context, in *s3.CreateMultipartUp
 	var id [16]byte
 	_, _ = rand.Read(id[:])
 	uid := hex.EncodeToString(id[:])
-	f.uploads[uid] = &s3Upload{bucket: aws.ToString(in.Bucket), key: aws.ToString(in.Key), parts: map[int32]*s3Object{}}
+	f.uploads[uid] = &s3Upload{bucket: aws.ToString(in.Bucket), key: aws.ToString(in.Key), parts: map[int32]*s3Object{},
+		sha256: in.ChecksumAlgorithm == types.ChecksumAlgorithmSha256, meta: in.Metadata}
 	return &s3.CreateMultipartUploadOutput{Bucket: in.Bucket, Key: in.Key, UploadId: aws.String(uid)}, nil
 }
 
@@ -398,8 +426,11 @@ func (f *S3) UploadPart(ctx context.Context, in *s3.UploadPartInput, _ ...func(*
 		return nil, f.wrap("UploadPart", s3NoSuchUpload())
 	}
 	p := &s3Object{data: data, etag: s3ETag(data), modified: f.now()}
+	if u.sha256 {
+		p.checksum = s3Checksum(data, in.ChecksumSHA256, types.ChecksumAlgorithmSha256)
+	}
 	u.parts[n] = p
-	return &s3.UploadPartOutput{ETag: aws.String(p.etag)}, nil
+	return &s3.UploadPartOutput{ETag: aws.String(p.etag), ChecksumSHA256: aws.String(p.checksum)}, nil
 }
 
 // CompleteMultipartUpload assembles the listed parts: ascending part
@@ -419,7 +450,7 @@ func (f *S3) CompleteMultipartUpload(ctx context.Context, in *s3.CompleteMultipa
 		return nil, f.wrap("CompleteMultipartUpload", pipelineAPIError("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema", smithy.FaultClient))
 	}
 	parts := in.MultipartUpload.Parts
-	var whole bytes.Buffer
+	var whole, partSums bytes.Buffer
 	md5s := md5.New()
 	prev := int32(0)
 	for i, cp := range parts {
@@ -432,21 +463,31 @@ func (f *S3) CompleteMultipartUpload(ctx context.Context, in *s3.CompleteMultipa
 		if !ok || strings.Trim(aws.ToString(cp.ETag), `"`) != strings.Trim(p.etag, `"`) {
 			return nil, f.wrap("CompleteMultipartUpload", pipelineAPIError("InvalidPart", fmt.Sprintf("One or more of the specified parts could not be found (part %d).", n), smithy.FaultClient))
 		}
+		if u.sha256 && aws.ToString(cp.ChecksumSHA256) != p.checksum {
+			return nil, f.wrap("CompleteMultipartUpload", pipelineAPIError("InvalidPart", fmt.Sprintf("One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag (part %d: checksum %q).", n, aws.ToString(cp.ChecksumSHA256)), smithy.FaultClient))
+		}
 		if i < len(parts)-1 && int64(len(p.data)) < f.MinPartSize {
 			return nil, f.wrap("CompleteMultipartUpload", pipelineAPIError("EntityTooSmall", fmt.Sprintf("Your proposed upload is smaller than the minimum allowed size (part %d has %d bytes)", n, len(p.data)), smithy.FaultClient))
 		}
 		whole.Write(p.data)
 		raw, _ := hex.DecodeString(strings.Trim(p.etag, `"`))
 		md5s.Write(raw)
+		sum, _ := base64.StdEncoding.DecodeString(p.checksum)
+		partSums.Write(sum)
 	}
 	objs, err := f.bucket(in.Bucket)
 	if err != nil {
 		return nil, f.wrap("CompleteMultipartUpload", err)
 	}
 	etag := fmt.Sprintf(`"%s-%d"`, hex.EncodeToString(md5s.Sum(nil)), len(parts))
-	objs[u.key] = &s3Object{data: whole.Bytes(), etag: etag, modified: f.now()}
+	o := &s3Object{data: whole.Bytes(), etag: etag, modified: f.now(), meta: u.meta}
+	if u.sha256 {
+		sum := sha256.Sum256(partSums.Bytes())
+		o.checksum, o.checksumType = fmt.Sprintf("%s-%d", base64.StdEncoding.EncodeToString(sum[:]), len(parts)), types.ChecksumTypeComposite
+	}
+	objs[u.key] = o
 	delete(f.uploads, uid)
-	return &s3.CompleteMultipartUploadOutput{Bucket: in.Bucket, Key: in.Key, ETag: aws.String(etag)}, nil
+	return &s3.CompleteMultipartUploadOutput{Bucket: in.Bucket, Key: in.Key, ETag: aws.String(etag), ChecksumSHA256: aws.String(o.checksum)}, nil
 }
 
 // AbortMultipartUpload drops an upload and its parts.

@@ -4,19 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/schollz/progressbar/v3"
 
@@ -102,11 +98,11 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 	}
 	if op == events.OpSync {
 		key := events.ManifestKey(s.Manifest)
-		have, err := a.size(ctx, key)
+		have, err := a.verified(ctx, key, s.Manifest, int64(len(manifest)))
 		if err != nil {
 			return Sent{}, err
 		}
-		if have != int64(len(manifest)) {
+		if !have {
 			if err := a.putSmall(ctx, key, s.Manifest, bytes.NewReader(manifest), int64(len(manifest))); err != nil {
 				return Sent{}, err
 			}
@@ -157,26 +153,9 @@ func (a *App) send(ctx context.Context, req events.PushRequest, s *Sent) error {
 	return nil
 }
 
-// size returns an origin object's size, -1 when it does not exist.
-func (a *App) size(ctx context.Context, key string) (int64, error) {
-	var out *s3.HeadObjectOutput
-	err := awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
-		var err error
-		out, err = a.S3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(a.Cfg.Bucket), Key: aws.String(key)})
-		return err
-	})
-	switch {
-	case err == nil:
-		return aws.ToInt64(out.ContentLength), nil
-	case awserr.IsNotFound(err):
-		return -1, nil
-	default:
-		return 0, fmt.Errorf("check s3://%s/%s: %w", a.Cfg.Bucket, key, err)
-	}
-}
-
-// uploadBlobs uploads the distinct blobs the origin lacks (or holds with
-// another size, which can only be a damaged object).
+// uploadBlobs uploads the distinct blobs the origin does not hold
+// verified (checksum.Verify): missing, or there with other bytes, another
+// size or no checksum, which an upload overwrites with the right bytes.
 func (a *App) uploadBlobs(ctx context.Context, files []localFile, s *Sent) error {
 	byBlob := map[string]localFile{}
 	var order []string
@@ -188,8 +167,8 @@ func (a *App) uploadBlobs(ctx context.Context, files []localFile, s *Sent) error
 	}
 	missing := make([]bool, len(order))
 	if err := parallel(ctx, len(order), headConcurrency, func(ctx context.Context, i int) error {
-		have, err := a.size(ctx, events.BlobKey(order[i]))
-		missing[i] = have != byBlob[order[i]].size
+		ok, err := a.verified(ctx, events.BlobKey(order[i]), order[i], byBlob[order[i]].size)
+		missing[i] = !ok
 		return err
 	}); err != nil {
 		return err
@@ -226,61 +205,6 @@ func (a *App) uploadBlobs(ctx context.Context, files []localFile, s *Sent) error
 	}
 	s.UploadedBlobs, s.UploadedBytes = len(todo), total
 	return nil
-}
-
-// uploadFile uploads one file as blobs/<sha256>: in one PutObject with its
-// SHA-256 checksum (S3 refuses a body that does not match) when it is
-// smaller than the part size, else in parts. A file that changed since it
-// was hashed is withdrawn from the origin and the push fails.
-func (a *App) uploadFile(ctx context.Context, f localFile, bar *progressbar.ProgressBar) error {
-	fh, err := openLocal(f.abs)
-	if err != nil {
-		return err
-	}
-	defer fh.Close()
-	key := events.BlobKey(f.sha256)
-	body := &progressFile{f: fh, size: f.size, bar: bar}
-	partSize := a.PartSize
-	if partSize <= 0 {
-		partSize = DefaultPartSize
-	}
-	partSize = max(partSize, manager.MinUploadPartSize)
-	if f.size < partSize {
-		err = a.putSmall(ctx, key, f.sha256, body, f.size)
-	} else {
-		up := manager.NewUploader(a.S3, func(u *manager.Uploader) { u.PartSize, u.Concurrency = partSize, 4 })
-		_, err = up.Upload(ctx, &s3.PutObjectInput{Bucket: aws.String(a.Cfg.Bucket), Key: aws.String(key), Body: body})
-	}
-	if err != nil {
-		return fmt.Errorf("upload %s to s3://%s/%s: %w", f.abs, a.Cfg.Bucket, key, err)
-	}
-	if !f.unchanged() {
-		_, derr := a.S3.DeleteObject(context.WithoutCancel(ctx), &s3.DeleteObjectInput{Bucket: aws.String(a.Cfg.Bucket), Key: aws.String(key)})
-		if derr != nil {
-			return inputErr("%s changed while it was pushed, and withdrawing s3://%s/%s failed (%v): delete that object, then push again", f.abs, a.Cfg.Bucket, key, derr)
-		}
-		return inputErr("%s changed while it was pushed; nothing was sent: push again", f.abs)
-	}
-	return nil
-}
-
-// putSmall uploads one object in one PutObject with its SHA-256 checksum.
-func (a *App) putSmall(ctx context.Context, key, sha string, body io.ReadSeeker, size int64) error {
-	raw, err := hex.DecodeString(sha)
-	if err != nil {
-		return err
-	}
-	sum := base64.StdEncoding.EncodeToString(raw)
-	return awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
-		if _, err := body.Seek(0, io.SeekStart); err != nil {
-			return err
-		}
-		_, err := a.S3.PutObject(ctx, &s3.PutObjectInput{
-			Bucket: aws.String(a.Cfg.Bucket), Key: aws.String(key), Body: body,
-			ContentLength: aws.Int64(size), ChecksumSHA256: aws.String(sum),
-		})
-		return err
-	})
 }
 
 // progressFile is a file that counts what is read of it into a progress

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
@@ -110,7 +111,7 @@ func (r *rig) blob(content string) *events.Blob {
 
 func (r *rig) put(key string, data []byte) {
 	r.t.Helper()
-	if _, err := r.s3.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &r.bucket, Key: aws.String(key), Body: bytes.NewReader(data)}); err != nil {
+	if _, err := r.s3.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &r.bucket, Key: aws.String(key), Body: bytes.NewReader(data), ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256}); err != nil {
 		r.t.Fatal(err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
@@ -129,7 +130,7 @@ func FuzzPushMessage(f *testing.F) {
 		origin := awsfake.NewS3("origin")
 		ctx := context.Background()
 		for key, data := range map[string][]byte{events.BlobKey(blobSHA): content, events.ManifestKey(manSHA): man} {
-			if _, err := origin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("origin"), Key: aws.String(key), Body: strings.NewReader(string(data))}); err != nil {
+			if _, err := origin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("origin"), Key: aws.String(key), Body: strings.NewReader(string(data)), ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256}); err != nil {
 				t.Fatal(err)
 			}
 		}

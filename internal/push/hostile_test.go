@@ -100,7 +100,7 @@ func hostileCases(r *rig) []hostileCase {
 	r.put(events.BlobKey(sha(content)), content)
 	cases = append(cases, hostileCase{"blob size mismatch",
 		`{"version":1,"requestId":"size-lie","op":"put","path":"a","blob":{"sha256":"` + sha(content) + `","size":13,"mode":420}}`,
-		"size-lie", "has 12 bytes in the origin, the request says 13"})
+		"size-lie", "12 bytes, not 13"})
 	badManifest := func(name, id string, raw []byte, reason string) {
 		key := sha(raw)
 		r.put(events.ManifestKey(key), raw)
@@ -116,9 +116,9 @@ func hostileCases(r *rig) []hostileCase {
 	badManifest("manifest duplicate", "man-dup", []byte(`{"version":1,"entries":[`+entry("a")+`,`+entry("a")+`]}`), "twice")
 	badManifest("manifest file and dir", "man-clash", []byte(`{"version":1,"entries":[`+entry("a")+`,`+entry("a/b")+`]}`), "also the directory")
 	badManifest("manifest symlink field", "man-link", []byte(`{"version":1,"entries":[{"path":"l","sha256":"`+sha(content)+`","size":12,"mode":420,"symlink":"/etc"}]}`), "not a known field")
-	badManifest("manifest version", "man-v2", []byte(`{"version":2,"entries":[]}`), "unsupported manifest version")
+	badManifest("manifest version", "man-v3", []byte(`{"version":3,"entries":[]}`), "unsupported manifest version")
 	badManifest("manifest not json", "man-junk", []byte("#!/bin/sh\nrm -rf /\n"), "not valid JSON")
-	badManifest("manifest blob size", "man-size", []byte(`{"version":1,"entries":[{"path":"a","sha256":"`+sha(content)+`","size":99,"mode":420}]}`), "has 12 bytes in the origin, the manifest says 99")
+	badManifest("manifest blob size", "man-size", []byte(`{"version":1,"entries":[{"path":"a","sha256":"`+sha(content)+`","size":99,"mode":420}]}`), "12 bytes, not 99")
 	// a manifest stored under a name that is not its hash
 	lie := []byte(`{"version":1,"entries":[]}` + "\n")
 	r.put(events.ManifestKey(okSHA), lie)

@@ -13,25 +13,22 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/checksum"
 )
 
 // S3Origin is the part of the S3 API the push Lambda reads the origin with.
 type S3Origin interface {
 	HeadObject(ctx context.Context, in *s3.HeadObjectInput, optFns ...func(*s3.Options)) (*s3.HeadObjectOutput, error)
 	GetObject(ctx context.Context, in *s3.GetObjectInput, optFns ...func(*s3.Options)) (*s3.GetObjectOutput, error)
-	ListObjectsV2(ctx context.Context, in *s3.ListObjectsV2Input, optFns ...func(*s3.Options)) (*s3.ListObjectsV2Output, error)
 }
 
 // MaxCheckedManifestBytes is the largest manifest the push Lambda reads to
 // check it. A bigger one is rejected with that reason: split the tree.
 const MaxCheckedManifestBytes = 64 << 20
-
-// headBlobsUpTo is how many distinct blobs of a manifest are checked with
-// one HeadObject each; above it, one listing of blobs/ is cheaper.
-const headBlobsUpTo = 64
 
 // headConcurrency bounds parallel HeadObject calls for one manifest.
 const headConcurrency = 16
@@ -83,22 +80,36 @@ type origin struct {
 func (o origin) check(ctx context.Context, r events.PushRequest) *originProblem {
 	switch r.Op {
 	case events.OpPut:
-		size, p := o.head(ctx, events.BlobKey(r.Blob.SHA256))
-		if p != nil {
-			return p
-		}
-		if size < 0 {
+		present, p := o.verifyBlob(ctx, r.Blob.SHA256, r.Blob.Size)
+		if p == nil && !present {
 			return missing("blob %s is not in the origin (s3://%s/%s)", r.Blob.SHA256, o.bucket, events.BlobKey(r.Blob.SHA256))
 		}
-		if size != r.Blob.Size {
-			return wrong("blob %s has %d bytes in the origin, the request says %d", r.Blob.SHA256, size, r.Blob.Size)
-		}
-		return nil
+		return p
 	case events.OpSync:
 		return o.checkManifest(ctx, r.Manifest.SHA256)
 	default:
 		return nil // delete names no content
 	}
+}
+
+// verifyBlob is the push Lambda's one blob check: false when the blob is
+// not in the origin; a problem (rejected at once) when it is there but its
+// stored SHA-256 checksum does not prove it holds size bytes hashing to sum
+// (checksum.Verify: no checksum, another one, another size), because every
+// agent would refuse it and stop at that seq.
+func (o origin) verifyBlob(ctx context.Context, sum string, size int64) (bool, *originProblem) {
+	key := events.BlobKey(sum)
+	out, err := o.s3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &o.bucket, Key: &key, ChecksumMode: s3types.ChecksumModeEnabled})
+	switch {
+	case awserr.IsNotFound(err):
+		return false, nil
+	case err != nil:
+		return false, unavailable("check s3://"+o.bucket+"/"+key, err)
+	}
+	if err := checksum.Verify(out, sum, size); err != nil {
+		return true, wrong("blob %s in the origin is not proven to hold its bytes (%v): push it again; the CLI uploads it with its SHA-256 checksum", sum, err)
+	}
+	return true, nil
 }
 
 // head returns an object's size, -1 when it does not exist.
@@ -155,19 +166,10 @@ func (o origin) checkManifest(ctx context.Context, sha string) *originProblem {
 		}
 		want[e.SHA256] = e.Size
 	}
-	have, p := o.blobSizes(ctx, want)
+	absent, p := o.verifyBlobs(ctx, want)
 	if p != nil {
+		p.reason = "manifest " + sha + ": " + p.reason
 		return p
-	}
-	var absent []string
-	for blob, n := range want {
-		got, ok := have[blob]
-		switch {
-		case !ok:
-			absent = append(absent, blob)
-		case got != n:
-			return wrong("manifest %s: blob %s has %d bytes in the origin, the manifest says %d", sha, blob, got, n)
-		}
 	}
 	if len(absent) > 0 {
 		sort.Strings(absent)
@@ -181,48 +183,33 @@ func (o origin) checkManifest(ctx context.Context, sha string) *originProblem {
 	return nil
 }
 
-// blobSizes returns the origin sizes of the wanted blobs that exist: one
-// HeadObject each for a few, one listing of blobs/ for many.
-func (o origin) blobSizes(ctx context.Context, want map[string]int64) (map[string]int64, *originProblem) {
-	have := make(map[string]int64, len(want))
-	if len(want) > headBlobsUpTo {
-		p := s3.NewListObjectsV2Paginator(o.s3, &s3.ListObjectsV2Input{Bucket: &o.bucket, Prefix: aws.String("blobs/")})
-		for p.HasMorePages() {
-			page, err := p.NextPage(ctx)
-			if err != nil {
-				return nil, unavailable("list s3://"+o.bucket+"/blobs/", err)
-			}
-			for _, obj := range page.Contents {
-				blob := strings.TrimPrefix(aws.ToString(obj.Key), "blobs/")
-				if _, ok := want[blob]; ok {
-					have[blob] = aws.ToInt64(obj.Size)
-				}
-			}
-		}
-		return have, nil
-	}
+// verifyBlobs checks the wanted blobs (sha256 → size) with verifyBlob,
+// headConcurrency at a time, and returns those not in the origin, or the
+// first problem.
+func (o origin) verifyBlobs(ctx context.Context, want map[string]int64) ([]string, *originProblem) {
 	var (
-		mu    sync.Mutex
-		wg    sync.WaitGroup
-		first *originProblem
-		sem   = make(chan struct{}, headConcurrency)
+		mu     sync.Mutex
+		wg     sync.WaitGroup
+		first  *originProblem
+		absent []string
+		sem    = make(chan struct{}, headConcurrency)
 	)
-	for blob := range want {
+	for blob, size := range want {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			size, p := o.head(ctx, events.BlobKey(blob))
+			present, p := o.verifyBlob(ctx, blob, size)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case p != nil && first == nil:
 				first = p
-			case p == nil && size >= 0:
-				have[blob] = size
+			case p == nil && !present:
+				absent = append(absent, blob)
 			}
 		}()
 	}
 	wg.Wait()
-	return have, first
+	return absent, first
 }
