@@ -69,17 +69,39 @@ func Build(ctx context.Context, root, dir string) (*Binaries, error) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("go build: %v\n%s", err, b)
 	}
-	bins := &Binaries{Bootstrap: map[string]string{}, Agent: filepath.Join(out, "volsd-agent"), CLI: filepath.Join(out, "volsd")}
+	bins := layout(dir)
 	for _, fn := range FunctionNames {
-		d := filepath.Join(dir, "lambda", fn)
-		if err := os.MkdirAll(d, 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Dir(bins.Bootstrap[fn]), 0o755); err != nil {
 			return nil, err
 		}
-		bs := filepath.Join(d, "bootstrap")
-		if err := os.Rename(filepath.Join(out, fn), bs); err != nil {
+		if err := os.Rename(filepath.Join(out, fn), bins.Bootstrap[fn]); err != nil {
 			return nil, err
 		}
-		bins.Bootstrap[fn] = bs
+	}
+	return bins, nil
+}
+
+// layout is where Build puts each program under dir.
+func layout(dir string) *Binaries {
+	bins := &Binaries{Bootstrap: map[string]string{}, Agent: filepath.Join(dir, "bin", "volsd-agent"), CLI: filepath.Join(dir, "bin", "volsd")}
+	for _, fn := range FunctionNames {
+		bins.Bootstrap[fn] = filepath.Join(dir, "lambda", fn, "bootstrap")
+	}
+	return bins
+}
+
+// Built returns the programs an earlier Build put into dir, after checking
+// that each is there.
+func Built(dir string) (*Binaries, error) {
+	bins := layout(dir)
+	paths := []string{bins.Agent, bins.CLI}
+	for _, fn := range FunctionNames {
+		paths = append(paths, bins.Bootstrap[fn])
+	}
+	for _, p := range paths {
+		if fi, err := os.Stat(p); err != nil || fi.IsDir() {
+			return nil, fmt.Errorf("%s has no %s: not a directory harness.Build wrote (build into it first)", dir, p)
+		}
 	}
 	return bins, nil
 }
