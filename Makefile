@@ -17,7 +17,7 @@ TEST_TIMEOUT ?= 25m
 FUZZ_EXECS ?= 50000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: all build lambdas agent cli test test-unit fuzz lint tools synth demo bench clean
+.PHONY: all build lambdas agent cli test test-unit fuzz lint tools synth demo local bench clean
 
 all: build
 
@@ -85,6 +85,10 @@ synth: _cdk/node_modules/.bin/cdk lambdas agent
 ## demo: the whole system on this machine against local emulators (root)
 demo: tools build
 	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-demo
+
+## local: the whole system stays up on this machine for your own content until Ctrl-C (root; see README "Try it on your machine")
+local: tools
+	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-demo serve $(LOCAL_FLAGS)
 
 ## bench: benchmarks with their baselines; writes docs/benchmarks.md and docs/benchmarks.json
 bench: tools build

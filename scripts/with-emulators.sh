@@ -9,6 +9,7 @@
 #   VOLSD_TEST_DYNAMODB_ENDPOINT  http://127.0.0.1:<port> (DynamoDB Local)
 #   VOLSD_TEST_MOTO_ENDPOINT      http://127.0.0.1:<port> (moto server)
 #   VOLSD_TEST_EMULATORS=1        tests that need an emulator fail instead of skipping
+#   VOLSD_EMULATOR_PIDS           the emulators' process IDs; VOLSD_EMULATOR_LOGDIR their logs
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,6 +61,10 @@ wait_port "moto server" "$moto_port" "${pids[1]}"
 export VOLSD_TEST_DYNAMODB_ENDPOINT="http://127.0.0.1:$ddb_port"
 export VOLSD_TEST_MOTO_ENDPOINT="http://127.0.0.1:$moto_port"
 export VOLSD_TEST_EMULATORS=1
+# For a long-running program (volsd-demo serve) to record, so a later run
+# can stop emulators this script left behind when it was killed itself.
+export VOLSD_EMULATOR_PIDS="${pids[*]}"
+export VOLSD_EMULATOR_LOGDIR="$logdir"
 echo "with-emulators: DynamoDB Local $VOLSD_TEST_DYNAMODB_ENDPOINT, moto $VOLSD_TEST_MOTO_ENDPOINT" >&2
 set +e
 "$@"

@@ -4,7 +4,8 @@
 // `make demo` runs it under scripts/with-emulators.sh; run alone it starts
 // the emulators itself the same way. Needs root. Exits non-zero on any
 // mismatch; cleans up (agents, mounts, loop devices, emulators) on success,
-// failure and Ctrl-C.
+// failure and Ctrl-C. `volsd-demo serve` (make local) keeps the system up
+// for the user's own content instead; `volsd-demo ctl` drives it.
 package main
 
 import (
@@ -25,6 +26,14 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "serve":
+			os.Exit(serve(os.Args[2:]))
+		case "ctl":
+			os.Exit(ctl(os.Args[2:]))
+		}
+	}
 	small := flag.Bool("small", false, "tell the story at the end-to-end test's size (quick)")
 	keep := flag.Bool("keep", false, "keep the work directory (images, instance trees, logs)")
 	verbose := flag.Bool("v", false, "print the harness's own log")
