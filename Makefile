@@ -87,8 +87,11 @@ demo: tools build
 	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-demo
 
 ## local: the whole system stays up on this machine for your own content until Ctrl-C (root; see README "Try it on your machine")
+# Built, not `go run`: go run exits 1 after Ctrl-C whatever the program
+# returns, and with-emulators.sh keeps its logs after a failure.
 local: tools
-	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-demo serve $(LOCAL_FLAGS)
+	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bin/volsd-demo ./e2e/cmd/volsd-demo
+	./scripts/with-emulators.sh $(BUILD)/bin/volsd-demo serve $(LOCAL_FLAGS)
 
 ## bench: benchmarks with their baselines; writes docs/benchmarks.md and docs/benchmarks.json
 bench: tools build

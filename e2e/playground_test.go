@@ -7,12 +7,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -158,7 +159,7 @@ func TestPlayground(t *testing.T) {
 
 	fetchAll := func(in playgroundInstance) {
 		t.Helper()
-		for _, rel := range sortedKeys(local) {
+		for _, rel := range slices.Sorted(maps.Keys(local)) {
 			got, err := httpGet(ctx, in.URL+"www/"+rel)
 			if err != nil {
 				t.Fatalf("instance %s: %v", in.ID, err)
@@ -222,10 +223,15 @@ func checkNothingLeft(t *testing.T, work, state string, insts []playgroundInstan
 			t.Errorf("loop device left: %s", line)
 		}
 	}
-	exes, _ := filepath.Glob("/proc/[0-9]*/exe")
-	for _, exe := range exes {
-		if target, err := os.Readlink(exe); err == nil && strings.HasPrefix(target, work) {
-			t.Errorf("process left: %s runs %s", filepath.Dir(exe), target)
+	// The playground's Lambdas and agents run the test's prebuilt programs,
+	// which other tests run too; they are told apart by their environment,
+	// which names the work directory (agent.json, the Lambdas' config files).
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		exe, _ := os.Readlink(filepath.Join(p, "exe"))
+		env, _ := os.ReadFile(filepath.Join(p, "environ"))
+		if strings.HasPrefix(exe, work) || strings.Contains(string(env), work) {
+			t.Errorf("process left: %s runs %s", p, exe)
 		}
 	}
 	if _, err := os.Stat(work); !os.IsNotExist(err) {
@@ -266,13 +272,4 @@ func httpGet(ctx context.Context, url string) ([]byte, error) {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	return b, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }

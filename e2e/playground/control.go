@@ -169,11 +169,8 @@ func (p *Playground) run(ctx context.Context, req Request) (string, error) {
 		}
 		fmt.Fprintf(&b, "replacement in service with the current content after %.1f s:\n", time.Since(begin).Seconds())
 		writeInstances(&b, insts)
-		if _, err := p.c.Schedule(ctx, "reconcile"); err != nil {
-			return b.String(), fmt.Errorf("reconcile after the loss: %w", err)
-		}
-		b.WriteString("reconcile released the lost instance's volume; ")
-		b.WriteString(p.volumeSummary(ctx))
+		fmt.Fprintf(&b, "the volume %s held stays in-use in the table until a reconcile finds the instance gone, "+
+			"2 minutes after the volume's last update (GoneGrace); %s, then `volsd volumes` shows it idle again\n", req.Instance, p.reconcileNote())
 	case CmdSnapshot:
 		out, err := p.c.Schedule(ctx, "snapshot")
 		if err != nil {
@@ -190,6 +187,14 @@ func (p *Playground) run(ctx context.Context, req Request) (string, error) {
 		writeInstances(&b, p.instances())
 	}
 	return b.String(), nil
+}
+
+// reconcileNote says when reconcile runs next.
+func (p *Playground) reconcileNote() string {
+	if p.opts.ReconcileEvery <= 0 {
+		return "run `ctl reconcile` after that"
+	}
+	return "the playground runs reconcile every " + p.opts.ReconcileEvery.String()
 }
 
 // volumeSummary counts the pool's volumes by state.

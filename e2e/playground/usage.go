@@ -22,7 +22,7 @@ func (p *Playground) printUsage() {
 	if p.opts.StateDir != DefaultStateDir {
 		ctl += " -state " + shellQuote(p.opts.StateDir)
 	}
-	idle := 2 * p.opts.IdlePerAZ
+	idle := len(p.c.Opts.AZs) * p.opts.IdlePerAZ
 	fmt.Fprintf(w, `
 volsd playground is up: pool %s, %d instances in service, %d idle volumes (pid %d).
 
@@ -46,7 +46,7 @@ outputs file: %s
 Control the group (after . the env file):
   %[1]s scale-out 1        launch an instance; it enters service with the current content
   %[1]s scale-in 1         terminate one through the terminate hook (its volume goes back to the pool)
-  %[1]s kill INSTANCE      lose an instance without a hook; the group replaces it, reconcile releases its volume
+  %[1]s kill INSTANCE      lose an instance without a hook; the group replaces it, a later reconcile releases its volume
   %[1]s snapshot           the snapshot schedule, now
   %[1]s reconcile          the reconcile schedule, now (it also runs every %[2]s)
   %[1]s instances          list the instances with their URLs and mounts
