@@ -59,6 +59,8 @@ type Agent struct {
 	// needed it, and whether the volume keeps nanosecond timestamps.
 	index     *treeIndex
 	fineTimes bool
+	// flush is the apply's one descriptor for flushing the mount.
+	flush *flusher
 }
 
 // New returns an Agent.

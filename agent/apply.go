@@ -78,6 +78,12 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		return notReady("volume at %s has no watermark %s (run `volsd-agent up`)", a.cfg.MountPath, a.statePath())
 	}
 	r.Seq = st.Seq
+	// Opened before anything is written: it sees every writeback error
+	// of this apply.
+	if a.flush, err = openFlusher(a.cfg.MountPath); err != nil {
+		return err
+	}
+	defer func() { a.flush.close(); a.flush = nil }()
 	a.index = nil // loaded again by the first sync: files may have changed since the last apply
 	defer func() { a.index = nil }()
 	if err := a.recoverLeftovers(); err != nil {
@@ -407,9 +413,14 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 // placeEntry runs the passes of a prepared entry: copy (changed files,
 // --delay-updates), deletes (no symlink followed), link (new files), each
 // checked afterwards.
-func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs rsync, ph *phases) error {
+func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs rsync, ph *phases) (err error) {
 	p := pe.plan
-	defer flushWhile(a.cfg.MountPath)()
+	stopFlush := a.flush.flushWhile("flush under the rsync passes")
+	defer func() {
+		if ferr := stopFlush(); err == nil {
+			err = ferr
+		}
+	}()
 	if len(p.copies) > 0 {
 		tmp := filepath.Join(a.stateDir(), rsyncTmpDir)
 		if err := os.MkdirAll(tmp, 0o700); err != nil {
@@ -588,7 +599,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	}
 
 	var fetched atomic.Int64
-	wb := newWriteback(a.cfg.MountPath)
+	wb := newWriteback(a.flush)
 	defer wb.stop()
 	// produce makes the staged file of s: a local copy, or a fetch from
 	// the origin (also when the local copy fails: the live file changed
@@ -613,8 +624,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 				return err
 			}
 		}
-		wb.add(s.blob.Size)
-		return nil
+		return wb.add(s.blob.Size)
 	}
 	primary := map[string]string{} // sha256 → staged path fetched from the origin
 	var work, dups []stageItem
@@ -644,7 +654,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 			return fetched.Load(), stageErr(err)
 		}
 	}
-	return fetched.Load(), nil
+	return fetched.Load(), wb.stop()
 }
 
 // finisherOf returns what finishes the staged file of s: its mode, content

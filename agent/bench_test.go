@@ -566,6 +566,10 @@ func timePlace(b *testing.B, a *Agent, e events.JournalEntry) time.Duration {
 	}
 	defer closeFD(root)
 	defer a.removeStaging()
+	if a.flush, err = openFlusher(a.cfg.MountPath); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { a.flush.close(); a.flush = nil }()
 	pe, err := a.prepareEntry(context.Background(), root, e, newPhases())
 	if err != nil {
 		b.Fatal(err)

@@ -64,7 +64,9 @@ func (a *Agent) readState() (VolumeState, bool, error) {
 // then the temp file is renamed over the state file and the directory
 // fsynced. So the watermark never runs ahead of the content, even across
 // a power loss, and the state file is always whole. (The syncfs stands for
-// the temp file's own fsync: one flush fewer per checkpoint.)
+// the temp file's own fsync: one flush fewer per checkpoint.) During an
+// apply the syncfs runs on the apply's flusher, so a writeback error any
+// earlier flush of the apply met fails it too.
 func (a *Agent) writeState(seq int64) error {
 	data, _ := json.Marshal(VolumeState{Version: 1, Pool: a.cfg.Pool, Seq: seq, UpdatedAt: a.now().UTC()})
 	fail := func(err error) error {
@@ -78,14 +80,15 @@ func (a *Agent) writeState(seq int64) error {
 		return fail(err)
 	}
 	defer os.Remove(tmp) // a no-op after the rename
-	fd, err := openDir(a.cfg.MountPath)
-	if err != nil {
-		return retryable("%v", err)
+	f := a.flush
+	if f == nil { // outside an apply (up's first watermark)
+		if f, err = openFlusher(a.cfg.MountPath); err != nil {
+			return err
+		}
+		defer f.close()
 	}
-	err = unix.Syncfs(fd)
-	unix.Close(fd)
-	if err != nil {
-		return retryable("syncfs %s: %v", a.cfg.MountPath, err)
+	if err := f.syncfs("checkpoint"); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, a.statePath()); err != nil {
 		return fail(err)
