@@ -35,6 +35,9 @@ type Deps struct {
 	// LockWait bounds how long freeze and release wait for a running apply
 	// (default 60s).
 	LockWait time.Duration
+	// EntryTimeout is the base of each entry's deadline (default
+	// EntryBaseTimeout; its size adds to it).
+	EntryTimeout time.Duration
 }
 
 // Agent runs the volsd-agent commands for one configuration.
@@ -52,6 +55,7 @@ type Agent struct {
 	heartbeatEvery  time.Duration
 	checkpointEvery time.Duration
 	lockWait        time.Duration
+	entryBase       time.Duration
 	rsyncBin        string
 	rsyncErr        error
 
@@ -61,6 +65,8 @@ type Agent struct {
 	fineTimes bool
 	// flush is the apply's one descriptor for flushing the mount.
 	flush *flusher
+	// deadline is the deadline of the entry being applied.
+	deadline *entryDeadline
 }
 
 // New returns an Agent.
@@ -89,6 +95,9 @@ func New(cfg Config, d Deps) *Agent {
 	}
 	if a.lockWait <= 0 {
 		a.lockWait = 60 * time.Second
+	}
+	if a.entryBase = d.EntryTimeout; a.entryBase <= 0 {
+		a.entryBase = EntryBaseTimeout
 	}
 	a.rsyncBin, a.rsyncErr = findRsync()
 	return a

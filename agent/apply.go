@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 // Apply applies the journal entries above the watermark up to upTo (0: the
@@ -84,6 +85,9 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		return err
 	}
 	defer func() { a.flush.close(); a.flush = nil }()
+	// One retry budget for every GET of this apply.
+	a.origin.budget = awserr.NewBudget(fetchBackoff)
+	defer func() { a.origin.budget = nil }()
 	a.index = nil // loaded again by the first sync: files may have changed since the last apply
 	defer func() { a.index = nil }()
 	if err := a.recoverLeftovers(); err != nil {
@@ -209,7 +213,18 @@ func (a *Agent) recoverLeftovers() error {
 // returns the bytes fetched from the origin and a summary for the log.
 // Until place starts nothing in the live tree changes, so bad input and a
 // full disk leave it intact.
-func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync) (int64, string, error) {
+func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync) (fetched int64, desc string, err error) {
+	ctx, dl := newEntryDeadline(ctx, e, a.entryBase)
+	a.deadline = dl
+	defer func() {
+		dl.stop()
+		a.deadline = nil
+		if err != nil {
+			if c := dl.passed(ctx); c != nil {
+				err = c
+			}
+		}
+	}()
 	root, err := openDir(a.cfg.MountPath)
 	if err != nil {
 		return 0, "", retryable("%v", err)
@@ -401,6 +416,7 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 			need -= b.Size
 		}
 	}
+	a.deadline.extend(p.bytesToStage())
 	if free, err := freeBytes(a.cfg.MountPath); err == nil && need > free {
 		return pe, retryable("disk full: needs %s free on %s to stage and place this entry, has %s", fmtBytes(need), a.cfg.MountPath, fmtBytes(free))
 	}
@@ -796,4 +812,57 @@ func (p *phases) String() string {
 		fmt.Fprintf(&b, "%s=%s", n, p.times[i].Round(time.Millisecond))
 	}
 	return b.String()
+}
+
+// An entry's deadline: EntryBaseTimeout to plan, stage and place it, plus
+// its content at MinApplyRate once its size is known (a put's at once, a
+// sync's when its plan says what to fetch). A stuck apply (a GET that
+// never ends, an rsync that hangs) fails retryable instead of holding the
+// apply lock; the entry is applied again by the next apply.
+const (
+	EntryBaseTimeout = 10 * time.Minute
+	MinApplyRate     = 2 << 20 // bytes per second
+)
+
+// entryDeadline ends an entry's context at its deadline.
+type entryDeadline struct {
+	start time.Time
+	base  time.Duration
+	limit time.Duration
+	timer *time.Timer
+}
+
+// newEntryDeadline returns ctx ended at e's deadline, base plus its size.
+func newEntryDeadline(ctx context.Context, e events.JournalEntry, base time.Duration) (context.Context, *entryDeadline) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	d := &entryDeadline{start: time.Now(), base: base, limit: base}
+	if e.Blob != nil {
+		d.limit += sizeTime(e.Blob.Size)
+	}
+	d.timer = time.AfterFunc(d.limit, func() {
+		cancel(retryable("entry %d (%s %s) was not applied within its deadline of %s (%s plus its size at %s/s): stopped; the next apply retries it", e.Seq, e.Op, e.Path, d.limit.Round(time.Millisecond), d.base, fmtBytes(MinApplyRate)))
+	})
+	return ctx, d
+}
+
+func sizeTime(n int64) time.Duration { return time.Duration(n/MinApplyRate+1) * time.Second }
+
+// extend adds the time n bytes take at MinApplyRate to the base.
+func (d *entryDeadline) extend(n int64) {
+	if d == nil {
+		return
+	}
+	d.limit = d.base + sizeTime(n)
+	d.timer.Reset(time.Until(d.start.Add(d.limit)))
+}
+
+func (d *entryDeadline) stop() { d.timer.Stop() }
+
+// passed returns why ctx ended when the deadline ended it.
+func (d *entryDeadline) passed(ctx context.Context) error {
+	var ae *Error
+	if c := context.Cause(ctx); ctx.Err() != nil && errors.As(c, &ae) {
+		return c
+	}
+	return nil
 }

@@ -126,6 +126,10 @@ Type=oneshot
 # --periodic returns at once unless applyInterval (agent.json) has passed
 # since the last apply that reached the head.
 ExecStart=/usr/local/bin/volsd-agent apply --periodic
+# A last resort behind the agent's own deadline for each entry (10 min
+# plus its size at 2 MiB/s, docs/agent.md): a stuck apply must not hold
+# the apply lock, and the timer's next runs, forever.
+TimeoutStartSec=4h
 VOLSD_UNIT
 cat > "$root/etc/systemd/system/volsd-apply.timer" <<'VOLSD_UNIT'
 [Unit]

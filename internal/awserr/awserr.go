@@ -6,6 +6,7 @@ package awserr
 import (
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -115,9 +116,11 @@ func Classify(err error) Class {
 			return NotFound
 		}
 	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if isTimeout(err) {
 		return Retryable
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return Retryable // a body cut short: the connection broke mid-response
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) {
@@ -127,6 +130,12 @@ func Classify(err error) Class {
 		return Invalid
 	}
 	return Unknown
+}
+
+// isTimeout says err is a network timeout (net.Error's Timeout).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // IsRetryable reports whether err is worth retrying with backoff.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"testing"
@@ -43,6 +44,7 @@ func TestClassify(t *testing.T) {
 		{"ddb throughput", &types.ProvisionedThroughputExceededException{Message: aws.String("x")}, Retryable},
 		{"s3 slowdown", api("SlowDown", "Please reduce your request rate."), Retryable},
 		{"internal", api("InternalError", "An internal error has occurred"), Retryable},
+		{"body cut short", fmt.Errorf("read body: %w", io.ErrUnexpectedEOF), Retryable},
 		{"server fault", &smithy.GenericAPIError{Code: "Weird", Fault: smithy.FaultServer}, Retryable},
 		{"http 503 no code", httpErr(503, errors.New("unavailable")), Retryable},
 		{"http 429", httpErr(429, errors.New("slow down")), Retryable},
