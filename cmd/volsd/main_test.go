@@ -158,7 +158,7 @@ func TestUnreadableFileIsBadInput(t *testing.T) {
 		cmd := exec.Command(bin, "push", local, "www/")
 		cmd.Env = []string{"VOLSD_CLI_UNDER_TEST=1", "HOME=" + dir, "AWS_REGION=" + testenv.Region,
 			"AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing",
-			"VOLSD_BUCKET=origin", "VOLSD_QUEUE_URL=http://127.0.0.1:1/queue/never-reached"}
+			"VOLSD_BUCKET=origin", "VOLSD_QUEUE_URL=http://127.0.0.1:1/queue/never-reached", "VOLSD_POOL=web", "VOLSD_TABLE=never-read"}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 		var errb strings.Builder
 		cmd.Stderr = &errb

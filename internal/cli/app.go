@@ -13,11 +13,13 @@ import (
 )
 
 // ObjectStore is the part of the S3 API the CLI uses: HeadObject to find
-// what the origin has, PutObject and the multipart calls of the SDK's
+// what the origin has, GetObject to read the manifests a --dry-run or the
+// deletion guard compares with, PutObject and the multipart calls of the SDK's
 // upload manager to add what it lacks, DeleteObject to withdraw a blob whose
 // file changed while it was uploaded.
 type ObjectStore interface {
 	HeadObject(ctx context.Context, in *s3.HeadObjectInput, optFns ...func(*s3.Options)) (*s3.HeadObjectOutput, error)
+	GetObject(ctx context.Context, in *s3.GetObjectInput, optFns ...func(*s3.Options)) (*s3.GetObjectOutput, error)
 	PutObject(ctx context.Context, in *s3.PutObjectInput, optFns ...func(*s3.Options)) (*s3.PutObjectOutput, error)
 	DeleteObject(ctx context.Context, in *s3.DeleteObjectInput, optFns ...func(*s3.Options)) (*s3.DeleteObjectOutput, error)
 	UploadPart(ctx context.Context, in *s3.UploadPartInput, optFns ...func(*s3.Options)) (*s3.UploadPartOutput, error)
@@ -40,6 +42,7 @@ type State interface {
 	ListSnapshots(ctx context.Context, pool string) ([]store.Snapshot, error)
 	ListRejected(ctx context.Context, pool string, limit int) ([]store.Request, error)
 	Entries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error)
+	GetCompaction(ctx context.Context, pool string) (store.Compaction, error)
 }
 
 // App is the CLI's logic over its clients.
@@ -57,6 +60,12 @@ type App struct {
 	PartSize int64
 	// Uploads is how many blobs upload at once (default 4).
 	Uploads int
+	// DryRun makes Push compute its Plan and stop: nothing is uploaded or
+	// sent.
+	DryRun bool
+	// Guard, when set, refuses a sync whose plan deletes too much (the CLI
+	// always sets it).
+	Guard *DeleteGuard
 	// Poll is how often --wait reads the table (default 2s).
 	Poll time.Duration
 	Now  func() time.Time

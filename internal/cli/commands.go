@@ -185,9 +185,10 @@ Exit codes: 0 done; 1 an operation failed; 2 bad arguments, configuration or inp
 		return err
 	}
 
-	var wait bool
+	var wait, dryRun bool
 	var timeout time.Duration
 	var partMiB int64
+	guard := DeleteGuard{Max: DefaultMaxDelete, Percent: DefaultMaxDeletePercent}
 	push := &cobra.Command{
 		Use:     "push LOCAL DEST",
 		Aliases: []string{"sync"},
@@ -196,27 +197,41 @@ Exit codes: 0 done; 1 an operation failed; 2 bad arguments, configuration or inp
 A file becomes a put (DEST ending in / means "into this directory"); a directory becomes
 a sync of that tree (files at DEST that are not in LOCAL are deleted; "/" or "." is the
 root). Only blobs the origin lacks are uploaded; a second push of the same tree uploads
-nothing. Symlinks and special files in a tree are refused.`,
+nothing. Symlinks and special files in a tree are refused.
+
+The root is a target only when written as "/" (empty, ".", "./", "//" are refused).
+--dry-run prints what the push would add, change and delete at DEST, and sends nothing.
+A sync that would delete more than --max-delete files, or more than --max-delete-percent
+of the files at DEST (once more than 10 would go), is refused unless --allow-delete.`,
 		Args: args(2, "LOCAL and DEST"),
 		RunE: func(cmd *cobra.Command, argv []string) error {
-			need := NeedBucket | NeedQueue
-			if wait {
-				need |= NeedPool | NeedTable
+			if err := guard.Check(); err != nil {
+				return err
 			}
-			a, err := app(cmd, need)
+			// The pool and table: the deletion guard and --dry-run read
+			// the journal, --wait the instances.
+			a, err := app(cmd, NeedBucket|NeedQueue|NeedPool|NeedTable)
 			if err != nil {
 				return err
 			}
 			a.PartSize = partMiB << 20
+			a.DryRun, a.Guard = dryRun, &guard
 			s, err := a.Push(cmd.Context(), argv[0], argv[1])
 			if err != nil {
 				return err
+			}
+			if s.DryRun {
+				return emit(s, func(w io.Writer) error { RenderSent(w, s); return nil })
 			}
 			return afterSend(cmd, a, s, wait, timeout)
 		},
 	}
 	push.Flags().BoolVar(&wait, "wait", false, "wait until every running instance has applied the request")
 	push.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "how long --wait waits")
+	push.Flags().BoolVar(&dryRun, "dry-run", false, "print what the push would add, change and delete at DEST; upload and send nothing")
+	push.Flags().BoolVar(&guard.Allow, "allow-delete", false, "let a sync delete more than the deletion guard allows")
+	push.Flags().IntVar(&guard.Max, "max-delete", DefaultMaxDelete, "refuse a sync deleting more than this many files (without --allow-delete)")
+	push.Flags().IntVar(&guard.Percent, "max-delete-percent", DefaultMaxDeletePercent, "refuse a sync deleting more than this percentage of the files at DEST, once more than 10 would go (without --allow-delete)")
 	push.Flags().Int64Var(&partMiB, "part-size", DefaultPartSize>>20, "upload files of at least this many MiB in parts of this size (min 5)")
 
 	var dwait bool

@@ -47,6 +47,11 @@ type Sent struct {
 	// Warnings says what the push changed on the way (special mode bits
 	// dropped, sparse files made dense); also printed on stderr.
 	Warnings []string `json:"warnings,omitempty"`
+	// Plan is what the push does on its target (with --dry-run, or for a
+	// sync checked by the deletion guard).
+	Plan *Plan `json:"plan,omitempty"`
+	// DryRun says nothing was uploaded or sent.
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 // NewRequestID returns a fresh request ID: "cli-", the UTC time, and 64
@@ -92,6 +97,34 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 	} else {
 		f := files[0]
 		s.Blob = &events.Blob{SHA256: f.sha256, Size: f.size, Mode: f.mode}
+	}
+	if a.DryRun || op == events.OpSync && a.Guard != nil {
+		want := map[string]entryState{}
+		if op == events.OpSync {
+			m, err := events.ParseManifestBytes(manifest)
+			if err != nil {
+				return Sent{}, err
+			}
+			for _, e := range m.Entries {
+				if e.Kind() != events.TypeDir {
+					want[joinPath(dpath, e.Path)] = stateOf(e)
+				}
+			}
+		} else {
+			want[dpath] = stateOf(events.ManifestEntry{Type: events.TypeFile, SHA256: s.Blob.SHA256, Size: s.Blob.Size, Mode: s.Blob.Mode})
+		}
+		p, err := a.plan(ctx, dpath, want)
+		if err != nil {
+			return Sent{}, err
+		}
+		s.Plan = &p
+		if a.DryRun {
+			s.DryRun = true
+			return s, nil
+		}
+		if err := a.Guard.refuse(p, dpath); err != nil {
+			return Sent{}, err
+		}
 	}
 	if err := a.uploadBlobs(ctx, files, &s); err != nil {
 		return Sent{}, err

@@ -3,7 +3,9 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -233,5 +235,99 @@ func TestPresenceIsJudgedByChecksum(t *testing.T) {
 	again, err := a.Push(ctx, dir, "site")
 	if err != nil || again.UploadedBlobs != 0 || again.PresentBlobs != 3 || again.ManifestUploaded {
 		t.Fatalf("second push: %+v %v", again, err)
+	}
+}
+
+// head returns the pool's journal head.
+func (w *world) head() int64 {
+	w.t.Helper()
+	h, err := w.st.Head(context.Background(), "web")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	return h
+}
+
+// TestDryRunAndDeletionGuard: --dry-run prints what a sync would add,
+// change and delete at DEST (checked against the real trees) and sends
+// nothing; a sync that would delete many files is refused without
+// --allow-delete, before anything is uploaded or sent; the thresholds are
+// flags.
+func TestDryRunAndDeletionGuard(t *testing.T) {
+	w := newWorld(t)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go w.pump(ctx)
+	files := map[string]string{"index.html": "v1", "keep.css": "same", "old/a.html": "a", "old/b.html": "b", "change.js": "v1"}
+	for i := range 25 {
+		files[fmt.Sprintf("bulk/%02d.txt", i)] = fmt.Sprint(i)
+	}
+	dir := writeTree(t, files)
+	if code, _, errs := w.run("push", "--wait", "--timeout", "30s", dir, "site"); code != 0 {
+		t.Fatalf("first push: %d %s", code, errs)
+	}
+	// Outside the target: never counted.
+	if code, _, errs := w.run("push", "--wait", "--timeout", "30s", writeTree(t, map[string]string{"x": "x"}), "other"); code != 0 {
+		t.Fatalf("push to other: %d %s", code, errs)
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "old")); err != nil {
+		t.Fatal(err)
+	}
+	for p, c := range map[string]string{"change.js": "v2", "new/one.html": "1", "new/two.html": "2"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	head, writes := w.head(), w.s3.Writes()
+	code, out, errs := w.run("push", "--dry-run", "--json", dir, "/site")
+	var s cli.Sent
+	if code != 0 || json.Unmarshal([]byte(out), &s) != nil || !s.DryRun || s.Plan == nil {
+		t.Fatalf("dry run: %d %s %s", code, out, errs)
+	}
+	p := *s.Plan
+	if p.Target != 30 || p.Add != 2 || p.Change != 1 || p.Delete != 2 ||
+		strings.Join(p.Adds, ",") != "site/new/one.html,site/new/two.html" || strings.Join(p.Changes, ",") != "site/change.js" ||
+		strings.Join(p.Deletes, ",") != "site/old/a.html,site/old/b.html" {
+		t.Fatalf("plan %+v", p)
+	}
+	code, out, _ = w.run("push", "--dry-run", dir, "site")
+	if code != 0 || !strings.Contains(out, "dry run: sync site: 2 to add, 1 to change, 2 to delete (30 there now); nothing uploaded or sent") ||
+		!strings.Contains(out, "  delete  site/old/a.html") {
+		t.Fatalf("dry run text: %d\n%s", code, out)
+	}
+	if w.head() != head || w.s3.Writes() != writes {
+		t.Fatalf("--dry-run sent something: head %d→%d, %d writes", head, w.head(), w.s3.Writes()-writes)
+	}
+
+	// Removing the 25 bulk files: refused without --allow-delete.
+	if err := os.RemoveAll(filepath.Join(dir, "bulk")); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs = w.run("push", dir, "site")
+	if code != cli.ExitUsage || !strings.Contains(errs, "this sync would delete 27 files at site (more than --max-delete-percent 10% of the 30 there)") || !strings.Contains(errs, "--allow-delete") {
+		t.Fatalf("large deletion: exit %d\n%s", code, errs)
+	}
+	if w.head() != head || w.s3.Writes() != writes {
+		t.Fatalf("the refused sync sent something: head %d→%d, %d writes", head, w.head(), w.s3.Writes()-writes)
+	}
+	// A lower --max-delete refuses a small deletion too.
+	code, _, errs = w.run("push", "--max-delete", "0", writeTree(t, map[string]string{"x2": "x"}), "other")
+	if code != cli.ExitUsage || !strings.Contains(errs, "more than --max-delete 0") {
+		t.Fatalf("--max-delete 0: exit %d\n%s", code, errs)
+	}
+	code, _, errs = w.run("push", "--max-delete-percent", "101", dir, "site")
+	if code != cli.ExitUsage || !strings.Contains(errs, "0 to 100") {
+		t.Fatalf("bad percent: exit %d\n%s", code, errs)
+	}
+	code, _, errs = w.run("push", "--wait", "--timeout", "30s", "--allow-delete", dir, "site")
+	if code != 0 || w.head() != head+1 {
+		t.Fatalf("--allow-delete: exit %d, head %d\n%s", code, w.head(), errs)
+	}
+	code, out, _ = w.run("push", "--dry-run", dir, "site")
+	if code != 0 || !strings.Contains(out, "0 to add, 0 to change, 0 to delete (5 there now)") {
+		t.Fatalf("after the sync: %d\n%s", code, out)
 	}
 }

@@ -326,6 +326,10 @@ func RenderJournal(w io.Writer, es []events.JournalEntry, now time.Time) error {
 
 // RenderSent writes what a push or delete sent.
 func RenderSent(w io.Writer, s Sent) {
+	if s.DryRun {
+		renderPlan(w, s)
+		return
+	}
 	switch s.Op {
 	case events.OpSync:
 		fmt.Fprintf(w, "sync %s: %d files, %s; uploaded %d blobs (%s), %d already in the origin; manifest %s…\n",
@@ -375,5 +379,28 @@ func bytesText(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	default:
 		return fmt.Sprintf("%d B", n)
+	}
+}
+
+// renderPlan writes a --dry-run: the counts, then the first paths of each
+// kind.
+func renderPlan(w io.Writer, s Sent) {
+	p := s.Plan
+	fmt.Fprintf(w, "dry run: %s %s: %d to add, %d to change, %d to delete (%d there now); nothing uploaded or sent\n",
+		s.Op, s.Path, p.Add, p.Change, p.Delete, p.Target)
+	if p.Since > 0 {
+		fmt.Fprintf(w, "(from journal seq %d on: what only older, compacted entries put there is not counted)\n", p.Since)
+	}
+	for _, l := range []struct {
+		what  string
+		n     int
+		paths []string
+	}{{"add", p.Add, p.Adds}, {"change", p.Change, p.Changes}, {"delete", p.Delete, p.Deletes}} {
+		for _, path := range l.paths {
+			fmt.Fprintf(w, "  %-7s %s\n", l.what, path)
+		}
+		if more := l.n - len(l.paths); more > 0 {
+			fmt.Fprintf(w, "  %-7s … and %d more\n", l.what, more)
+		}
 	}
 }
