@@ -87,6 +87,7 @@ func TestPlayground(t *testing.T) {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
+	stopped := make(chan struct{}) // closed once the playground has exited
 	var printed strings.Builder
 	var printedMu sync.Mutex
 	ready := make(chan struct{})
@@ -102,6 +103,7 @@ func TestPlayground(t *testing.T) {
 			}
 		}
 		exited <- serve.Wait()
+		close(stopped)
 	}()
 	output := func() string {
 		printedMu.Lock()
@@ -109,8 +111,14 @@ func TestPlayground(t *testing.T) {
 		return printed.String()
 	}
 	t.Cleanup(func() {
-		if serve.ProcessState == nil {
-			_ = serve.Process.Kill() // the next run's sweep cleans up after it
+		// A failed test still stops the playground the way a user would, so
+		// it cleans up; a kill is the last resort (the next run's sweep
+		// cleans up after that).
+		_ = serve.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-stopped:
+		case <-time.After(90 * time.Second):
+			_ = serve.Process.Kill()
 		}
 		if t.Failed() {
 			t.Logf("playground stdout:\n%s\nstderr:\n%s", output(), stderr.String())
