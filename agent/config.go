@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/volsd/volsd/events"
 )
 
 // DefaultConfigPath is where the agent's configuration lives on an
@@ -84,7 +86,7 @@ var (
 // is reported in one error of kind bad input.
 func LoadConfig(getenv func(string) string) (Config, error) {
 	c := Config{
-		LifecycleHook: "volsd-launch",
+		LifecycleHook: events.LaunchHookName,
 		MountPath:     "/srv/volsd",
 		FSType:        "ext4",
 		ApplyInterval: Duration(5 * time.Minute),

@@ -29,6 +29,26 @@ const (
 	TestNotificationEvent = "autoscaling:TEST_NOTIFICATION"
 )
 
+// The lifecycle hooks volsd puts on the group (docs/contracts.md). Other
+// hooks on the same group belong to someone else: volsd's rule does not
+// match them and its handler ignores them.
+const (
+	LaunchHookName    = "volsd-launch"
+	TerminateHookName = "volsd-terminate"
+)
+
+// HookFor returns volsd's hook name for a lifecycle transition ("" for
+// any other transition).
+func HookFor(transition string) string {
+	switch transition {
+	case TransitionLaunching:
+		return LaunchHookName
+	case TransitionTerminating:
+		return TerminateHookName
+	}
+	return ""
+}
+
 // Envelope is an EventBridge event; Detail stays raw until the detail type
 // says what it holds.
 type Envelope struct {

@@ -47,8 +47,8 @@ const (
 // Lambda settings mirrored from infra/volsd/pool.go (functionSettings,
 // hooks, queue), some shortened for a local run (see docs/demo.md).
 const (
-	LaunchHookName    = "volsd-launch"
-	TerminateHookName = "volsd-terminate"
+	LaunchHookName    = events.LaunchHookName
+	TerminateHookName = events.TerminateHookName
 )
 
 var functionTimeouts = map[string]time.Duration{

@@ -41,6 +41,22 @@ var functionSettings = map[string]struct {
 	"report":    {30, 256, "volsd: record the agents' SSM command results"},
 }
 
+// AsyncRetryAttempts is how often Lambda retries a failed asynchronous
+// invocation (the EventBridge-invoked functions).
+const AsyncRetryAttempts = 2
+
+// asyncRetryDelaySeconds is what Lambda waits before its retries of an
+// asynchronous invocation: about 1 minute, then 2 (AWS Lambda developer
+// guide, "Error handling and automatic retries").
+const asyncRetryDelaySeconds = 60 + 120
+
+// TerminateHeartbeatMinSeconds is the shortest terminate hook heartbeat
+// timeout that outlasts every try of the lifecycle Lambda: its timeout
+// per try, Lambda's retry delays, and a minute for EventBridge delivery.
+func TerminateHeartbeatMinSeconds() float64 {
+	return functionSettings["lifecycle"].timeoutSeconds*(1+AsyncRetryAttempts) + asyncRetryDelaySeconds + 60
+}
+
 // PushQueueVisibilityFactor times the push timeout is the push queue's visibility timeout.
 const PushQueueVisibilityFactor = 6
 
@@ -190,18 +206,30 @@ func (p *Pool) newDocuments() {
 	}
 }
 
+// envRefs are the values of a Lambda environment that other resources
+// give (tokens in the template).
+type envRefs struct{ table, bucket, group, kms *string }
+
+func (p *Pool) envRefs() envRefs {
+	r := envRefs{table: p.Table.TableName(), bucket: p.Bucket.BucketName(), group: p.groupName, kms: jsii.String("")}
+	if p.props.KmsKey != nil {
+		r.kms = p.props.KmsKey.KeyArn()
+	}
+	return r
+}
+
 // environment returns the Lambda environment of function name (docs/contracts.md).
 func (p *Pool) environment(name string) map[string]*string {
-	pp := p.props
+	return functionEnvironment(p.props, p.envRefs(), name)
+}
+
+func functionEnvironment(pp PoolProps, refs envRefs, name string) map[string]*string {
 	env := map[string]*string{
 		"VOLSD_POOL":      jsii.String(pp.PoolName),
-		"VOLSD_TABLE":     p.Table.TableName(),
+		"VOLSD_TABLE":     refs.table,
 		"VOLSD_LOG_LEVEL": jsii.String(pp.LogLevel),
 	}
-	kms := jsii.String("")
-	if pp.KmsKey != nil {
-		kms = pp.KmsKey.KeyArn()
-	}
+	kms := refs.kms
 	volume := func() {
 		env["VOLSD_IDLE_PER_AZ"] = jsii.String(strconv.Itoa(*pp.IdlePerAZ))
 		env["VOLSD_VOLUME_SIZE_GIB"] = jsii.String(strconv.Itoa(pp.VolumeSizeGiB))
@@ -215,26 +243,26 @@ func (p *Pool) environment(name string) map[string]*string {
 	}
 	docs := func() {
 		for _, kind := range documents.Kinds {
-			env["VOLSD_DOC_"+strings.ToUpper(kind)] = jsii.String(p.DocumentName(kind))
+			env["VOLSD_DOC_"+strings.ToUpper(kind)] = jsii.String(pp.DocumentPrefix + kind)
 		}
 	}
 	switch name {
 	case "lifecycle":
-		env["VOLSD_ASG"] = p.groupName
+		env["VOLSD_ASG"] = refs.group
 		volume()
 		docs()
 	case "reconcile":
-		env["VOLSD_ASG"] = p.groupName
+		env["VOLSD_ASG"] = refs.group
 		env["VOLSD_AZS"] = jsii.String(strings.Join(pp.AvailabilityZones, ","))
 		volume()
 	case "snapshot":
-		env["VOLSD_ASG"] = p.groupName
+		env["VOLSD_ASG"] = refs.group
 		env["VOLSD_KMS_KEY_ID"] = kms
 		env["VOLSD_SNAPSHOT_KEEP"] = jsii.String(strconv.Itoa(pp.SnapshotKeep))
 		env["VOLSD_FREEZE_SECONDS"] = jsii.String(strconv.Itoa(pp.FreezeSeconds))
 		docs()
 	case "push":
-		env["VOLSD_BUCKET"] = p.Bucket.BucketName()
+		env["VOLSD_BUCKET"] = refs.bucket
 		env["VOLSD_SSM_MAX_CONCURRENCY"] = jsii.String(pp.SSMMaxConcurrency)
 		env["VOLSD_SSM_MAX_ERRORS"] = jsii.String(pp.SSMMaxErrors)
 		docs()
@@ -275,7 +303,7 @@ func (p *Pool) newFunctions() {
 		if name != "push" {
 			// Invoked asynchronously by EventBridge: failed invocations go
 			// to the event DLQ after Lambda's own retries.
-			props.RetryAttempts = f(2)
+			props.RetryAttempts = f(AsyncRetryAttempts)
 			props.MaxEventAge = awscdk.Duration_Hours(f(1))
 			props.OnFailure = awslambdadestinations.NewSqsDestination(p.EventDeadLetterQueue)
 		}
@@ -306,6 +334,9 @@ func (p *Pool) newRules() {
 			DetailType: jsii.Strings("EC2 Instance-launch Lifecycle Action", "EC2 Instance-terminate Lifecycle Action"),
 			Detail: &map[string]interface{}{
 				"AutoScalingGroupName": []*string{p.groupName},
+				// Other teams' hooks on the same group (log draining,
+				// termination handlers) are theirs to complete.
+				"LifecycleHookName": jsii.Strings(LaunchHookName, TerminateHookName),
 			},
 		},
 	})

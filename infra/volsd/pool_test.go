@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/assertions"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -336,7 +339,10 @@ func TestRules(t *testing.T) {
 		{"LifecycleRule", "Lifecycle", map[string]any{
 			"source":      []any{"aws.autoscaling"},
 			"detail-type": []any{"EC2 Instance-launch Lifecycle Action", "EC2 Instance-terminate Lifecycle Action"},
-			"detail":      map[string]any{"AutoScalingGroupName": []any{testGroup}},
+			"detail": map[string]any{
+				"AutoScalingGroupName": []any{testGroup},
+				"LifecycleHookName":    []any{volsd.LaunchHookName, volsd.TerminateHookName},
+			},
 		}, ""},
 		{"ReconcileSchedule", "Reconcile", nil, "rate(5 minutes)"},
 		{"SnapshotSchedule", "Snapshot", nil, "rate(6 hours)"},
@@ -375,8 +381,54 @@ func TestRules(t *testing.T) {
 	// The lifecycle rule of the defaults stack names its own group only.
 	rule := one(t, template(t, defaultName), "AWS::Events::Rule", "LifecycleRule")
 	detail := rule.Properties["EventPattern"].(map[string]any)["detail"]
-	if d := cmp.Diff(map[string]any{"AutoScalingGroupName": []any{"media-asg"}}, detail); d != "" {
+	if d := cmp.Diff(map[string]any{
+		"AutoScalingGroupName": []any{"media-asg"},
+		"LifecycleHookName":    []any{volsd.LaunchHookName, volsd.TerminateHookName},
+	}, detail); d != "" {
 		t.Errorf("defaults lifecycle rule detail (-want +got):\n%s", d)
+	}
+}
+
+// TestLifecycleRuleTakesOnlyVolsdHooks routes AWS's documented sample
+// lifecycle events through the synthesized rule: volsd's own hooks on the
+// group match; another hook on the same group (the sample's
+// "my-lifecycle-hook") and volsd's hook names on another group do not.
+func TestLifecycleRuleTakesOnlyVolsdHooks(t *testing.T) {
+	rule := one(t, template(t, stackName), "AWS::Events::Rule", "LifecycleRule")
+	pattern := rule.Properties["EventPattern"].(map[string]any)
+	for _, c := range []struct {
+		file, group, hook string
+		match             bool
+	}{
+		{"launch.json", testGroup, "", true},
+		{"terminate.json", testGroup, "", true},
+		{"launch-from-warmpool.json", testGroup, "", true},
+		{"foreign-hook-launch.json", testGroup, "", false},
+		{"foreign-hook-terminate.json", testGroup, "", false},
+		{"foreign-hook-launch.json", testGroup, volsd.LaunchHookName, true},
+		{"terminate.json", "other-asg", "", false},
+	} {
+		raw, err := os.ReadFile(filepath.Join("..", "..", "events", "testdata", c.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ev map[string]any
+		if err := json.Unmarshal(raw, &ev); err != nil {
+			t.Fatal(err)
+		}
+		d := ev["detail"].(map[string]any)
+		d["AutoScalingGroupName"] = c.group
+		if c.hook != "" {
+			d["LifecycleHookName"] = c.hook
+		}
+		raw, _ = json.Marshal(ev)
+		got, err := assembly.MatchPattern(pattern, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != c.match {
+			t.Errorf("%s (group %s, hook %v): rule matches %v, want %v", c.file, c.group, d["LifecycleHookName"], got, c.match)
+		}
 	}
 }
 
@@ -389,7 +441,7 @@ func TestLifecycleHooks(t *testing.T) {
 		heartbeat                    float64
 	}{
 		{"LaunchHook", volsd.LaunchHookName, "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON", 900},
-		{"TerminateHook", volsd.TerminateHookName, "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE", 300},
+		{"TerminateHook", volsd.TerminateHookName, "autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE", 1200},
 	} {
 		hook := one(t, tmpl, "AWS::AutoScaling::LifecycleHook", c.id)
 		want := map[string]any{
@@ -404,6 +456,36 @@ func TestLifecycleHooks(t *testing.T) {
 				t.Errorf("%s does not depend on %s (DependsOn %v): launches could wait for a hook nobody handles", c.id, dep, hook.DependsOn)
 			}
 		}
+	}
+}
+
+// TestTerminateHookOutlastsLifecycleRetries reads the template: the
+// terminate hook must still be pending when Lambda's last retry of the
+// lifecycle function ends (timeout per try, 1 + MaximumRetryAttempts tries,
+// Lambda's 1 and 2 minute retry delays), or that retry completes nothing
+// and the volume is detached after the instance is gone.
+func TestTerminateHookOutlastsLifecycleRetries(t *testing.T) {
+	for _, stack := range []string{stackName, defaultName} {
+		tmpl := template(t, stack)
+		fn := one(t, tmpl, "AWS::Lambda::Function", "Lifecycle")
+		var retries float64 = -1
+		for _, c := range tmpl.OfType("AWS::Lambda::EventInvokeConfig") {
+			if name, _ := c.Properties["FunctionName"].(map[string]any); name["Ref"] == fn.ID {
+				retries, _ = c.Properties["MaximumRetryAttempts"].(float64)
+			}
+		}
+		if retries < 0 {
+			t.Fatalf("%s: no EventInvokeConfig for %s", stack, fn.ID)
+		}
+		hook := one(t, tmpl, "AWS::AutoScaling::LifecycleHook", "TerminateHook")
+		need := fn.Properties["Timeout"].(float64)*(1+retries) + 60 + 120
+		if got := hook.Properties["HeartbeatTimeout"].(float64); got <= need {
+			t.Errorf("%s: terminate hook heartbeat %gs, the lifecycle Lambda may still be retrying until %gs", stack, got, need)
+		}
+	}
+	_, err := newPoolErr(func(p *volsd.PoolProps) { p.TerminateHeartbeatTimeout = awscdk.Duration_Minutes(jsii.Number(5)) })
+	if err == nil || !strings.Contains(err.Error(), "TerminateHeartbeatTimeout") {
+		t.Errorf("a 5 minute terminate heartbeat is accepted: %v", err)
 	}
 }
 

@@ -21,27 +21,30 @@ import (
 	"github.com/aws/aws-cdk-go/awscdk/v2/awscloudwatch"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awskms"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awss3"
+
+	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/pool"
 )
 
 // Release policies for volumes of terminated instances (VOLSD_RELEASE_POLICY).
 const (
-	ReleaseRecycle = "recycle" // return the volume to the idle pool with its watermark
-	ReleaseDelete  = "delete"  // delete the volume
+	ReleaseRecycle = pool.PolicyRecycle // return the volume to the idle pool with its watermark
+	ReleaseDelete  = pool.PolicyDelete  // delete the volume
 )
 
 // TagPool is the tag on every volume, snapshot and instance of a pool.
 const TagPool = "volsd:pool"
 
-// Lifecycle hook names on the group. The agent completes the launch hook by name.
+// Lifecycle hook names on the group. The agent completes the launch hook by
+// name; the rule and the handler take only these two.
 const (
-	LaunchHookName    = "volsd-launch"
-	TerminateHookName = "volsd-terminate"
+	LaunchHookName    = events.LaunchHookName
+	TerminateHookName = events.TerminateHookName
 )
 
 // Function names of the five Lambdas; each one's code is <LambdaAssetDir>/<name>/bootstrap.
 var FunctionNames = []string{"lifecycle", "reconcile", "snapshot", "push", "report"}
-
-var poolNamePattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // PoolProps configure one volsd pool. Only PoolName and one of
 // AutoScalingGroupName / AutoScalingGroup are required.
@@ -95,7 +98,10 @@ type PoolProps struct {
 	// an instance may take to get its volume and catch up (the agent sends
 	// heartbeats while it applies). Default 15 minutes.
 	LaunchHeartbeatTimeout awscdk.Duration
-	// TerminateHeartbeatTimeout is the terminate hook's timeout. Default 5 minutes.
+	// TerminateHeartbeatTimeout is the terminate hook's timeout: at least
+	// TerminateHeartbeatMinSeconds (the lifecycle Lambda's timeout times its
+	// tries plus Lambda's retry delays), at most 2 hours. Default 20 minutes;
+	// volsd completes the hook as soon as the volume is released.
 	TerminateHeartbeatTimeout awscdk.Duration
 	// SkipLifecycleHooks leaves the hooks out: set it when the group is
 	// created in the same app and takes LifecycleHookSpecifications() itself,
@@ -127,10 +133,12 @@ type PoolProps struct {
 	SSMMaxErrors      string
 }
 
-// withDefaults validates props and fills in the defaults. It returns an
-// error naming the bad field.
+// withDefaults fills in the defaults and validates props: what only the
+// construct uses here, and every setting a Lambda reads through the
+// Lambdas' own validation (checkFunctionSettings). It returns an error
+// naming the bad field and its rule.
 func (p PoolProps) withDefaults() (PoolProps, error) {
-	if !poolNamePattern.MatchString(p.PoolName) {
+	if !envconfig.PoolName.MatchString(p.PoolName) {
 		return p, fmt.Errorf("volsd: PoolName %q: must be 1-64 letters, digits, '-' or '_'", p.PoolName)
 	}
 	if p.AutoScalingGroupName == "" && p.AutoScalingGroup == nil {
@@ -143,34 +151,14 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 		one := 1
 		p.IdlePerAZ = &one
 	}
-	if *p.IdlePerAZ < 0 {
-		return p, fmt.Errorf("volsd: pool %s: IdlePerAZ %d: must not be negative", p.PoolName, *p.IdlePerAZ)
-	}
 	if p.VolumeSizeGiB == 0 {
 		p.VolumeSizeGiB = 10
-	}
-	if p.VolumeSizeGiB < 1 || p.VolumeSizeGiB > 65536 {
-		return p, fmt.Errorf("volsd: pool %s: VolumeSizeGiB %d: must be 1..65536", p.PoolName, p.VolumeSizeGiB)
 	}
 	if p.VolumeType == "" {
 		p.VolumeType = "gp3"
 	}
-	switch p.VolumeType {
-	case "gp3", "gp2", "io1", "io2":
-	default:
-		return p, fmt.Errorf("volsd: pool %s: VolumeType %q: must be gp3, gp2, io1 or io2", p.PoolName, p.VolumeType)
-	}
-	if p.VolumeIops < 0 || p.VolumeThroughput < 0 || p.VolumeInitRate < 0 {
-		return p, fmt.Errorf("volsd: pool %s: VolumeIops, VolumeThroughput and VolumeInitRate must not be negative", p.PoolName)
-	}
-	if p.SourceSnapshotID != "" && !regexp.MustCompile(`^snap-[0-9a-f]{8,17}$`).MatchString(p.SourceSnapshotID) {
-		return p, fmt.Errorf("volsd: pool %s: SourceSnapshotID %q: not a snapshot ID (snap-…)", p.PoolName, p.SourceSnapshotID)
-	}
 	if p.ReleasePolicy == "" {
 		p.ReleasePolicy = ReleaseRecycle
-	}
-	if p.ReleasePolicy != ReleaseRecycle && p.ReleasePolicy != ReleaseDelete {
-		return p, fmt.Errorf("volsd: pool %s: ReleasePolicy %q: must be %q or %q", p.PoolName, p.ReleasePolicy, ReleaseRecycle, ReleaseDelete)
 	}
 	if p.Filesystem == "" {
 		p.Filesystem = "ext4"
@@ -193,20 +181,19 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 	if p.SnapshotKeep == 0 {
 		p.SnapshotKeep = 3
 	}
-	if p.SnapshotKeep < 1 {
-		return p, fmt.Errorf("volsd: pool %s: SnapshotKeep %d: must be at least 1", p.PoolName, p.SnapshotKeep)
-	}
 	if p.FreezeSeconds == 0 {
 		p.FreezeSeconds = 30
-	}
-	if p.FreezeSeconds < 1 || p.FreezeSeconds > 9999 {
-		return p, fmt.Errorf("volsd: pool %s: FreezeSeconds %d: must be 1..9999", p.PoolName, p.FreezeSeconds)
 	}
 	if p.LaunchHeartbeatTimeout == nil {
 		p.LaunchHeartbeatTimeout = awscdk.Duration_Minutes(f(15))
 	}
 	if p.TerminateHeartbeatTimeout == nil {
-		p.TerminateHeartbeatTimeout = awscdk.Duration_Minutes(f(5))
+		p.TerminateHeartbeatTimeout = awscdk.Duration_Minutes(f(20))
+	}
+	if s := *p.TerminateHeartbeatTimeout.ToSeconds(nil); s < TerminateHeartbeatMinSeconds() || s > 7200 {
+		return p, fmt.Errorf("volsd: pool %s: TerminateHeartbeatTimeout %gs: must be %g..7200 s: longer than the lifecycle Lambda's "+
+			"timeout times its %d tries plus Lambda's retry delays, so a retried terminate still finds its hook", p.PoolName, s,
+			TerminateHeartbeatMinSeconds(), 1+AsyncRetryAttempts)
 	}
 	if p.DocumentPrefix == "" {
 		p.DocumentPrefix = "volsd-"
@@ -223,23 +210,14 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 	if p.LogLevel == "" {
 		p.LogLevel = "info"
 	}
-	switch p.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return p, fmt.Errorf("volsd: pool %s: LogLevel %q: must be debug, info, warn or error", p.PoolName, p.LogLevel)
-	}
 	if p.SSMMaxConcurrency == "" {
 		p.SSMMaxConcurrency = "50%"
 	}
 	if p.SSMMaxErrors == "" {
 		p.SSMMaxErrors = "25%"
 	}
-	limit := regexp.MustCompile(`^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$`)
-	if !limit.MatchString(p.SSMMaxConcurrency) {
-		return p, fmt.Errorf("volsd: pool %s: SSMMaxConcurrency %q: must be a count or a percentage", p.PoolName, p.SSMMaxConcurrency)
-	}
-	if !limit.MatchString(p.SSMMaxErrors) && p.SSMMaxErrors != "0" && p.SSMMaxErrors != "0%" {
-		return p, fmt.Errorf("volsd: pool %s: SSMMaxErrors %q: must be a count or a percentage", p.PoolName, p.SSMMaxErrors)
+	if err := checkFunctionSettings(p); err != nil {
+		return p, err
 	}
 	return p, nil
 }

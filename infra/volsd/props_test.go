@@ -30,6 +30,10 @@ func TestPropsValidation(t *testing.T) {
 		{"bad log level", func(p *PoolProps) { p.LogLevel = "trace" }, "LogLevel"},
 		{"bad concurrency", func(p *PoolProps) { p.SSMMaxConcurrency = "lots" }, "SSMMaxConcurrency"},
 		{"freeze too long", func(p *PoolProps) { p.FreezeSeconds = 10000 }, "FreezeSeconds"},
+		{"freeze beyond the agent's bound", func(p *PoolProps) { p.FreezeSeconds = 901 }, "FreezeSeconds"},
+		{"io1 without IOPS", func(p *PoolProps) { p.VolumeType = "io1" }, "VolumeIops"},
+		{"gp2 beyond 16 TiB", func(p *PoolProps) { p.VolumeType, p.VolumeSizeGiB = "gp2", 16385 }, "VolumeSizeGiB"},
+		{"init rate below 100", func(p *PoolProps) { p.VolumeInitRate = 50 }, "VolumeInitRate"},
 	} {
 		p := ok
 		c.change(&p)

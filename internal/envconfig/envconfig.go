@@ -34,8 +34,39 @@ func (r *Reader) get(name string) (string, bool) {
 	return v, ok && v != ""
 }
 
+// VarError is the problem of one variable: Name is the variable, Rule
+// what it must be.
+type VarError struct{ Name, Rule string }
+
+func (e *VarError) Error() string { return e.Name + ": " + e.Rule }
+
+// Fail records a problem of variable name that the typed readers cannot
+// see (a rule across variables).
+func (r *Reader) Fail(name, format string, args ...any) { r.fail(name, format, args...) }
+
 func (r *Reader) fail(name, format string, args ...any) {
-	r.errs = append(r.errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	r.errs = append(r.errs, &VarError{Name: name, Rule: fmt.Sprintf(format, args...)})
+}
+
+// Problems returns every VarError inside err (as Err joins them).
+func Problems(err error) []*VarError {
+	var out []*VarError
+	var walk func(error)
+	walk = func(err error) {
+		switch e := err.(type) {
+		case nil:
+		case *VarError:
+			out = append(out, e)
+		case interface{ Unwrap() []error }:
+			for _, x := range e.Unwrap() {
+				walk(x)
+			}
+		case interface{ Unwrap() error }:
+			walk(e.Unwrap())
+		}
+	}
+	walk(err)
+	return out
 }
 
 // String returns the variable, or def when unset. required makes unset an error.

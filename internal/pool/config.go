@@ -1,8 +1,6 @@
 package pool
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"regexp"
 	"time"
@@ -69,7 +67,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		Group:          r.Match("VOLSD_ASG", "", true, groupName, "an Auto Scaling group name"),
 		IdlePerAZ:      int(r.Int("VOLSD_IDLE_PER_AZ", 0, true, 0, 1000)),
 		AZs:            r.List("VOLSD_AZS"),
-		SizeGiB:        int32(r.Int("VOLSD_VOLUME_SIZE_GIB", 0, true, 1, 16384)),
+		SizeGiB:        int32(r.Int("VOLSD_VOLUME_SIZE_GIB", 0, true, 1, 65536)),
 		VolumeType:     r.OneOf("VOLSD_VOLUME_TYPE", "", true, "gp3", "gp2", "io1", "io2"),
 		IOPS:           int32(r.Int("VOLSD_VOLUME_IOPS", 0, false, 0, 256000)),
 		Throughput:     int32(r.Int("VOLSD_VOLUME_THROUGHPUT", 0, false, 0, 2000)),
@@ -83,33 +81,51 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		RefreshMax:     int(r.Int("VOLSD_REFRESH_MAX", 2, false, 0, 100)),
 	}
 	c.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
-	var bad []error
 	for _, az := range c.AZs {
 		if !azName.MatchString(az) {
-			bad = append(bad, fmt.Errorf("VOLSD_AZS: %q is not an availability zone name like eu-west-1a", az))
+			r.Fail("VOLSD_AZS", "%q is not an availability zone name like eu-west-1a", az)
 		}
 	}
-	switch c.VolumeType {
-	case "gp2":
-		if c.IOPS != 0 {
-			bad = append(bad, errors.New("VOLSD_VOLUME_IOPS: must be 0 for gp2 (its IOPS follow its size)"))
-		}
-	case "io1", "io2":
-		if c.IOPS == 0 {
-			bad = append(bad, errors.New("VOLSD_VOLUME_IOPS: is required for "+c.VolumeType))
-		}
+	checkVolume(r, c)
+	return c, r.Err()
+}
+
+// volumeLimits are EBS's limits per volume type (CreateVolume): size in
+// GiB, and provisioned IOPS when given (gp3 takes 0 for its baseline;
+// io1 and io2 require IOPS; gp2's follow its size). gp3 grew to 64 TiB,
+// 80,000 IOPS and 2,000 MiB/s in 2025.
+var volumeLimits = map[string]struct{ minGiB, maxGiB, minIOPS, maxIOPS int32 }{
+	"gp2": {1, 16384, 0, 0},
+	"gp3": {1, 65536, 3000, 80000},
+	"io1": {4, 16384, 100, 64000},
+	"io2": {4, 65536, 100, 256000},
+}
+
+// checkVolume applies the rules across the volume variables.
+func checkVolume(r *envconfig.Reader, c Config) {
+	lim, ok := volumeLimits[c.VolumeType]
+	if !ok {
+		return // VOLSD_VOLUME_TYPE is reported already
+	}
+	if c.SizeGiB != 0 && (c.SizeGiB < lim.minGiB || c.SizeGiB > lim.maxGiB) {
+		r.Fail("VOLSD_VOLUME_SIZE_GIB", "must be %d..%d GiB for %s (got %d)", lim.minGiB, lim.maxGiB, c.VolumeType, c.SizeGiB)
+	}
+	switch {
+	case c.VolumeType == "gp2" && c.IOPS != 0:
+		r.Fail("VOLSD_VOLUME_IOPS", "must be 0 for gp2: its IOPS follow its size (got %d)", c.IOPS)
+	case (c.VolumeType == "io1" || c.VolumeType == "io2") && c.IOPS == 0:
+		r.Fail("VOLSD_VOLUME_IOPS", "is required for %s: %d..%d", c.VolumeType, lim.minIOPS, lim.maxIOPS)
+	case c.IOPS != 0 && (c.IOPS < lim.minIOPS || c.IOPS > lim.maxIOPS):
+		r.Fail("VOLSD_VOLUME_IOPS", "must be %d..%d for %s, or 0 for its default (got %d)", lim.minIOPS, lim.maxIOPS, c.VolumeType, c.IOPS)
 	}
 	if c.Throughput != 0 && c.VolumeType != "gp3" {
-		bad = append(bad, errors.New("VOLSD_VOLUME_THROUGHPUT: only gp3 volumes take a throughput"))
+		r.Fail("VOLSD_VOLUME_THROUGHPUT", "only gp3 volumes take a throughput; use 0 for %s", c.VolumeType)
+	} else if c.Throughput != 0 && c.Throughput < 125 {
+		r.Fail("VOLSD_VOLUME_THROUGHPUT", "must be 125..2000 MiB/s for gp3, or 0 for its default (got %d)", c.Throughput)
 	}
 	if c.InitRate != 0 && c.InitRate < 100 {
-		bad = append(bad, fmt.Errorf("VOLSD_VOLUME_INIT_RATE: must be 0 (off) or 100..300 MiB/s (got %d)", c.InitRate))
+		r.Fail("VOLSD_VOLUME_INIT_RATE", "must be 0 (off) or 100..300 MiB/s (got %d)", c.InitRate)
 	}
-	err := r.Err()
-	if len(bad) > 0 {
-		err = errors.Join(err, fmt.Errorf("configuration: %w", errors.Join(bad...)))
-	}
-	return c, err
 }
 
 // Retryer is the SDK retryer for the control plane's EC2 client: adaptive

@@ -11,7 +11,8 @@ import (
 const maxLoggedEvent = 4096
 
 // HandleLifecycle is the lifecycle Lambda's handler. raw is the EventBridge
-// event. TEST_NOTIFICATION, other groups' events and other detail types are
+// event. TEST_NOTIFICATION, other groups' events, other hooks' actions (only
+// volsd-launch and volsd-terminate are volsd's) and other detail types are
 // ignored with a log line; a malformed event is logged whole (up to 4 KiB)
 // with the reason and dropped, since no retry can mend it. An error is
 // returned only when a retry can help; the invocation is then retried
@@ -52,6 +53,14 @@ func (p *Pool) HandleLifecycle(ctx context.Context, raw json.RawMessage) error {
 	if a.LifecycleTransition != want {
 		p.log.Error("malformed lifecycle event dropped: transition does not match detail-type",
 			"detailType", env.DetailType, "transition", a.LifecycleTransition, "event", clip(raw))
+		return nil
+	}
+	if hook := events.HookFor(want); a.LifecycleHookName != hook {
+		// Another hook on the same group (a log drainer, a termination
+		// handler): its owner completes it; volsd must not touch the
+		// instance's volume for it.
+		p.log.Info("ignoring lifecycle action of another hook", "hook", a.LifecycleHookName, "want", hook,
+			"instance", a.EC2InstanceID, "transition", a.LifecycleTransition, "id", env.ID)
 		return nil
 	}
 	var err error
