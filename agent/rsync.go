@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -115,14 +114,9 @@ func lastLines(s string, n int) string {
 
 // findRsync locates the rsync program.
 func findRsync() (string, error) {
-	for _, p := range []string{"/usr/bin/rsync", "/bin/rsync", "/usr/local/bin/rsync"} {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath("rsync")
+	p, err := lookProgram("rsync")
 	if err != nil {
-		return "", notReady("rsync is not installed (install the rsync package): %v", err)
+		return "", notReady("%s", DescribeMissing([]Program{{"rsync", "rsync"}}))
 	}
-	return filepath.Clean(p), nil
+	return p, nil
 }

@@ -31,6 +31,9 @@ func (a *Agent) Up(ctx context.Context, r *Report) error {
 	if a.cfg.ASG == "" {
 		return badInput("config: asg (VOLSD_ASG) is required for up (the lifecycle hook's group)")
 	}
+	if err := a.checkPrograms(); err != nil {
+		return err
+	}
 	steps := newBootSteps()
 	defer func() { a.log.Info("up steps", steps.attrs()...) }()
 	doc, err := a.imds.GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
