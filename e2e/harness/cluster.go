@@ -85,6 +85,9 @@ type Options struct {
 	ApplyInterval time.Duration
 	UpRestart     time.Duration
 	DeviceWait    time.Duration
+	// AgentPath is the PATH of the simulated instances' agents ("" = the
+	// systemd default, agent.DefaultProgramPath).
+	AgentPath string
 
 	// Log is the harness's own log; component logs go to files in WorkDir/logs.
 	Log *slog.Logger
@@ -187,6 +190,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	opts.defaults()
 	c := &Cluster{Opts: opts, Functions: map[string]*Function{}, logs: map[string]*os.File{}}
 	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if err := Preflight(); err != nil {
+		return c, err
+	}
 	SweepStale(opts.Log)
 	if opts.WorkDir == "" {
 		d, err := os.MkdirTemp("", "volsd-e2e-")
@@ -287,6 +293,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		Log:      opts.Log.With("part", "group"),
 		Boot:     c.boot,
 		PowerOff: c.powerOff,
+		Stuck:    c.stuck,
 		Deliver:  func(_ context.Context, ev events.Envelope) { c.deliverAsync("lifecycle", ev) },
 	}
 	return c, nil
@@ -521,7 +528,7 @@ func (c *Cluster) agentSettings() *AgentSettings {
 	return &AgentSettings{
 		Binary: c.Opts.Binaries.Agent, Pool: c.Opts.Pool, Table: c.Names.Table, Bucket: c.Names.Bucket,
 		ASG: c.Names.Group, LaunchHook: LaunchHookName, ProxyURL: c.Proxy.URL(), DynamoDBURL: c.Opts.DynamoDBURL,
-		DeviceWait: c.Opts.DeviceWait, UpRestart: c.Opts.UpRestart, ApplyInterval: c.Opts.ApplyInterval,
+		DeviceWait: c.Opts.DeviceWait, UpRestart: c.Opts.UpRestart, Path: c.Opts.AgentPath, ApplyInterval: c.Opts.ApplyInterval,
 		Log: c.logFile("agents"), LogMu: &c.logMu,
 	}
 }
@@ -542,6 +549,16 @@ func (c *Cluster) boot(ctx context.Context, id, az string) error {
 		return PublishRoot(root, in.Tree)
 	}
 	return nil
+}
+
+// stuck is closed with the agent's error once the instance's `up` keeps
+// failing in a way waiting cannot heal (nil channel: no such instance).
+func (c *Cluster) stuck(id string) (<-chan struct{}, func() error) {
+	in, ok := c.Fleet.Get(id)
+	if !ok {
+		return nil, func() error { return nil }
+	}
+	return in.Stuck(), in.StuckError
 }
 
 func (c *Cluster) powerOff(ctx context.Context, id string) error {

@@ -43,6 +43,9 @@ type Group struct {
 	// PowerOff stops the simulated machine and detaches its volumes (before
 	// the instance is terminated in EC2).
 	PowerOff func(ctx context.Context, id string) error
+	// Stuck is closed once the instance's agent cannot come up without help
+	// (why says with which error); nil = never.
+	Stuck func(id string) (stuck <-chan struct{}, why func() error)
 	// Deliver sends a lifecycle event to its EventBridge target.
 	Deliver func(ctx context.Context, ev events.Envelope)
 	// DuplicateEvents delivers every lifecycle event twice (EventBridge
@@ -254,7 +257,7 @@ func (g *Group) WaitInService(ctx context.Context, launches []*Launch) ([]Launch
 		queue = queue[1:]
 		res := LaunchResult{InstanceID: l.InstanceID, AZ: l.AZ, Result: "CONTINUE"}
 		if l.Action != nil {
-			r, err := l.Action.Wait(ctx)
+			r, err := g.waitAction(ctx, l)
 			if err != nil {
 				return results, err
 			}
@@ -283,6 +286,34 @@ func (g *Group) WaitInService(ctx context.Context, launches []*Launch) ([]Launch
 		queue = append(queue, repl)
 	}
 	return results, nil
+}
+
+// waitAction waits for a launch's hook to complete, or fails as soon as
+// the instance's agent is stuck, with the agent's error: the demo and the
+// tests then say why at once instead of waiting out the hook's timeout.
+func (g *Group) waitAction(ctx context.Context, l *Launch) (string, error) {
+	if g.Stuck == nil {
+		return l.Action.Wait(ctx)
+	}
+	stuck, why := g.Stuck(l.InstanceID)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-stuck:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	r, err := l.Action.Wait(wctx)
+	if err != nil && ctx.Err() == nil {
+		select {
+		case <-stuck:
+			return "", fmt.Errorf("launch of %s in %s cannot complete: %w", l.InstanceID, l.AZ, why())
+		default:
+		}
+	}
+	return r, err
 }
 
 // ScaleIn removes n instances: each is picked by the default termination

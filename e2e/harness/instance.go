@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/volsd/volsd/agent"
 	"github.com/volsd/volsd/events"
 )
 
@@ -34,6 +36,7 @@ type AgentSettings struct {
 	DeviceWait    time.Duration
 	UpRestart     time.Duration // systemd RestartSec of volsd-agent.service
 	ApplyInterval time.Duration // volsd-apply.timer period; 0 = off
+	Path          string        // the agents' PATH; "" = agent.DefaultProgramPath
 	Log           io.Writer     // agents' stderr (slog JSON), prefixed per instance
 	LogMu         *sync.Mutex
 }
@@ -62,6 +65,8 @@ type Instance struct {
 	wg      sync.WaitGroup
 	upDone  chan struct{}
 	upFinal *events.AgentReport
+	stuck   chan struct{} // closed once `up` keeps failing in a way waiting cannot heal
+	stuckAt error         // why, set before stuck is closed
 
 	timerHeld atomic.Bool // the volsd-apply.timer skips its runs (HoldTimer)
 }
@@ -91,7 +96,7 @@ func BootInstance(id, az, region, account, dir string, set *AgentSettings, log *
 		Mount:      filepath.Join(dir, "srv", "volsd"),
 		ConfigPath: filepath.Join(dir, "etc", "volsd", "agent.json"),
 		set:        set, log: log.With("instance", id),
-		procs: map[*exec.Cmd]string{}, stop: make(chan struct{}), upDone: make(chan struct{}),
+		procs: map[*exec.Cmd]string{}, stop: make(chan struct{}), upDone: make(chan struct{}), stuck: make(chan struct{}),
 	}
 	for _, d := range []string{in.Tree.DeviceRoot, in.Tree.SysfsRoot, in.RunDir, filepath.Dir(in.ConfigPath)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -122,8 +127,12 @@ func BootInstance(id, az, region, account, dir string, set *AgentSettings, log *
 	in.imds = imds
 	// The SSM agent's environment: no credentials and no region in it; the
 	// agent gets both from IMDS like on EC2.
+	path := set.Path
+	if path == "" {
+		path = agent.DefaultProgramPath
+	}
 	in.env = []string{
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"PATH=" + path,
 		"HOME=" + dir,
 		"LANG=C.UTF-8",
 		"VOLSD_CONFIG=" + in.ConfigPath,
@@ -148,10 +157,22 @@ func (in *Instance) IMDSURL() string { return in.imds.URL() }
 // once it has succeeded, volsd-apply.timer.
 func (in *Instance) service() {
 	defer in.wg.Done()
+	var last string
+	same := 0
 	for {
 		out := in.RunAgent(context.Background(), []string{"up"}, 0)
 		if in.isDown() {
 			return
+		}
+		if why := upFailure(out); why != "" {
+			if why == last {
+				same++
+			} else {
+				last, same = why, 1
+			}
+			if out.ExitCode == agent.ExitBadInput || same >= upStuckAfter {
+				in.markStuck(fmt.Errorf("volsd-agent up on %s failed %d time(s) in a row with %s", in.ID, same, why))
+			}
 		}
 		if out.ExitCode == 0 {
 			if r, err := events.ParseAgentReport(out.Stdout); err == nil {
@@ -184,6 +205,48 @@ func (in *Instance) service() {
 			}
 		}
 	}
+}
+
+// upStuckAfter is how many times in a row `up` may fail with the same
+// not-ready error before the instance counts as stuck: each try takes a
+// restart interval, so a stuck instance is named within seconds, not at
+// the launch hook's timeout.
+const upStuckAfter = 3
+
+// upFailure describes a failed `up` that waiting cannot heal by itself
+// (bad input, or not ready: a program or the configuration is missing),
+// or "" for success and for failures that may heal (retryable).
+func upFailure(out CommandOutput) string {
+	if out.ExitCode != agent.ExitBadInput && out.ExitCode != agent.ExitNotReady {
+		return ""
+	}
+	msg := lastLines(out.Stderr, 1)
+	if r, err := events.ParseAgentReport(out.Stdout); err == nil && r.Error != "" {
+		msg = r.Error
+	}
+	return fmt.Sprintf("exit %d: %s", out.ExitCode, msg)
+}
+
+func (in *Instance) markStuck(err error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	select {
+	case <-in.stuck:
+	default:
+		in.stuckAt = err
+		close(in.stuck)
+	}
+}
+
+// Stuck is closed once the instance's `volsd-agent up` keeps failing in a
+// way that waiting will not heal; StuckError says how.
+func (in *Instance) Stuck() <-chan struct{} { return in.stuck }
+
+// StuckError is the agent's error that made the instance stuck, or nil.
+func (in *Instance) StuckError() error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.stuckAt
 }
 
 // UpDone is closed once `volsd-agent up` has succeeded.

@@ -55,6 +55,10 @@ func run(small, keep, verbose bool) int {
 		fmt.Fprintln(os.Stderr, "volsd-demo: run as root (loop devices, mkfs.ext4, mount)")
 		return 2
 	}
+	if err := harness.Preflight(); err != nil {
+		fmt.Fprintln(os.Stderr, "volsd-demo:", err)
+		return 2
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 
