@@ -75,8 +75,9 @@ fuzz:
 	$(GO) test ./events -run '^$$' -fuzz '^FuzzParseCanonical$$' -fuzztime $(FUZZ_EXECS)x
 	$(GO) test ./internal/push -run '^$$' -fuzz '^FuzzPushMessage$$' -fuzztime $(FUZZ_EXECS)x
 
-## lint: go vet + staticcheck
+## lint: go vet + staticcheck + gofmt + go.mod tidy
 lint:
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(GO) tool staticcheck ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
