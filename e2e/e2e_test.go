@@ -122,6 +122,9 @@ func dumpLogs(t *testing.T, c *harness.Cluster) {
 		}
 		t.Logf("---- %s (last %d lines)\n%s", filepath.Base(f), len(lines), strings.Join(lines, "\n"))
 	}
+	if c.Proxy == nil || c.RunCommand == nil || c.Group == nil || c.Fleet == nil {
+		return // the cluster did not start that far
+	}
 	t.Logf("proxy calls: %v", c.Proxy.CallCounts())
 	for _, s := range c.RunCommand.CommandIDs() {
 		t.Logf("command %s %s %v: %d targets, %s", s.ID, s.Document, s.Params, s.Targets, s.Status)

@@ -227,7 +227,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	c.Names = Names{
 		Pool:           opts.Pool,
 		Table:          "volsd-" + opts.Pool + "-" + suffix,
-		Bucket:         "volsd-" + opts.Pool + "-origin-" + suffix,
+		Bucket:         bucketName(opts.Pool, suffix),
 		Group:          "volsd-" + opts.Pool + "-web-" + suffix,
 		LaunchTemplate: "volsd-" + opts.Pool + "-lt-" + suffix,
 	}
@@ -320,6 +320,18 @@ func randomSuffix() string {
 // createResources makes what the CDK stack would: table, origin bucket,
 // push queue with DLQ, VPC with a subnet per AZ, launch template, the group
 // with its hooks.
+// bucketName is the origin bucket's name: S3 allows 63 lowercase
+// characters, so a long pool name (a long test's name) keeps its end,
+// where testenv.UniqueName puts its random part.
+func bucketName(pool, suffix string) string {
+	room := 63 - len("volsd--origin-"+suffix)
+	pool = strings.ToLower(pool)
+	if len(pool) > room {
+		pool = strings.TrimLeft(pool[len(pool)-room:], "-_.")
+	}
+	return "volsd-" + strings.ReplaceAll(pool, "_", "-") + "-origin-" + suffix
+}
+
 func (c *Cluster) createResources(ctx context.Context) error {
 	if err := store.CreateTable(ctx, c.DDB, c.Names.Table); err != nil {
 		return err
