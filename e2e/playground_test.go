@@ -54,7 +54,7 @@ func printedValue(t *testing.T, text, label string) string {
 // a user would: pushes a tree with the real CLI configured only by the
 // printed env and outputs files, fetches every file from every instance's
 // URL, scales out by one through `volsd-demo ctl` and fetches from the new
-// instance, then stops it with SIGTERM and checks that nothing is left:
+// instance, loses one (`ctl kill`) and fetches from its replacement, then stops it with SIGTERM and checks that nothing is left:
 // mounts, loop devices, processes, the work and state files.
 func TestPlayground(t *testing.T) {
 	t.Parallel()
@@ -194,6 +194,20 @@ func TestPlayground(t *testing.T) {
 	if all := parseInstances(userShell(`. "$1"; volsd-demo ctl -state "$2" instances`, envFile, state)); len(all) != 3 {
 		t.Fatalf("ctl instances lists %v after the scale-out; want 3", all)
 	}
+
+	// Instance loss: the group replaces the lost instance, the replacement
+	// serves the same bytes, the lost one's web server is gone.
+	lost := insts[0]
+	out = userShell(`. "$1"; volsd-demo ctl -state "$2" kill "$3"`, envFile, state, lost.ID)
+	repl := parseInstances(out)
+	if len(repl) != 1 || repl[0].ID == lost.ID || repl[0].ID == added[0].ID || repl[0].ID == insts[1].ID {
+		t.Fatalf("ctl kill %s reported %v; want one replacement:\n%s", lost.ID, repl, out)
+	}
+	fetchAll(repl[0])
+	if _, err := httpGet(ctx, lost.URL); err == nil {
+		t.Fatalf("the lost instance %s still serves at %s", lost.ID, lost.URL)
+	}
+	added = append(added, repl...)
 
 	if err := serve.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

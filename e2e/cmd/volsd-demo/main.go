@@ -37,6 +37,12 @@ func main() {
 	small := flag.Bool("small", false, "tell the story at the end-to-end test's size (quick)")
 	keep := flag.Bool("keep", false, "keep the work directory (images, instance trees, logs)")
 	verbose := flag.Bool("v", false, "print the harness's own log")
+	flag.Usage = func() {
+		fmt.Fprintln(flag.CommandLine.Output(), "usage: volsd-demo [-small] [-keep] [-v]   tell the story (make demo)\n"+
+			"       volsd-demo serve [flags]          keep the system up for your own content (make local; serve -h)\n"+
+			"       volsd-demo ctl COMMAND            drive a running playground (ctl -h)")
+		flag.PrintDefaults()
+	}
 	flag.Parse()
 	os.Exit(run(*small, *keep, *verbose))
 }
