@@ -29,6 +29,13 @@ func (a *Agent) Apply(ctx context.Context, upTo int64, periodic bool, r *Report)
 	a.fillIdentity(ctx, r)
 	last := filepath.Join(a.cfg.RunDir, lastApplyFile)
 	if periodic {
+		// A freeze whose watchdog died is thawed now, not after the
+		// next applyInterval.
+		if m, ok := a.readFreeze(); ok && !a.now().Before(m.Deadline) {
+			if err := a.checkNotFrozen(); err != nil {
+				return err
+			}
+		}
 		if fi, err := os.Stat(last); err == nil && a.now().Sub(fi.ModTime()) < time.Duration(a.cfg.ApplyInterval) {
 			if st, ok, err := a.readState(); err == nil && ok {
 				r.Seq = st.Seq

@@ -151,22 +151,27 @@ func (a *Agent) startWatchdog(m freezeMarker) error {
 }
 
 // Watchdog is the body of the hidden thaw-watchdog command: poll the
-// marker; at the deadline thaw if it still carries token.
+// marker; at the deadline thaw if it still carries token. The wall clock
+// is read once, at the start, for the time left; from then on the wait
+// runs on the monotonic clock, so a step of the wall clock (NTP, a VM
+// resumed) neither lengthens nor shortens the freeze.
 func (a *Agent) Watchdog(ctx context.Context, token string, deadline time.Time) error {
+	thawAt := time.NewTimer(deadline.Sub(a.now()))
+	defer thawAt.Stop()
+	poll := time.NewTicker(200 * time.Millisecond)
+	defer poll.Stop()
 	for {
 		m, ok := a.readFreeze()
 		if !ok || m.Token != token {
 			return nil // thawed, or a newer freeze with its own watchdog
 		}
-		left := deadline.Sub(a.now())
-		if left <= 0 {
-			a.log.Warn("freeze bound reached without thaw; thawing", "mount", m.Mount)
-			return a.thaw(m.Mount)
-		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(min(left, 200*time.Millisecond)):
+		case <-thawAt.C:
+			a.log.Warn("freeze bound reached without thaw; thawing", "mount", m.Mount)
+			return a.thaw(m.Mount)
+		case <-poll.C:
 		}
 	}
 }
