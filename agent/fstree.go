@@ -30,8 +30,23 @@ const (
 // contentXattr records, on each file the agent places, what it holds:
 // "v1 <sha256> <size> <mtime ns>". It is trusted only while the file's size
 // and mtime still match it, so a file changed behind the agent's back is
-// hashed again instead of reused.
-const contentXattr = "user.volsd.content"
+// hashed again instead of reused. It is a trusted.* attribute: only a
+// process with CAP_SYS_ADMIN can set (or read) it, so whoever may write a
+// served file cannot forge its record. Records in the user.* namespace
+// (agents before this one wrote user.volsd.content, which anyone who can
+// write the file can set) are never read: such files are hashed once and
+// get a trusted record.
+const contentXattr = "trusted.volsd.content"
+
+// recordVouches says a content record may vouch for the file whose lstat
+// is st: it is owned by the agent's user and not writable by group or
+// others. The owner can set any mtime; a file others may write is not
+// the agent's alone to describe.
+func recordVouches(st *unix.Stat_t) bool {
+	return st.Mode&0o022 == 0 && st.Uid == agentUID
+}
+
+var agentUID = uint32(os.Geteuid())
 
 // probe is what lies at a relative path inside the mount, found without
 // following any symlink.
@@ -99,9 +114,13 @@ func (c content) xattr() []byte {
 }
 
 // readContent returns the trusted content record of the regular file at
-// abs whose lstat is st: ok only when the xattr exists and still matches
-// the file's size and mtime.
+// abs whose lstat is st: ok only when the file may be vouched for
+// (recordVouches), the xattr exists and it still matches the file's size
+// and mtime.
 func readContent(abs string, st *unix.Stat_t) (content, bool) {
+	if !recordVouches(st) {
+		return content{}, false
+	}
 	var buf [128]byte
 	n, err := unix.Lgetxattr(abs, contentXattr, buf[:])
 	if err != nil {
