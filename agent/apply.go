@@ -230,6 +230,10 @@ func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync)
 			if c := dl.passed(ctx); c != nil {
 				err = c
 			}
+			var mp *mountPointError
+			if errors.As(err, &mp) {
+				err = badInput("%s is the mount point of another filesystem inside the volume: volsd never places or deletes across a mount (like rsync -x); unmount it, or mount it outside %s, and apply again", filepath.Join(a.cfg.MountPath, mp.rel), a.cfg.MountPath)
+			}
 		}
 	}()
 	root, err := openDir(a.cfg.MountPath)
@@ -360,7 +364,7 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 		// rsync's holding directory beside the file, left by a copy pass
 		// that was cut off: this entry is the one re-applied after it.
 		if err := removePath(root, filepath.Join(filepath.Dir(e.Path), rsyncTmpName)); err != nil {
-			return pe, retryable("remove leftover %s: %v", rsyncTmpName, err)
+			return pe, retryable("remove leftover %s: %w", rsyncTmpName, err)
 		}
 		pe.plan, err = planPut(root, a.cfg.MountPath, e)
 	case events.OpDelete:
@@ -388,6 +392,9 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	}
 	p := pe.plan
 	pe.desc = p.describe()
+	if err := a.checkNoMountInside(p); err != nil {
+		return pe, err
+	}
 	ph.mark("plan")
 	prefetched, n := pf.wait()
 	pe.fetched += n
@@ -455,7 +462,7 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		// which the next apply cleans up when it re-applies this entry.
 		for _, d := range parentDirs(p.copies) {
 			if cerr := removePath(root, filepath.Join(d, rsyncTmpName)); cerr != nil && err == nil {
-				err = retryable("remove %s: %v", filepath.Join(d, rsyncTmpName), cerr)
+				err = retryable("remove %s: %w", filepath.Join(d, rsyncTmpName), cerr)
 			}
 		}
 		if err != nil {
@@ -469,7 +476,7 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 	}
 	for _, d := range p.deletes {
 		if err := removePath(root, d); err != nil {
-			return retryable("delete %s: %v", d, err)
+			return retryable("delete %s: %w", d, err)
 		}
 	}
 	ph.mark("delete")
@@ -760,7 +767,7 @@ func verifyPlaced(root int, mount string, paths []string, want map[string]events
 	for _, p := range paths {
 		at, err := probePath(root, p)
 		if err != nil {
-			return retryable("check %s: %v", p, err)
+			return retryable("check %s: %w", p, err)
 		}
 		b, isFile := want[p]
 		if !isFile {
@@ -870,6 +877,35 @@ func (d *entryDeadline) passed(ctx context.Context) error {
 	var ae *Error
 	if c := context.Cause(ctx); ctx.Err() != nil && errors.As(c, &ae) {
 		return c
+	}
+	return nil
+}
+
+// checkNoMountInside refuses a plan that would delete a directory with
+// another filesystem mounted at or beneath it, or place a file beneath
+// one, before anything is touched (the st_dev checks of the walk and of
+// removePath stop at a mount too, but a deletion could have begun).
+func (a *Agent) checkNoMountInside(p *entryPlan) error {
+	mounts, err := readMounts()
+	if err != nil {
+		return retryable("read the mount table: %v", err)
+	}
+	mount := filepath.Clean(a.cfg.MountPath)
+	for _, m := range mounts {
+		rel, ok := strings.CutPrefix(m.point, mount+"/")
+		if !ok {
+			continue
+		}
+		for _, d := range p.deletes {
+			if underPath(rel, d) {
+				return &mountPointError{rel: rel}
+			}
+		}
+		for _, s := range p.stage {
+			if underPath(s.path, rel) {
+				return &mountPointError{rel: rel}
+			}
+		}
 	}
 	return nil
 }

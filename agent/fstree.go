@@ -68,8 +68,16 @@ func (p probe) isDir() bool     { return p.exists && p.st.Mode&unix.S_IFMT == un
 // probePath looks at rel (a validated relative path) under the directory
 // fd root: each parent is opened with O_NOFOLLOW|O_DIRECTORY, so a symlink
 // anywhere on the way stops the walk instead of leading out of the mount.
+//
+// Nothing beyond the root's filesystem is in the tree: a directory on the
+// way, or at rel, where another filesystem is mounted is a
+// *mountPointError (like rsync -x, volsd never crosses a mount).
 func probePath(root int, rel string) (probe, error) {
 	var p probe
+	dev, err := devOf(root)
+	if err != nil {
+		return p, err
+	}
 	parts := strings.Split(rel, "/")
 	fd, err := unix.Dup(root)
 	if err != nil {
@@ -90,6 +98,9 @@ func probePath(root int, rel string) (probe, error) {
 		}
 		unix.Close(fd)
 		fd = next
+		if d, err := devOf(fd); err != nil || d != dev {
+			return p, &mountPointError{rel: strings.Join(parts[:i+1], "/")}
+		}
 	}
 	err = unix.Fstatat(fd, parts[len(parts)-1], &p.st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
@@ -98,8 +109,25 @@ func probePath(root int, rel string) (probe, error) {
 	case err != nil:
 		return p, fmt.Errorf("lstat %s: %w", rel, err)
 	}
+	if p.st.Dev != dev {
+		return p, &mountPointError{rel: rel}
+	}
 	p.exists = true
 	return p, nil
+}
+
+// mountPointError is a directory inside the volume where another
+// filesystem is mounted (rel, relative to the mount): the agent never
+// places or deletes across it. applyEntry reports it as bad input.
+type mountPointError struct{ rel string }
+
+func (e *mountPointError) Error() string { return e.rel + " is a mount point of another filesystem" }
+
+// devOf returns the device of the filesystem of the open file fd.
+func devOf(fd int) (uint64, error) {
+	var st unix.Stat_t
+	err := unix.Fstat(fd, &st)
+	return st.Dev, err
 }
 
 // content is what a file placed by the agent holds.
@@ -237,14 +265,22 @@ func futimens(fd int, ns int64) error {
 // O_NOFOLLOW and every removal is an unlinkat relative to a descriptor, so
 // no symlink, even one swapped in meanwhile, leads out of the mount. A
 // path behind a symlink or a file is not in the tree: nothing to do.
+//
+// It never leaves the root's filesystem: a mount point on the way or
+// inside the tree is a *mountPointError, and nothing beneath it is
+// touched.
 func removePath(root int, rel string) error {
+	dev, err := devOf(root)
+	if err != nil {
+		return err
+	}
 	parts := strings.Split(rel, "/")
 	fd, err := unix.Dup(root)
 	if err != nil {
 		return err
 	}
 	defer func() { unix.Close(fd) }()
-	for _, part := range parts[:len(parts)-1] {
+	for i, part := range parts[:len(parts)-1] {
 		next, err := unix.Openat(fd, part, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		switch {
 		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP):
@@ -254,13 +290,25 @@ func removePath(root int, rel string) error {
 		}
 		unix.Close(fd)
 		fd = next
+		if d, err := devOf(fd); err != nil || d != dev {
+			return &mountPointError{rel: strings.Join(parts[:i+1], "/")}
+		}
 	}
-	return removeAt(fd, parts[len(parts)-1])
+	err = removeAt(fd, parts[len(parts)-1], dev)
+	var mp *mountPointError
+	if errors.As(err, &mp) {
+		if dir := strings.Join(parts[:len(parts)-1], "/"); dir != "" {
+			mp.rel = dir + "/" + mp.rel
+		}
+	}
+	return err
 }
 
 // removeAt removes name in the directory dirfd, recursively for a
-// directory, never following a symlink.
-func removeAt(dirfd int, name string) error {
+// directory, never following a symlink, and never into a directory of
+// another filesystem than dev (a *mountPointError naming it relative to
+// dirfd).
+func removeAt(dirfd int, name string, dev uint64) error {
 	err := unix.Unlinkat(dirfd, name, 0)
 	switch {
 	case err == nil, errors.Is(err, unix.ENOENT):
@@ -277,10 +325,18 @@ func removeAt(dirfd int, name string) error {
 	}
 	dir := os.NewFile(uintptr(fd), name)
 	defer dir.Close()
+	if d, err := devOf(fd); err != nil || d != dev {
+		return &mountPointError{rel: name}
+	}
 	for {
 		names, err := dir.Readdirnames(1024)
 		for _, n := range names {
-			if err := removeAt(fd, n); err != nil {
+			if err := removeAt(fd, n, dev); err != nil {
+				var mp *mountPointError
+				if errors.As(err, &mp) {
+					mp.rel = name + "/" + mp.rel
+					return mp
+				}
 				return fmt.Errorf("%s/%w", name, err)
 			}
 		}

@@ -47,7 +47,7 @@ func planPut(root int, mount string, e events.JournalEntry) (*entryPlan, error) 
 	p := &entryPlan{}
 	at, err := probePath(root, e.Path)
 	if err != nil {
-		return nil, retryable("look at %s: %v", e.Path, err)
+		return nil, retryable("look at %s: %w", e.Path, err)
 	}
 	abs := filepath.Join(mount, e.Path)
 	item := stageItem{path: e.Path, blob: *e.Blob}
@@ -81,7 +81,7 @@ func planPut(root int, mount string, e events.JournalEntry) (*entryPlan, error) 
 func planDelete(root int, e events.JournalEntry) (*entryPlan, error) {
 	at, err := probePath(root, e.Path)
 	if err != nil {
-		return nil, retryable("look at %s: %v", e.Path, err)
+		return nil, retryable("look at %s: %w", e.Path, err)
 	}
 	p := &entryPlan{}
 	if at.exists {
@@ -124,6 +124,11 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 		}
 	}
 
+	dev, err := devOf(root)
+	if err != nil {
+		return nil, retryable("fstat %s: %v", mount, err)
+	}
+	w.dev = dev
 	target := -1 // the target directory, opened, when it exists as one
 	if e.Path == events.RootPath {
 		fd, err := reopenDir(root)
@@ -134,7 +139,7 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 	} else {
 		at, err := probePath(root, e.Path)
 		if err != nil {
-			return nil, retryable("look at %s: %v", e.Path, err)
+			return nil, retryable("look at %s: %w", e.Path, err)
 		}
 		switch {
 		case at.blocker != "":
@@ -228,6 +233,7 @@ type syncWalk struct {
 	dirs       map[string]bool // directories the manifest implies
 	found      []bool          // by manifest entry: met in the live tree (each written by one walker)
 	idx        *treeIndex
+	dev        uint64        // the mount's filesystem: the walk never leaves it
 	racyBefore int64         // ns: a file changed since cannot go into the index (see indexFile)
 	sem        chan struct{} // bounds the directories walked in parallel
 
@@ -300,8 +306,8 @@ func (w *syncWalk) walk(fd int, rel string) error {
 		case name == rsyncTmpName:
 			// rsync's holding directory left by an interrupted apply:
 			// never content (events.ValidatePath refuses it), remove it.
-			if err := removeAt(fd, name); err != nil {
-				return retryable("remove leftover %s: %v", filepath.Join(w.mount, string(path)), err)
+			if err := removeAt(fd, name, w.dev); err != nil {
+				return retryable("remove leftover %s: %w", filepath.Join(w.mount, string(path)), err)
 			}
 			continue
 		}
@@ -318,6 +324,10 @@ func (w *syncWalk) walk(fd int, rel string) error {
 				return err
 			}
 		case typ.IsDir():
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil && st.Dev != w.dev {
+				return &mountPointError{rel: string(path)} // to keep or to delete: either crosses it
+			}
 			r := string(path[len(w.prefix):])
 			if !w.dirs[r] {
 				res.deletes = append(res.deletes, string(path))
