@@ -61,6 +61,19 @@ func (j *memJournal) AppendBatch(_ context.Context, pool string, es []events.Jou
 	return out, nil
 }
 
+// PreviousSync returns the newest sync entry of path (the store's rule
+// without expiry: the fuzz journal never compacts).
+func (j *memJournal) PreviousSync(_ context.Context, pool, path string) (events.JournalEntry, bool, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for k := len(j.entries) - 1; k >= 0; k-- {
+		if e := j.entries[k]; e.Op == events.OpSync && e.Path == path && e.Manifest != nil {
+			return e, true, nil
+		}
+	}
+	return events.JournalEntry{}, false, nil
+}
+
 func (j *memJournal) RejectRequest(_ context.Context, pool string, rej store.Rejection) (store.Request, bool, error) {
 	if err := events.ValidateRequestID("requestId", rej.RequestID); err != nil {
 		return store.Request{}, false, err

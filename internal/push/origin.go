@@ -1,12 +1,13 @@
 package push
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -21,17 +22,26 @@ import (
 )
 
 // S3Origin is the part of the S3 API the push Lambda reads the origin with.
+// It never lists: a check costs what the request changed, not what the
+// origin holds.
 type S3Origin interface {
 	HeadObject(ctx context.Context, in *s3.HeadObjectInput, optFns ...func(*s3.Options)) (*s3.HeadObjectOutput, error)
 	GetObject(ctx context.Context, in *s3.GetObjectInput, optFns ...func(*s3.Options)) (*s3.GetObjectOutput, error)
 }
 
+// PreviousSyncs finds the newest sync of a path in the journal
+// (store.PreviousSync).
+type PreviousSyncs interface {
+	PreviousSync(ctx context.Context, pool, path string) (events.JournalEntry, bool, error)
+}
+
 // MaxCheckedManifestBytes is the largest manifest the push Lambda reads to
-// check it. A bigger one is rejected with that reason: split the tree.
-const MaxCheckedManifestBytes = 64 << 20
+// check it (events.MaxManifestBytes, about a million entries). A bigger
+// one is rejected with that reason: split the tree.
+const MaxCheckedManifestBytes = events.MaxManifestBytes
 
 // headConcurrency bounds parallel HeadObject calls for one manifest.
-const headConcurrency = 16
+const headConcurrency = 64
 
 // problemKind says what a failed origin check means for the request.
 type problemKind int
@@ -70,8 +80,11 @@ func unavailable(what string, err error) *originProblem {
 
 // origin checks that what a request names is in the S3 origin.
 type origin struct {
-	s3     S3Origin
-	bucket string
+	s3       S3Origin
+	bucket   string
+	pool     string
+	previous PreviousSyncs
+	log      *slog.Logger
 }
 
 // check returns nil when the request's blob, or its manifest and every blob
@@ -86,7 +99,7 @@ func (o origin) check(ctx context.Context, r events.PushRequest) *originProblem 
 		}
 		return p
 	case events.OpSync:
-		return o.checkManifest(ctx, r.Manifest.SHA256)
+		return o.checkSync(ctx, r.Path, r.Manifest.SHA256)
 	default:
 		return nil // delete names no content
 	}
@@ -112,59 +125,40 @@ func (o origin) verifyBlob(ctx context.Context, sum string, size int64) (bool, *
 	return true, nil
 }
 
-// head returns an object's size, -1 when it does not exist.
-func (o origin) head(ctx context.Context, key string) (int64, *originProblem) {
-	out, err := o.s3.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &o.bucket, Key: &key})
-	switch {
-	case err == nil:
-		return aws.ToInt64(out.ContentLength), nil
-	case awserr.IsNotFound(err):
-		return -1, nil
-	default:
-		return 0, unavailable("check s3://"+o.bucket+"/"+key, err)
+// checkSync checks a sync's manifest and the blobs that the previous sync
+// of the same path did not name (events.BlobsToCheck): a re-push of a
+// big tree with one changed file costs one manifest read, the previous
+// manifest's read and one HeadObject, whatever the tree and the origin
+// hold. A re-push of the previous manifest itself costs nothing.
+func (o origin) checkSync(ctx context.Context, path, sha string) *originProblem {
+	prev, found, err := o.previous.PreviousSync(ctx, o.pool, path)
+	if err != nil {
+		return unavailable("read the journal", err)
 	}
-}
-
-func (o origin) checkManifest(ctx context.Context, sha string) *originProblem {
-	key := events.ManifestKey(sha)
-	size, p := o.head(ctx, key)
-	switch {
-	case p != nil:
+	if found && prev.Manifest.SHA256 == sha {
+		return nil // checked when that entry was appended
+	}
+	m, p := o.readManifest(ctx, sha)
+	if p != nil {
 		return p
-	case size < 0:
-		return missing("manifest %s is not in the origin (s3://%s/%s)", sha, o.bucket, key)
-	case size > MaxCheckedManifestBytes:
-		return wrong("manifest %s has %d bytes, more than the %d the push Lambda checks; split the tree into several syncs", sha, size, MaxCheckedManifestBytes)
 	}
-	out, err := o.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: &o.bucket, Key: &key})
+	var verified events.BlobSet
+	if found {
+		pm, p := o.readManifest(ctx, prev.Manifest.SHA256)
+		switch {
+		case p != nil && p.kind == problemUnavailable:
+			return p
+		case p != nil:
+			// cannot happen for an appended entry unless the origin was
+			// changed by hand: check every blob
+			o.log.Warn("previous manifest unusable; checking every blob", "path", path, "seq", prev.Seq, "manifest", prev.Manifest.SHA256, "reason", p.Error())
+		default:
+			verified = pm.Blobs()
+		}
+	}
+	want, err := events.BlobsToCheck(m, verified)
 	if err != nil {
-		if awserr.IsNotFound(err) {
-			return missing("manifest %s is not in the origin (s3://%s/%s)", sha, o.bucket, key)
-		}
-		return unavailable("read s3://"+o.bucket+"/"+key, err)
-	}
-	defer out.Body.Close()
-	h := sha256.New()
-	m, err := events.ParseManifest(io.TeeReader(io.LimitReader(out.Body, MaxCheckedManifestBytes+1), h))
-	if err != nil {
-		var ve *events.ValidationError
-		if !errors.As(err, &ve) {
-			return unavailable("read s3://"+o.bucket+"/"+key, err)
-		}
-		return wrong("manifest %s is invalid: %v", sha, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
-		return wrong("manifest %s does not match its name: its content hashes to %s", sha, got)
-	}
-	want := map[string]int64{}
-	for _, e := range m.Entries {
-		if e.Kind() != events.TypeFile {
-			continue // dirs and links have no blob
-		}
-		if prev, ok := want[e.SHA256]; ok && prev != e.Size {
-			return wrong("manifest %s lists blob %s with sizes %d and %d", sha, e.SHA256, prev, e.Size)
-		}
-		want[e.SHA256] = e.Size
+		return wrong("manifest %s: %v", sha, err)
 	}
 	absent, p := o.verifyBlobs(ctx, want)
 	if p != nil {
@@ -181,6 +175,40 @@ func (o origin) checkManifest(ctx context.Context, sha string) *originProblem {
 		return missing("manifest %s names blobs that are not in the origin: %s%s", sha, strings.Join(absent, ", "), more)
 	}
 	return nil
+}
+
+// readManifest reads a manifest with one GetObject, checks that its content
+// hashes to its name, and parses and validates it.
+func (o origin) readManifest(ctx context.Context, sha string) (events.Manifest, *originProblem) {
+	key := events.ManifestKey(sha)
+	out, err := o.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: &o.bucket, Key: &key})
+	if err != nil {
+		if awserr.IsNotFound(err) {
+			return events.Manifest{}, missing("manifest %s is not in the origin (s3://%s/%s)", sha, o.bucket, key)
+		}
+		return events.Manifest{}, unavailable("read s3://"+o.bucket+"/"+key, err)
+	}
+	defer out.Body.Close()
+	size := aws.ToInt64(out.ContentLength)
+	if size > MaxCheckedManifestBytes {
+		return events.Manifest{}, wrong("manifest %s has %d bytes, more than the %d the push Lambda checks; split the tree into several syncs", sha, size, MaxCheckedManifestBytes)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, max(size, 0)+1))
+	if _, err := buf.ReadFrom(io.LimitReader(out.Body, MaxCheckedManifestBytes+1)); err != nil {
+		return events.Manifest{}, unavailable("read s3://"+o.bucket+"/"+key, err)
+	}
+	data := buf.Bytes()
+	if len(data) > MaxCheckedManifestBytes {
+		return events.Manifest{}, wrong("manifest %s has more than the %d bytes the push Lambda checks; split the tree into several syncs", sha, MaxCheckedManifestBytes)
+	}
+	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != sha {
+		return events.Manifest{}, wrong("manifest %s does not match its name: its content hashes to %s", sha, hex.EncodeToString(sum[:]))
+	}
+	m, err := events.ParseManifestBytes(data)
+	if err != nil {
+		return events.Manifest{}, wrong("manifest %s is invalid: %v", sha, err)
+	}
+	return m, nil
 }
 
 // verifyBlobs checks the wanted blobs (sha256 → size) with verifyBlob,

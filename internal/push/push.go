@@ -30,6 +30,7 @@ type Journal interface {
 	GetRequest(ctx context.Context, pool, requestID string) (store.Request, error)
 	AppendBatch(ctx context.Context, pool string, entries []events.JournalEntry) ([]store.Appended, error)
 	RejectRequest(ctx context.Context, pool string, rej store.Rejection) (store.Request, bool, error)
+	PreviousSyncs
 }
 
 // Pusher handles SQS batches of push requests.
@@ -51,7 +52,7 @@ func NewPusher(cfg Config, journal Journal, s3 S3Origin, ssm CommandSender, log 
 		cfg.MissingReceives = MissingReceives
 	}
 	return &Pusher{
-		cfg: cfg, journal: journal, origin: origin{s3: s3, bucket: cfg.Bucket}, ssm: ssm,
+		cfg: cfg, journal: journal, origin: origin{s3: s3, bucket: cfg.Bucket, pool: cfg.Pool, previous: journal, log: log.With("pool", cfg.Pool)}, ssm: ssm,
 		log: log.With("pool", cfg.Pool), metrics: m,
 	}
 }
