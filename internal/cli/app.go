@@ -13,8 +13,9 @@ import (
 )
 
 // ObjectStore is the part of the S3 API the CLI uses: HeadObject to find
-// what the origin has, GetObject to read the manifests a --dry-run or the
-// deletion guard compares with, PutObject and the multipart calls of the SDK's
+// what the origin has, GetObject to read the previous manifest of a target
+// and the manifests a --dry-run or the deletion guard compares with,
+// PutObject and the multipart calls of the SDK's
 // upload manager to add what it lacks, DeleteObject to withdraw a blob whose
 // file changed while it was uploaded.
 type ObjectStore interface {
@@ -43,6 +44,7 @@ type State interface {
 	ListRejected(ctx context.Context, pool string, limit int) ([]store.Request, error)
 	Entries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error)
 	GetCompaction(ctx context.Context, pool string) (store.Compaction, error)
+	PreviousSync(ctx context.Context, pool, path string) (events.JournalEntry, bool, error)
 }
 
 // App is the CLI's logic over its clients.
@@ -66,6 +68,9 @@ type App struct {
 	// Guard, when set, refuses a sync whose plan deletes too much (the CLI
 	// always sets it).
 	Guard *DeleteGuard
+	// IndexDir is where the hash indexes are kept (default: the user's
+	// cache directory, volsd/hash-index).
+	IndexDir string
 	// Poll is how often --wait reads the table (default 2s).
 	Poll time.Duration
 	Now  func() time.Time

@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/schollz/progressbar/v3"
 
@@ -42,6 +47,12 @@ type Sent struct {
 	UploadedBlobs int   `json:"uploadedBlobs"`
 	UploadedBytes int64 `json:"uploadedBytes"`
 	PresentBlobs  int   `json:"presentBlobs"`
+	// VerifiedBlobs of them were named by the previous sync of the same
+	// path (not checked again); CheckedBlobs were checked with HeadObject;
+	// HashedFiles were read (the others: the hash index vouched for them).
+	VerifiedBlobs int `json:"verifiedBlobs"`
+	CheckedBlobs  int `json:"checkedBlobs"`
+	HashedFiles   int `json:"hashedFiles"`
 	// ManifestUploaded is false when the origin had the manifest already.
 	ManifestUploaded bool `json:"manifestUploaded,omitempty"`
 	// Warnings says what the push changed on the way (special mode bits
@@ -63,14 +74,18 @@ func NewRequestID(now time.Time) string {
 }
 
 // Push sends LOCAL to DEST: a file as a put of its blob, a directory as a
-// sync of its manifest. Blobs are uploaded only when the origin lacks them
-// (HeadObject), large ones in parts; the manifest after its blobs; then one
-// message with a fresh request ID goes to the push queue.
+// sync of its manifest. A push costs what changed (DESIGN.md §5a): files
+// the hash index vouches for are not read again; the previous manifest of
+// the same target, found in the journal, is the set of blobs already in
+// the origin; only the others are checked (HeadObject) and uploaded when
+// the origin lacks them, large ones in parts; the manifest after its
+// blobs; then one message with a fresh request ID goes to the push queue.
 func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 	d, err := parseDest(rawDest)
 	if err != nil {
 		return Sent{}, err
 	}
+	scanStart := time.Now()
 	op, files, err := scan(local)
 	if err != nil {
 		return Sent{}, err
@@ -79,32 +94,53 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 	if err != nil {
 		return Sent{}, err
 	}
-	if err := hashFiles(ctx, files); err != nil {
-		return Sent{}, err
+	root := local
+	if len(files) > 0 {
+		root = strings.TrimSuffix(files[0].abs, "/"+files[0].rel)
 	}
+	ix := loadHashIndex(a.indexDir(), root)
 	s := Sent{Op: op, Path: dpath, Files: len(files), Warnings: warnings(files)}
 	for _, w := range s.Warnings {
 		fmt.Fprintf(a.errOut(), "volsd: warning: %s\n", w)
 	}
+	if s.HashedFiles, err = hashFiles(ctx, files, ix); err != nil {
+		return Sent{}, err
+	}
+	if ix.update(files, scanStart) {
+		if err := ix.save(root); err != nil {
+			fmt.Fprintf(a.errOut(), "note: the hash index %s was not saved (%v); the next push hashes every file again\n", ix.file, err)
+		}
+	}
 	for _, f := range files {
 		s.Bytes += f.size
 	}
-	var manifest []byte
+	var (
+		manifest []byte
+		m        events.Manifest
+		check    events.BlobSet
+		same     bool // the tree of the last sync of DEST: all in the origin
+	)
 	if op == events.OpSync {
-		if manifest, s.Manifest, err = buildManifest(files); err != nil {
+		if m, manifest, s.Manifest, err = buildManifest(files); err != nil {
 			return Sent{}, err
 		}
+		var verified events.BlobSet
+		verified, same = a.previousBlobs(ctx, dpath, s.Manifest)
+		if !same {
+			if check, err = events.BlobsToCheck(m, verified); err != nil {
+				return Sent{}, inputErr("%v", err)
+			}
+		}
+		s.VerifiedBlobs = len(m.Blobs()) - len(check)
+		s.PresentBlobs = s.VerifiedBlobs
 	} else {
 		f := files[0]
 		s.Blob = &events.Blob{SHA256: f.sha256, Size: f.size, Mode: f.mode}
+		check = events.BlobSet{f.sha256: f.size}
 	}
 	if a.DryRun || op == events.OpSync && a.Guard != nil {
 		want := map[string]entryState{}
 		if op == events.OpSync {
-			m, err := events.ParseManifestBytes(manifest)
-			if err != nil {
-				return Sent{}, err
-			}
 			for _, e := range m.Entries {
 				if e.Kind() != events.TypeDir {
 					want[joinPath(dpath, e.Path)] = stateOf(e)
@@ -126,10 +162,10 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 			return Sent{}, err
 		}
 	}
-	if err := a.uploadBlobs(ctx, files, &s); err != nil {
+	if err := a.uploadBlobs(ctx, files, check, &s); err != nil {
 		return Sent{}, err
 	}
-	if op == events.OpSync {
+	if op == events.OpSync && !same {
 		key := events.ManifestKey(s.Manifest)
 		have, err := a.verified(ctx, key, s.Manifest, int64(len(manifest)))
 		if err != nil {
@@ -142,11 +178,78 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 			s.ManifestUploaded = true
 		}
 	}
-	req := events.PushRequest{Version: events.PushVersion, Op: op, Path: dpath, Blob: s.Blob}
 	if op == events.OpSync {
-		req.Manifest = &events.ManifestRef{SHA256: s.Manifest}
+		return s, a.send(ctx, syncRequest(dpath, s.Manifest), &s)
 	}
-	return s, a.send(ctx, req, &s)
+	return s, a.send(ctx, events.PushRequest{Version: events.PushVersion, Op: op, Path: dpath, Blob: s.Blob}, &s)
+}
+
+func syncRequest(path, manifest string) events.PushRequest {
+	return events.PushRequest{Version: events.PushVersion, Op: events.OpSync, Path: path, Manifest: &events.ManifestRef{SHA256: manifest}}
+}
+
+// indexDir is where hash indexes are kept: App.IndexDir, else the user's
+// cache directory ($XDG_CACHE_HOME/volsd/hash-index); "" (none) when
+// neither is known.
+func (a *App) indexDir() string {
+	if a.IndexDir != "" {
+		return a.IndexDir
+	}
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "volsd", "hash-index")
+}
+
+// previousBlobs returns the blobs of the previous sync of path in the
+// journal (nil when the pool or table is not configured, there is none, or
+// it cannot be read: then every blob is checked) and whether that sync
+// had the manifest sha itself.
+func (a *App) previousBlobs(ctx context.Context, path, sha string) (events.BlobSet, bool) {
+	if a.State == nil || a.Cfg.Pool == "" || a.Cfg.Table == "" {
+		return nil, false
+	}
+	prev, found, err := a.State.PreviousSync(ctx, a.Cfg.Pool, path)
+	if err != nil {
+		fmt.Fprintf(a.errOut(), "note: the previous sync of %s was not found in the journal (%v); checking every blob in the origin\n", path, err)
+		return nil, false
+	}
+	if !found {
+		return nil, false
+	}
+	if prev.Manifest.SHA256 == sha {
+		return nil, true
+	}
+	m, err := a.readManifest(ctx, prev.Manifest.SHA256)
+	if err != nil {
+		fmt.Fprintf(a.errOut(), "note: the manifest of seq %d was not read (%v); checking every blob in the origin\n", prev.Seq, err)
+		return nil, false
+	}
+	return m.Blobs(), false
+}
+
+// readManifest reads and validates a manifest of the origin.
+func (a *App) readManifest(ctx context.Context, sha string) (events.Manifest, error) {
+	key := events.ManifestKey(sha)
+	var m events.Manifest
+	err := awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
+		out, err := a.S3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(a.Cfg.Bucket), Key: aws.String(key)})
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		data, err := io.ReadAll(io.LimitReader(out.Body, events.MaxManifestBytes+1))
+		if err != nil {
+			return err
+		}
+		if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != sha {
+			return fmt.Errorf("s3://%s/%s does not hash to its name", a.Cfg.Bucket, key)
+		}
+		m, err = events.ParseManifestBytes(data)
+		return err
+	})
+	return m, err
 }
 
 // Delete asks the pool to delete DEST (a file or a tree).
@@ -186,13 +289,17 @@ func (a *App) send(ctx context.Context, req events.PushRequest, s *Sent) error {
 	return nil
 }
 
-// uploadBlobs uploads the distinct blobs the origin does not hold
+// uploadBlobs checks the blobs of check (HeadObject with its checksum,
+// headConcurrency at a time) and uploads those the origin does not hold
 // verified (checksum.Verify): missing, or there with other bytes, another
 // size or no checksum, which an upload overwrites with the right bytes.
-func (a *App) uploadBlobs(ctx context.Context, files []localFile, s *Sent) error {
+func (a *App) uploadBlobs(ctx context.Context, files []localFile, check events.BlobSet, s *Sent) error {
 	byBlob := map[string]localFile{}
 	var order []string
 	for _, f := range files {
+		if _, ok := check[f.sha256]; !ok {
+			continue
+		}
 		if _, ok := byBlob[f.sha256]; !ok {
 			byBlob[f.sha256] = f
 			order = append(order, f.sha256)
@@ -206,6 +313,7 @@ func (a *App) uploadBlobs(ctx context.Context, files []localFile, s *Sent) error
 	}); err != nil {
 		return err
 	}
+	s.CheckedBlobs = len(order)
 	var todo []localFile
 	var total int64
 	for i, sha := range order {

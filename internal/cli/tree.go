@@ -32,6 +32,7 @@ type localFile struct {
 	mode    uint32 // permission bits
 	modTime time.Time
 	ctime   time.Time // status change time, to notice a rewrite that restores mtime
+	stat    fileStat  // what the hash index compares
 	sha256  string
 	// special is the setuid, setgid and sticky bits the file had; volsd
 	// writes plain permission bits only, so they are dropped (with a warning).
@@ -44,7 +45,7 @@ type localFile struct {
 // newLocalFile describes a regular file from its FileInfo.
 func newLocalFile(abs, rel string, fi fs.FileInfo) localFile {
 	f := localFile{abs: abs, rel: rel, size: fi.Size(), mode: uint32(fi.Mode().Perm()), modTime: fi.ModTime(),
-		special: fi.Mode() & (fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)}
+		special: fi.Mode() & (fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky), stat: statOf(fi)}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		f.ctime = time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
 		f.sparse = st.Blocks*512 < fi.Size()
@@ -206,8 +207,17 @@ func scan(local string) (events.Op, []localFile, error) {
 	return events.OpSync, files, nil
 }
 
-// hashFiles computes every file's sha256, GOMAXPROCS files at a time.
-func hashFiles(ctx context.Context, files []localFile) error {
+// hashFiles computes the sha256 of every file the index does not vouch
+// for, GOMAXPROCS files at a time, and returns how many it read.
+func hashFiles(ctx context.Context, files []localFile, ix *hashIndex) (int, error) {
+	var todo []int
+	for i, f := range files {
+		if sha, ok := ix.lookup(f.rel, f.stat); ok {
+			files[i].sha256 = sha
+		} else {
+			todo = append(todo, i)
+		}
+	}
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -229,7 +239,7 @@ func hashFiles(ctx context.Context, files []localFile) error {
 			}
 		}()
 	}
-	for i := range files {
+	for _, i := range todo {
 		if ctx.Err() != nil {
 			break
 		}
@@ -238,9 +248,9 @@ func hashFiles(ctx context.Context, files []localFile) error {
 	close(next)
 	wg.Wait()
 	if first != nil {
-		return first
+		return 0, first
 	}
-	return ctx.Err()
+	return len(todo), ctx.Err()
 }
 
 func hashFile(p string) (string, error) {
@@ -278,21 +288,22 @@ func (f localFile) unchanged() bool {
 	return now.size == f.size && now.modTime.Equal(f.modTime) && now.ctime.Equal(f.ctime)
 }
 
-// buildManifest returns the canonical manifest of files and its sha256.
-func buildManifest(files []localFile) ([]byte, string, error) {
+// buildManifest returns the manifest of files, its canonical form and its
+// sha256.
+func buildManifest(files []localFile) (events.Manifest, []byte, string, error) {
 	m := events.Manifest{Version: events.ManifestVersion, Entries: make([]events.ManifestEntry, 0, len(files))}
 	for _, f := range files {
 		m.Entries = append(m.Entries, events.ManifestEntry{Path: f.rel, Type: events.TypeFile, SHA256: f.sha256, Size: f.size, Mode: f.mode})
 	}
 	if err := m.Validate(); err != nil {
-		return nil, "", inputErr("%v", err)
+		return m, nil, "", inputErr("%v", err)
 	}
 	raw, err := m.Canonical()
 	if err != nil {
-		return nil, "", err
+		return m, nil, "", err
 	}
 	sum := sha256.Sum256(raw)
-	return raw, hex.EncodeToString(sum[:]), nil
+	return m, raw, hex.EncodeToString(sum[:]), nil
 }
 
 // baseName is the last element of a local path, for a put into a directory.
