@@ -45,7 +45,22 @@ type EC2Config struct {
 	// TerminatedVisible is how long a terminated instance still shows in
 	// DescribeInstances (AWS: about an hour); 0 = forever.
 	TerminatedVisible time.Duration
+	// DescribeLimit is EC2's request-rate limit of the account's
+	// non-mutating (Describe*) actions: a token bucket; a call that finds
+	// it empty fails with RequestLimitExceeded. Zero: no limit.
+	DescribeLimit RequestLimit
 }
+
+// RequestLimit is one of EC2's request token buckets: Burst tokens at
+// most, Refill tokens added per second. AWS's default for an account's
+// non-mutating actions is Burst 100, Refill 20 (EC2 API reference,
+// "Request throttling").
+type RequestLimit struct {
+	Burst, Refill float64
+}
+
+// DefaultDescribeLimit is AWS's default bucket for non-mutating actions.
+var DefaultDescribeLimit = RequestLimit{Burst: 100, Refill: 20}
 
 // EC2 is an in-memory EC2 of volumes, instances and snapshots in one region.
 // It implements the SDK methods volsd uses, with the SDK's signatures. It is
@@ -64,6 +79,10 @@ type EC2 struct {
 	queued    map[string][]error
 	stuck     map[string]bool // volume IDs whose attachments never complete
 	failNext  map[string]bool // volume IDs (or "*") whose creation ends in error
+	// The Describe* token bucket (DescribeLimit).
+	bucket    float64
+	bucketAt  time.Time
+	throttled map[string]int
 }
 
 type fakeVolume struct {
@@ -196,6 +215,9 @@ func (f *EC2) FailNextCreate() {
 // injected error if any. f.mu must be held.
 func (f *EC2) begin(op string) error {
 	f.calls[op]++
+	if err := f.takeToken(op); err != nil {
+		return err
+	}
 	f.advance()
 	if q := f.queued[op]; len(q) > 0 {
 		f.queued[op] = q[1:]
@@ -205,6 +227,44 @@ func (f *EC2) begin(op string) error {
 		return f.before(op)
 	}
 	return nil
+}
+
+// takeToken takes a token of the Describe* bucket for a non-mutating op.
+// f.mu must be held.
+func (f *EC2) takeToken(op string) error {
+	lim := f.cfg.DescribeLimit
+	if lim.Burst <= 0 || !strings.HasPrefix(op, "Describe") {
+		return nil
+	}
+	now := f.now()
+	if f.bucketAt.IsZero() {
+		f.bucket, f.bucketAt = lim.Burst, now
+	}
+	f.bucket = min(lim.Burst, f.bucket+now.Sub(f.bucketAt).Seconds()*lim.Refill)
+	f.bucketAt = now
+	if f.bucket < 1 {
+		if f.throttled == nil {
+			f.throttled = map[string]int{}
+		}
+		f.throttled[op]++
+		return EC2Throttle()
+	}
+	f.bucket--
+	return nil
+}
+
+// SetDescribeLimit replaces the Describe* bucket (full at once).
+func (f *EC2) SetDescribeLimit(lim RequestLimit) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cfg.DescribeLimit, f.bucketAt = lim, time.Time{}
+}
+
+// Throttled returns how many calls of op the Describe* bucket refused.
+func (f *EC2) Throttled(op string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.throttled[op]
 }
 
 // end returns the injected "lost response" error for op, if any.

@@ -380,3 +380,37 @@ func TestPendingInstanceIsNotAttachable(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDescribeRequestLimit: Describe* calls share EC2's token bucket
+// (Burst at once, Refill per second); a call finding it empty fails with
+// RequestLimitExceeded (a throttle to awserr); mutating calls are not
+// counted against it.
+func TestDescribeRequestLimit(t *testing.T) {
+	ctx := context.Background()
+	clock := newEC2Clock()
+	f := awsfake.NewEC2(awsfake.EC2Config{Now: clock.Now, DescribeLimit: awsfake.RequestLimit{Burst: 5, Refill: 2}})
+	for i := 0; i < 5; i++ {
+		if _, err := f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{}); err != nil {
+			t.Fatalf("call %d within the burst: %v", i+1, err)
+		}
+	}
+	_, err := f.DescribeInstances(ctx, &ec2.DescribeInstancesInput{})
+	if !awserr.IsThrottle(err) || awserr.Code(err) != "RequestLimitExceeded" {
+		t.Fatalf("sixth Describe call: %v; want RequestLimitExceeded", err)
+	}
+	if _, err := f.CreateVolume(ctx, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1)}); err != nil {
+		t.Fatalf("a mutating call with the Describe bucket empty: %v", err)
+	}
+	clock.Advance(time.Second) // 2 tokens back
+	for i := 0; i < 2; i++ {
+		if _, err := f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{}); err != nil {
+			t.Fatalf("call %d after the refill: %v", i+1, err)
+		}
+	}
+	if _, err := f.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{}); !awserr.IsThrottle(err) {
+		t.Fatalf("third call after a 2-token refill: %v; want throttled", err)
+	}
+	if n := f.Throttled("DescribeVolumes") + f.Throttled("DescribeInstances"); n != 2 {
+		t.Fatalf("throttled calls: %d; want 2", n)
+	}
+}

@@ -59,8 +59,18 @@ func (v ec2Volume) going() bool {
 // describeVolume reads one volume; found is false when EC2 says it does
 // not exist.
 func (p *Pool) describeVolume(ctx context.Context, id string) (v ec2Volume, found bool, err error) {
+	return p.readVolume(ctx, id, p.retry)
+}
+
+// lookVolume is describeVolume without retries: a poll's next look is
+// its retry.
+func (p *Pool) lookVolume(ctx context.Context, id string) (v ec2Volume, found bool, err error) {
+	return p.readVolume(ctx, id, func(ctx context.Context, fn func(context.Context) error) error { return fn(ctx) })
+}
+
+func (p *Pool) readVolume(ctx context.Context, id string, retry func(context.Context, func(context.Context) error) error) (v ec2Volume, found bool, err error) {
 	var out *ec2.DescribeVolumesOutput
-	err = p.retry(ctx, func(ctx context.Context) error {
+	err = retry(ctx, func(ctx context.Context) error {
 		var err error
 		out, err = p.ec2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
 		return err

@@ -351,6 +351,8 @@ func (l *launch) attach(ctx context.Context, v store.Volume) (outcome, error) {
 			return again, l.markFailed(ctx, v, "volume is attached to "+ev.Instance)
 		case ev.Instance == l.id && ev.Attach == types.VolumeAttachmentStateDetaching:
 			// A previous try is detaching it: wait, then attach again.
+		case ev.Instance == l.id && ev.Attach == types.VolumeAttachmentStateAttached:
+			return l.recordAttached(ctx, v, ev)
 		case ev.Instance == l.id:
 			if since.IsZero() {
 				since = ev.AttachTime
@@ -441,7 +443,18 @@ func (l *launch) waitAttached(ctx context.Context, v store.Volume, since time.Ti
 	p := l.p
 	log := l.log.With("volume", v.VolumeID)
 	for n := 0; ; n++ {
-		ev, found, err := p.describeVolume(ctx, v.VolumeID)
+		// An attachment takes seconds: look only after each poll interval
+		// (growing, jittered), never right after AttachVolume. A throttled
+		// look is not retried at once: the next one waits longer, so a mass
+		// scale-out's waits thin out instead of piling onto EC2's limit.
+		if err := p.t.Sleep(ctx, p.t.AttachPoll.Delay(n)); err != nil {
+			return again, err
+		}
+		ev, found, err := p.lookVolume(ctx, v.VolumeID)
+		if awserr.IsThrottle(err) {
+			log.Debug("DescribeVolumes throttled while waiting for the attachment; looking again later", "error", err)
+			continue
+		}
 		if err != nil {
 			return again, err
 		}
@@ -471,9 +484,6 @@ func (l *launch) waitAttached(ctx context.Context, v store.Volume, since time.Ti
 				return again, err
 			}
 			return again, nil
-		}
-		if err := p.t.Sleep(ctx, p.t.Poll.Delay(n)); err != nil {
-			return again, err
 		}
 	}
 }

@@ -446,3 +446,22 @@ func TestLaunchDuplicatesUnderThrottledAttachDoNotAbandon(t *testing.T) {
 		checkAttached(t, e, id)
 	}
 }
+
+// TestAttachWaitOutlastsThrottling: while the attachment completes, EC2
+// throttles Describe calls (the account's bucket is nearly empty, as in a
+// mass scale-out). The wait does not burn its retries on a throttled
+// look: it looks again later, and the launch ends attached instead of
+// failing.
+func TestAttachWaitOutlastsThrottling(t *testing.T) {
+	e := newEnv(t, awsfake.EC2Config{AttachDelay: 1500 * time.Millisecond})
+	e.seedIdle()
+	id, raw := e.launch("us-east-1a")
+	// Enough for the launch's reads before the attach; then one token
+	// every 2 s.
+	e.ec2.SetDescribeLimit(awsfake.RequestLimit{Burst: 4, Refill: 0.5})
+	e.mustHandle(raw)
+	checkAttached(t, e, id)
+	if e.ec2.Throttled("DescribeVolumes") == 0 {
+		t.Fatal("no DescribeVolumes call was throttled; the test did not exercise the wait under throttling")
+	}
+}

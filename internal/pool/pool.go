@@ -68,6 +68,10 @@ type Timing struct {
 	API awserr.Backoff
 	// Poll paces waits for EC2 state changes (1 s × 1.8).
 	Poll awserr.Backoff
+	// AttachPoll paces the launch's wait for its attachment (2 s × 2, at
+	// most 15 s, jittered): an EBS attachment takes seconds, and 500
+	// launches at once must not crowd EC2's Describe limit.
+	AttachPoll awserr.Backoff
 	// InstanceVisible is how long a launch waits for a new instance to show
 	// in DescribeInstances (eventual consistency) before taking it as gone.
 	InstanceVisible time.Duration
@@ -105,6 +109,7 @@ func DefaultTiming() Timing {
 		Now:               time.Now,
 		API:               awserr.DefaultBackoff,
 		Poll:              awserr.Backoff{Initial: time.Second, Factor: 1.8, Max: 10 * time.Second},
+		AttachPoll:        awserr.Backoff{Initial: 2 * time.Second, Factor: 2, Max: 15 * time.Second},
 		InstanceVisible:   30 * time.Second,
 		AttachStuck:       90 * time.Second,
 		AttachTries:       3,
