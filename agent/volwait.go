@@ -32,8 +32,10 @@ import (
 var (
 	// volumeRecheck spaces DescribeVolumes while no new device appears:
 	// it only notices a changed plan (the lifecycle Lambda moved on to
-	// another volume) and says what EC2 shows meanwhile.
-	volumeRecheck = awserr.Backoff{Initial: 10 * time.Second, Factor: 2, Max: time.Minute}
+	// another volume, which it does after an attachment stuck for 90 s
+	// or a failed one) and says what EC2 shows meanwhile. The first comes
+	// after 15–30 s, so a normal boot never makes one.
+	volumeRecheck = awserr.Backoff{Initial: 30 * time.Second, Factor: 2, Max: 2 * time.Minute}
 	// unknownRecheck spaces the lookups of a device whose volume EC2 does
 	// not show yet (DescribeVolumes is eventually consistent).
 	unknownRecheck = awserr.Backoff{Initial: 500 * time.Millisecond, Factor: 2, Max: 10 * time.Second}
@@ -370,4 +372,12 @@ func (w *volumeWait) waitingFor(devs map[string]string, problems []string) strin
 		why += fmt.Sprintf("; no EBS device in %s or %s", w.a.cfg.DeviceRoot, filepath.Join(w.a.cfg.SysfsRoot, "class", "block"))
 	}
 	return why
+}
+
+// WaitForVolume is up's wait for the pool volume and its device (the
+// first steps of `volsd-agent up`, without IMDS, mount or catch-up), for
+// the mass scale-out benchmark (e2e/bench). It returns the volume, its
+// device and the DescribeVolumes calls it made.
+func (a *Agent) WaitForVolume(ctx context.Context, instance string) (volume, device string, describeCalls int, err error) {
+	return a.waitVolume(ctx, instance)
 }
