@@ -29,7 +29,7 @@ import (
 )
 
 // Parts are the benchmark names, in the order they run.
-var Parts = []string{"lambda", "reconcile", "fanout", "apply", "ttc"}
+var Parts = []string{"lambda", "reconcile", "fanout", "apply", "ttc", "scaleout"}
 
 // Options configure a benchmark run.
 type Options struct {
@@ -60,12 +60,19 @@ type Results struct {
 	// TTCBlankVolumeSeconds is the second time-to-content baseline: a new
 	// instance on a blank volume that downloads everything at start.
 	TTCBlankVolumeSeconds map[string]Num `json:"ttc_blank_volume_seconds"`
+	// DescribeVolumesPerBoot is the agent's DescribeVolumes calls per boot
+	// in the time-to-content launches (the most any boot made).
+	DescribeVolumesPerBoot Num `json:"describe_volumes_per_boot"`
+	// ScaleOutDescribePerSecond is the mean Describe* rate of the mass
+	// scale-out, agents and lifecycle Lambda, per agent design.
+	ScaleOutDescribePerSecond map[string]Num `json:"scaleout_describe_calls_per_second,omitempty"`
 
 	Apply     *ApplyResult     `json:"apply,omitempty"`
 	TTC       *TTCResult       `json:"ttc,omitempty"`
 	Fanout    *FanoutResult    `json:"push_fanout,omitempty"`
 	Reconcile *ReconcileResult `json:"reconcile,omitempty"`
 	Lambda    *LambdaResult    `json:"lambda,omitempty"`
+	ScaleOut  *ScaleOutResult  `json:"scaleout,omitempty"`
 
 	// Failures maps a part to why it could not be measured.
 	Failures map[string]string `json:"failures,omitempty"`
@@ -99,7 +106,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	r := &Results{
 		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{}, TTCBlankVolumeSeconds: map[string]Num{},
 		SendCommandCallsPerPush: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
-		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()),
+		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()), DescribeVolumesPerBoot: Num(math.NaN()),
 		Failures: map[string]string{}, PartSeconds: map[string]Num{},
 		Quick: o.Quick, Started: time.Now().UTC().Truncate(time.Second), Commit: gitCommit(o.Root),
 	}
@@ -165,6 +172,19 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			if err == nil {
 				r.ApplyFullVsRsync, r.ApplyDeltaVsRsync = r.Apply.FullRatio, r.Apply.DeltaRatio
 			}
+		case "scaleout":
+			r.ScaleOut, err = RunScaleOut(ctx, ScaleOutOptions{
+				WorkDir: o.WorkDir, Instances: sz.ScaleOutInstances, AttachDelay: 5 * time.Second, DynamoDBURL: o.DynamoDBURL, Log: logf(part),
+			})
+			if err == nil {
+				r.ScaleOutDescribePerSecond = map[string]Num{}
+				for _, run := range r.ScaleOut.Runs {
+					if run.Limited {
+						continue
+					}
+					r.ScaleOutDescribePerSecond[run.Design] = run.MeanPerSecond
+				}
+			}
 		case "ttc":
 			r.TTC, err = RunTTC(ctx, TTCOptions{
 				Root: o.Root, WorkDir: o.WorkDir, Contents: sz.TTCContents, Entries: sz.TTCEntries, Runs: runs(sz.TTCRuns),
@@ -172,6 +192,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			})
 			if err == nil {
 				for _, c := range r.TTC.Cases {
+					if v := c.DescribeVolumes.Max; !math.IsNaN(float64(v)) && (math.IsNaN(float64(r.DescribeVolumesPerBoot)) || v > r.DescribeVolumesPerBoot) {
+						r.DescribeVolumesPerBoot = v
+					}
 					r.TTCSeconds[c.Label] = c.Volsd.Median
 					r.TTCCopyBaselineSeconds[c.Label] = c.Copy.Median
 					r.TTCBlankVolumeSeconds[c.Label] = c.Blank.Median

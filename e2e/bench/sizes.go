@@ -16,6 +16,8 @@ type Sizes struct {
 	TTCEntries  int
 	TTCRuns     int
 
+	ScaleOutInstances int
+
 	FanoutPools []int
 	FanoutRuns  int
 
@@ -41,6 +43,8 @@ func FullSizes() Sizes {
 		TTCEntries: 20,
 		TTCRuns:    3,
 
+		ScaleOutInstances: 500,
+
 		FanoutPools: []int{1, 10, 100, 1000},
 		FanoutRuns:  5,
 
@@ -65,6 +69,8 @@ func QuickSizes() Sizes {
 		},
 		TTCEntries: 3,
 		TTCRuns:    2,
+
+		ScaleOutInstances: 50,
 
 		FanoutPools: []int{1, 10, 50},
 		FanoutRuns:  2,

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -56,6 +58,12 @@ type TTCCase struct {
 	BlankApplied Sample `json:"blankVolumeEntriesApplied"`
 	// Setup times.
 	PushSeconds Num `json:"contentPushSeconds"`
+	// UpSteps: the agent's own timing of each step of `up` in the volsd
+	// launches (its "up steps" log line): imds, device (waiting for the
+	// volume and its device), mount, catchUp, hook, total, in seconds.
+	UpSteps map[string]Sample `json:"upStepsSeconds"`
+	// DescribeVolumes: the agent's DescribeVolumes calls per volsd boot.
+	DescribeVolumes Sample `json:"describeVolumesPerBoot"`
 }
 
 // TTCResult is the time-to-content benchmark.
@@ -202,7 +210,7 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	var blank []time.Duration
 	var blankApplied []int
 	for run := 0; run < o.Runs; run++ {
-		took, applied, err := ttcLaunch(ctx, c, "", want)
+		took, applied, _, err := ttcLaunch(ctx, c, "", want)
 		if err != nil {
 			return nil, fail("blank-volume launch %d: %v", run+1, err)
 		}
@@ -250,8 +258,9 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	// 5. volsd: idle volumes from the snapshot.
 	var took []time.Duration
 	var applied []int
+	steps := map[string][]float64{}
 	for run := 0; run < o.Runs; run++ {
-		d, n, err := ttcLaunch(ctx, c, snap.SnapshotID, want)
+		d, n, st, err := ttcLaunch(ctx, c, snap.SnapshotID, want)
 		if err != nil {
 			return nil, fail("launch %d: %v", run+1, err)
 		}
@@ -259,9 +268,20 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 			return nil, fail("launch %d: the agent applied %d entries at start; %d were due after snapshot %s", run+1, n, o.Entries, snap.SnapshotID)
 		}
 		took, applied = append(took, d), append(applied, n)
-		o.Log("%s: volsd, run %d/%d: %.2f s (%d entries applied)", content.Label, run+1, o.Runs, d.Seconds(), n)
+		for k, v := range st {
+			steps[k] = append(steps[k], v)
+		}
+		o.Log("%s: volsd, run %d/%d: %.2f s (%d entries applied); up steps %v", content.Label, run+1, o.Runs, d.Seconds(), n, st)
 	}
 	res.Volsd, res.Applied = Seconds(took), Counts(applied)
+	res.UpSteps = map[string]Sample{}
+	for k, v := range steps {
+		if k == "describeVolumesCalls" {
+			res.DescribeVolumes = NewSample("calls", v)
+			continue
+		}
+		res.UpSteps[k] = NewSample("s", v)
+	}
 
 	// 6. Copy everything at boot.
 	var copies, mkfs []time.Duration
@@ -297,14 +317,14 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 // waits for its launch hook. It returns the time from the lifecycle event
 // to the hook's completion and the entries the agent applied at start,
 // after checking the instance's content against want.
-func ttcLaunch(ctx context.Context, c *harness.Cluster, fromSnapshot string, want map[string]harness.FileDigest) (time.Duration, int, error) {
+func ttcLaunch(ctx context.Context, c *harness.Cluster, fromSnapshot string, want map[string]harness.FileDigest) (time.Duration, int, map[string]float64, error) {
 	for try := 0; ; try++ {
 		if _, err := c.Schedule(ctx, "reconcile"); err != nil {
-			return 0, 0, fmt.Errorf("reconcile: %w", err)
+			return 0, 0, nil, fmt.Errorf("reconcile: %w", err)
 		}
 		vols, err := c.Store.ListVolumes(ctx, c.Opts.Pool)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		perAZ := map[string]int{}
 		var wrong []string
@@ -325,36 +345,36 @@ func ttcLaunch(ctx context.Context, c *harness.Cluster, fromSnapshot string, wan
 			break
 		}
 		if try == 5 {
-			return 0, 0, fmt.Errorf("after %d reconcile runs the idle pool is not ready: %v idle per AZ, want %d from %s; other idle volumes: %s",
+			return 0, 0, nil, fmt.Errorf("after %d reconcile runs the idle pool is not ready: %v idle per AZ, want %d from %s; other idle volumes: %s",
 				try+1, perAZ, c.Opts.IdlePerAZ, orBlank(fromSnapshot), strings.Join(wrong, ", "))
 		}
 	}
 	settle()
 	ls, err := c.Group.ScaleOut(ctx, 1)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	results, err := c.Group.WaitInService(ctx, ls)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	if len(results) != 1 || results[0].Result != "CONTINUE" {
-		return 0, 0, fmt.Errorf("launch ended %+v", results)
+		return 0, 0, nil, fmt.Errorf("launch ended %+v", results)
 	}
 	r := results[0]
 	in, ok := c.Fleet.Get(r.InstanceID)
 	if !ok {
-		return 0, 0, fmt.Errorf("instance %s is gone", r.InstanceID)
+		return 0, 0, nil, fmt.Errorf("instance %s is gone", r.InstanceID)
 	}
 	got, err := harness.Digest(filepath.Join(in.Mount, "site"))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	if diffs := harness.DiffTrees(want, got); len(diffs) > 0 {
 		if len(diffs) > 5 {
 			diffs = append(diffs[:5], fmt.Sprintf("… %d more", len(diffs)-5))
 		}
-		return 0, 0, fmt.Errorf("instance %s entered service without the current content: %s", r.InstanceID, strings.Join(diffs, "; "))
+		return 0, 0, nil, fmt.Errorf("instance %s entered service without the current content: %s", r.InstanceID, strings.Join(diffs, "; "))
 	}
 	rep := in.UpReport()
 	if rep == nil {
@@ -367,22 +387,50 @@ func ttcLaunch(ctx context.Context, c *harness.Cluster, fromSnapshot string, wan
 		}
 	}
 	if rep == nil {
-		return 0, 0, fmt.Errorf("instance %s has no report from `volsd-agent up`", r.InstanceID)
+		return 0, 0, nil, fmt.Errorf("instance %s has no report from `volsd-agent up`", r.InstanceID)
 	}
 	if fromSnapshot != "" {
 		inst, err := c.Store.GetInstance(ctx, c.Opts.Pool, r.InstanceID)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		v, err := c.Store.GetVolume(ctx, c.Opts.Pool, inst.VolumeID)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		if v.SnapshotID != fromSnapshot {
-			return 0, 0, fmt.Errorf("instance %s got volume %s made from %q, want %s", r.InstanceID, v.VolumeID, v.SnapshotID, fromSnapshot)
+			return 0, 0, nil, fmt.Errorf("instance %s got volume %s made from %q, want %s", r.InstanceID, v.VolumeID, v.SnapshotID, fromSnapshot)
 		}
 	}
-	return r.Took, rep.Applied, nil
+	return r.Took, rep.Applied, upSteps(in), nil
+}
+
+// upStepsLine matches the values of the agent's "up steps" log line.
+var upStepsLine = regexp.MustCompile(`\b(imds|device|mount|catchUp|hook|total|describeVolumesCalls)=([0-9.e+-]+)`)
+
+// upSteps reads the step timings of the instance's successful `up` from
+// its log (nil when there is none).
+func upSteps(in *harness.Instance) map[string]float64 {
+	runs := in.Runs()
+	for i := len(runs) - 1; i >= 0; i-- {
+		r := runs[i]
+		if len(r.Args) == 0 || r.Args[0] != "up" || r.ExitCode != 0 {
+			continue
+		}
+		for _, line := range strings.Split(r.Stderr, "\n") {
+			if !strings.Contains(line, `msg="up steps"`) {
+				continue
+			}
+			out := map[string]float64{}
+			for _, m := range upStepsLine.FindAllStringSubmatch(line, -1) {
+				if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+					out[m[1]] = v
+				}
+			}
+			return out
+		}
+	}
+	return nil
 }
 
 func orBlank(s string) string {
