@@ -75,7 +75,9 @@ func TestPlayground(t *testing.T) {
 	}
 	state := filepath.Join(tmp, "state")
 
-	serve := exec.Command(demo, "serve", "-state", state, "-binaries", buildDir, "-instances", "2", "-idle-per-az", "1")
+	// Its own pool name: the emulators are shared with the other tests.
+	serve := exec.Command(demo, "serve", "-state", state, "-binaries", buildDir, "-pool", testenv.UniqueName(t, "pg"),
+		"-instances", "2", "-idle-per-az", "1")
 	serve.Env = os.Environ()
 	stdout, err := serve.StdoutPipe()
 	if err != nil {

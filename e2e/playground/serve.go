@@ -22,6 +22,7 @@ import (
 
 	"github.com/volsd/volsd/e2e/harness"
 	"github.com/volsd/volsd/internal/cli"
+	"github.com/volsd/volsd/internal/envconfig"
 )
 
 // Options configure a playground.
@@ -42,6 +43,7 @@ type Options struct {
 	// `volsd-demo ctl` from the env file's PATH).
 	Self string
 
+	Pool           string // "local" when empty
 	Instances      int
 	IdlePerAZ      int
 	VolumeSizeGiB  int
@@ -84,6 +86,12 @@ func Serve(ctx context.Context, opts Options) (err error) {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Pool == "" {
+		opts.Pool = "local"
+	}
+	if !envconfig.PoolName.MatchString(opts.Pool) {
+		return fmt.Errorf("pool %q: letters, digits, - and _, at most 64", opts.Pool)
 	}
 	if opts.Instances < 1 || opts.IdlePerAZ < 0 || opts.VolumeSizeGiB < 1 {
 		return fmt.Errorf("instances %d, idle volumes per AZ %d, volume size %d GiB: want at least 1 instance, 0 idle volumes and 1 GiB", opts.Instances, opts.IdlePerAZ, opts.VolumeSizeGiB)
@@ -177,7 +185,7 @@ func (p *Playground) start(ctx context.Context) error {
 
 	fmt.Fprintln(o.Out, "volsd playground: starting DynamoDB Local's table, moto's resources, the proxy, the five Lambdas …")
 	p.c, err = harness.Start(ctx, harness.Options{
-		DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Binaries: bins, WorkDir: work, Pool: "local",
+		DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Binaries: bins, WorkDir: work, Pool: o.Pool,
 		IdlePerAZ: o.IdlePerAZ, VolumeSizeGiB: o.VolumeSizeGiB, ReleasePolicy: "recycle",
 		QueueVisibility: 20 * time.Second, ApplyInterval: time.Minute, Log: o.Log,
 	})

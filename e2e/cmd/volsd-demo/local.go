@@ -21,6 +21,7 @@ import (
 func serve(args []string) int {
 	fs := flag.NewFlagSet("volsd-demo serve", flag.ContinueOnError)
 	state := fs.String("state", playground.DefaultStateDir, "state `DIR`: env and outputs files, control socket, crash record")
+	pool := fs.String("pool", "local", "pool name")
 	instances := fs.Int("instances", 2, "instances to launch at start")
 	idle := fs.Int("idle-per-az", 2, "idle volumes per AZ (the pool's target)")
 	size := fs.Int("volume-gib", 1, "size of each volume in GiB (a sparse image)")
@@ -63,7 +64,7 @@ func serve(args []string) int {
 		StateDir: *state, DynamoDBURL: ddb, MotoURL: moto,
 		Emulators: emulators, EmulatorLogDir: os.Getenv("VOLSD_EMULATOR_LOGDIR"),
 		Root: root, Binaries: *bins, Self: self,
-		Instances: *instances, IdlePerAZ: *idle, VolumeSizeGiB: *size, ReconcileEvery: *every,
+		Pool: *pool, Instances: *instances, IdlePerAZ: *idle, VolumeSizeGiB: *size, ReconcileEvery: *every,
 		Out: os.Stdout, Log: slog.New(slog.NewTextHandler(logW, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	if err != nil {
