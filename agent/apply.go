@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -628,6 +630,19 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 		}
 	}
 
+	// Local copies are opened beneath the mount (or the staging tree),
+	// by paths relative to it.
+	root, err := openDir(a.cfg.MountPath)
+	if err != nil {
+		return 0, retryable("%v", err)
+	}
+	defer unix.Close(root)
+	stagingFD, err := openDir(staging)
+	if err != nil {
+		return 0, stageErr(err)
+	}
+	defer unix.Close(stagingFD)
+	mount := filepath.Clean(a.cfg.MountPath) + "/"
 	var fetched atomic.Int64
 	wb := newWriteback(a.flush)
 	defer wb.stop()
@@ -637,7 +652,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	produce := func(ctx context.Context, s stageItem) error {
 		dst := filepath.Join(staging, s.path)
 		if s.from != "" {
-			err := copyLocal(s.from, dst, s.blob.Size, finisherOf(s, mtime))
+			err := copyLocal(root, strings.TrimPrefix(s.from, mount), dst, s.blob, finisherOf(s, mtime))
 			if isNoSpace(err) {
 				return stageErr(err)
 			}
@@ -680,7 +695,7 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 		return fetched.Load(), err
 	}
 	for _, s := range dups {
-		if err := copyLocal(primary[s.blob.SHA256], filepath.Join(staging, s.path), s.blob.Size, finisherOf(s, mtime)); err != nil {
+		if err := copyLocal(stagingFD, strings.TrimPrefix(primary[s.blob.SHA256], staging+"/"), filepath.Join(staging, s.path), s.blob, finisherOf(s, mtime)); err != nil {
 			return fetched.Load(), stageErr(err)
 		}
 	}
@@ -734,22 +749,44 @@ func stageErr(err error) error {
 	return retryable("staging: %v", err)
 }
 
-// copyLocal copies the local file src (not following a final symlink) to
-// the new file dst, expecting size bytes (copy_file_range where possible),
-// and calls finish on dst before closing it.
-func copyLocal(src, dst string, size int64, finish func(*os.File) error) error {
-	in, err := os.OpenFile(src, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+// copyLocal copies the regular file rel beneath the directory dirfd to
+// the new file dst, expecting blob b, and calls finish on dst before
+// closing it. rel is opened with openat2 RESOLVE_BENEATH|
+// RESOLVE_NO_SYMLINKS|RESOLVE_NO_XDEV: no symlink anywhere on the way
+// (even one swapped in after planning), nothing outside dirfd's tree or
+// its filesystem. The bytes are hashed while they are copied: a file
+// changed since the plan vouched for it is an error (the caller fetches
+// from the origin instead), never a staged file whose record lies.
+func copyLocal(dirfd int, rel, dst string, b events.Blob, finish func(*os.File) error) error {
+	fd, err := unix.Openat2(dirfd, rel, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV,
+	})
 	if err != nil {
+		return &os.PathError{Op: "openat2", Path: rel, Err: err}
+	}
+	in := os.NewFile(uintptr(fd), rel)
+	defer in.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	defer in.Close()
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%s is no longer a regular file", rel)
+	}
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	n, err := io.Copy(out, in)
-	if err == nil && n != size {
-		err = fmt.Errorf("%s has %d bytes, expected %d", src, n, size)
+	h := sha256.New()
+	buf := copyBuffers.get()
+	n, err := io.CopyBuffer(io.MultiWriter(out, h), io.LimitReader(in, b.Size+1), buf)
+	copyBuffers.put(buf)
+	if err == nil && n != b.Size {
+		err = fmt.Errorf("%s has %d bytes, expected %d", rel, n, b.Size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); err == nil && got != b.SHA256 {
+		err = fmt.Errorf("%s changed since it was planned: sha256 %s, expected %s", rel, short(got), short(b.SHA256))
 	}
 	if err == nil {
 		err = finish(out)
