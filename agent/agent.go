@@ -65,6 +65,9 @@ type Agent struct {
 	fineTimes bool
 	// flush is the apply's one descriptor for flushing the mount.
 	flush *flusher
+	// unconfined runs rsync outside the jail (only tests that wrap
+	// rsync in a script of their own).
+	unconfined bool
 	// deadline is the deadline of the entry being applied.
 	deadline *entryDeadline
 }
@@ -136,6 +139,7 @@ func (a *Agent) Release(ctx context.Context, r *Report) error {
 			return err
 		}
 	}
+	a.tearDownJail() // a crashed apply's bind of the volume would keep it busy
 	if err := a.checkMounted(); err != nil {
 		a.log.Info("nothing mounted; already released", "mount", a.cfg.MountPath)
 		return nil

@@ -120,6 +120,14 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 	a.log.Info("applying", "from", st.Seq+1, "to", target, "head", head)
 
 	rs := rsync{bin: a.rsyncBin, lock: lock.f}
+	if !a.unconfined {
+		teardown, err := a.setUpJail()
+		if err != nil {
+			return err
+		}
+		defer teardown()
+		rs.jail, rs.mount = a.jailPath(), a.cfg.MountPath
+	}
 	done := st.Seq
 	lastCheckpoint := time.Now()
 	// stop keeps what is done (checkpoint) and returns err.

@@ -327,15 +327,18 @@ func recordRsyncRuns(t *testing.T, a *Agent) (runs func() [][]string) {
 	lists := filepath.Join(t.TempDir(), "lists")
 	wrapper := filepath.Join(t.TempDir(), "rsync")
 	script := `#!/bin/sh
-for arg in "$@"; do
-  case "$arg" in --files-from=*) { tr '\0' '\n' < "${arg#--files-from=}"; echo --; } >> ` + lists + ` ;; esac
-done
+tmp=$(mktemp)
+cat > "$tmp"
+{ tr '\0' '\n' < "$tmp"; echo --; } >> ` + lists + `
+exec 0<"$tmp"
+rm -f "$tmp"
 exec ` + a.rsyncBin + ` "$@"
 `
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	a.rsyncBin = wrapper
+	a.unconfined = true // the wrapper and its log live outside the jail
 	return func() [][]string {
 		data, _ := os.ReadFile(lists)
 		var out [][]string

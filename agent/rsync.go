@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -16,6 +17,22 @@ import (
 type rsync struct {
 	bin  string   // path of the rsync program
 	lock *os.File // the apply lock, inherited by rsync (see applyLock)
+	// jail, when set, is the root rsync runs chrooted into (see
+	// setUpJail), with mount bound at jailMount: rsync is given the
+	// paths inside it.
+	jail, mount string
+}
+
+// path is p (a path in the mount) as rsync sees it.
+func (r rsync) path(p string) string {
+	if r.jail == "" {
+		return p
+	}
+	rel, ok := strings.CutPrefix(p, filepath.Clean(r.mount))
+	if !ok {
+		return p
+	}
+	return jailMount + rel
 }
 
 // Passes. Each takes the staging root (the tree to copy from, laid out like
@@ -38,48 +55,42 @@ type rsync struct {
 // symlinked parents of what it deletes. The agent removes paths itself
 // through directory descriptors opened with O_NOFOLLOW (removePath).
 func (r rsync) copyPass(ctx context.Context, staging, mount, tmp string, paths []string) error {
-	return r.run(ctx, "copy", paths, "--archive", "--xattrs", "--ignore-times", "--delay-updates",
-		"--temp-dir="+tmp, "--exclude=/"+stateDirName, staging+"/", mount+"/")
+	return r.run(ctx, "copy", paths, "--archive", "--numeric-ids", "--xattrs", "--ignore-times", "--delay-updates",
+		"--temp-dir="+r.path(tmp), "--exclude=/"+stateDirName, r.path(staging)+"/", r.path(mount)+"/")
 }
 
 func (r rsync) linkPass(ctx context.Context, staging, mount string, paths []string) error {
-	return r.run(ctx, "link", paths, "--archive", "--link-dest="+staging,
-		"--exclude=/"+stateDirName, staging+"/", mount+"/")
+	return r.run(ctx, "link", paths, "--archive", "--numeric-ids", "--link-dest="+r.path(staging),
+		"--exclude=/"+stateDirName, r.path(staging)+"/", r.path(mount)+"/")
 }
 
-// run writes paths to a list file and runs rsync with args plus
-// --from0 --files-from=<list>. A failure names the pass and quotes rsync's
-// last words; ENOSPC becomes a clear "disk full".
+// run runs rsync with args plus --from0 --files-from=- and paths on its
+// stdin (no list file: in the jail rsync sees only the volume). A failure
+// names the pass and quotes rsync's last words; ENOSPC becomes a clear
+// "disk full".
 func (r rsync) run(ctx context.Context, pass string, paths []string, args ...string) error {
 	if len(paths) == 0 {
 		return nil
 	}
-	list, err := os.CreateTemp("", "volsd-rsync-"+pass+"-*.list")
-	if err != nil {
-		return retryable("rsync %s pass: create file list: %v", pass, err)
-	}
-	defer os.Remove(list.Name())
-	var buf bytes.Buffer
+	var list bytes.Buffer
 	for _, p := range paths {
-		buf.WriteString(p)
-		buf.WriteByte(0)
+		list.WriteString(p)
+		list.WriteByte(0)
 	}
-	if _, err := list.Write(buf.Bytes()); err != nil {
-		list.Close()
-		return retryable("rsync %s pass: write file list: %v", pass, err)
-	}
-	list.Close()
-
-	full := append([]string{"--from0", "--files-from=" + list.Name()}, args...)
+	full := append([]string{"--from0", "--files-from=-"}, args...)
 	cmd := exec.CommandContext(ctx, r.bin, full...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	cmd.Stdin = &list
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
 	// rsync and its forked receiver run in their own process group, which
 	// is killed as a whole when ctx ends; Pdeathsig kills rsync if the agent
 	// dies first. The inherited lock keeps other applies out until then.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Chroot: r.jail}
+	if r.jail != "" {
+		cmd.Dir = "/"
+	}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	if r.lock != nil {
