@@ -17,8 +17,11 @@ import (
 const (
 	DetailTypeLaunch    = "EC2 Instance-launch Lifecycle Action"
 	DetailTypeTerminate = "EC2 Instance-terminate Lifecycle Action"
-	DetailTypeSchedule  = "Scheduled Event"
-	DetailTypeSSMStatus = "EC2 Command Invocation Status-change Notification"
+	// DetailTypeLaunchSuccessful: an instance entered service (or the warm
+	// pool) after its launch hooks completed.
+	DetailTypeLaunchSuccessful = "EC2 Instance Launch Successful"
+	DetailTypeSchedule         = "Scheduled Event"
+	DetailTypeSSMStatus        = "EC2 Command Invocation Status-change Notification"
 
 	SourceAutoScaling = "aws.autoscaling"
 	SourceSchedule    = "aws.events"
@@ -75,6 +78,28 @@ type LifecycleAction struct {
 	EC2InstanceID        string `json:"EC2InstanceId"`
 	LifecycleTransition  string `json:"LifecycleTransition"`
 	NotificationMetadata string `json:"NotificationMetadata,omitempty"`
+}
+
+// LaunchResult is the detail of "EC2 Instance Launch Successful": the
+// fields volsd reads.
+type LaunchResult struct {
+	Origin               string `json:"Origin,omitempty"`
+	Destination          string `json:"Destination,omitempty"`
+	AutoScalingGroupName string `json:"AutoScalingGroupName"`
+	EC2InstanceID        string `json:"EC2InstanceId"`
+	ActivityID           string `json:"ActivityId,omitempty"`
+	StatusCode           string `json:"StatusCode,omitempty"`
+}
+
+// Validate checks the fields volsd acts on.
+func (r LaunchResult) Validate() error {
+	switch {
+	case r.AutoScalingGroupName == "":
+		return invalid("AutoScalingGroupName", "is required", "")
+	case !validInstanceID(r.EC2InstanceID):
+		return invalid("EC2InstanceId", "must be an instance ID like i-0123456789abcdef0", r.EC2InstanceID)
+	}
+	return nil
 }
 
 // Warm pool locations in Origin/Destination.

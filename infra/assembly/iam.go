@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -297,6 +298,8 @@ func condition(op string, want, got []string, present bool) (bool, error) {
 		cmp = like
 	case "Bool":
 		cmp = func(a, b string) bool { return strings.EqualFold(a, b) }
+	case "NumericEquals", "NumericNotEquals", "NumericLessThan", "NumericLessThanEquals", "NumericGreaterThan", "NumericGreaterThanEquals":
+		cmp = func(w, v string) bool { return numeric(base, w, v) }
 	default:
 		return false, fmt.Errorf("condition operator %s not supported by this evaluator", op)
 	}
@@ -327,6 +330,29 @@ func condition(op string, want, got []string, present bool) (bool, error) {
 		}
 		return false, nil
 	}
+}
+
+// numeric compares the request's value v with the policy's w as IAM's
+// numeric operators do (a value that is not a number matches nothing).
+func numeric(op, w, v string) bool {
+	a, err1 := strconv.ParseFloat(v, 64)
+	b, err2 := strconv.ParseFloat(w, 64)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	switch op {
+	case "NumericEquals":
+		return a == b
+	case "NumericNotEquals":
+		return a != b
+	case "NumericLessThan":
+		return a < b
+	case "NumericLessThanEquals":
+		return a <= b
+	case "NumericGreaterThan":
+		return a > b
+	}
+	return a >= b
 }
 
 func anyMatch(patterns []string, v string, fold bool) bool {

@@ -29,12 +29,18 @@ func TestConditions(t *testing.T) {
 	leading := Statement{Sid: "l", Effect: "Allow", Actions: []string{"dynamodb:Query"}, Resources: []string{"*"},
 		Conditions: map[string]map[string][]string{"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": {"JOURNAL#web"}}}}
 	deny := Statement{Sid: "d", Effect: "Deny", Actions: []string{"ec2:*"}, Resources: []string{"*"}}
+	small := Statement{Sid: "n", Effect: "Allow", Actions: []string{"ec2:CreateVolume"}, Resources: []string{"*"},
+		Conditions: map[string]map[string][]string{"NumericLessThanEquals": {"ec2:VolumeSize": {"20"}}, "Bool": {"ec2:Encrypted": {"true"}}}}
 	for _, c := range []struct {
 		name string
 		sts  []Statement
 		req  Request
 		want bool
 	}{
+		{"size at the bound", []Statement{small}, Request{"ec2:CreateVolume", "v", map[string][]string{"ec2:VolumeSize": {"20"}, "ec2:Encrypted": {"true"}}}, true},
+		{"size above the bound", []Statement{small}, Request{"ec2:CreateVolume", "v", map[string][]string{"ec2:VolumeSize": {"21"}, "ec2:Encrypted": {"true"}}}, false},
+		{"size not a number", []Statement{small}, Request{"ec2:CreateVolume", "v", map[string][]string{"ec2:VolumeSize": {"big"}, "ec2:Encrypted": {"true"}}}, false},
+		{"unencrypted", []Statement{small}, Request{"ec2:CreateVolume", "v", map[string][]string{"ec2:VolumeSize": {"8"}, "ec2:Encrypted": {"false"}}}, false},
 		{"tag matches", []Statement{tagged}, Request{"ec2:AttachVolume", "v", map[string][]string{"aws:ResourceTag/volsd:pool": {"web"}}}, true},
 		{"key is case-insensitive", []Statement{tagged}, Request{"ec2:AttachVolume", "v", map[string][]string{"AWS:ResourceTag/volsd:pool": {"web"}}}, true},
 		{"other pool", []Statement{tagged}, Request{"ec2:AttachVolume", "v", map[string][]string{"aws:ResourceTag/volsd:pool": {"media"}}}, false},
@@ -54,7 +60,7 @@ func TestConditions(t *testing.T) {
 		}
 	}
 	bad := Statement{Sid: "b", Effect: "Allow", Actions: []string{"*"}, Resources: []string{"*"},
-		Conditions: map[string]map[string][]string{"NumericLessThan": {"x": {"1"}}}}
+		Conditions: map[string]map[string][]string{"DateLessThan": {"x": {"1"}}}}
 	if _, err := Allows([]Statement{bad}, Request{"a", "r", map[string][]string{"x": {"0"}}}); err == nil {
 		t.Error("an unsupported condition operator was not an error")
 	}

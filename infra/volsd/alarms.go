@@ -2,15 +2,18 @@ package volsd
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awscloudwatch"
 	"github.com/aws/aws-cdk-go/awscdk/v2/interfaces/interfacesawscloudwatch"
 	"github.com/aws/jsii-runtime-go"
+
+	"github.com/volsd/volsd/internal/metrics"
 )
 
 // MetricsNamespace is the CloudWatch namespace of volsd's EMF metrics.
-const MetricsNamespace = "volsd"
+const MetricsNamespace = metrics.Namespace
 
 // PushLagThresholdSeconds is the age of the oldest push message that raises the push lag alarm.
 const PushLagThresholdSeconds = 300
@@ -37,7 +40,8 @@ func (p *Pool) alarm(id, description string, metric awscloudwatch.IMetric, thres
 func (p *Pool) idleVolumesMetric() awscloudwatch.IMetric {
 	return awscloudwatch.NewMathExpression(&awscloudwatch.MathExpressionProps{
 		Expression: jsii.String(fmt.Sprintf(
-			`SELECT MIN(IdleVolumes) FROM SCHEMA(%s, AZ, Pool) WHERE Pool = '%s'`, MetricsNamespace, p.props.PoolName)),
+			`SELECT MIN(%s) FROM SCHEMA(%s, %s) WHERE Pool = '%s'`, metrics.IdleVolumes, MetricsNamespace,
+			strings.Join(metrics.Read[metrics.IdleVolumes], ", "), p.props.PoolName)),
 		Label:        jsii.String("idle volumes in the emptiest AZ"),
 		Period:       awscdk.Duration_Minutes(f(5)),
 		UsingMetrics: &map[string]awscloudwatch.IMetric{},
@@ -47,7 +51,7 @@ func (p *Pool) idleVolumesMetric() awscloudwatch.IMetric {
 func (p *Pool) snapshotAgeMetric() awscloudwatch.IMetric {
 	return awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
 		Namespace:     jsii.String(MetricsNamespace),
-		MetricName:    jsii.String("SnapshotAgeSeconds"),
+		MetricName:    jsii.String(metrics.SnapshotAgeSeconds),
 		DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)},
 		Statistic:     jsii.String("Maximum"),
 		Period:        awscdk.Duration_Hours(f(1)),
@@ -109,7 +113,7 @@ func (p *Pool) newDashboard() {
 		alarms = append(alarms, a)
 	}
 	pushLag := awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
-		Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String("PushLagSeconds"),
+		Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(metrics.PushLagSeconds),
 		DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Maximum"),
 	})
 	p.Dashboard = awscloudwatch.NewDashboard(p.Construct, jsii.String("Dashboard"), &awscloudwatch.DashboardProps{

@@ -1,6 +1,8 @@
 package volsd
 
 import (
+	"strconv"
+
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awsiam"
 	"github.com/aws/jsii-runtime-go"
@@ -15,14 +17,19 @@ import (
 // are named by ARN. Only read-only calls without resource-level permissions
 // (Describe*, GetCommandInvocation) use "*".
 
-// tableActions is what the Lambdas need on the table: single-item reads and
-// conditional writes, transactions (authorized per item by these actions),
-// queries on the table and its index.
+// tableActions is what the Lambdas call on the table (internal/store's
+// client interface): single-item reads and conditional writes,
+// transactions (authorized per item by these actions), queries on the
+// table and its index. No batch calls, no DescribeTable.
 var tableActions = []string{
-	"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query",
+	"dynamodb:GetItem", "dynamodb:Query",
 	"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem",
-	"dynamodb:ConditionCheckItem", "dynamodb:BatchWriteItem", "dynamodb:DescribeTable",
+	"dynamodb:ConditionCheckItem",
 }
+
+// reportTableActions is what the report Lambda calls: it reads an
+// instance record and writes it back conditionally (store.RecordReport).
+var reportTableActions = []string{"dynamodb:GetItem", "dynamodb:PutItem"}
 
 // ebsKeyActions are the KMS actions EBS needs from the caller that creates
 // and attaches volumes encrypted with a customer managed key.
@@ -84,6 +91,21 @@ func (p *Pool) tagged(key string) map[string]interface{} {
 	return map[string]interface{}{"StringEquals": map[string]interface{}{key + "/" + TagPool: p.props.PoolName}}
 }
 
+// TagGroup is the tag Auto Scaling puts on every instance of a group. Only
+// Auto Scaling can set a tag with the aws: prefix, so it is the trust
+// anchor for instances: the volsd:pool tag alone can be put on any
+// instance by whoever may tag it.
+const TagGroup = "aws:autoscaling:groupName"
+
+// poolInstance is the condition on instance resources: tagged with the
+// pool and a member of the pool's group.
+func (p *Pool) poolInstance(key string) map[string]interface{} {
+	return map[string]interface{}{"StringEquals": map[string]interface{}{
+		key + "/" + TagPool:  p.props.PoolName,
+		key + "/" + TagGroup: p.groupName,
+	}}
+}
+
 // grantFunction gives the Lambda role of function name what it needs.
 func (p *Pool) grantFunction(name string, role awsiam.Role) {
 	add := func(s awsiam.PolicyStatement) { role.AddToPrincipalPolicy(s) }
@@ -93,14 +115,26 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 	for _, g := range store.TableDefinition("volsd").GlobalSecondaryIndexes {
 		tableArns = append(tableArns, awscdk.Fn_Join(jsii.String(""), jsii.Strings(*p.Table.TableArn(), "/index/"+*g.IndexName)))
 	}
-	add(statement("PoolTable", tableActions, tableArns, nil))
+	if name == "report" {
+		add(statement("PoolTable", reportTableActions, []*string{p.Table.TableArn()}, nil))
+	} else {
+		add(statement("PoolTable", tableActions, tableArns, nil))
+	}
 
 	describe := func(actions ...string) {
 		add(statement("ReadOnlyDescribe", actions, []*string{jsii.String("*")}, nil))
 		allowed = append(allowed, describeWildcard)
 	}
 	createVolumes := func() {
-		add(statement("CreatePoolVolumes", []string{"ec2:CreateVolume"}, []*string{p.volumeArns()}, p.tagged("aws:RequestTag")))
+		// Only encrypted volumes of the pool's type and at most its size.
+		add(statement("CreatePoolVolumes", []string{"ec2:CreateVolume"}, []*string{p.volumeArns()}, map[string]interface{}{
+			"StringEquals": map[string]interface{}{
+				"aws:RequestTag/" + TagPool: p.props.PoolName,
+				"ec2:VolumeType":            p.props.VolumeType,
+			},
+			"Bool":                  map[string]interface{}{"ec2:Encrypted": "true"},
+			"NumericLessThanEquals": map[string]interface{}{"ec2:VolumeSize": strconv.Itoa(p.props.VolumeSizeGiB)},
+		}))
 		srcs := []*string{p.snapshotArns()}
 		add(statement("CreateVolumesFromPoolSnapshots", []string{"ec2:CreateVolume"}, srcs, p.tagged("aws:ResourceTag")))
 		if p.props.SourceSnapshotID != "" {
@@ -122,32 +156,30 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		allowed = append(allowed, taggedEC2Wildcard)
 	}
 	onPoolInstances := func(sid string, actions ...string) {
-		add(statement(sid, actions, []*string{p.instanceArns()}, p.tagged("aws:ResourceTag")))
+		add(statement(sid, actions, []*string{p.instanceArns()}, p.poolInstance("aws:ResourceTag")))
 	}
 	sendCommands := func(kinds ...string) {
 		add(statement("SendVolsdDocuments", []string{"ssm:SendCommand"}, p.documentArns(kinds...), nil))
-		add(statement("SendToPoolInstances", []string{"ssm:SendCommand"}, []*string{p.instanceArns()}, p.tagged("ssm:resourceTag")))
+		add(statement("SendToPoolInstances", []string{"ssm:SendCommand"}, []*string{p.instanceArns()}, p.poolInstance("ssm:resourceTag")))
 		allowed = append(allowed, taggedEC2Wildcard)
 	}
 
 	switch name {
 	case "lifecycle":
-		describe("ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeSnapshots",
-			"autoscaling:DescribeAutoScalingGroups", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations")
+		describe("ec2:DescribeVolumes", "ec2:DescribeInstances", "ssm:GetCommandInvocation")
 		createVolumes()
 		onPoolVolumes("AttachDetachDeletePoolVolumes", "ec2:AttachVolume", "ec2:DetachVolume", "ec2:DeleteVolume")
 		onPoolInstances("AttachDetachOnPoolInstances", "ec2:AttachVolume", "ec2:DetachVolume")
-		sendCommands("Release")
+		sendCommands("Release", "Status")
 		add(statement("CompletePoolLifecycleActions", []string{"autoscaling:CompleteLifecycleAction"}, []*string{p.groupArn()}, nil))
 		allowed = append(allowed, groupWildcard)
 	case "reconcile":
-		describe("ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeSnapshots", "autoscaling:DescribeAutoScalingGroups")
+		describe("ec2:DescribeVolumes", "ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups")
 		createVolumes()
 		onPoolVolumes("DetachDeletePoolVolumes", "ec2:DetachVolume", "ec2:DeleteVolume")
 		onPoolInstances("DetachFromPoolInstances", "ec2:DetachVolume")
 	case "snapshot":
-		describe("ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeSnapshots",
-			"autoscaling:DescribeAutoScalingGroups", "ssm:GetCommandInvocation", "ssm:ListCommandInvocations")
+		describe("ec2:DescribeSnapshots", "autoscaling:DescribeAutoScalingGroups", "ssm:GetCommandInvocation")
 		onPoolVolumes("SnapshotPoolVolumes", "ec2:CreateSnapshot")
 		add(statement("CreatePoolSnapshots", []string{"ec2:CreateSnapshot"}, []*string{p.snapshotArns()}, p.tagged("aws:RequestTag")))
 		add(statement("TagSnapshotsOnCreate", []string{"ec2:CreateTags"}, []*string{p.snapshotArns()}, map[string]interface{}{
@@ -162,7 +194,9 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		sendCommands("Apply")
 		// The SQS event source grants receive/delete on the push queue.
 	case "report":
-		describe("ssm:GetCommandInvocation")
+		// ListCommandInvocations: the report fan-in reads a command's
+		// invocations page by page.
+		describe("ssm:GetCommandInvocation", "ssm:ListCommandInvocations")
 	}
 	suppressWildcards(role, dedupe(allowed)...)
 }

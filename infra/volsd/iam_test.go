@@ -26,8 +26,18 @@ func docArn(name string) string {
 
 // Condition contexts.
 var (
-	noTags       = map[string][]string{}
-	resPool      = map[string][]string{"aws:ResourceTag/volsd:pool": {testPool}}
+	noTags      = map[string][]string{}
+	resPool     = map[string][]string{"aws:ResourceTag/volsd:pool": {testPool}}
+	resInstance = map[string][]string{"aws:ResourceTag/volsd:pool": {testPool}, "aws:ResourceTag/aws:autoscaling:groupName": {testGroup}}
+	resOtherASG = map[string][]string{"aws:ResourceTag/volsd:pool": {testPool}, "aws:ResourceTag/aws:autoscaling:groupName": {"other-asg"}}
+	ssmInstance = map[string][]string{"ssm:resourceTag/volsd:pool": {testPool}, "ssm:resourceTag/aws:autoscaling:groupName": {testGroup}}
+	ssmOtherASG = map[string][]string{"ssm:resourceTag/volsd:pool": {testPool}, "ssm:resourceTag/aws:autoscaling:groupName": {"other-asg"}}
+	// CreateVolume as the lifecycle and reconcile Lambdas send it: the
+	// pool's tag, encrypted, the pool's type (gp3) and size (20 GiB).
+	newVolume    = map[string][]string{"aws:RequestTag/volsd:pool": {testPool}, "ec2:Encrypted": {"true"}, "ec2:VolumeType": {"gp3"}, "ec2:VolumeSize": {"20"}}
+	unencrypted  = map[string][]string{"aws:RequestTag/volsd:pool": {testPool}, "ec2:Encrypted": {"false"}, "ec2:VolumeType": {"gp3"}, "ec2:VolumeSize": {"20"}}
+	otherType    = map[string][]string{"aws:RequestTag/volsd:pool": {testPool}, "ec2:Encrypted": {"true"}, "ec2:VolumeType": {"io2"}, "ec2:VolumeSize": {"20"}}
+	tooLarge     = map[string][]string{"aws:RequestTag/volsd:pool": {testPool}, "ec2:Encrypted": {"true"}, "ec2:VolumeType": {"gp3"}, "ec2:VolumeSize": {"16384"}}
 	resOther     = map[string][]string{"aws:ResourceTag/volsd:pool": {"media"}}
 	reqPool      = map[string][]string{"aws:RequestTag/volsd:pool": {testPool}}
 	reqOther     = map[string][]string{"aws:RequestTag/volsd:pool": {"media"}}
@@ -81,6 +91,11 @@ func TestFunctionPermissions(t *testing.T) {
 	key := "<" + one(t, tmpl, "AWS::KMS::Key", "EbsKey").ID + ".Arn>"
 	sourceSnap := "arn:aws:ec2:" + testRegion + "::snapshot/" + testSnap
 	tableRW := []permission{
+		{"dynamodb:GetItem", table, nil, true},
+		{"dynamodb:DeleteItem", table, nil, true},
+		{"dynamodb:BatchGetItem", table, nil, false},
+		{"dynamodb:BatchWriteItem", table, nil, false},
+		{"dynamodb:DescribeTable", table, nil, false},
 		{"dynamodb:UpdateItem", table, nil, true},
 		{"dynamodb:PutItem", table, nil, true},
 		{"dynamodb:ConditionCheckItem", table, nil, true},
@@ -105,6 +120,17 @@ func TestFunctionPermissions(t *testing.T) {
 		{"ssm:SendCommand", docArn("AWS-RunShellScript"), nil, false},
 		{"ssm:SendCommand", instArn, ssmOther, false},
 		{"ssm:SendCommand", instArn, noTags, false},
+		// The pool tag alone does not make an instance a target: anyone who
+		// may tag instances could set it. Only Auto Scaling sets the group tag.
+		{"ssm:SendCommand", instArn, ssmPool, false},
+		{"ssm:SendCommand", instArn, ssmOtherASG, false},
+		{"ec2:AttachVolume", instArn, resPool, false},
+		{"ec2:AttachVolume", instArn, resOtherASG, false},
+		{"ec2:DetachVolume", instArn, resPool, false},
+		{"ec2:CreateVolume", arnPrefix + "volume/*", unencrypted, false},
+		{"ec2:CreateVolume", arnPrefix + "volume/*", otherType, false},
+		{"ec2:CreateVolume", arnPrefix + "volume/*", tooLarge, false},
+		{"dynamodb:BatchWriteItem", "*", nil, false},
 		{"s3:PutObject", origin + "/blobs/abc", nil, false},
 		{"s3:DeleteObject", origin + "/blobs/abc", nil, false},
 		{"iam:PassRole", "arn:aws:iam::" + testAccount + ":role/x", nil, false},
@@ -114,7 +140,8 @@ func TestFunctionPermissions(t *testing.T) {
 		"Lifecycle": append(append([]permission{
 			{"ec2:DescribeVolumes", "*", nil, true},
 			{"ec2:DescribeInstances", "*", nil, true},
-			{"ec2:CreateVolume", arnPrefix + "volume/*", reqPool, true},
+			{"ec2:CreateVolume", arnPrefix + "volume/*", newVolume, true},
+			{"ec2:CreateVolume", arnPrefix + "volume/*", reqPool, false},
 			{"ec2:CreateVolume", arnPrefix + "volume/*", noTags, false},
 			{"ec2:CreateVolume", arnPrefix + "volume/*", reqOther, false},
 			{"ec2:CreateVolume", snapArn, resPool, true},
@@ -123,8 +150,12 @@ func TestFunctionPermissions(t *testing.T) {
 			{"ec2:CreateTags", volumeArn, tagOnVolume, true},
 			{"ec2:CreateTags", snapArn, tagOnSnap, false},
 			{"ec2:AttachVolume", volumeArn, resPool, true},
-			{"ec2:AttachVolume", instArn, resPool, true},
+			{"ec2:AttachVolume", instArn, resInstance, true},
+			{"ec2:DetachVolume", instArn, resInstance, true},
 			{"ec2:AttachVolume", instArn, noTags, false},
+			{"ec2:DescribeSnapshots", "*", nil, false},
+			{"autoscaling:DescribeAutoScalingGroups", "*", nil, false},
+			{"ssm:ListCommandInvocations", "*", nil, false},
 			{"ec2:DetachVolume", volumeArn, resPool, true},
 			{"ec2:DeleteVolume", volumeArn, resPool, true},
 			{"ec2:CreateSnapshot", volumeArn, resPool, false},
@@ -133,15 +164,18 @@ func TestFunctionPermissions(t *testing.T) {
 			{"kms:GenerateDataKeyWithoutPlaintext", key, nil, true},
 			{"kms:Decrypt", "arn:aws:kms:" + testRegion + ":" + testAccount + ":key/other", nil, false},
 			{"ssm:SendCommand", docArn("volsd-Release"), nil, true},
+			{"ssm:SendCommand", docArn("volsd-Status"), nil, true},
 			{"ssm:SendCommand", docArn("volsd-Apply"), nil, false},
-			{"ssm:SendCommand", instArn, ssmPool, true},
+			{"ssm:SendCommand", instArn, ssmInstance, true},
 			{"ssm:GetCommandInvocation", "*", nil, true},
 			{"autoscaling:CompleteLifecycleAction", groupArn + testGroup, nil, true},
 			{"autoscaling:RecordLifecycleActionHeartbeat", groupArn + testGroup, nil, false},
 			{"s3:GetObject", origin + "/blobs/abc", nil, false},
 		}, tableRW...), never...),
 		"Reconcile": append(append([]permission{
-			{"ec2:CreateVolume", arnPrefix + "volume/*", reqPool, true},
+			{"ec2:CreateVolume", arnPrefix + "volume/*", newVolume, true},
+			{"ec2:DetachVolume", instArn, resInstance, true},
+			{"ec2:DescribeSnapshots", "*", nil, false},
 			{"ec2:CreateVolume", arnPrefix + "volume/*", noTags, false},
 			{"ec2:CreateTags", volumeArn, tagOnVolume, true},
 			{"ec2:DetachVolume", volumeArn, resPool, true},
@@ -163,7 +197,10 @@ func TestFunctionPermissions(t *testing.T) {
 			{"ssm:SendCommand", docArn("volsd-Freeze"), nil, true},
 			{"ssm:SendCommand", docArn("volsd-Thaw"), nil, true},
 			{"ssm:SendCommand", docArn("volsd-Apply"), nil, false},
-			{"ssm:SendCommand", instArn, ssmPool, true},
+			{"ssm:SendCommand", instArn, ssmInstance, true},
+			{"ec2:DescribeSnapshots", "*", nil, true},
+			{"ec2:DescribeVolumes", "*", nil, false},
+			{"ssm:ListCommandInvocations", "*", nil, false},
 		}, tableRW...), never...),
 		"Push": append(append([]permission{
 			{"s3:GetObject", origin + "/blobs/abc", nil, true},
@@ -172,16 +209,26 @@ func TestFunctionPermissions(t *testing.T) {
 			{"s3:ListBucket", origin, nil, true},
 			{"ssm:SendCommand", docArn("volsd-Apply"), nil, true},
 			{"ssm:SendCommand", docArn("volsd-Freeze"), nil, false},
-			{"ssm:SendCommand", instArn, ssmPool, true},
+			{"ssm:SendCommand", instArn, ssmInstance, true},
 			{"ec2:CreateVolume", arnPrefix + "volume/*", reqPool, false},
 			{"ec2:DescribeVolumes", "*", nil, false},
 		}, tableRW...), never...),
-		"Report": append(append([]permission{
+		"Report": append([]permission{
 			{"ssm:GetCommandInvocation", "*", nil, true},
+			{"ssm:ListCommandInvocations", "*", nil, true},
 			{"ssm:SendCommand", docArn("volsd-Apply"), nil, false},
 			{"ec2:DescribeVolumes", "*", nil, false},
 			{"s3:GetObject", origin + "/blobs/abc", nil, false},
-		}, tableRW...), never...),
+			// It reads an instance record and writes it back: nothing else.
+			{"dynamodb:GetItem", table, nil, true},
+			{"dynamodb:PutItem", table, nil, true},
+			{"dynamodb:UpdateItem", table, nil, false},
+			{"dynamodb:DeleteItem", table, nil, false},
+			{"dynamodb:Query", table, nil, false},
+			{"dynamodb:Query", table + "/index/gsi1", nil, false},
+			{"dynamodb:ConditionCheckItem", table, nil, false},
+			{"dynamodb:Scan", table, nil, false},
+		}, never...),
 	}
 	for role, perms := range cases {
 		t.Run(role, func(t *testing.T) {

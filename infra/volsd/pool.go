@@ -326,21 +326,35 @@ func (p *Pool) target(name string, maxAge awscdk.Duration) awsevents.IRuleTarget
 	})
 }
 
-func (p *Pool) newRules() {
-	lifecycle := awsevents.NewRule(p.Construct, jsii.String("LifecycleRule"), &awsevents.RuleProps{
-		Description: jsii.String("volsd " + p.props.PoolName + ": lifecycle actions of the pool's Auto Scaling group"),
+// eventRule is a rule on events of source and detail types whose detail
+// matches detail.
+func (p *Pool) eventRule(id, what, source string, detailTypes []string, detail map[string]interface{}) awsevents.Rule {
+	return awsevents.NewRule(p.Construct, jsii.String(id), &awsevents.RuleProps{
+		Description: jsii.String("volsd " + p.props.PoolName + ": " + what),
 		EventPattern: &awsevents.EventPattern{
-			Source:     jsii.Strings("aws.autoscaling"),
-			DetailType: jsii.Strings("EC2 Instance-launch Lifecycle Action", "EC2 Instance-terminate Lifecycle Action"),
-			Detail: &map[string]interface{}{
-				"AutoScalingGroupName": []*string{p.groupName},
-				// Other teams' hooks on the same group (log draining,
-				// termination handlers) are theirs to complete.
-				"LifecycleHookName": jsii.Strings(LaunchHookName, TerminateHookName),
-			},
+			Source:     jsii.Strings(source),
+			DetailType: jsii.Strings(detailTypes...),
+			Detail:     &detail,
 		},
 	})
+}
+
+func (p *Pool) newRules() {
+	lifecycle := p.eventRule("LifecycleRule", "lifecycle actions of the pool's Auto Scaling group", "aws.autoscaling",
+		[]string{"EC2 Instance-launch Lifecycle Action", "EC2 Instance-terminate Lifecycle Action"}, map[string]interface{}{
+			"AutoScalingGroupName": []*string{p.groupName},
+			// Other teams' hooks on the same group (log draining,
+			// termination handlers) are theirs to complete.
+			"LifecycleHookName": jsii.Strings(LaunchHookName, TerminateHookName),
+		})
 	lifecycle.AddTarget(p.target("lifecycle", p.props.LaunchHeartbeatTimeout))
+
+	// An instance entered service: the lifecycle Lambda asks its agent
+	// for its status (volsd-Status), so the instance record is ready with
+	// its seq within seconds.
+	inService := p.eventRule("LaunchSuccessfulRule", "instances of the pool's group that entered service", "aws.autoscaling",
+		[]string{"EC2 Instance Launch Successful"}, map[string]interface{}{"AutoScalingGroupName": []*string{p.groupName}})
+	inService.AddTarget(p.target("lifecycle", awscdk.Duration_Minutes(f(10))))
 
 	reconcile := awsevents.NewRule(p.Construct, jsii.String("ReconcileSchedule"), &awsevents.RuleProps{
 		Description: jsii.String("volsd " + p.props.PoolName + ": reconcile schedule"),
@@ -358,16 +372,8 @@ func (p *Pool) newRules() {
 	for _, kind := range documents.Kinds {
 		names = append(names, jsii.String(p.DocumentName(kind)))
 	}
-	report := awsevents.NewRule(p.Construct, jsii.String("CommandStatusRule"), &awsevents.RuleProps{
-		Description: jsii.String("volsd " + p.props.PoolName + ": status changes of volsd SSM commands"),
-		EventPattern: &awsevents.EventPattern{
-			Source:     jsii.Strings("aws.ssm"),
-			DetailType: jsii.Strings("EC2 Command Invocation Status-change Notification"),
-			Detail: &map[string]interface{}{
-				"document-name": names,
-			},
-		},
-	})
+	report := p.eventRule("CommandStatusRule", "status changes of volsd SSM commands", "aws.ssm",
+		[]string{"EC2 Command Invocation Status-change Notification"}, map[string]interface{}{"document-name": names})
 	report.AddTarget(p.target("report", awscdk.Duration_Hours(f(1))))
 }
 

@@ -344,6 +344,11 @@ func TestRules(t *testing.T) {
 				"LifecycleHookName":    []any{volsd.LaunchHookName, volsd.TerminateHookName},
 			},
 		}, ""},
+		{"LaunchSuccessfulRule", "Lifecycle", map[string]any{
+			"source":      []any{"aws.autoscaling"},
+			"detail-type": []any{"EC2 Instance Launch Successful"},
+			"detail":      map[string]any{"AutoScalingGroupName": []any{testGroup}},
+		}, ""},
 		{"ReconcileSchedule", "Reconcile", nil, "rate(5 minutes)"},
 		{"SnapshotSchedule", "Snapshot", nil, "rate(6 hours)"},
 		{"CommandStatusRule", "Report", map[string]any{
@@ -407,6 +412,7 @@ func TestLifecycleRuleTakesOnlyVolsdHooks(t *testing.T) {
 		{"foreign-hook-terminate.json", testGroup, "", false},
 		{"foreign-hook-launch.json", testGroup, volsd.LaunchHookName, true},
 		{"terminate.json", "other-asg", "", false},
+		{"launch-successful.json", testGroup, "", false}, // LaunchSuccessfulRule's
 	} {
 		raw, err := os.ReadFile(filepath.Join("..", "..", "events", "testdata", c.file))
 		if err != nil {
@@ -428,6 +434,44 @@ func TestLifecycleRuleTakesOnlyVolsdHooks(t *testing.T) {
 		}
 		if got != c.match {
 			t.Errorf("%s (group %s, hook %v): rule matches %v, want %v", c.file, c.group, d["LifecycleHookName"], got, c.match)
+		}
+	}
+}
+
+// TestLaunchSuccessfulReachesLifecycle routes AWS's "EC2 Instance Launch
+// Successful" event of the group to the lifecycle Lambda (which asks the
+// agent for its status), and that of another group nowhere.
+func TestLaunchSuccessfulReachesLifecycle(t *testing.T) {
+	tmpl := template(t, stackName)
+	raw, err := os.ReadFile(filepath.Join("..", "..", "events", "testdata", "launch-successful.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, group := range []string{testGroup, "other-asg"} {
+		var ev map[string]any
+		if err := json.Unmarshal(raw, &ev); err != nil {
+			t.Fatal(err)
+		}
+		ev["detail"].(map[string]any)["AutoScalingGroupName"] = group
+		b, _ := json.Marshal(ev)
+		var matched []string
+		for _, r := range tmpl.OfType("AWS::Events::Rule") {
+			pattern, ok := r.Properties["EventPattern"].(map[string]any)
+			if !ok {
+				continue
+			}
+			if ok, err := assembly.MatchPattern(pattern, b); err != nil {
+				t.Fatal(err)
+			} else if ok {
+				matched = append(matched, r.ID)
+			}
+		}
+		want := 0
+		if group == testGroup {
+			want = 1
+		}
+		if len(matched) != want || want == 1 && !strings.Contains(matched[0], "LaunchSuccessfulRule") {
+			t.Errorf("launch successful of %s matched %v", group, matched)
 		}
 	}
 }
@@ -633,7 +677,9 @@ func TestSecondPoolWithOwnDocumentPrefix(t *testing.T) {
 	checkPermissions(t, "media push", roleStatements(t, tmpl, "PoolPushRole"), []permission{
 		{"ssm:SendCommand", media + "volsd-media-Apply", nil, true},
 		{"ssm:SendCommand", media + "volsd-Apply", nil, false},
-		{"ssm:SendCommand", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", map[string][]string{"ssm:resourceTag/volsd:pool": {"media"}}, true},
+		{"ssm:SendCommand", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", map[string][]string{"ssm:resourceTag/volsd:pool": {"media"},
+			"ssm:resourceTag/aws:autoscaling:groupName": {"media-asg"}}, true},
+		{"ssm:SendCommand", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", map[string][]string{"ssm:resourceTag/volsd:pool": {"media"}}, false},
 		{"ssm:SendCommand", "arn:aws:ec2:eu-west-1:123456789012:instance/i-1", ssmPool, false},
 	})
 	// Defaults: recycle, gp3, 10 GiB, one idle volume per AZ, no KMS key, no source snapshot.

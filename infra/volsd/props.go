@@ -76,6 +76,8 @@ type PoolProps struct {
 	SourceSnapshotID string
 	// KmsKey encrypts the pool's EBS volumes and snapshots; nil = the
 	// account's default EBS key. The Lambdas get only the grants EBS needs.
+	// When the account's default EBS key is a customer managed key, give it
+	// here: the Lambdas have no grants on keys they are not told of.
 	KmsKey awskms.IKey
 	// ReleasePolicy is ReleaseRecycle (default) or ReleaseDelete.
 	ReleasePolicy string

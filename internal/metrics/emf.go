@@ -4,7 +4,9 @@
 package metrics
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"sort"
 	"sync"
@@ -66,4 +68,65 @@ func (e *Emitter) Put(name string, value float64, unit Unit, dims map[string]str
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	_, _ = e.w.Write(append(b, '\n'))
+}
+
+// Metrics that alarms and the dashboard read (infra/volsd), each emitted by
+// the code with exactly these dimensions.
+const (
+	// IdleVolumes is the idle volume count of one zone (reconcile).
+	IdleVolumes = "IdleVolumes"
+	// SnapshotAgeSeconds is the age of the newest completed snapshot (snapshot).
+	SnapshotAgeSeconds = "SnapshotAgeSeconds"
+	// PushLagSeconds is how long the oldest newly appended request of a
+	// batch waited: SQS sent → appended to the journal (push).
+	PushLagSeconds = "PushLagSeconds"
+)
+
+// Read are the metrics alarms and the dashboard read, with the dimensions
+// of each, sorted.
+var Read = map[string][]string{
+	IdleVolumes:        {"AZ", "Pool"},
+	SnapshotAgeSeconds: {"Pool"},
+	PushLagSeconds:     {"Pool"},
+}
+
+// Line is one EMF metric line as Put writes it.
+type Line struct {
+	Namespace  string
+	Name       string
+	Dimensions []string
+	Values     map[string]string // dimension → value
+}
+
+// ParseLines returns the EMF metric lines in out (other lines are skipped).
+func ParseLines(out []byte) []Line {
+	var lines []Line
+	for _, raw := range bytes.Split(out, []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(raw, &m) != nil {
+			continue
+		}
+		aws, _ := m["_aws"].(map[string]any)
+		cwm, _ := aws["CloudWatchMetrics"].([]any)
+		for _, d := range cwm {
+			dm, _ := d.(map[string]any)
+			ns, _ := dm["Namespace"].(string)
+			var dims []string
+			if sets, _ := dm["Dimensions"].([]any); len(sets) > 0 {
+				for _, k := range sets[0].([]any) {
+					dims = append(dims, fmt.Sprint(k))
+				}
+			}
+			values := map[string]string{}
+			for _, k := range dims {
+				values[k] = fmt.Sprint(m[k])
+			}
+			ms, _ := dm["Metrics"].([]any)
+			for _, x := range ms {
+				name, _ := x.(map[string]any)["Name"].(string)
+				lines = append(lines, Line{Namespace: ns, Name: name, Dimensions: dims, Values: values})
+			}
+		}
+	}
+	return lines
 }

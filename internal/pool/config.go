@@ -40,6 +40,7 @@ type Config struct {
 	SourceSnapshot string
 	ReleasePolicy  string
 	DocRelease     string
+	DocStatus      string
 
 	// Freshness: an idle volume more than RefreshBehind entries behind the
 	// head, or older than RefreshAge, is replaced when a newer completed
@@ -76,6 +77,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		SourceSnapshot: r.Match("VOLSD_SOURCE_SNAPSHOT", "", false, snapshotID, "a snapshot ID like snap-0123456789abcdef0"),
 		ReleasePolicy:  r.OneOf("VOLSD_RELEASE_POLICY", "", true, PolicyRecycle, PolicyDelete),
 		DocRelease:     r.Match("VOLSD_DOC_RELEASE", "volsd-Release", false, docName, "an SSM document name"),
+		DocStatus:      r.Match("VOLSD_DOC_STATUS", "volsd-Status", false, docName, "an SSM document name"),
 		RefreshBehind:  r.Int("VOLSD_REFRESH_BEHIND", 500, false, 1, 1<<40),
 		RefreshAge:     r.Duration("VOLSD_REFRESH_AGE", 168*time.Hour, false, time.Minute, 10*365*24*time.Hour),
 		RefreshMax:     int(r.Int("VOLSD_REFRESH_MAX", 2, false, 0, 100)),

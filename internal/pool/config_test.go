@@ -25,7 +25,7 @@ func TestLoadConfigDefaultsAndAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := pool.Config{Pool: "web", Table: "volsd-web", Group: "web-asg", IdlePerAZ: 2, SizeGiB: 20, VolumeType: "gp3",
-		ReleasePolicy: "recycle", DocRelease: "volsd-Release", RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
+		ReleasePolicy: "recycle", DocRelease: "volsd-Release", DocStatus: "volsd-Status", RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
 		LogLevel: slog.LevelInfo}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Fatalf("defaults (-want +got):\n%s", diff)

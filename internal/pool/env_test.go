@@ -117,7 +117,7 @@ func newEnv(t testing.TB, ec2cfg awsfake.EC2Config, opts ...envOpt) *env {
 		timing: fastTiming(), logs: &logBuffer{}, metrics: &logBuffer{},
 		cfg: pool.Config{
 			Pool: "web", Table: table, Group: "web-asg", IdlePerAZ: 2, SizeGiB: 10, VolumeType: "gp3",
-			ReleasePolicy: pool.PolicyRecycle, DocRelease: "volsd-Release",
+			ReleasePolicy: pool.PolicyRecycle, DocRelease: "volsd-Release", DocStatus: "volsd-Status",
 			RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
 		},
 	}
@@ -281,6 +281,7 @@ type releaseSSM struct {
 	Hang     bool
 	SendErr  error
 	sent     []string
+	docs     []string          // document of each sent command
 	commands map[string]string // command → instance
 	reads    map[string]int
 }
@@ -294,7 +295,7 @@ func (s *releaseSSM) SendCommand(ctx context.Context, in *ssm.SendCommandInput, 
 	if s.SendErr != nil {
 		return nil, s.SendErr
 	}
-	if aws.ToString(in.DocumentName) != "volsd-Release" || len(in.InstanceIds) != 1 {
+	if doc := aws.ToString(in.DocumentName); doc != "volsd-Release" && doc != "volsd-Status" || len(in.InstanceIds) != 1 {
 		return nil, &smithy.GenericAPIError{Code: "ValidationException", Message: fmt.Sprintf("unexpected command %s to %v", aws.ToString(in.DocumentName), in.InstanceIds)}
 	}
 	if s.commands == nil {
@@ -303,6 +304,7 @@ func (s *releaseSSM) SendCommand(ctx context.Context, in *ssm.SendCommandInput, 
 	id := fmt.Sprintf("cmd-%04d", len(s.commands)+1)
 	s.commands[id] = in.InstanceIds[0]
 	s.sent = append(s.sent, in.InstanceIds[0])
+	s.docs = append(s.docs, aws.ToString(in.DocumentName))
 	return &ssm.SendCommandOutput{Command: &ssmtypes.Command{CommandId: aws.String(id), DocumentName: in.DocumentName}}, nil
 }
 
@@ -350,6 +352,13 @@ func (s *releaseSSM) sentTo() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.sent...)
+}
+
+// sentDocs returns the document of each command sent, in order.
+func (s *releaseSSM) sentDocs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.docs...)
 }
 
 func invocationMissing() error {

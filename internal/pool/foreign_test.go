@@ -11,10 +11,9 @@ import (
 	"github.com/volsd/volsd/internal/store"
 )
 
-// foreignEvent is AWS's documented sample lifecycle event (Amazon EC2 Auto
-// Scaling event reference: hook "my-lifecycle-hook", its own token) for
-// another team's hook on volsd's group and instance id.
-func foreignEvent(t *testing.T, file, group, id string) json.RawMessage {
+// sampleEvent is the captured event in events/testdata/file with the
+// detail fields of set replaced.
+func sampleEvent(t *testing.T, file string, set map[string]any) json.RawMessage {
 	t.Helper()
 	raw, err := os.ReadFile("../../events/testdata/" + file)
 	if err != nil {
@@ -25,15 +24,22 @@ func foreignEvent(t *testing.T, file, group, id string) json.RawMessage {
 		t.Fatal(err)
 	}
 	d := ev["detail"].(map[string]any)
-	if d["LifecycleHookName"] != "my-lifecycle-hook" {
-		t.Fatalf("%s: not the foreign-hook sample: %v", file, d["LifecycleHookName"])
+	for k, v := range set {
+		d[k] = v
 	}
-	d["AutoScalingGroupName"], d["EC2InstanceId"] = group, id
 	out, err := json.Marshal(ev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// foreignEvent is AWS's documented sample lifecycle event (Amazon EC2 Auto
+// Scaling event reference: hook "my-lifecycle-hook", its own token) for
+// another team's hook on volsd's group and instance id.
+func foreignEvent(t *testing.T, file, group, id string) json.RawMessage {
+	t.Helper()
+	return sampleEvent(t, file, map[string]any{"AutoScalingGroupName": group, "EC2InstanceId": id})
 }
 
 func TestForeignTerminateHookLeavesVolumeAlone(t *testing.T) {

@@ -29,6 +29,9 @@ func (p *Pool) HandleLifecycle(ctx context.Context, raw json.RawMessage) error {
 		p.log.Error("malformed event dropped: not an EventBridge event", "error", err, "event", clip(raw))
 		return nil
 	}
+	if env.DetailType == events.DetailTypeLaunchSuccessful {
+		return p.handleLaunchSuccessful(ctx, raw, env)
+	}
 	if env.DetailType != events.DetailTypeLaunch && env.DetailType != events.DetailTypeTerminate {
 		p.log.Info("ignoring event", "detailType", env.DetailType, "source", env.Source, "id", env.ID)
 		return nil
@@ -72,6 +75,29 @@ func (p *Pool) HandleLifecycle(ctx context.Context, raw json.RawMessage) error {
 	if err != nil {
 		p.log.Error("lifecycle action not finished; the invocation will be retried", "instance", a.EC2InstanceID,
 			"transition", a.LifecycleTransition, "error", err)
+	}
+	return err
+}
+
+// handleLaunchSuccessful asks the agent of an instance of the group that
+// entered service for its status (AskStatus).
+func (p *Pool) handleLaunchSuccessful(ctx context.Context, raw json.RawMessage, env events.Envelope) error {
+	var r events.LaunchResult
+	if _, err := events.DecodeDetail(raw, env.DetailType, &r); err != nil {
+		p.log.Error("malformed launch event dropped", "error", err, "event", clip(raw))
+		return nil
+	}
+	if r.AutoScalingGroupName != p.cfg.Group {
+		p.log.Info("ignoring launch event of another group", "group", r.AutoScalingGroupName, "want", p.cfg.Group, "id", env.ID)
+		return nil
+	}
+	if err := r.Validate(); err != nil {
+		p.log.Error("malformed launch event dropped", "error", err, "event", clip(raw))
+		return nil
+	}
+	err := p.AskStatus(ctx, r)
+	if err != nil {
+		p.log.Error("status not asked; the invocation will be retried", "instance", r.EC2InstanceID, "error", err)
 	}
 	return err
 }

@@ -91,7 +91,7 @@ func (p *Pool) Reconcile(ctx context.Context) (Report, error) {
 	for _, az := range r.azs {
 		n := len(r.select_(az, store.VolumeIdle, false))
 		r.rep.Idle[az] = n
-		p.put("IdleVolumes", float64(n), metrics.Count, az)
+		p.put(metrics.IdleVolumes, float64(n), metrics.Count, az)
 	}
 	if ctx.Err() != nil {
 		r.rep.Complete = false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
+	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -39,6 +41,17 @@ func TestReconcileTopsUpToTargetWithinMaxSize(t *testing.T) {
 	}
 	if !strings.Contains(e.metrics.String(), `"IdleVolumes":2`) {
 		t.Fatalf("no IdleVolumes metric:\n%s", e.metrics.String())
+	}
+	// As the idle pool alarm reads it: namespace volsd, dimensions AZ and Pool.
+	zones := map[string]bool{}
+	for _, l := range metrics.ParseLines([]byte(e.metrics.String())) {
+		if l.Name == metrics.IdleVolumes && l.Namespace == metrics.Namespace &&
+			slices.Equal(l.Dimensions, metrics.Read[metrics.IdleVolumes]) && l.Values["Pool"] == "web" {
+			zones[l.Values["AZ"]] = true
+		}
+	}
+	if len(zones) != len(testAZs) {
+		t.Fatalf("IdleVolumes with dimensions %v for zones %v, want %v:\n%s", metrics.Read[metrics.IdleVolumes], zones, testAZs, e.metrics.String())
 	}
 	if rep := e.reconcile(); rep.Changed() {
 		t.Fatalf("second run changed things: %+v", rep)

@@ -41,6 +41,7 @@ type Pusher struct {
 	ssm     CommandSender
 	log     *slog.Logger
 	metrics *metrics.Emitter
+	now     func() time.Time
 }
 
 // NewPusher returns a Pusher; log and m may be nil (discard).
@@ -53,7 +54,7 @@ func NewPusher(cfg Config, journal Journal, s3 S3Origin, ssm CommandSender, log 
 	}
 	return &Pusher{
 		cfg: cfg, journal: journal, origin: origin{s3: s3, bucket: cfg.Bucket, pool: cfg.Pool, previous: journal, log: log.With("pool", cfg.Pool)}, ssm: ssm,
-		log: log.With("pool", cfg.Pool), metrics: m,
+		log: log.With("pool", cfg.Pool), metrics: m, now: time.Now,
 	}
 }
 
@@ -151,9 +152,31 @@ func (p *Pusher) HandleSQS(ctx context.Context, ev lambdaevents.SQSEvent) (lambd
 	for _, name := range []string{"PushAppended", "PushDuplicates", "PushRejected", "PushRetried"} {
 		p.metrics.Put(name, float64(counts[name]), metrics.Count, map[string]string{"Pool": p.cfg.Pool})
 	}
+	if lag, ok := appendLag(items, p.now()); ok {
+		p.metrics.Put(metrics.PushLagSeconds, lag.Seconds(), metrics.Seconds, map[string]string{"Pool": p.cfg.Pool})
+	}
 	p.log.Info("push batch", "messages", len(items), "appended", counts["PushAppended"], "duplicates", counts["PushDuplicates"],
 		"rejected", counts["PushRejected"], "retried", counts["PushRetried"])
 	return resp, nil
+}
+
+// appendLag is the longest wait of the batch's newly appended requests:
+// from SQS's SentTimestamp (the operator's send) to now (appended). ok is
+// false when the batch appended nothing new.
+func appendLag(items []*item, now time.Time) (time.Duration, bool) {
+	var lag time.Duration
+	ok := false
+	for _, it := range items {
+		if it.verdict != verdictAccept || it.dup {
+			continue
+		}
+		ms, err := strconv.ParseInt(it.msg.Attributes["SentTimestamp"], 10, 64)
+		if err != nil {
+			continue
+		}
+		lag, ok = max(lag, now.Sub(time.UnixMilli(ms))), true
+	}
+	return max(lag, 0), ok
 }
 
 // receiveCount reads the SQS ApproximateReceiveCount attribute (1 when absent).

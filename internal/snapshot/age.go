@@ -10,7 +10,7 @@ import (
 )
 
 // MetricAge is the EMF metric of the newest completed snapshot's age.
-const MetricAge = "SnapshotAgeSeconds"
+const MetricAge = metrics.SnapshotAgeSeconds
 
 // Age returns how long the newest completed snapshot has been out of date:
 // the seconds since it was started or since the first journal entry it

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/snapshot"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -142,8 +144,9 @@ func TestRunOverTime(t *testing.T) {
 		if _, ok := line["SnapshotAgeSeconds"]; ok && line["Pool"] == e.pool {
 			sawMetric = true
 			cw := line["_aws"].(map[string]any)["CloudWatchMetrics"].([]any)[0].(map[string]any)
-			if cw["Namespace"] != "volsd" {
-				t.Errorf("namespace %v", cw["Namespace"])
+			if cw["Namespace"] != metrics.Namespace || fmt.Sprint(cw["Dimensions"]) != fmt.Sprint([]any{metrics.Read[metrics.SnapshotAgeSeconds]}) {
+				t.Errorf("namespace %v, dimensions %v; the alarm reads %s with %v", cw["Namespace"], cw["Dimensions"],
+					metrics.Namespace, metrics.Read[metrics.SnapshotAgeSeconds])
 			}
 		}
 	}

@@ -33,10 +33,50 @@ const maxReportTries = 20
 // when it is at least as new as the stored one; a successful report of an
 // instance still launching with its volume moves it to ready (a terminating
 // instance is never moved back). A report that changes
-// nothing writes nothing. It returns the item as stored afterwards and
-// whether this call changed it; ErrNotFound when the pool has no such
-// instance.
+// nothing writes nothing. The in-use volume the instance holds then carries
+// the instance's seq too (RaiseVolumeSeq). It returns the item as stored
+// afterwards and whether this call changed it; ErrNotFound when the pool
+// has no such instance.
 func (s *Store) RecordReport(ctx context.Context, pool, instanceID string, rep InstanceReport) (Instance, bool, error) {
+	in, changed, err := s.recordReport(ctx, pool, instanceID, rep)
+	if err == nil && in.VolumeID != "" && in.Seq > 0 {
+		err = s.RaiseVolumeSeq(ctx, pool, in.VolumeID, instanceID, in.Seq)
+	}
+	return in, changed, err
+}
+
+// RaiseVolumeSeq raises the seq of the in-use volume bound to instanceID
+// to seq, the watermark its agent reported on it; a volume in another
+// state, bound to another instance or already at or above seq is left
+// alone (seq never falls). Conflicting writers are retried.
+func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID string, seq int64) error {
+	for try := 0; ; try++ {
+		v, err := s.GetVolume(ctx, pool, volumeID)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if v.State != VolumeInUse || v.InstanceID != instanceID || v.Seq >= seq {
+			return nil
+		}
+		next := v
+		next.Seq = seq
+		_, err = s.TransitionVolume(ctx, next, VolumeInUse)
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		if try+1 >= maxReportTries {
+			return fmt.Errorf("raise seq of volume %s: gave up after %d tries: %w", volumeID, maxReportTries, err)
+		}
+		if err := awserr.Sleep(ctx, time.Duration(rand.IntN(10)+1)*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Store) recordReport(ctx context.Context, pool, instanceID string, rep InstanceReport) (Instance, bool, error) {
 	for try := 0; ; try++ {
 		cur, err := s.GetInstance(ctx, pool, instanceID)
 		if err != nil {

@@ -265,3 +265,69 @@ func TestRecordReportRace(t *testing.T) {
 func delEntry(id, path string) events.JournalEntry {
 	return events.JournalEntry{Op: events.OpDelete, Path: path, RequestID: id}
 }
+
+// TestRecordReportRaisesInUseVolumeSeq: the in-use volume an instance
+// holds carries the seq its agent last reported, under concurrent reports
+// in any order; a lower report never lowers it, and a volume bound to
+// another instance or not in use keeps its seq.
+func TestRecordReportRaisesInUseVolumeSeq(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	const inst, other = "i-0abcdefabcdefabc2", "i-0abcdefabcdefabc3"
+	put := func(v store.Volume) store.Volume {
+		t.Helper()
+		got, err := s.PutVolume(ctx, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	mine := idleVolume("web", "eu-west-1a", 2)
+	mine.Seq = 0
+	mine.State, mine.InstanceID, mine.Device = store.VolumeInUse, inst, "/dev/sdf"
+	mine = put(mine)
+	if _, err := s.PutInstance(ctx, store.Instance{Pool: "web", InstanceID: inst, AZ: "eu-west-1a", State: store.InstanceReady, VolumeID: mine.VolumeID}); err != nil {
+		t.Fatal(err)
+	}
+	// A stale binding: the instance record names a volume now in use by another instance.
+	theirs := idleVolume("web", "eu-west-1b", 1)
+	theirs.State, theirs.InstanceID = store.VolumeInUse, other
+	theirs = put(theirs)
+	if _, err := s.PutInstance(ctx, store.Instance{Pool: "web", InstanceID: other, AZ: "eu-west-1b", State: store.InstanceReady, VolumeID: theirs.VolumeID}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var wg sync.WaitGroup
+	for _, k := range rand.Perm(30) {
+		wg.Add(1)
+		go func(k int) {
+			defer wg.Done()
+			if _, _, err := s.RecordReport(ctx, "web", inst, store.InstanceReport{Seq: int64(k + 1), Status: "Success", At: t0.Add(time.Duration(k) * time.Second)}); err != nil {
+				t.Error(err)
+			}
+		}(k)
+	}
+	wg.Wait()
+	got, err := s.GetVolume(ctx, "web", mine.VolumeID)
+	if err != nil || got.Seq != 30 || got.State != store.VolumeInUse || got.InstanceID != inst {
+		t.Fatalf("in-use volume after reports 1..30: %+v %v", got, err)
+	}
+	if _, _, err := s.RecordReport(ctx, "web", inst, store.InstanceReport{Seq: 3, Status: "Success", At: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetVolume(ctx, "web", mine.VolumeID); got.Seq != 30 {
+		t.Fatalf("a lower report lowered the volume's seq to %d", got.Seq)
+	}
+	// Rebind inst's record to the other instance's volume: its report must not move it.
+	rec, _ := s.GetInstance(ctx, "web", inst)
+	rec.VolumeID = theirs.VolumeID
+	if _, err := s.UpdateInstance(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.RecordReport(ctx, "web", inst, store.InstanceReport{Seq: 31, Status: "Success", At: t0.Add(2 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.GetVolume(ctx, "web", theirs.VolumeID); got.Seq != 3 {
+		t.Fatalf("another instance's volume took seq %d from %s's report", got.Seq, inst)
+	}
+}
