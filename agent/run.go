@@ -9,10 +9,13 @@ import (
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/volsd/volsd/internal/buildinfo"
 )
 
 // Usage is the command line summary.
 const Usage = `usage: volsd-agent COMMAND [FLAGS]
+       volsd-agent COMMAND --help | --help | --version
 
 commands:
   up                         mount the pool volume, catch up, complete the launch hook
@@ -26,6 +29,33 @@ commands:
 Human lines go to stderr; the last stdout line is one JSON report.
 Exit codes: 0 ok, 1 retryable, 2 bad input, 3 not ready.
 `
+
+// commandSummary is each command's line in `volsd-agent COMMAND --help`.
+var commandSummary = map[string]string{
+	"up":      "mount the pool volume, catch up with the journal, complete the launch hook",
+	"apply":   "apply journal entries up to --upto (0 = head)",
+	"freeze":  "sync and freeze the filesystem; thawed after --max-seconds at the latest",
+	"thaw":    "thaw the filesystem (fine when not frozen)",
+	"release": "stop applying, sync, unmount; report the final seq",
+	"status":  "report the watermark and the journal head",
+}
+
+// commandUsage prints cmd's synopsis and the flags it takes.
+func commandUsage(w io.Writer, fl *flag.FlagSet, cmd string, flags []string) {
+	fmt.Fprintf(w, "usage: volsd-agent %s", cmd)
+	help := ""
+	for _, name := range flags {
+		f := fl.Lookup(name)
+		arg, text := flag.UnquoteUsage(f)
+		if arg != "" {
+			arg = " " + arg
+		}
+		fmt.Fprintf(w, " [--%s%s]", name, arg)
+		help += fmt.Sprintf("\n  --%s%s\n      %s (default %s)\n", name, arg, text, f.DefValue)
+	}
+	fmt.Fprintf(w, "\n\n%s.\n%s", commandSummary[cmd], help)
+	fmt.Fprint(w, "\nHuman lines go to stderr; the last stdout line is one JSON report.\nExit codes: 0 ok, 1 retryable, 2 bad input, 3 not ready.\n")
+}
 
 // Connect builds the AWS clients for cfg (main's wiring).
 type Connect func(ctx context.Context, cfg Config, log *slog.Logger) (Deps, error)
@@ -44,6 +74,19 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 	cmd := ""
 	if len(args) > 0 {
 		cmd, args = args[0], args[1:]
+	}
+	// Help and version are not commands: text on stdout, no report, no
+	// configuration needed.
+	switch cmd {
+	case "-h", "-help", "--help", "help":
+		if len(args) == 1 && commandSummary[args[0]] != "" {
+			return Main(ctx, []string{args[0], "--help"}, stdout, stderr, getenv, connect)
+		}
+		fmt.Fprint(stdout, Usage)
+		return ExitOK
+	case "-version", "--version", "version":
+		fmt.Fprintln(stdout, buildinfo.String("volsd-agent"))
+		return ExitOK
 	}
 	r := Report{Command: cmd}
 	done := func(err error) int {
@@ -76,6 +119,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 
 	fl := flag.NewFlagSet("volsd-agent "+cmd, flag.ContinueOnError)
 	fl.SetOutput(stderr)
+	fl.Usage = func() {} // printed below: on stdout for --help, on stderr for a mistake
 	upTo := fl.Int64("upto", 0, "apply up to this seq (0 = head)")
 	periodic := fl.Bool("periodic", false, "skip unless applyInterval passed since the last apply")
 	maxSeconds := fl.Int("max-seconds", 30, "thaw after this many seconds at the latest")
@@ -91,6 +135,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 		return done(badInput("unknown command %q", cmd))
 	}
 	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			commandUsage(stdout, fl, cmd, flags)
+			return ExitOK
+		}
+		commandUsage(stderr, fl, cmd, flags)
 		return done(badInput("%s: %v", cmd, err))
 	}
 	if fl.NArg() > 0 {

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/spf13/cobra"
 
+	"github.com/volsd/volsd/internal/buildinfo"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -122,10 +123,14 @@ VOLSD_OUTPUTS; --stack or VOLSD_STACK picks one of several stacks). AWS endpoint
 from the SDK's standard variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3, …).
 
 Exit codes: 0 done; 1 an operation failed; 2 bad arguments, configuration or input;
-3 (--wait) the request was rejected or an instance reported an error; 4 (--wait) time ran out.`,
+3 (--wait) the request was rejected or an instance reported an error; 4 (--wait) time ran out.
+
+Shell completion: volsd completion bash|zsh|fish|powershell --help.`,
+		Version:       buildinfo.Version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate(buildinfo.String("volsd") + "\n")
 	root.SetOut(stdio.Out)
 	root.SetErr(stdio.Err)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
