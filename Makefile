@@ -7,6 +7,11 @@ GO ?= go
 FUNCTIONS := $(notdir $(patsubst %/,%,$(dir $(wildcard functions/*/main.go))))
 BUILD := build
 LDFLAGS := -s -w
+# Version and commit of volsd and volsd-agent (--version) and of the packages.
+VERSION ?= $(shell ./scripts/version.sh)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+BUILDINFO := github.com/volsd/volsd/internal/buildinfo
+VERSION_LDFLAGS := $(LDFLAGS) -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT)
 DDB_LOCAL_VERSION := 11.1.0
 CDK_CLI_VERSION := 2.1148.1
 TEST_TIMEOUT ?= 25m
@@ -17,7 +22,7 @@ TEST_TIMEOUT ?= 25m
 FUZZ_EXECS ?= 50000
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: all build lambdas agent cli deps test test-unit fuzz lint tools synth demo local bench clean
+.PHONY: all build lambdas agent cli package deps test test-unit fuzz lint tools synth demo local bench clean
 
 all: build
 
@@ -34,13 +39,19 @@ lambdas:
 agent:
 	@if [ -d agent/cmd/volsd-agent ]; then for arch in amd64 arm64; do \
 	  echo "build volsd-agent linux/$$arch"; \
-	  GOOS=linux GOARCH=$$arch CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+	  GOOS=linux GOARCH=$$arch CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(VERSION_LDFLAGS)' \
 	    -o $(BUILD)/bin/volsd-agent-linux-$$arch ./agent/cmd/volsd-agent || exit 1; \
 	done; fi
 
 cli:
 	@if [ -d cmd/volsd ]; then echo "build volsd (host)"; \
-	  CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD)/bin/volsd ./cmd/volsd; fi
+	  CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(VERSION_LDFLAGS)' -o $(BUILD)/bin/volsd ./cmd/volsd; fi
+
+## package: volsd-agent .deb and .rpm for amd64 and arm64 into build/pkg/ (nfpm, agent/packaging)
+package: agent
+	rm -f $(BUILD)/pkg/volsd-agent[_-]*
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) \
+	  $(GO) run ./scripts/package -version '$(VERSION)' -bin $(BUILD)/bin -out $(BUILD)/pkg
 
 ## deps: the one install step (scripts/deps.sh): OS packages the local system runs (rsync, e2fsprogs, xfsprogs, util-linux) installed with apt-get when missing, Go/Java/Node/moto checked (each missing one named with how to get it), then `make tools`
 deps:

@@ -80,9 +80,12 @@ if [ -n "$sha" ]; then
   [ "$got" = "$sha" ] || die "sha256 of $binary is $got, expected $sha"
 fi
 
-install -d -m 0755 "$root/usr/local/bin" "$root/etc/volsd" "$root/etc/systemd/system"
-install -m 0755 "$binary" "$root/usr/local/bin/volsd-agent.new"
-mv -f "$root/usr/local/bin/volsd-agent.new" "$root/usr/local/bin/volsd-agent"
+install -d -m 0755 "$root/usr/bin" "$root/etc/volsd" "$root/etc/systemd/system"
+install -m 0755 "$binary" "$root/usr/bin/volsd-agent.new"
+mv -f "$root/usr/bin/volsd-agent.new" "$root/usr/bin/volsd-agent"
+# Where earlier install.sh versions put the program: the SSM
+# documents and units run /usr/bin/volsd-agent now.
+rm -f "$root/usr/local/bin/volsd-agent"
 if [ -n "$config" ]; then
   install -m 0644 "$config" "$root/etc/volsd/agent.json"
 elif [ ! -f "$root/etc/volsd/agent.json" ]; then
@@ -101,7 +104,7 @@ ConditionPathExists=/etc/volsd/agent.json
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/usr/local/bin/volsd-agent up
+ExecStart=/usr/bin/volsd-agent up
 # Exit 2 is bad input (configuration, a device that must not be
 # formatted): retrying will not help. 1 and 3 are retried.
 Restart=on-failure
@@ -125,7 +128,7 @@ ConditionPathExists=/etc/volsd/agent.json
 Type=oneshot
 # --periodic returns at once unless applyInterval (agent.json) has passed
 # since the last apply that reached the head.
-ExecStart=/usr/local/bin/volsd-agent apply --periodic
+ExecStart=/usr/bin/volsd-agent apply --periodic
 # A last resort behind the agent's own deadline for each entry (10 min
 # plus its size at 2 MiB/s, docs/agent.md): a stuck apply must not hold
 # the apply lock, and the timer's next runs, forever.
@@ -144,7 +147,7 @@ RandomizedDelaySec=15s
 WantedBy=timers.target
 VOLSD_UNIT
 chmod 0644 "$root"/etc/systemd/system/volsd-agent.service "$root"/etc/systemd/system/volsd-apply.service "$root"/etc/systemd/system/volsd-apply.timer
-say "installed $root/usr/local/bin/volsd-agent and its units"
+say "installed $root/usr/bin/volsd-agent and its units"
 
 if [ -z "$root" ]; then
   systemctl daemon-reload

@@ -55,7 +55,7 @@ func TestUnitsRunValidCommands(t *testing.T) {
 				continue
 			}
 			args := strings.Fields(cmdline)
-			if args[0] != "/usr/local/bin/volsd-agent" {
+			if args[0] != "/usr/bin/volsd-agent" {
 				t.Errorf("%s runs %s", name, args[0])
 			}
 			var stdout, stderr bytes.Buffer
@@ -87,7 +87,7 @@ func TestInstallScriptInstallsIntoARoot(t *testing.T) {
 			t.Fatalf("install.sh: %v\n%s", err, out)
 		}
 	}
-	fi, err := os.Stat(filepath.Join(root, "usr/local/bin/volsd-agent"))
+	fi, err := os.Stat(filepath.Join(root, "usr/bin/volsd-agent"))
 	if err != nil || fi.Mode().Perm() != 0o755 {
 		t.Fatalf("program: %v %v", fi, err)
 	}

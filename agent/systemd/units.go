@@ -1,5 +1,5 @@
-// Package systemd holds volsd-agent's systemd units, so that install.sh
-// and user data built in Go (the CDK example) install the same files.
+// Package systemd holds volsd-agent's systemd units, so that the packages
+// (agent/packaging) and install.sh install the same files.
 package systemd
 
 import _ "embed"

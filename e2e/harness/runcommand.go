@@ -24,7 +24,7 @@ import (
 )
 
 // AgentPath is where the SSM documents expect the agent (docs/contracts.md).
-const AgentPath = "/usr/local/bin/volsd-agent"
+const AgentPath = "/usr/bin/volsd-agent"
 
 // CommandOutput is what one run of a command on an instance produced.
 type CommandOutput struct {

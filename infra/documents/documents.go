@@ -1,5 +1,5 @@
 // Package documents holds volsd's SSM Command documents as reviewable YAML
-// files (schema 2.2, aws:runShellScript calling /usr/local/bin/volsd-agent with
+// files (schema 2.2, aws:runShellScript calling /usr/bin/volsd-agent with
 // allowedPattern on every parameter) and parses them for the CDK construct.
 package documents
 

@@ -12,11 +12,11 @@ var contract = map[string]struct {
 	command string
 	params  map[string]string // name -> allowedPattern
 }{
-	"Apply":   {"/usr/local/bin/volsd-agent apply --upto {{upTo}}", map[string]string{"upTo": `^[0-9]{1,20}$`}},
-	"Freeze":  {"/usr/local/bin/volsd-agent freeze --max-seconds {{maxSeconds}}", map[string]string{"maxSeconds": `^[0-9]{1,4}$`}},
-	"Thaw":    {"/usr/local/bin/volsd-agent thaw", nil},
-	"Release": {"/usr/local/bin/volsd-agent release", nil},
-	"Status":  {"/usr/local/bin/volsd-agent status", nil},
+	"Apply":   {"/usr/bin/volsd-agent apply --upto {{upTo}}", map[string]string{"upTo": `^[0-9]{1,20}$`}},
+	"Freeze":  {"/usr/bin/volsd-agent freeze --max-seconds {{maxSeconds}}", map[string]string{"maxSeconds": `^[0-9]{1,4}$`}},
+	"Thaw":    {"/usr/bin/volsd-agent thaw", nil},
+	"Release": {"/usr/bin/volsd-agent release", nil},
+	"Status":  {"/usr/bin/volsd-agent status", nil},
 }
 
 func TestDocumentsFollowContract(t *testing.T) {

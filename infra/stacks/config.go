@@ -38,7 +38,7 @@ type Config struct {
 	LogLevel          string
 
 	LambdaAssetDir string // lambdaDir, default build/lambda
-	AgentBinary    string // agentBinary, default build/bin/volsd-agent-linux-arm64
+	AgentPackage   string // agentPackage, default the arm64 .rpm of `make package` (a glob matching one file)
 
 	ExampleInstanceType string // exampleInstanceType, default t4g.small
 	ExampleAllowCidr    string // exampleAllowCidr: who may reach nginx on port 80; empty = nobody
@@ -50,7 +50,7 @@ var ContextKeys = []string{
 	"pool", "asgName", "example", "idlePerAz", "azs", "volumeSizeGiB", "volumeType", "volumeIops",
 	"volumeThroughput", "volumeInitRate", "sourceSnapshot", "kmsKeyArn", "releasePolicy", "mountPath",
 	"filesystem", "snapshotKeep", "snapshotIntervalHours", "documentPrefix", "logLevel", "lambdaDir",
-	"agentBinary", "exampleInstanceType", "exampleAllowCidr", "exampleCapacity",
+	"agentPackage", "exampleInstanceType", "exampleAllowCidr", "exampleCapacity",
 }
 
 // ConfigFromContext reads the configuration from the app's context. It
@@ -101,7 +101,7 @@ func ConfigFromContext(app awscdk.App) (Config, error) {
 		DocumentPrefix:       str("documentPrefix", "volsd-"),
 		LogLevel:             str("logLevel", "info"),
 		LambdaAssetDir:       str("lambdaDir", "build/lambda"),
-		AgentBinary:          str("agentBinary", "build/bin/volsd-agent-linux-arm64"),
+		AgentPackage:         str("agentPackage", "build/pkg/volsd-agent-*.aarch64.rpm"),
 		ExampleInstanceType:  str("exampleInstanceType", "t4g.small"),
 		ExampleAllowCidr:     get("exampleAllowCidr"),
 		ExampleCapacity:      num("exampleCapacity", 2),

@@ -14,13 +14,12 @@ import (
 	"github.com/aws/jsii-runtime-go"
 	"github.com/cdklabs/cdk-nag-go/cdknag/v2"
 
-	"github.com/volsd/volsd/agent/systemd"
 	"github.com/volsd/volsd/infra/volsd"
 )
 
-// Files the example's instances get besides the agent's own systemd units
-// (agent/systemd, the same files install.sh installs); reviewable in
-// infra/stacks/instance/.
+// Files the example's instances get besides the volsd-agent package (its
+// program, units and configuration template: agent/packaging); reviewable
+// in infra/stacks/instance/.
 var (
 	//go:embed instance/nginx-volsd.conf
 	nginxDropIn string
@@ -48,7 +47,7 @@ func nag(c constructs.IConstruct, rule, reason string) {
 }
 
 // NewExampleStack deploys a working fleet: a VPC with public subnets, a
-// launch template whose user data installs volsd-agent, writes
+// launch template whose user data installs the volsd-agent package, writes
 // /etc/volsd/agent.json, enables the agent's systemd units and serves the
 // mount with nginx, a small arm64 Auto Scaling group created with the volsd
 // lifecycle hooks, and the pool for it.
@@ -99,27 +98,28 @@ func NewExampleStack(scope constructs.Construct, id string, c Config) awscdk.Sta
 	nag(role, "AwsSolutions-IAM4", "AmazonSSMManagedInstanceCore is AWS's maintained minimum for the SSM agent, which delivers the volsd Run Command documents.")
 	pool.GrantAgent(role)
 
-	agent := awss3assets.NewAsset(stack, jsii.String("AgentBinary"), &awss3assets.AssetProps{Path: jsii.String(c.AgentBinary)})
+	agent := awss3assets.NewAsset(stack, jsii.String("AgentPackage"), &awss3assets.AssetProps{Path: jsii.String(c.AgentPackage)})
 	role.AddToPrincipalPolicy(awsiam.NewPolicyStatement(&awsiam.PolicyStatementProps{
-		Sid:       jsii.String("ReadAgentBinary"),
+		Sid:       jsii.String("ReadAgentPackage"),
 		Actions:   jsii.Strings("s3:GetObject"),
 		Resources: &[]*string{agent.Bucket().ArnForObjects(agent.S3ObjectKey())},
 	}))
 
 	userData := awsec2.UserData_ForLinux(nil)
-	userData.AddCommands(jsii.String("set -euo pipefail"), jsii.String("dnf install -y nginx rsync"))
+	userData.AddCommands(jsii.String("set -euo pipefail"), jsii.String("dnf install -y nginx"))
 	userData.AddS3DownloadCommand(&awsec2.S3DownloadOptions{
-		Bucket: agent.Bucket(), BucketKey: agent.S3ObjectKey(), LocalFile: jsii.String("/tmp/volsd-agent"),
+		Bucket: agent.Bucket(), BucketKey: agent.S3ObjectKey(), LocalFile: jsii.String("/tmp/volsd-agent.rpm"),
 	})
 	userData.AddCommands(
-		jsii.String("install -m 0755 -o root -g root /tmp/volsd-agent /usr/local/bin/volsd-agent && rm -f /tmp/volsd-agent"),
-		jsii.String("install -d -m 0755 /etc/volsd /etc/systemd/system/nginx.service.d "+c.MountPath),
+		// The package brings the program, the units and the tools it runs
+		// (rsync, e2fsprogs, xfsprogs, util-linux) and enables nothing.
+		jsii.String("dnf install -y /tmp/volsd-agent.rpm && rm -f /tmp/volsd-agent.rpm"),
+		jsii.String("install -d -m 0755 /etc/systemd/system/nginx.service.d "+c.MountPath),
+		// The package's configuration file is a template; this one stays
+		// across package upgrades (%config(noreplace)).
 		awscdk.Fn_Join(jsii.String(""), &[]*string{
 			jsii.String("cat > /etc/volsd/agent.json <<'VOLSD_EOF'\n"), pool.AgentConfigJSON(), jsii.String("\nVOLSD_EOF"),
 		}),
-		jsii.String(heredoc("/etc/systemd/system/volsd-agent.service", systemd.AgentService)),
-		jsii.String(heredoc("/etc/systemd/system/volsd-apply.service", systemd.ApplyService)),
-		jsii.String(heredoc("/etc/systemd/system/volsd-apply.timer", systemd.ApplyTimer)),
 		jsii.String(heredoc("/etc/systemd/system/nginx.service.d/volsd.conf", nginxDropIn)),
 		jsii.String(heredoc("/etc/nginx/nginx.conf", strings.ReplaceAll(nginxConf, "@MOUNT@", c.MountPath))),
 		jsii.String("systemctl daemon-reload"),

@@ -25,9 +25,11 @@ func Build(app awscdk.App, c Config) error {
 		}
 	}
 	if c.Example {
-		if _, err := os.Stat(c.AgentBinary); err != nil {
-			return fmt.Errorf("volsd app: agent binary %s is missing (run `make build` first, or set -c agentBinary=…): %w", c.AgentBinary, err)
+		found, err := filepath.Glob(c.AgentPackage)
+		if err != nil || len(found) != 1 {
+			return fmt.Errorf("volsd app: agentPackage %s matches %d files %v, want one volsd-agent .rpm for arm64 (run `make package` first, or set -c agentPackage=…)", c.AgentPackage, len(found), found)
 		}
+		c.AgentPackage = found[0]
 	}
 	awscdk.Aspects_Of(app).Add(cdknag.NewAwsSolutionsChecks(&cdknag.NagPackProps{Verbose: jsii.Bool(true)}), nil)
 	if c.AutoScalingGroupName != "" {

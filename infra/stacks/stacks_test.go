@@ -56,8 +56,8 @@ func assets(dir string) (lambdaDir, agent string, err error) {
 			return "", "", err
 		}
 	}
-	agent = filepath.Join(dir, "volsd-agent-linux-arm64")
-	return lambdaDir, agent, os.WriteFile(agent, []byte("#!/bin/sh\n# stand-in agent\n"), 0o755)
+	agent = filepath.Join(dir, "volsd-agent-0.0.0-1.aarch64.rpm")
+	return lambdaDir, agent, os.WriteFile(agent, []byte("stand-in package\n"), 0o644)
 }
 
 func newApp(outdir string, ctx map[string]any) awscdk.App {
@@ -65,14 +65,14 @@ func newApp(outdir string, ctx map[string]any) awscdk.App {
 }
 
 func synthesize(dir string) error {
-	lambdaDir, agent, err := assets(dir)
+	lambdaDir, _, err := assets(dir)
 	if err != nil {
 		return err
 	}
 	out := filepath.Join(dir, "cdk.out")
 	app := newApp(out, map[string]any{
 		"pool": "web", "asgName": "web-asg", "example": "true",
-		"lambdaDir": lambdaDir, "agentBinary": agent, "exampleAllowCidr": "203.0.113.0/24",
+		"lambdaDir": lambdaDir, "agentPackage": filepath.Join(dir, "volsd-agent-*.aarch64.rpm"), "exampleAllowCidr": "203.0.113.0/24",
 	})
 	cfg, err := stacks.ConfigFromContext(app)
 	if err != nil {
@@ -229,11 +229,10 @@ func TestExampleUserData(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"install -m 0755 -o root -g root /tmp/volsd-agent /usr/local/bin/volsd-agent",
+		"/tmp/volsd-agent.rpm",
+		"dnf install -y /tmp/volsd-agent.rpm && rm -f /tmp/volsd-agent.rpm\n",
 		"cat > /etc/volsd/agent.json <<'VOLSD_EOF'\n{\"asg\":\"volsd-example-web\",\"bucket\":\"<PoolOrigin",
 		"\"fsType\":\"ext4\",\"lifecycleHook\":\"volsd-launch\",\"mountPath\":\"/srv/volsd\",\"pool\":\"web\",\"region\":\"eu-west-1\",\"table\":\"<PoolTable",
-		"ExecStart=/usr/local/bin/volsd-agent up",
-		"ExecStart=/usr/local/bin/volsd-agent apply --periodic",
 		"root /srv/volsd;",
 		"systemctl enable --now volsd-agent.service volsd-apply.timer nginx.service",
 	} {
@@ -277,7 +276,7 @@ func TestExampleInstanceRole(t *testing.T) {
 		sids = append(sids, s.Sid)
 	}
 	slices.Sort(sids)
-	want := []string{"ReadAgentBinary", "VolsdDescribeVolumes", "VolsdLifecycleActions", "VolsdListOrigin", "VolsdReadJournal", "VolsdReadOrigin"}
+	want := []string{"ReadAgentPackage", "VolsdDescribeVolumes", "VolsdLifecycleActions", "VolsdListOrigin", "VolsdReadJournal", "VolsdReadOrigin"}
 	if !slices.Equal(sids, want) {
 		t.Errorf("instance role statements %v, want %v", sids, want)
 	}
