@@ -95,7 +95,7 @@ lint:
 
 ## synth: synthesize the CDK app offline into cdk.out/ (the pool for SYNTH_ASG plus the example fleet), then cfn-lint it
 SYNTH_ASG ?= web-asg
-synth: _cdk/node_modules/.bin/cdk lambdas agent
+synth: _cdk/node_modules/.bin/cdk lambdas package
 	_cdk/node_modules/.bin/cdk synth --quiet --no-notices --no-version-reporting -c asgName=$(SYNTH_ASG) -c example=true
 	cfn-lint --ignore-checks W3005 -- cdk.out/*.template.json
 

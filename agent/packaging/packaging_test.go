@@ -298,12 +298,12 @@ func checkRPM(t *testing.T, rpmFile, arch string) {
 	}
 }
 
-// TestMakePackage checks what `make package` built (make test passes its
-// directory as VOLSD_PACKAGES): the four packages, each for its arch.
+// TestMakePackage checks what `make package` built (bash .ci/run passes
+// its directory as VOLSD_PACKAGES): the four packages, each for its arch.
 func TestMakePackage(t *testing.T) {
 	dir := os.Getenv("VOLSD_PACKAGES")
 	if dir == "" {
-		t.Skip("VOLSD_PACKAGES not set: make test runs make package and sets it")
+		t.Skip("VOLSD_PACKAGES not set: bash .ci/run sets it after make package")
 	}
 	requireTools(t)
 	debs, _ := filepath.Glob(filepath.Join(dir, "volsd-agent_*.deb"))
