@@ -16,7 +16,8 @@ import (
 	"github.com/volsd/volsd/agent/systemd"
 )
 
-// The programs these tests need besides root; bash .ci/run installs rpm.
+// The programs these tests need besides root; make deps installs them
+// (scripts/deps.sh TEST_PROGRAMS).
 var needed = []string{"dpkg", "dpkg-deb", "dpkg-query", "systemctl", "rpm"}
 
 func requireTools(t *testing.T) {
@@ -26,7 +27,7 @@ func requireTools(t *testing.T) {
 	}
 	for _, p := range needed {
 		if _, err := exec.LookPath(p); err != nil {
-			t.Fatalf("%s not found: this test needs %v (bash .ci/run installs them: apt-get install rpm)", p, needed)
+			t.Fatalf("%s not found: this test needs %v (make deps installs them)", p, needed)
 		}
 	}
 }
