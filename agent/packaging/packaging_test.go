@@ -140,6 +140,15 @@ func TestDebInstallUpgradeRemove(t *testing.T) {
 			t.Fatalf("%s exists and no package owns it: not overwriting it (remove it to run this test)", p)
 		}
 	}
+	for _, link := range enablementLinks(t) {
+		if _, err := os.Stat(link); err == nil {
+			t.Fatalf("%s is enabled from another installation: not touching it (disable it to run this test)", link)
+		}
+		t.Logf("removing %s, dangling (left by an earlier run)", link)
+		if err := os.Remove(link); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Cleanup(func() { _ = exec.Command("dpkg", "--purge", Name).Run() })
 
 	dir := t.TempDir()

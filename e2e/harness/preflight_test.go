@@ -73,7 +73,19 @@ func TestDepsScriptStopsWithoutApt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tool := range []string{"dirname", "id", "sort", "tr", "awk", "sed", "head"} {
+	script, err := os.ReadFile(filepath.Join(root, "scripts", "deps.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tools := []string{"dirname", "id", "sort", "tr", "awk", "sed", "head"}
+	for _, line := range strings.Split(string(script), "\n") {
+		if v, ok := strings.CutPrefix(line, "TEST_PROGRAMS="); ok {
+			for _, p := range strings.Fields(strings.Trim(v, `"`)) {
+				tools = append(tools, strings.SplitN(p, ":", 2)[0]) // present: only rsync is missing
+			}
+		}
+	}
+	for _, tool := range tools {
 		real, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatal(err)
