@@ -60,6 +60,10 @@ type App struct {
 	// PartSize is the size from which files are uploaded in parts, and the
 	// part size (default 64 MiB, at least 5 MiB).
 	PartSize int64
+	// CopyLinks follows every symlink of a pushed tree and pushes what it
+	// points to (rsync -L); without it in-tree relative links are carried
+	// as links and others are refused.
+	CopyLinks bool
 	// Uploads is how many blobs upload at once (default 4).
 	Uploads int
 	// DryRun makes Push compute its Plan and stop: nothing is uploaded or

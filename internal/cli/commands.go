@@ -194,6 +194,7 @@ Shell completion: volsd completion bash|zsh|fish|powershell --help.`,
 	var timeout time.Duration
 	var partMiB int64
 	guard := DeleteGuard{Max: DefaultMaxDelete, Percent: DefaultMaxDeletePercent}
+	var copyLinks bool
 	push := &cobra.Command{
 		Use:     "push LOCAL DEST",
 		Aliases: []string{"sync"},
@@ -202,7 +203,10 @@ Shell completion: volsd completion bash|zsh|fish|powershell --help.`,
 A file becomes a put (DEST ending in / means "into this directory"); a directory becomes
 a sync of that tree (files at DEST that are not in LOCAL are deleted; "/" or "." is the
 root). Only blobs the origin lacks are uploaded; a second push of the same tree uploads
-nothing. Symlinks and special files in a tree are refused.
+nothing. A sync carries files (content, permission bits, mtime), directories (empty ones
+too, with their modes) and symlinks whose relative target stays inside the tree; an
+absolute or escaping symlink is refused before anything is uploaded, unless --copy-links
+pushes what every link points to instead (as rsync -L). Special files are refused.
 
 The root is a target only when written as "/" (empty, ".", "./", "//" are refused).
 --dry-run prints what the push would add, change and delete at DEST, and sends nothing.
@@ -221,6 +225,7 @@ of the files at DEST (once more than 10 would go), is refused unless --allow-del
 			}
 			a.PartSize = partMiB << 20
 			a.DryRun, a.Guard = dryRun, &guard
+			a.CopyLinks = copyLinks
 			s, err := a.Push(cmd.Context(), argv[0], argv[1])
 			if err != nil {
 				return err
@@ -237,6 +242,7 @@ of the files at DEST (once more than 10 would go), is refused unless --allow-del
 	push.Flags().BoolVar(&guard.Allow, "allow-delete", false, "let a sync delete more than the deletion guard allows")
 	push.Flags().IntVar(&guard.Max, "max-delete", DefaultMaxDelete, "refuse a sync deleting more than this many files (without --allow-delete)")
 	push.Flags().IntVar(&guard.Percent, "max-delete-percent", DefaultMaxDeletePercent, "refuse a sync deleting more than this percentage of the files at DEST, once more than 10 would go (without --allow-delete)")
+	push.Flags().BoolVarP(&copyLinks, "copy-links", "L", false, "follow symlinks: push the file or directory each points to instead of the link (rsync -L)")
 	push.Flags().Int64Var(&partMiB, "part-size", DefaultPartSize>>20, "upload files of at least this many MiB in parts of this size (min 5)")
 
 	var dwait bool

@@ -137,7 +137,7 @@ func TestScanRefusesWhatVolsdCannotHold(t *testing.T) {
 	}
 	t.Run("tree", func(t *testing.T) {
 		d := mk(t)
-		op, files, err := scan(d)
+		op, files, _, err := scan(d, false)
 		if err != nil || op != events.OpSync || len(files) != 2 {
 			t.Fatalf("%s %d %v", op, len(files), err)
 		}
@@ -150,22 +150,23 @@ func TestScanRefusesWhatVolsdCannotHold(t *testing.T) {
 		if err := os.Symlink(d, link); err != nil {
 			t.Fatal(err)
 		}
-		if _, files, err := scan(link); err != nil || len(files) != 2 {
+		if _, files, _, err := scan(link, false); err != nil || len(files) != 2 {
 			t.Fatalf("a symlink given as LOCAL is followed: %d %v", len(files), err)
 		}
 	})
 	for name, spoil := range map[string]func(d string) error{
-		"symlink":  func(d string) error { return os.Symlink("/etc/passwd", filepath.Join(d, "a", "passwd")) },
-		"fifo":     func(d string) error { return syscall.Mkfifo(filepath.Join(d, "pipe"), 0o600) },
-		"reserved": func(d string) error { return os.Mkdir(filepath.Join(d, ".volsd"), 0o755) },
-		"newline":  func(d string) error { return os.WriteFile(filepath.Join(d, "evil\nname"), nil, 0o644) },
+		"absolute symlink": func(d string) error { return os.Symlink("/etc/passwd", filepath.Join(d, "a", "passwd")) },
+		"escaping symlink": func(d string) error { return os.Symlink("../../../x", filepath.Join(d, "a", "up")) },
+		"fifo":             func(d string) error { return syscall.Mkfifo(filepath.Join(d, "pipe"), 0o600) },
+		"reserved":         func(d string) error { return os.Mkdir(filepath.Join(d, ".volsd"), 0o755) },
+		"newline":          func(d string) error { return os.WriteFile(filepath.Join(d, "evil\nname"), nil, 0o644) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			d := mk(t)
 			if err := spoil(d); err != nil {
 				t.Fatal(err)
 			}
-			if _, _, err := scan(d); !errors.Is(err, ErrInput) {
+			if _, _, _, err := scan(d, false); !errors.Is(err, ErrInput) {
 				t.Fatalf("scan accepted a tree with a %s: %v", name, err)
 			}
 		})

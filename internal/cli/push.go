@@ -86,7 +86,7 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 		return Sent{}, err
 	}
 	scanStart := time.Now()
-	op, files, err := scan(local)
+	op, files, other, err := scan(local, a.CopyLinks)
 	if err != nil {
 		return Sent{}, err
 	}
@@ -121,7 +121,7 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 		same     bool // the tree of the last sync of DEST: all in the origin
 	)
 	if op == events.OpSync {
-		if m, manifest, s.Manifest, err = buildManifest(files); err != nil {
+		if m, manifest, s.Manifest, err = buildManifest(files, other); err != nil {
 			return Sent{}, err
 		}
 		var verified events.BlobSet
@@ -135,7 +135,7 @@ func (a *App) Push(ctx context.Context, local, rawDest string) (Sent, error) {
 		s.PresentBlobs = s.VerifiedBlobs
 	} else {
 		f := files[0]
-		s.Blob = &events.Blob{SHA256: f.sha256, Size: f.size, Mode: f.mode}
+		s.Blob = &events.Blob{SHA256: f.sha256, Size: f.size, Mode: f.mode, Mtime: f.modTime.Unix()}
 		check = events.BlobSet{f.sha256: f.size}
 	}
 	if a.DryRun || op == events.OpSync && a.Guard != nil {

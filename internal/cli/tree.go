@@ -150,61 +150,141 @@ func (d dest) target(op events.Op, localName string) (string, error) {
 	return d.rel, nil
 }
 
-// scan lists what LOCAL holds: one file (a put) or every regular file of a
-// directory tree (a sync). Symlinks and special files inside a tree are
-// refused, as are paths volsd would refuse.
-func scan(local string) (events.Op, []localFile, error) {
+// scan lists what LOCAL holds: one file (a put) or a directory tree (a
+// sync): its regular files, and (other) its directories with their modes,
+// the root "." included, and its symlinks. Without copyLinks a symlink is
+// carried as a link when its target is relative and resolves inside the
+// tree (dangling and looping in-tree links too, as rsync -a carries them);
+// an absolute or escaping one is refused, naming path and target. With
+// copyLinks every symlink is followed, as rsync -L does: its target's
+// content is pushed as a file or directory, and a dangling link or a
+// directory loop is refused. Special files are refused, as are paths
+// volsd would refuse. Nothing is read but metadata: all of this happens
+// before anything is hashed or uploaded.
+func scan(local string, copyLinks bool) (events.Op, []localFile, []events.ManifestEntry, error) {
 	info, err := os.Stat(local) // the argument itself may be a symlink
 	if err != nil {
-		return "", nil, inputErr("%v", err)
+		return "", nil, nil, inputErr("%v", err)
 	}
 	if info.Mode().IsRegular() {
 		abs, _ := filepath.Abs(local)
-		return events.OpPut, []localFile{newLocalFile(abs, "", info)}, nil
+		f, err := fileOf(abs, "", info)
+		return events.OpPut, []localFile{f}, nil, err
 	}
 	if !info.IsDir() {
-		return "", nil, inputErr("%s is neither a regular file nor a directory", local)
+		return "", nil, nil, inputErr("%s is neither a regular file nor a directory", local)
 	}
 	root, err := filepath.EvalSymlinks(local)
 	if err != nil {
-		return "", nil, inputErr("%v", err)
+		return "", nil, nil, inputErr("%v", err)
 	}
 	root, _ = filepath.Abs(root)
-	var files []localFile
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return inputErr("%v", err)
+	w := &treeWalk{copyLinks: copyLinks, links: map[string]string{}, onPath: map[fileID]bool{}}
+	w.other = append(w.other, events.ManifestEntry{Path: events.RootPath, Type: events.TypeDir, Mode: uint32(info.Mode().Perm())})
+	if err := w.dir(root, "", info); err != nil {
+		return "", nil, nil, err
+	}
+	for _, e := range w.other {
+		if e.Type != events.TypeLink {
+			continue
 		}
-		if p == root {
-			return nil
+		if why := events.LinkEscapes(e.Path, e.Target, w.links); why != "" {
+			return "", nil, nil, inputErr("%s is a symlink to %q, which %s; volsd carries only relative links that stay inside the tree (push with --copy-links to send what links point to instead, as rsync -L does)",
+				filepath.Join(root, e.Path), e.Target, why)
 		}
-		rel := filepath.ToSlash(strings.TrimPrefix(p, root+string(filepath.Separator)))
-		t := d.Type()
-		switch {
-		case d.IsDir():
-			if rel == events.ReservedDir {
-				return inputErr("%s: the directory %s is reserved for volsd's own state and cannot be pushed", p, events.ReservedDir)
-			}
-			return nil
-		case t&fs.ModeSymlink != 0:
-			return inputErr("%s is a symlink; volsd pushes regular files only (replace it by the file, or push its target separately)", p)
-		case !t.IsRegular():
-			return inputErr("%s is a special file (%s); volsd pushes regular files only", p, t.Type())
+	}
+	return events.OpSync, w.files, w.other, nil
+}
+
+// treeWalk collects a tree for scan.
+type treeWalk struct {
+	copyLinks bool
+	files     []localFile
+	other     []events.ManifestEntry // dirs and links
+	links     map[string]string      // link path → target
+	onPath    map[fileID]bool        // directories being walked (loops, with copyLinks)
+}
+
+type fileID struct{ dev, ino uint64 }
+
+// dir walks the directory abs (content path rel, "" for the root) whose
+// stat is info.
+func (w *treeWalk) dir(abs, rel string, info fs.FileInfo) error {
+	id := idOf(info)
+	if w.onPath[id] {
+		return inputErr("%s: following symlinks (--copy-links) leads into a directory loop", abs)
+	}
+	w.onPath[id] = true
+	defer delete(w.onPath, id)
+	ents, err := os.ReadDir(abs)
+	if err != nil {
+		return inputErr("%v", err)
+	}
+	for _, de := range ents {
+		p := filepath.Join(abs, de.Name())
+		r := de.Name()
+		if rel != "" {
+			r = rel + "/" + de.Name()
 		}
-		if err := events.ValidatePath("path", rel); err != nil {
+		if rel == "" && de.Name() == events.ReservedDir {
+			return inputErr("%s: the directory %s is reserved for volsd's own state and cannot be pushed", p, events.ReservedDir)
+		}
+		if err := events.ValidatePath("path", r); err != nil {
 			return inputErr("%s: %v", p, err)
 		}
-		fi, err := d.Info()
+		fi, err := os.Lstat(p)
 		if err != nil {
 			return inputErr("%v", err)
 		}
-		files = append(files, newLocalFile(p, rel, fi))
-		return nil
-	})
-	if err != nil {
-		return "", nil, err
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			target, err := os.Readlink(p)
+			if err != nil {
+				return inputErr("%v", err)
+			}
+			if !w.copyLinks {
+				if err := events.ValidateLinkTarget("target", target); err != nil {
+					return inputErr("%s is a symlink to %q: %v", p, target, err)
+				}
+				w.links[r] = target
+				w.other = append(w.other, events.ManifestEntry{Path: r, Type: events.TypeLink, Target: target})
+				continue
+			}
+			if fi, err = os.Stat(p); err != nil {
+				return inputErr("%s is a symlink to %q, which leads nowhere (%v); --copy-links pushes what links point to, so each must lead to a file or directory", p, target, errors.Unwrap(err))
+			}
+		}
+		switch {
+		case fi.Mode().IsRegular():
+			f, err := fileOf(p, r, fi)
+			if err != nil {
+				return err
+			}
+			w.files = append(w.files, f)
+		case fi.IsDir():
+			w.other = append(w.other, events.ManifestEntry{Path: r, Type: events.TypeDir, Mode: uint32(fi.Mode().Perm())})
+			if err := w.dir(p, r, fi); err != nil {
+				return err
+			}
+		default:
+			return inputErr("%s is a special file (%s); volsd pushes regular files, directories and symlinks only", p, fi.Mode().Type())
+		}
 	}
-	return events.OpSync, files, nil
+	return nil
+}
+
+// fileOf is the regular file at abs (content path rel) whose stat is fi.
+func fileOf(abs, rel string, fi fs.FileInfo) (localFile, error) {
+	if err := events.ValidateMtime("mtime", fi.ModTime().Unix()); err != nil {
+		return localFile{}, inputErr("%s: modification time %s: %v (set it with touch)", abs, fi.ModTime().UTC().Format(time.RFC3339), err)
+	}
+	return newLocalFile(abs, rel, fi), nil
+}
+
+func idOf(fi fs.FileInfo) fileID {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return fileID{dev: uint64(st.Dev), ino: st.Ino}
+	}
+	return fileID{}
 }
 
 // hashFiles computes the sha256 of every file the index does not vouch
@@ -288,13 +368,14 @@ func (f localFile) unchanged() bool {
 	return now.size == f.size && now.modTime.Equal(f.modTime) && now.ctime.Equal(f.ctime)
 }
 
-// buildManifest returns the manifest of files, its canonical form and its
-// sha256.
-func buildManifest(files []localFile) (events.Manifest, []byte, string, error) {
-	m := events.Manifest{Version: events.ManifestVersion, Entries: make([]events.ManifestEntry, 0, len(files))}
+// buildManifest returns the manifest of files and other (dirs and links),
+// its canonical form and its sha256.
+func buildManifest(files []localFile, other []events.ManifestEntry) (events.Manifest, []byte, string, error) {
+	m := events.Manifest{Version: events.ManifestVersion, Entries: make([]events.ManifestEntry, 0, len(files)+len(other))}
 	for _, f := range files {
-		m.Entries = append(m.Entries, events.ManifestEntry{Path: f.rel, Type: events.TypeFile, SHA256: f.sha256, Size: f.size, Mode: f.mode})
+		m.Entries = append(m.Entries, events.ManifestEntry{Path: f.rel, Type: events.TypeFile, SHA256: f.sha256, Size: f.size, Mode: f.mode, Mtime: f.modTime.Unix()})
 	}
+	m.Entries = append(m.Entries, other...)
 	if err := m.Validate(); err != nil {
 		return m, nil, "", inputErr("%v", err)
 	}
