@@ -354,7 +354,7 @@ type preparedEntry struct {
 }
 
 func (pe *preparedEntry) empty() bool {
-	return pe.plan == nil || len(pe.plan.deletes)+len(pe.plan.copies)+len(pe.plan.links) == 0
+	return pe.plan == nil || len(pe.plan.deletes)+len(pe.plan.copies)+len(pe.plan.links)+len(pe.plan.chmods) == 0
 }
 
 // prepareEntry validates, plans and stages e. root is the mount's
@@ -479,7 +479,7 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 			return err
 		}
 		ph.mark("holddirs")
-		if err := verifyPlaced(root, a.cfg.MountPath, p.copies, pe.want); err != nil {
+		if err := verifyPlaced(root, a.cfg.MountPath, p.copies, pe.want, p); err != nil {
 			return err
 		}
 		ph.mark("verify")
@@ -494,10 +494,21 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		if err := rs.linkPass(ctx, pe.staging, a.cfg.MountPath, p.links); err != nil {
 			return err
 		}
-		if err := verifyPlaced(root, a.cfg.MountPath, p.links, pe.want); err != nil {
+		if err := verifyPlaced(root, a.cfg.MountPath, p.links, pe.want, p); err != nil {
 			return err
 		}
 		ph.mark("link")
+	}
+	for _, d := range p.chmods {
+		if err := chmodDir(root, d, p.dirModes[d]); err != nil {
+			return retryable("chmod %s: %v", d, err)
+		}
+	}
+	if len(p.chmods) > 0 {
+		if err := verifyPlaced(root, a.cfg.MountPath, p.chmods, pe.want, p); err != nil {
+			return err
+		}
+		ph.mark("chmod")
 	}
 	return nil
 }
@@ -623,8 +634,10 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 		files[s.path] = true
 	}
 	for _, l := range p.links {
-		if !files[l] {
-			dirs[filepath.Join(staging, l)] = true // a sync's target directory
+		if _, isLink := p.symlinks[l]; !files[l] && !isLink {
+			dirs[filepath.Join(staging, l)] = true // a sync's new directory or target
+		} else if isLink {
+			dirs[filepath.Dir(filepath.Join(staging, l))] = true
 		}
 	}
 	sorted := make([]string, 0, len(dirs))
@@ -635,6 +648,28 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 	for _, d := range sorted {
 		if err := mkdirAll(d); err != nil {
 			return 0, stageErr(err)
+		}
+	}
+	for _, l := range p.links {
+		if t, ok := p.symlinks[l]; ok {
+			if err := os.Symlink(t, filepath.Join(staging, l)); err != nil {
+				return 0, stageErr(err)
+			}
+		}
+	}
+	// rsync gives each directory it passes through the staged directory's
+	// mode: the manifest's, where it has one. Reverse order: a directory
+	// is chmodded after the ones inside it (the agent is root; the order
+	// only keeps this independent of that).
+	for i := len(sorted) - 1; i >= 0; i-- {
+		rel, err := filepath.Rel(staging, sorted[i])
+		if err != nil {
+			return 0, stageErr(err)
+		}
+		if mode, ok := p.dirModes[rel]; ok {
+			if err := os.Chmod(sorted[i], os.FileMode(mode)); err != nil {
+				return 0, stageErr(err)
+			}
 		}
 	}
 
@@ -713,6 +748,9 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 // finisherOf returns what finishes the staged file of s: its mode, content
 // record and mtime.
 func finisherOf(s stageItem, mtime int64) func(*os.File) error {
+	if s.blob.Mtime != 0 {
+		mtime = s.blob.Mtime * int64(time.Second) // the source's (manifest v2, put)
+	}
 	c := content{SHA256: s.blob.SHA256, Size: s.blob.Size, Mtime: mtime}
 	return func(f *os.File) error { return finishFile(f, s.blob.Mode, c) }
 }
@@ -805,19 +843,31 @@ func copyLocal(dirfd int, rel, dst string, b events.Blob, finish func(*os.File) 
 	return err
 }
 
-// verifyPlaced checks that rsync put each path in place: a regular file
-// with the staged size, mode and content record, or, for a path that is
-// not a file of the plan, a directory.
-func verifyPlaced(root int, mount string, paths []string, want map[string]events.Blob) error {
+// verifyPlaced checks that each path is in place: a regular file with
+// the staged size, mode and content record, a symlink of the plan with its
+// target, or else a directory, with the manifest's mode where it has one.
+func verifyPlaced(root int, mount string, paths []string, want map[string]events.Blob, plan *entryPlan) error {
 	for _, p := range paths {
 		at, err := probePath(root, p)
 		if err != nil {
 			return retryable("check %s: %w", p, err)
 		}
 		b, isFile := want[p]
+		if t, isLink := plan.symlinks[p]; isLink {
+			if !at.exists || at.st.Mode&unix.S_IFMT != unix.S_IFLNK {
+				return retryable("rsync did not create symlink %s", p)
+			}
+			if got, err := readlinkPath(root, p); err != nil || got != t {
+				return retryable("symlink %s leads to %q, want %q (%v)", p, got, t, err)
+			}
+			continue
+		}
 		if !isFile {
 			if !at.isDir() {
 				return retryable("rsync did not create directory %s", p)
+			}
+			if mode, ok := plan.dirModes[p]; ok && at.st.Mode&0o7777 != mode {
+				return retryable("directory %s has mode %o, want %o", p, at.st.Mode&0o7777, mode)
 			}
 			continue
 		}

@@ -443,3 +443,51 @@ func mtimeOf(e events.JournalEntry) int64 {
 	// dates have no finer resolution anyway.
 	return e.CreatedAt.Truncate(time.Second).UnixNano()
 }
+
+// openDirAt opens the directory rel ("." : root itself) under the
+// directory fd root, every component with O_NOFOLLOW: a symlink anywhere
+// on the way fails it (ELOOP, ENOTDIR) instead of leading out.
+func openDirAt(root int, rel string) (int, error) {
+	if rel == events.RootPath {
+		return reopenDir(root)
+	}
+	fd, err := unix.Dup(root)
+	if err != nil {
+		return -1, err
+	}
+	for _, part := range strings.Split(rel, "/") {
+		next, err := unix.Openat(fd, part, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		unix.Close(fd)
+		if err != nil {
+			return -1, fmt.Errorf("open %s: %w", part, err)
+		}
+		fd = next
+	}
+	return fd, nil
+}
+
+// chmodDir gives the directory rel under root the permission bits mode,
+// through its own descriptor (never a symlink's target).
+func chmodDir(root int, rel string, mode uint32) error {
+	fd, err := openDirAt(root, rel)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fchmod(fd, mode)
+}
+
+// readlinkPath reads the symlink rel under root, its parents opened
+// without following symlinks.
+func readlinkPath(root int, rel string) (string, error) {
+	dir, name := ".", rel
+	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
+		dir, name = rel[:i], rel[i+1:]
+	}
+	fd, err := openDirAt(root, dir)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	return readlinkAt(fd, name)
+}

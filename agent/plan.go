@@ -18,13 +18,16 @@ import (
 // All paths are relative to the mount; the staging tree has the same
 // layout.
 type entryPlan struct {
-	deletes   []string      // stale files and trees, and whatever is in the way (removed by the agent, no symlink followed)
-	copies    []string      // existing regular files to replace (rsync copy pass)
-	links     []string      // files (and a sync's target directory) that do not exist yet (rsync link pass)
-	stage     []stageItem   // content to put into the staging tree before any pass
-	unchanged int           // files already right
-	records   []indexRecord // a sync's unchanged files, known without hashing: for the tree index
-	indexed   int           // live files the tree index vouched for
+	deletes   []string          // stale files and trees, and whatever is in the way (removed by the agent, no symlink followed)
+	copies    []string          // existing regular files to replace (rsync copy pass)
+	links     []string          // files, dirs and symlinks (and a sync's target directory) that do not exist yet (rsync link pass)
+	chmods    []string          // existing directories whose mode is not the manifest's (chmod by the agent, no symlink followed)
+	dirModes  map[string]uint32 // a sync's directories with a mode (manifest v2): staged and checked with it
+	symlinks  map[string]string // the links' symlinks, path → target: staged as symlinks, checked by readlink
+	stage     []stageItem       // content to put into the staging tree before any pass
+	unchanged int               // files already right
+	records   []indexRecord     // a sync's unchanged files, known without hashing: for the tree index
+	indexed   int               // live files the tree index vouched for
 }
 
 // stageItem is one file of the staging tree.
@@ -61,7 +64,7 @@ func planPut(root int, mount string, e events.JournalEntry) (*entryPlan, error) 
 		p.links = append(p.links, e.Path)
 	case at.isRegular():
 		if liveSHA256(abs, &at.st, e.Blob.SHA256, e.Blob.Size) {
-			if at.st.Mode&0o7777 == e.Blob.Mode {
+			if metaMatches(&at.st, *e.Blob) {
 				p.unchanged = 1
 				return p, nil
 			}
@@ -106,10 +109,28 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 		dirs:    map[string]bool{},
 		found:   make([]bool, len(m.Entries)),
 		idx:     idx,
+		rootDir: -1,
 	}
 	w.prefix = targetPrefix(e.Path)
 	for i := range m.Entries {
 		me := &m.Entries[i]
+		switch me.Kind() {
+		case events.TypeDir:
+			if w.plan.dirModes == nil {
+				w.plan.dirModes = map[string]uint32{}
+			}
+			if me.Path == events.RootPath {
+				w.rootDir = i
+				w.plan.dirModes[e.Path] = me.Mode
+				continue
+			}
+			w.dirs[me.Path] = true
+			w.plan.dirModes[w.prefix+me.Path] = me.Mode
+		case events.TypeLink:
+			if w.plan.symlinks == nil {
+				w.plan.symlinks = map[string]string{}
+			}
+		}
 		w.files[me.Path] = i
 		for d := me.Path; ; {
 			j := strings.LastIndexByte(d, '/')
@@ -158,6 +179,17 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 		}
 	}
 	if target >= 0 {
+		if w.rootDir >= 0 {
+			w.found[w.rootDir] = true
+			var st unix.Stat_t
+			if err := unix.Fstat(target, &st); err != nil {
+				unix.Close(target)
+				return nil, retryable("stat %s: %v", e.Path, err)
+			}
+			if st.Mode&0o7777 != m.Entries[w.rootDir].Mode {
+				w.plan.chmods = append(w.plan.chmods, e.Path)
+			}
+		}
 		idx.ready()
 		w.racyBefore = racyBefore(fine)
 		w.sem = make(chan struct{}, walkWorkers)
@@ -167,8 +199,10 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 		sort.Strings(w.res.deletes)
 		sort.Strings(w.res.copies)
 		sort.Slice(w.res.stage, func(i, j int) bool { return w.res.stage[i].path < w.res.stage[j].path })
+		sort.Strings(w.res.chmods)
 		w.plan.deletes = append(w.plan.deletes, w.res.deletes...)
 		w.plan.copies = append(w.plan.copies, w.res.copies...)
+		w.plan.chmods = append(w.plan.chmods, w.res.chmods...)
 		w.plan.stage = append(w.plan.stage, w.res.stage...)
 		w.plan.unchanged += w.res.unchanged
 		w.plan.indexed = w.res.indexed
@@ -176,10 +210,16 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 
 	// Whatever the walk did not find is new (the manifest is sorted).
 	for i := range m.Entries {
-		if !w.found[i] {
-			me := &m.Entries[i]
-			w.plan.links = append(w.plan.links, w.prefix+me.Path)
+		if w.found[i] || i == w.rootDir {
+			continue // the target itself, when new, is in links already
+		}
+		me := &m.Entries[i]
+		w.plan.links = append(w.plan.links, w.prefix+me.Path)
+		switch me.Kind() {
+		case events.TypeFile:
 			w.plan.stage = append(w.plan.stage, stageItem{path: w.prefix + me.Path, blob: blobOf(me)})
+		case events.TypeLink:
+			w.plan.symlinks[w.prefix+me.Path] = me.Target
 		}
 	}
 	// Content found in the live tree is copied locally instead of fetched.
@@ -220,8 +260,12 @@ func planSync(root int, mount string, e events.JournalEntry, m events.Manifest, 
 	return w.plan, nil
 }
 
-func blobOf(me *events.ManifestEntry) events.Blob {
-	return events.Blob{SHA256: me.SHA256, Size: me.Size, Mode: me.Mode}
+func blobOf(me *events.ManifestEntry) events.Blob { return me.Blob() }
+
+// metaMatches says whether the live file whose lstat is st has the mode
+// and, when b names one, the mtime (whole seconds) of b.
+func metaMatches(st *unix.Stat_t, b events.Blob) bool {
+	return st.Mode&0o7777 == b.Mode && (b.Mtime == 0 || st.Mtim.Sec == b.Mtime && st.Mtim.Nsec == 0)
 }
 
 type syncWalk struct {
@@ -234,6 +278,7 @@ type syncWalk struct {
 	found      []bool          // by manifest entry: met in the live tree (each written by one walker)
 	idx        *treeIndex
 	dev        uint64        // the mount's filesystem: the walk never leaves it
+	rootDir    int           // the manifest's entry of the target itself ("."), -1 if none
 	racyBefore int64         // ns: a file changed since cannot go into the index (see indexFile)
 	sem        chan struct{} // bounds the directories walked in parallel
 
@@ -245,6 +290,7 @@ type syncWalk struct {
 // walkResult is what the walk found.
 type walkResult struct {
 	deletes, copies []string
+	chmods          []string
 	stage           []stageItem
 	unchanged       int
 	indexed         int
@@ -260,6 +306,7 @@ type knownFile struct {
 func (r *walkResult) merge(c *walkResult) {
 	r.deletes = append(r.deletes, c.deletes...)
 	r.copies = append(r.copies, c.copies...)
+	r.chmods = append(r.chmods, c.chmods...)
 	r.stage = append(r.stage, c.stage...)
 	r.unchanged += c.unchanged
 	r.indexed += c.indexed
@@ -340,6 +387,17 @@ func (w *syncWalk) walk(fd int, rel string) error {
 				}
 				return retryable("open %s: %v", filepath.Join(w.mount, string(path)), err)
 			}
+			if mi, ok := w.files[r]; ok { // a dir entry (manifest v2): its mode
+				w.found[mi] = true
+				var st unix.Stat_t
+				if err := unix.Fstat(sub, &st); err != nil {
+					unix.Close(sub)
+					return retryable("stat %s: %v", filepath.Join(w.mount, string(path)), err)
+				}
+				if st.Mode&0o7777 != w.entries[mi].Mode {
+					res.chmods = append(res.chmods, string(path))
+				}
+			}
 			select {
 			case w.sem <- struct{}{}:
 				wg.Add(1)
@@ -351,8 +409,19 @@ func (w *syncWalk) walk(fd int, rel string) error {
 			default:
 				errs[i] = w.walk(sub, r)
 			}
+		case typ&os.ModeSymlink != 0:
+			// A link of the manifest is kept when its target is the
+			// manifest's; any other symlink goes, never followed.
+			if mi, ok := w.files[string(path[len(w.prefix):])]; ok && w.entries[mi].Kind() == events.TypeLink {
+				if t, err := readlinkAt(fd, name); err == nil && t == w.entries[mi].Target {
+					w.found[mi] = true
+					res.unchanged++
+					continue
+				}
+			}
+			res.deletes = append(res.deletes, string(path))
 		default:
-			// Symlinks, devices, fifos, sockets: never content.
+			// Devices, fifos, sockets: never content.
 			res.deletes = append(res.deletes, string(path))
 		}
 	}
@@ -388,6 +457,9 @@ func (w *syncWalk) file(res *walkResult, live []byte, st *unix.Stat_t) error {
 		}
 	}
 	mi, wanted := w.files[string(live[len(w.prefix):])]
+	if wanted && w.entries[mi].Kind() != events.TypeFile {
+		wanted = false // a file where the manifest has a dir or link: replaced
+	}
 	if !wanted {
 		res.deletes = append(res.deletes, string(live))
 		if trusted {
@@ -402,7 +474,7 @@ func (w *syncWalk) file(res *walkResult, live []byte, st *unix.Stat_t) error {
 		// Hashed (and given a content record, which changed its ctime).
 		same, rec = true, recordOf(string(live), st, me.SHA256, false)
 	}
-	modeOK := st.Mode&0o7777 == me.Mode
+	modeOK := metaMatches(st, blobOf(me)) // mode, and mtime when the manifest has one
 	if same {
 		rec.vouch = trusted && st.Ctim.Nano() < w.racyBefore
 		res.known = append(res.known, knownFile{rec: rec, keep: modeOK})
@@ -418,6 +490,20 @@ func (w *syncWalk) file(res *walkResult, live []byte, st *unix.Stat_t) error {
 
 // describe summarises a plan for the log.
 func (p *entryPlan) describe() string {
-	return fmt.Sprintf("%d to fetch or copy (%s), %d new, %d changed, %d deleted, %d unchanged (%d files known by the tree index)",
-		len(p.stage), fmtBytes(p.bytesToStage()), len(p.links), len(p.copies), len(p.deletes), p.unchanged, p.indexed)
+	return fmt.Sprintf("%d to fetch or copy (%s), %d new, %d changed, %d deleted, %d chmod, %d unchanged (%d files known by the tree index)",
+		len(p.stage), fmtBytes(p.bytesToStage()), len(p.links), len(p.copies), len(p.deletes), len(p.chmods), p.unchanged, p.indexed)
+}
+
+// readlinkAt reads the target of the symlink name in the directory dirfd.
+func readlinkAt(dirfd int, name string) (string, error) {
+	for n := 256; ; n *= 2 {
+		buf := make([]byte, n)
+		k, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if k < n {
+			return string(buf[:k]), nil
+		}
+	}
 }

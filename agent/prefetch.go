@@ -48,6 +48,9 @@ func predictFetch(idx *treeIndex, target string, m events.Manifest) []stageItem 
 	path := []byte(prefix)    // each entry's path in the mount, looked up without a string
 	for i := range m.Entries {
 		me := &m.Entries[i]
+		if me.Kind() != events.TypeFile {
+			continue // dirs and links have no content
+		}
 		path = append(path[:len(prefix)], me.Path...)
 		if j, ok := idx.byPath[string(path)]; ok && idx.recs[j].sha == me.SHA256 && idx.recs[j].size == me.Size {
 			continue // in place (perhaps but for its mode)
