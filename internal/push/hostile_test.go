@@ -117,6 +117,9 @@ func hostileCases(r *rig) []hostileCase {
 	badManifest("manifest file and dir", "man-clash", []byte(`{"version":1,"entries":[`+entry("a")+`,`+entry("a/b")+`]}`), "also the directory")
 	badManifest("manifest symlink field", "man-link", []byte(`{"version":1,"entries":[{"path":"l","sha256":"`+sha(content)+`","size":12,"mode":420,"symlink":"/etc"}]}`), "not a known field")
 	badManifest("manifest version", "man-v3", []byte(`{"version":3,"entries":[]}`), "unsupported manifest version")
+	badManifest("manifest absolute link", "man-abs-link", []byte(`{"version":2,"entries":[{"path":"l","type":"link","target":"/etc"}]}`), "must be relative")
+	badManifest("manifest escaping link", "man-esc-link", []byte(`{"version":2,"entries":[{"path":"d/l","type":"link","target":"../../x"}]}`), "leads outside the pushed tree")
+	badManifest("manifest entry under a link", "man-under-link", []byte(`{"version":2,"entries":[{"path":"l","type":"link","target":"d"},{"path":"l/f","type":"dir","mode":493}]}`), "is a link and also the directory")
 	badManifest("manifest not json", "man-junk", []byte("#!/bin/sh\nrm -rf /\n"), "not valid JSON")
 	badManifest("manifest blob size", "man-size", []byte(`{"version":1,"entries":[{"path":"a","sha256":"`+sha(content)+`","size":99,"mode":420}]}`), "12 bytes, not 99")
 	// a manifest stored under a name that is not its hash
