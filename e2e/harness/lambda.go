@@ -42,6 +42,7 @@ type Function struct {
 
 	mu       sync.Mutex
 	idle     []*sandbox
+	live     map[*sandbox]bool // every running sandbox, idle or busy (Close stops them all)
 	count    int
 	waiters  []chan struct{}
 	closed   bool
@@ -295,15 +296,18 @@ func (f *Function) discard(sb *sandbox) {
 	f.wake()
 }
 
-// Close stops every sandbox (after waiting for asynchronous invocations when
-// ctx allows).
+// Close stops every sandbox, busy ones too (their invocations fail as
+// crashed), and returns when their processes are gone.
 func (f *Function) Close() {
 	f.mu.Lock()
 	f.closed = true
-	idle := f.idle
 	f.idle = nil
+	var all []*sandbox
+	for sb := range f.live {
+		all = append(all, sb)
+	}
 	f.mu.Unlock()
-	for _, sb := range idle {
+	for _, sb := range all {
 		sb.stop()
 	}
 }
@@ -357,12 +361,26 @@ func (f *Function) start(n int) (*sandbox, error) {
 		sb.waitErr = err
 		cur := sb.current
 		sb.mu.Unlock()
+		f.mu.Lock()
+		delete(f.live, sb)
+		f.mu.Unlock()
 		close(sb.exited)
 		if cur != nil {
 			cur.finish(invocationResult{err: f.crashErr(sb).(*FunctionError)})
 		}
 		sb.srv.Close()
 	}()
+	f.mu.Lock()
+	if f.live == nil {
+		f.live = map[*sandbox]bool{}
+	}
+	f.live[sb] = true
+	closed := f.closed
+	f.mu.Unlock()
+	if closed { // Close ran while this one started
+		sb.stop()
+		return nil, fmt.Errorf("lambda %s: closed", f.Name)
+	}
 	return sb, nil
 }
 

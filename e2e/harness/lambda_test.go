@@ -198,3 +198,53 @@ func TestRuntimeAPIRejectsUnknownRequestID(t *testing.T) {
 		t.Errorf("status %d body %q; want 400 InvalidRequestID", rec.Code, rec.Body.String())
 	}
 }
+
+// Close stops busy sandboxes too: a run that stops while an invocation is
+// in flight (Ctrl-C of make local or make demo) leaves no bootstrap behind.
+func TestRuntimeAPICloseStopsBusySandboxes(t *testing.T) {
+	f := newTestFunction(t, 30*time.Second, 2)
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := f.Invoke(context.Background(), []byte(`{"sleepMs": 20000}`))
+			done <- err
+		}()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(bootstraps(f.Bootstrap)) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the two sandboxes did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // both handlers are sleeping now
+	f.Close()
+	if left := bootstraps(f.Bootstrap); len(left) > 0 {
+		t.Fatalf("after Close bootstrap processes %v still run", left)
+	}
+	for range 2 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("an invocation cut off by Close succeeded")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("an invocation cut off by Close did not return")
+		}
+	}
+}
+
+// bootstraps lists the pids of running processes of the binary exe.
+func bootstraps(exe string) []string {
+	var pids []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range procs {
+		if target, err := os.Readlink(p); err == nil && target == exe {
+			stat, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "stat"))
+			if f := strings.Fields(string(stat)); len(f) > 2 && f[2] != "Z" {
+				pids = append(pids, filepath.Base(filepath.Dir(p)))
+			}
+		}
+	}
+	return pids
+}
