@@ -160,13 +160,33 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 	// The pool: n idle volumes, n instances (half per AZ).
 	tags := map[string]string{pool.TagPool: poolName, pool.TagName: "volsd-" + poolName}
 	ids := make([]string, n)
+	recs := make(chan store.Volume, n)
 	for i := 0; i < n; i++ {
 		az := benchAZs[i%len(benchAZs)]
 		vol := fake.AddVolume(awsfake.VolumeSpec{AZ: az, SizeGiB: 8, Tags: tags})
-		if _, err := st.PutVolume(ctx, store.Volume{Pool: poolName, VolumeID: vol, State: store.VolumeIdle, AZ: az, SizeGiB: 8, CreatedAt: time.Now().Add(-time.Hour).UTC()}); err != nil {
-			return nil, err
-		}
+		recs <- store.Volume{Pool: poolName, VolumeID: vol, State: store.VolumeIdle, AZ: az, SizeGiB: 8, CreatedAt: time.Now().Add(-time.Hour).UTC()}
 		ids[i] = fake.AddInstance(awsfake.InstanceSpec{AZ: az, Tags: map[string]string{pool.TagPool: poolName}})
+	}
+	close(recs)
+	var seedErr error
+	var seedMu sync.Mutex
+	var seed sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		seed.Add(1)
+		go func() {
+			defer seed.Done()
+			for v := range recs {
+				if _, err := st.PutVolume(ctx, v); err != nil {
+					seedMu.Lock()
+					seedErr = err
+					seedMu.Unlock()
+				}
+			}
+		}()
+	}
+	seed.Wait()
+	if seedErr != nil {
+		return nil, fmt.Errorf("seed the table: %w", seedErr)
 	}
 	dir, err := os.MkdirTemp(o.WorkDir, "scaleout-")
 	if err != nil {
