@@ -129,8 +129,16 @@ func Markdown(r *Results) string {
 		}
 		w("| Lambda bootstraps (%d functions): largest; slowest init (process start → ready for its first event) | %s (zip %s); %.0f ms | — | — |\n", len(l.Functions), mib(maxBytes), mib(maxZip), maxInit)
 	}
+	if pc := r.Push; pc != nil {
+		w("| `volsd push`, one file changed in a %d-file tree | %s s | %s s (`aws s3 sync` of the same change, same moto) | **%s** |\n", pc.Files, f(pc.OneFileVolsd.Median, 2), f(pc.OneFileS3Sync.Median, 2), ratio(r.PushOneFileVsS3Sync))
+		w("| ″ unchanged re-push | %s s | %s s | **%s** |\n", f(pc.UnchangedVolsd.Median, 2), f(pc.UnchangedS3Sync.Median, 2), ratio(r.PushUnchangedVsS3Sync))
+		w("| ″ first push | %s s | %s s | **%s** |\n", f(pc.FirstVolsd.Median, 2), f(pc.FirstS3Sync.Median, 2), ratio(r.PushFirstVsS3Sync))
+	}
 	w("\n")
 
+	if pc := r.Push; pc != nil {
+		writePushCost(w, r, pc)
+	}
 	if a := r.Apply; a != nil {
 		writeApply(w, a)
 	}
@@ -384,4 +392,20 @@ func writeScaleOut(w writer, so *ScaleOutResult) {
 			r.LambdaCalls, r.LambdaErrors, r.Throttled, f(r.PeakPerSecond, 0), f(r.MeanPerSecond, 1), f(r.AllReady, 1), f(r.LambdaSeconds, 1))
 	}
 	w("\nOne run per row, on a shared 2-core machine (DynamoDB Local's claims under %d concurrent launches set the pace). Throttled calls are counted in the calls; a throttled agent wait that gives up exits retryable and starts again after systemd's RestartSec (10 s); a failed Lambda invocation is retried twice, 5 s apart here (Lambda's asynchronous retries wait 1–2 minutes).\n\n", so.Instances)
+}
+
+func writePushCost(w writer, r *Results, pc *PushCostResult) {
+	w("## Push cost (issue 23)\n\n")
+	w("`volsd push` (the CLI in process, with its hash index and the previous sync of the target from the journal; the push Lambda in process appends each push) ")
+	w("against `aws s3 sync` of the same tree to another bucket of the same moto: %d files, %s. The first push ran once each; the re-pushes %d times each.\n\n", pc.Files, mib(pc.Bytes), len(pc.OneFileVolsd.Values))
+	w("| push | volsd | aws s3 sync | ratio |\n| --- | --- | --- | --- |\n")
+	w("| first | %s | %s | **%s** |\n", withSpread(pc.FirstVolsd, 2, "s"), withSpread(pc.FirstS3Sync, 2, "s"), ratio(r.PushFirstVsS3Sync))
+	w("| unchanged | %s | %s | **%s** |\n", withSpread(pc.UnchangedVolsd, 2, "s"), withSpread(pc.UnchangedS3Sync, 2, "s"), ratio(r.PushUnchangedVsS3Sync))
+	w("| one file changed | %s | %s | **%s** |\n\n", withSpread(pc.OneFileVolsd, 2, "s"), withSpread(pc.OneFileS3Sync, 2, "s"), ratio(r.PushOneFileVsS3Sync))
+	w("S3 calls of a one-file push: CLI %s, push Lambda %s (`push_one_file_s3_calls` = %s).\n\n", withSpread(pc.OneFileCLIS3Calls, 0, ""), withSpread(pc.OneFileLambdaS3Calls, 0, ""), f(r.PushOneFileS3Calls, 0))
+	if l := pc.Lambda; l.Entries > 0 {
+		w("Push Lambda, in process, on a one-file change to a manifest of %d entries (%s) against an S3 fake holding %d blobs: %s, peak Go heap above the start %s, %s S3 calls (no listing). ",
+			l.Entries, mib(l.ManifestBytes), l.OriginBlobs, withSpread(l.Seconds, 2, "s"), withSpread(l.PeakHeapMiB, 0, "MiB"), withSpread(l.S3Calls, 0, ""))
+		w("The Lambda has 60 s and 256 MiB less the runtime (docs/push.md, *Limits*).\n\n")
+	}
 }

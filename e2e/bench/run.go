@@ -11,7 +11,11 @@
 //     DynamoDB operations and handler time per push;
 //  4. reconcile cost for 100 to 10,000 volume records: DynamoDB reads, EC2
 //     calls and time per run;
-//  5. Lambda size and start through the Runtime API.
+//  5. Lambda size and start through the Runtime API;
+//  6. push cost (issue 23): `volsd push` of a 10,000-file tree (first, unchanged,
+//     one file changed) against `aws s3 sync` of the same tree to the same
+//     moto, the S3 calls of a one-file push, and the push Lambda on a
+//     1M-entry manifest against a 1M-blob origin.
 //
 // Every figure is the median of several runs. Run writes nothing; Report
 // renders docs/benchmarks.md and docs/benchmarks.json.
@@ -29,7 +33,7 @@ import (
 )
 
 // Parts are the benchmark names, in the order they run.
-var Parts = []string{"lambda", "reconcile", "fanout", "apply", "ttc", "scaleout"}
+var Parts = []string{"lambda", "reconcile", "fanout", "apply", "ttc", "scaleout", "push"}
 
 // Options configure a benchmark run.
 type Options struct {
@@ -67,7 +71,15 @@ type Results struct {
 	// scale-out, agents and lifecycle Lambda, per agent design.
 	ScaleOutDescribePerSecond map[string]Num `json:"scaleout_describe_calls_per_second,omitempty"`
 
+	// Push cost (issue 23): CLI time ÷ aws s3 sync's, and S3 calls (CLI
+	// and push Lambda) of a one-file push.
+	PushOneFileVsS3Sync   Num `json:"push_one_file_vs_s3sync"`
+	PushUnchangedVsS3Sync Num `json:"push_unchanged_vs_s3sync"`
+	PushFirstVsS3Sync     Num `json:"push_first_vs_s3sync"`
+	PushOneFileS3Calls    Num `json:"push_one_file_s3_calls"`
+
 	Apply     *ApplyResult     `json:"apply,omitempty"`
+	Push      *PushCostResult  `json:"push_cost,omitempty"`
 	TTC       *TTCResult       `json:"ttc,omitempty"`
 	Fanout    *FanoutResult    `json:"push_fanout,omitempty"`
 	Reconcile *ReconcileResult `json:"reconcile,omitempty"`
@@ -107,6 +119,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{}, TTCBlankVolumeSeconds: map[string]Num{},
 		SendCommandCallsPerPush: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
 		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()), DescribeVolumesPerBoot: Num(math.NaN()),
+		PushOneFileVsS3Sync: Num(math.NaN()), PushUnchangedVsS3Sync: Num(math.NaN()), PushFirstVsS3Sync: Num(math.NaN()), PushOneFileS3Calls: Num(math.NaN()),
 		Failures: map[string]string{}, PartSeconds: map[string]Num{},
 		Quick: o.Quick, Started: time.Now().UTC().Truncate(time.Second), Commit: gitCommit(o.Root),
 	}
@@ -184,6 +197,15 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 					}
 					r.ScaleOutDescribePerSecond[run.Design] = run.MeanPerSecond
 				}
+			}
+		case "push":
+			r.Push, err = RunPushCost(ctx, PushCostOptions{
+				WorkDir: o.WorkDir, Tree: sz.PushTree, Runs: runs(sz.PushRuns), LambdaEntries: sz.PushLambdaEntries,
+				DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Log: logf(part),
+			})
+			if err == nil {
+				r.PushOneFileVsS3Sync, r.PushUnchangedVsS3Sync, r.PushFirstVsS3Sync = r.Push.ratios()
+				r.PushOneFileS3Calls = r.Push.OneFileCLIS3Calls.Median + r.Push.OneFileLambdaS3Calls.Median
 			}
 		case "ttc":
 			r.TTC, err = RunTTC(ctx, TTCOptions{

@@ -1,6 +1,11 @@
 package bench
 
-import "github.com/volsd/volsd/e2e/harness"
+import (
+	"path/filepath"
+	"runtime"
+
+	"github.com/volsd/volsd/e2e/harness"
+)
 
 // Sizes scale every benchmark: the issue's sizes, and a quick set to
 // iterate on and to smoke-test the benchmark code in `make test`.
@@ -26,6 +31,12 @@ type Sizes struct {
 	ReconcileRuns    int
 
 	LambdaRuns int
+
+	// PushTree is pushed by the push-cost part ("": the Go distribution's
+	// src); PushLambdaEntries sizes the push Lambda's big manifest.
+	PushTree          string
+	PushRuns          int
+	PushLambdaEntries int
 }
 
 // FullSizes are the issue's sizes.
@@ -53,6 +64,9 @@ func FullSizes() Sizes {
 		ReconcileRuns:    5,
 
 		LambdaRuns: 10,
+
+		PushRuns:          3,
+		PushLambdaEntries: 1000000,
 	}
 }
 
@@ -80,5 +94,9 @@ func QuickSizes() Sizes {
 		ReconcileRuns:    2,
 
 		LambdaRuns: 3,
+
+		PushTree:          filepath.Join(runtime.GOROOT(), "src", "encoding"),
+		PushRuns:          2,
+		PushLambdaEntries: 10000,
 	}
 }
