@@ -506,12 +506,28 @@ func (f *SSM) GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvoca
 }
 
 // ListCommandInvocations lists the invocations of a command (or of every
-// command) on an instance (or on every instance), without pagination.
-// With Details, each carries its plugin with the first 2,500 characters of
-// output, as in AWS.
+// command) on an instance (or on every instance) in pages of MaxResults
+// (1..50, default 50, as in AWS) with an opaque NextToken. With Details,
+// each carries its plugin with the first 2,500 characters of output, as
+// in AWS.
 func (f *SSM) ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInvocationsInput, _ ...func(*ssm.Options)) (*ssm.ListCommandInvocationsOutput, error) {
 	if err := f.enter("ListCommandInvocations"); err != nil {
 		return nil, err
+	}
+	limit := int(aws.ToInt32(in.MaxResults))
+	switch {
+	case in.MaxResults == nil:
+		limit = ssmMaxListResults
+	case limit < 1 || limit > ssmMaxListResults:
+		return nil, f.wrap("ListCommandInvocations", ssmValidation("1 validation error detected: Value '%d' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to %d", limit, ssmMaxListResults))
+	}
+	skip := 0
+	if tok := aws.ToString(in.NextToken); tok != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(tok, ssmTokenPrefix))
+		if err != nil || !strings.HasPrefix(tok, ssmTokenPrefix) || n < 1 {
+			return nil, f.wrap("ListCommandInvocations", pipelineAPIError("InvalidNextToken", "The specified token is not valid.", smithy.FaultClient))
+		}
+		skip = n
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -549,8 +565,19 @@ func (f *SSM) ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInv
 			out.CommandInvocations = append(out.CommandInvocations, ci)
 		}
 	}
+	all := out.CommandInvocations
+	out.CommandInvocations = all[min(skip, len(all)):min(skip+limit, len(all))]
+	if skip+limit < len(all) {
+		out.NextToken = aws.String(ssmTokenPrefix + strconv.Itoa(skip+limit))
+	}
 	return out, nil
 }
+
+// ssmMaxListResults is the largest page ListCommandInvocations returns.
+const ssmMaxListResults = 50
+
+// ssmTokenPrefix starts the fake's NextTokens (opaque to callers).
+const ssmTokenPrefix = "fake-ssm-page-"
 
 // pipelineFaults counts the calls of a push-pipeline fake (S3, SQS, SSM)
 // and hands out injected errors. Its methods are promoted to the fakes.

@@ -99,9 +99,31 @@ func TestSSMSendByTagReachesTaggedInstancesOnly(t *testing.T) {
 	if _, err := f.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: out.Command.CommandId, InstanceId: aws.String(fmt.Sprintf("i-%017x", 1000))}); awserr.Code(err) != "InvocationDoesNotExist" {
 		t.Fatalf("instance of another pool: %v", err)
 	}
-	list, err := f.ListCommandInvocations(ctx, &ssm.ListCommandInvocationsInput{CommandId: out.Command.CommandId, Details: true})
-	if err != nil || len(list.CommandInvocations) != 500 || aws.ToString(list.CommandInvocations[0].CommandPlugins[0].Output) == "" {
-		t.Fatalf("list: %d %v", len(list.CommandInvocations), err)
+	// ListCommandInvocations pages as AWS does: at most 50 per call
+	// (MaxResults 1..50, default 50), each with its output under Details.
+	pages, seen := 0, map[string]bool{}
+	pg := ssm.NewListCommandInvocationsPaginator(f, &ssm.ListCommandInvocationsInput{CommandId: out.Command.CommandId, Details: true})
+	for pg.HasMorePages() {
+		page, err := pg.NextPage(ctx)
+		if err != nil || len(page.CommandInvocations) > 50 {
+			t.Fatalf("page %d: %d invocations, %v", pages, len(page.CommandInvocations), err)
+		}
+		for _, ci := range page.CommandInvocations {
+			if seen[aws.ToString(ci.InstanceId)] || aws.ToString(ci.CommandPlugins[0].Output) == "" {
+				t.Fatalf("page %d: %s twice or without output", pages, aws.ToString(ci.InstanceId))
+			}
+			seen[aws.ToString(ci.InstanceId)] = true
+		}
+		pages++
+	}
+	if pages != 10 || len(seen) != 500 {
+		t.Fatalf("list: %d pages, %d invocations; want 10 pages of 50", pages, len(seen))
+	}
+	if _, err := f.ListCommandInvocations(ctx, &ssm.ListCommandInvocationsInput{CommandId: out.Command.CommandId, MaxResults: aws.Int32(51)}); awserr.Code(err) != "ValidationException" {
+		t.Fatalf("MaxResults 51: %v, want ValidationException", err)
+	}
+	if _, err := f.ListCommandInvocations(ctx, &ssm.ListCommandInvocationsInput{CommandId: out.Command.CommandId, NextToken: aws.String("bogus")}); awserr.Code(err) != "InvalidNextToken" {
+		t.Fatalf("bad token: %v, want InvalidNextToken", err)
 	}
 	if cmds := f.Commands(); len(cmds) != 1 || cmds[0].Status != types.CommandStatusSuccess || cmds[0].CompletedCount != 500 {
 		t.Fatalf("commands %+v", cmds)
