@@ -22,6 +22,8 @@ const (
 	DetailTypeLaunchSuccessful = "EC2 Instance Launch Successful"
 	DetailTypeSchedule         = "Scheduled Event"
 	DetailTypeSSMStatus        = "EC2 Command Invocation Status-change Notification"
+	// DetailTypeSSMCommand is the status change of a whole Run Command.
+	DetailTypeSSMCommand = "EC2 Command Status-change Notification"
 
 	SourceAutoScaling = "aws.autoscaling"
 	SourceSchedule    = "aws.events"
@@ -190,6 +192,37 @@ func (c CommandStatus) Validate() error {
 func (c CommandStatus) Terminal() bool {
 	switch c.Status {
 	case "Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated", "DeliveryTimedOut", "ExecutionTimedOut":
+		return true
+	}
+	return false
+}
+
+// CommandSummary is the detail of "EC2 Command Status-change Notification"
+// (one per Run Command, whatever its number of instances).
+type CommandSummary struct {
+	CommandID         string `json:"command-id"`
+	DocumentName      string `json:"document-name"`
+	RequestedDateTime string `json:"requested-date-time"`
+	Status            string `json:"status"`
+}
+
+// Validate checks the fields volsd acts on.
+func (c CommandSummary) Validate() error {
+	switch {
+	case c.CommandID == "":
+		return invalid("command-id", "is required", "")
+	case c.DocumentName == "":
+		return invalid("document-name", "is required", "")
+	case c.Status == "":
+		return invalid("status", "is required", "")
+	}
+	return nil
+}
+
+// Terminal reports whether the command has finished (every invocation).
+func (c CommandSummary) Terminal() bool {
+	switch c.Status {
+	case "Success", "Failed", "Cancelled", "TimedOut":
 		return true
 	}
 	return false

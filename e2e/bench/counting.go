@@ -341,6 +341,7 @@ func (c CountingAutoScaling) CompleteLifecycleAction(ctx context.Context, in *au
 type ssmAPI interface {
 	SendCommand(ctx context.Context, in *ssm.SendCommandInput, optFns ...func(*ssm.Options)) (*ssm.SendCommandOutput, error)
 	GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvocationInput, optFns ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error)
+	ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInvocationsInput, optFns ...func(*ssm.Options)) (*ssm.ListCommandInvocationsOutput, error)
 }
 
 // CountingSSM wraps an SSM client and counts its calls.
@@ -357,6 +358,11 @@ func (c CountingSSM) SendCommand(ctx context.Context, in *ssm.SendCommandInput, 
 func (c CountingSSM) GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvocationInput, optFns ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error) {
 	c.Calls.Add("SSM.GetCommandInvocation")
 	return c.Inner.GetCommandInvocation(ctx, in, optFns...)
+}
+
+func (c CountingSSM) ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInvocationsInput, optFns ...func(*ssm.Options)) (*ssm.ListCommandInvocationsOutput, error) {
+	c.Calls.Add("SSM.ListCommandInvocations")
+	return c.Inner.ListCommandInvocations(ctx, in, optFns...)
 }
 
 // s3API is what the push Lambda and the agent read the origin with.

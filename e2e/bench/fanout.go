@@ -60,6 +60,14 @@ type FanoutCase struct {
 	BaselineSendCommand Sample `json:"baselineSendCommandCalls"`
 	BaselineDynamoDB    Sample `json:"baselineDynamodbReads"`
 	BaselineMs          Sample `json:"baselineMs"`
+	// ReportSSMReads are the report side's SSM reads per push when every
+	// invocation's status event is read (GetCommandInvocation each, the
+	// design before issue 23); ReportSSMReadsPaged when the command's one
+	// final event is read in pages (ListCommandInvocations with Details,
+	// 50 per call; GetCommandInvocation only for entries without a usable
+	// report).
+	ReportSSMReads      Sample `json:"reportSsmReads"`
+	ReportSSMReadsPaged Sample `json:"reportSsmReadsPaged"`
 }
 
 // FanoutResult is the push fan-out benchmark.
@@ -151,6 +159,13 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 	// Report invocations: a pool of workers fed by SSM's status events.
 	evs := make(chan []byte, 4*n+16)
 	fakeSSM.OnEvent = func(raw []byte) { evs <- raw }
+	// The paged design reads the command's final event (its own counter).
+	cmdEvs := make(chan []byte, 16)
+	fakeSSM.OnCommandEvent = func(raw []byte) { cmdEvs <- raw }
+	pagedSSM := &Calls{}
+	paged := push.NewReporter(push.ReportConfig{Pool: poolName, Documents: []string{doc}, InvocationWait: 20 * time.Second},
+		reportStore, CountingSSM{Inner: fakeSSM, Calls: pagedSSM}, nil, nil)
+	var ssmReads, ssmReadsPaged []int
 	var repMu sync.Mutex
 	var repTime time.Duration
 	var repCount int
@@ -246,6 +261,16 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 		}
 		convergedAt := time.Since(start)
 		fakeSSM.Wait()
+		select {
+		case ev := <-cmdEvs:
+			pagedSSM.Reset()
+			if err := paged.HandleEvent(ctx, ev); err != nil {
+				return nil, fmt.Errorf("push %d: paged report: %w", run+1, err)
+			}
+			ssmReadsPaged = append(ssmReadsPaged, pagedSSM.Total(nil))
+		case <-time.After(time.Minute):
+			return nil, fmt.Errorf("push %d: no command status event", run+1)
+		}
 		if err := checkReported(ctx, plain, poolName, len(ids), head); err != nil {
 			return nil, fmt.Errorf("push %d: %w", run+1, err)
 		}
@@ -263,6 +288,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 		pushMs = append(pushMs, pd)
 		repEvents = append(repEvents, rc)
 		repAWS = append(repAWS, reportSSM.Total(nil))
+		ssmReads = append(ssmReads, reportSSM.Get("SSM.GetCommandInvocation")+reportSSM.Get("SSM.ListCommandInvocations"))
 		repDDB = append(repDDB, reportUse.Calls.Total(nil))
 		repMs = append(repMs, rt)
 		repPer = append(repPer, rt/time.Duration(n))
@@ -283,6 +309,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 	c.SendCommand, c.PushAWSCalls, c.PushDynamoDB, c.PushMs = Counts(send), Counts(pushAWS), Counts(pushDDB), Millis(pushMs)
 	c.ReportEvents, c.ReportAWSCalls, c.ReportDynamoDB = Counts(repEvents), Counts(repAWS), Counts(repDDB)
 	c.ReportMs, c.ReportMsPerInstance, c.ConvergedMs = Millis(repMs), Millis(repPer), Millis(conv)
+	c.ReportSSMReads, c.ReportSSMReadsPaged = Counts(ssmReads), Counts(ssmReadsPaged)
 	for k, v := range pushOps {
 		c.PushCalls[k] = Num(Median(v))
 	}

@@ -113,6 +113,12 @@ func Markdown(r *Results) string {
 			lo.Instances, hi.Instances, f(lo.SendCommand.Median, 0), f(hi.SendCommand.Median, 0), f(lo.BaselineSendCommand.Median, 0), f(hi.BaselineSendCommand.Median, 0),
 			ratio(Num(Ratio(float64(hi.SendCommand.Median), float64(hi.BaselineSendCommand.Median)))), hi.Instances)
 	}
+	if fo := r.Fanout; fo != nil && len(fo.Cases) > 0 {
+		lo, hi := fo.Cases[0], fo.Cases[len(fo.Cases)-1]
+		w("| SSM reads of the report side per push, %d → %d instances | %s → %s (the command's final event, `ListCommandInvocations` pages of 50) | one `GetCommandInvocation` per instance: %s → %s | **%s** at %d |\n",
+			lo.Instances, hi.Instances, f(lo.ReportSSMReadsPaged.Median, 0), f(hi.ReportSSMReadsPaged.Median, 0), f(lo.ReportSSMReads.Median, 0), f(hi.ReportSSMReads.Median, 0),
+			ratio(Num(Ratio(float64(hi.ReportSSMReadsPaged.Median), float64(hi.ReportSSMReads.Median)))), hi.Instances)
+	}
 	if rc := r.Reconcile; rc != nil && len(rc.Cases) > 0 {
 		lo, hi := rc.Cases[0], rc.Cases[len(rc.Cases)-1]
 		w("| reconcile, one run, %d → %d volume records | %s → %s DynamoDB reads, no Scan; %s → %s read units | one full Scan of the table: %s → %s read units | **%s** → **%s** (read units) |\n",

@@ -77,6 +77,11 @@ type Results struct {
 	PushUnchangedVsS3Sync Num `json:"push_unchanged_vs_s3sync"`
 	PushFirstVsS3Sync     Num `json:"push_first_vs_s3sync"`
 	PushOneFileS3Calls    Num `json:"push_one_file_s3_calls"`
+	// ReportSSMCallsPerPush are the report side's SSM reads per push by
+	// pool size, reading the command's results in pages;
+	// ReportSSMCallsPerPushBaseline one GetCommandInvocation per instance.
+	ReportSSMCallsPerPush         map[string]Num `json:"report_ssm_calls_per_push"`
+	ReportSSMCallsPerPushBaseline map[string]Num `json:"report_ssm_calls_per_push_baseline"`
 
 	Apply     *ApplyResult     `json:"apply,omitempty"`
 	Push      *PushCostResult  `json:"push_cost,omitempty"`
@@ -117,7 +122,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	}
 	r := &Results{
 		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{}, TTCBlankVolumeSeconds: map[string]Num{},
-		SendCommandCallsPerPush: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
+		SendCommandCallsPerPush: map[string]Num{}, ReportSSMCallsPerPush: map[string]Num{}, ReportSSMCallsPerPushBaseline: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
 		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()), DescribeVolumesPerBoot: Num(math.NaN()),
 		PushOneFileVsS3Sync: Num(math.NaN()), PushUnchangedVsS3Sync: Num(math.NaN()), PushFirstVsS3Sync: Num(math.NaN()), PushOneFileS3Calls: Num(math.NaN()),
 		Failures: map[string]string{}, PartSeconds: map[string]Num{},
@@ -175,6 +180,8 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			if err == nil {
 				for _, c := range r.Fanout.Cases {
 					r.SendCommandCallsPerPush[strconv.Itoa(c.Instances)] = c.SendCommand.Median
+					r.ReportSSMCallsPerPush[strconv.Itoa(c.Instances)] = c.ReportSSMReadsPaged.Median
+					r.ReportSSMCallsPerPushBaseline[strconv.Itoa(c.Instances)] = c.ReportSSMReads.Median
 				}
 			}
 		case "apply":

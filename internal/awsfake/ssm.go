@@ -56,6 +56,11 @@ type SSM struct {
 	// EventBridge event AWS would emit ("EC2 Command Invocation
 	// Status-change Notification"), as raw JSON.
 	OnEvent func(raw []byte)
+	// OnCommandEvent receives, when a command reaches a final status (every
+	// invocation final), the event AWS emits for the whole command ("EC2
+	// Command Status-change Notification"), after the last invocation's
+	// event.
+	OnCommandEvent func(raw []byte)
 	// Region and Account appear in events. Defaults: us-east-1, 123456789012.
 	Region, Account string
 
@@ -410,10 +415,47 @@ func (f *SSM) setStatus(c *ssmCommand, instanceID string, res SSMResult) {
 	}
 	event := f.event(c, instanceID, inv, now)
 	hook := f.OnEvent
+	var cmdEvent []byte
+	cmdHook := f.OnCommandEvent
+	if cmdHook != nil && c.cmd.Status != types.CommandStatusInProgress {
+		cmdEvent = f.commandEvent(c, now)
+	}
 	f.mu.Unlock()
 	if hook != nil {
 		hook(event)
 	}
+	if cmdEvent != nil {
+		cmdHook(cmdEvent)
+	}
+}
+
+// commandEvent builds the EventBridge event of a command's final status;
+// call with f.mu held.
+func (f *SSM) commandEvent(c *ssmCommand, now time.Time) []byte {
+	region := f.Region
+	if region == "" {
+		region = "us-east-1"
+	}
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	ev := map[string]any{
+		"version":     "0",
+		"id":          hex.EncodeToString(raw[:]),
+		"detail-type": "EC2 Command Status-change Notification",
+		"source":      "aws.ssm",
+		"account":     f.account(),
+		"time":        now.Format(time.RFC3339Nano),
+		"region":      region,
+		"resources":   []string{},
+		"detail": map[string]string{
+			"command-id":          aws.ToString(c.cmd.CommandId),
+			"document-name":       aws.ToString(c.cmd.DocumentName),
+			"requested-date-time": c.cmd.RequestedDateTime.Format("2006-01-02T15:04:05.000Z"),
+			"status":              string(c.cmd.Status),
+		},
+	}
+	b, _ := json.Marshal(ev)
+	return b
 }
 
 func ssmTruncate(s string, limit int) string {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -19,9 +20,13 @@ import (
 	"github.com/volsd/volsd/internal/store"
 )
 
-// InvocationReader is the part of the SSM API the report Lambda uses.
+// InvocationReader is the part of the SSM API the report Lambda uses:
+// ListCommandInvocations reads a command's results in pages of 50 (one
+// call per 50 instances); GetCommandInvocation reads one invocation whose
+// page entry does not carry a usable report (failed, truncated, late).
 type InvocationReader interface {
 	GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvocationInput, optFns ...func(*ssm.Options)) (*ssm.GetCommandInvocationOutput, error)
+	ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInvocationsInput, optFns ...func(*ssm.Options)) (*ssm.ListCommandInvocationsOutput, error)
 }
 
 // ReportRecorder is the part of the store the report Lambda uses.
@@ -83,6 +88,9 @@ func (r *Reporter) HandleEvent(ctx context.Context, raw json.RawMessage) error {
 	}
 	var cs events.CommandStatus
 	env, err := events.DecodeDetail(raw, events.DetailTypeSSMStatus, &cs)
+	if errors.Is(err, events.ErrWrongDetailType) && env.DetailType == events.DetailTypeSSMCommand {
+		return r.handleCommand(ctx, raw)
+	}
 	if errors.Is(err, events.ErrWrongDetailType) {
 		r.log.Warn("ignoring an event of another kind", "detailType", env.DetailType, "source", env.Source)
 		return nil
@@ -131,6 +139,119 @@ func (r *Reporter) HandleEvent(ctx context.Context, raw json.RawMessage) error {
 		return nil
 	}
 	log.Info("agent report recorded", "seq", rep.Seq, "storedSeq", stored.Seq, "changed", changed)
+	return nil
+}
+
+// reportConcurrency bounds the instance records written at once for one
+// command.
+const reportConcurrency = 16
+
+// pluginErrorMark separates stdout from stderr in the output of an
+// aws:runShellScript plugin (ListCommandInvocations with Details).
+const pluginErrorMark = "\n----------ERROR-------"
+
+// handleCommand records the results of a whole command ("EC2 Command
+// Status-change Notification", final status): its invocations are read in
+// pages of 50 with ListCommandInvocations and Details, so a push to N
+// instances costs ceil(N/50) SSM reads instead of N GetCommandInvocation
+// calls. An invocation whose page entry is not a successful run with a
+// complete agent report (a failure, output cut at 2,500 characters, an
+// entry not final yet) is read with GetCommandInvocation. Each report is
+// folded in with store.RecordReport, as for an invocation's event.
+func (r *Reporter) handleCommand(ctx context.Context, raw json.RawMessage) error {
+	var cs events.CommandSummary
+	env, err := events.DecodeDetail(raw, events.DetailTypeSSMCommand, &cs)
+	if err == nil {
+		err = cs.Validate()
+	}
+	if err != nil {
+		r.log.Error("malformed SSM command event", "error", err)
+		return fmt.Errorf("malformed SSM command event: %w", err)
+	}
+	log := r.log.With("commandId", cs.CommandID, "document", cs.DocumentName, "status", cs.Status)
+	if !r.docs[cs.DocumentName] {
+		log.Debug("ignoring a command of another document")
+		return nil
+	}
+	if !cs.Terminal() {
+		log.Debug("ignoring a command status that is not final")
+		return nil
+	}
+	at := env.Time.UTC()
+	if at.IsZero() {
+		at = r.now()
+	}
+	var invs []ssmtypes.CommandInvocation
+	pages := ssm.NewListCommandInvocationsPaginator(r.ssm, &ssm.ListCommandInvocationsInput{
+		CommandId: aws.String(cs.CommandID), Details: true, MaxResults: aws.Int32(50),
+	})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			log.Error("cannot list the invocations", "error", err)
+			return fmt.Errorf("list the invocations of %s: %w", cs.CommandID, err)
+		}
+		invs = append(invs, page.CommandInvocations...)
+	}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		sem   = make(chan struct{}, reportConcurrency)
+	)
+	for _, inv := range invs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := r.recordListed(ctx, cs, inv, at); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	log.Info("command results recorded", "invocations", len(invs), "error", first)
+	return first
+}
+
+// recordListed records one invocation of a listed command.
+func (r *Reporter) recordListed(ctx context.Context, cmd events.CommandSummary, inv ssmtypes.CommandInvocation, at time.Time) error {
+	cs := events.CommandStatus{CommandID: cmd.CommandID, DocumentName: cmd.DocumentName, InstanceID: aws.ToString(inv.InstanceId), Status: string(inv.Status)}
+	var rep store.InstanceReport
+	stdout, complete := "", false
+	if len(inv.CommandPlugins) == 1 {
+		stdout, _, _ = strings.Cut(aws.ToString(inv.CommandPlugins[0].Output), pluginErrorMark)
+		if inv.Status == ssmtypes.CommandInvocationStatusSuccess {
+			_, perr := events.ParseAgentReport(stdout)
+			complete = perr == nil
+		}
+	}
+	if complete {
+		rep = interpret(cs, &ssm.GetCommandInvocationOutput{Status: inv.Status, StandardOutputContent: aws.String(stdout)})
+	} else {
+		full, err := r.readInvocation(ctx, cs)
+		if err != nil {
+			return err
+		}
+		rep = interpret(cs, full)
+	}
+	rep.At = at
+	_, _, err := r.store.RecordReport(ctx, r.cfg.Pool, cs.InstanceID, rep)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		r.log.Warn("report for an instance the pool has no record of; dropped", "instance", cs.InstanceID, "seq", rep.Seq)
+		return nil
+	case err != nil:
+		return fmt.Errorf("record report of %s: %w", cs.InstanceID, err)
+	}
+	r.metrics.Put("ReportsRecorded", 1, metrics.Count, map[string]string{"Pool": r.cfg.Pool})
+	if rep.Error != "" {
+		r.metrics.Put("AgentErrors", 1, metrics.Count, map[string]string{"Pool": r.cfg.Pool})
+	}
 	return nil
 }
 
