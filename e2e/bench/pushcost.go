@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,7 +128,14 @@ func (c *countingS3) AbortMultipartUpload(ctx context.Context, in *s3.AbortMulti
 // RunPushCost runs the push-cost benchmark.
 func RunPushCost(ctx context.Context, o PushCostOptions) (*PushCostResult, error) {
 	if o.Tree == "" {
-		o.Tree = filepath.Join(runtime.GOROOT(), "src")
+		o.Tree = "src"
+	}
+	if !filepath.IsAbs(o.Tree) {
+		out, err := exec.CommandContext(ctx, "go", "env", "GOROOT").Output()
+		if err != nil {
+			return nil, fmt.Errorf("go env GOROOT: %w", err)
+		}
+		o.Tree = filepath.Join(strings.TrimSpace(string(out)), o.Tree)
 	}
 	if o.Runs <= 0 {
 		o.Runs = 3
