@@ -21,6 +21,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/smithy-go"
+
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 // EC2Config sets the fake's region, zones, clock and how long asynchronous
@@ -40,6 +42,9 @@ type EC2Config struct {
 	DeleteDelay time.Duration
 	// SnapshotDelay: snapshot pending → completed.
 	SnapshotDelay time.Duration
+	// ModifyDelay: modification modifying → optimizing (the new size is
+	// visible from then on); OptimizeDelay: optimizing → completed.
+	ModifyDelay, OptimizeDelay time.Duration
 	// TerminateDelay: instance shutting-down → terminated.
 	TerminateDelay time.Duration
 	// TerminatedVisible is how long a terminated instance still shows in
@@ -95,6 +100,15 @@ type fakeVolume struct {
 	due                            time.Time // when creating/deleting ends
 	failCreate                     bool
 	att                            *fakeAttachment
+	mods                           []*fakeModification // oldest first
+}
+
+// fakeModification is one ModifyVolume of a volume's size.
+type fakeModification struct {
+	from, to     int32
+	state        types.VolumeModificationState
+	start, due   time.Time // due: when the current state ends
+	optimizeDone time.Time
 }
 
 type fakeAttachment struct {
@@ -290,6 +304,14 @@ func (f *EC2) advance() {
 		case v.state == types.VolumeStateDeleting && !now.Before(v.due):
 			delete(f.volumes, id)
 			continue
+		}
+		for _, m := range v.mods {
+			if m.state == types.VolumeModificationStateModifying && !now.Before(m.due) {
+				m.state, v.size = types.VolumeModificationStateOptimizing, m.to
+			}
+			if m.state == types.VolumeModificationStateOptimizing && !now.Before(m.optimizeDone) {
+				m.state = types.VolumeModificationStateCompleted
+			}
 		}
 		if a := v.att; a != nil {
 			switch {
@@ -948,6 +970,82 @@ func (f *EC2) DeleteVolume(ctx context.Context, in *ec2.DeleteVolumeInput, _ ...
 	}
 	f.advance()
 	return &ec2.DeleteVolumeOutput{}, f.end(op)
+}
+
+// ModifyVolume changes a volume's size as EBS does: only an available or
+// in-use volume, only larger (InvalidParameterValue otherwise), never while
+// a modification is modifying or optimizing (IncorrectModificationState),
+// never within 6 hours of the last one (VolumeModificationRateExceeded).
+// The new size shows once the modification reaches optimizing.
+func (f *EC2) ModifyVolume(ctx context.Context, in *ec2.ModifyVolumeInput, _ ...func(*ec2.Options)) (*ec2.ModifyVolumeOutput, error) {
+	const op = "ModifyVolume"
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(op); err != nil {
+		return nil, err
+	}
+	vid := aws.ToString(in.VolumeId)
+	v := f.volumes[vid]
+	switch {
+	case v == nil:
+		return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", vid)
+	case v.state != types.VolumeStateAvailable && v.state != types.VolumeStateInUse:
+		return nil, EC2Error("IncorrectState", "The volume '%s' is '%s'", vid, v.state)
+	case in.Size == nil || in.VolumeType != "" || in.Iops != nil || in.Throughput != nil:
+		return nil, EC2Error("InvalidParameterValue", "this fake modifies the size only")
+	case aws.ToInt32(in.Size) <= v.size:
+		return nil, EC2Error("InvalidParameterValue", "New size cannot be smaller than existing size")
+	}
+	now := f.now()
+	if n := len(v.mods); n > 0 {
+		last := v.mods[n-1]
+		if last.state == types.VolumeModificationStateModifying || last.state == types.VolumeModificationStateOptimizing {
+			return nil, EC2Error("IncorrectModificationState", "Cannot modify volume %s: a modification is %s", vid, last.state)
+		}
+		if now.Sub(last.start) < awserr.EBSModificationCooldown {
+			return nil, EC2Error("VolumeModificationRateExceeded", "You've reached the maximum modification rate per volume limit. Wait at least 6 hours between modifications per EBS volume.")
+		}
+	}
+	m := &fakeModification{from: v.size, to: aws.ToInt32(in.Size), state: types.VolumeModificationStateModifying, start: now,
+		due: now.Add(f.cfg.ModifyDelay), optimizeDone: now.Add(f.cfg.ModifyDelay + f.cfg.OptimizeDelay)}
+	v.mods = append(v.mods, m)
+	f.advance()
+	return &ec2.ModifyVolumeOutput{VolumeModification: m.view(vid)}, f.end(op)
+}
+
+// DescribeVolumesModifications lists every modification of the given
+// volumes (an unknown ID fails the call with InvalidVolume.NotFound).
+func (f *EC2) DescribeVolumesModifications(ctx context.Context, in *ec2.DescribeVolumesModificationsInput, _ ...func(*ec2.Options)) (*ec2.DescribeVolumesModificationsOutput, error) {
+	const op = "DescribeVolumesModifications"
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.begin(op); err != nil {
+		return nil, err
+	}
+	out := &ec2.DescribeVolumesModificationsOutput{}
+	for _, id := range in.VolumeIds {
+		v := f.volumes[id]
+		if v == nil {
+			return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", id)
+		}
+		for _, m := range v.mods {
+			out.VolumesModifications = append(out.VolumesModifications, *m.view(id))
+		}
+	}
+	return out, f.end(op)
+}
+
+func (m *fakeModification) view(id string) *types.VolumeModification {
+	return &types.VolumeModification{
+		VolumeId: aws.String(id), ModificationState: m.state, StartTime: aws.Time(m.start),
+		OriginalSize: aws.Int32(m.from), TargetSize: aws.Int32(m.to),
+	}
 }
 
 // --- instances ---

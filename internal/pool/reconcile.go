@@ -32,6 +32,7 @@ type Report struct {
 	Healed    int            // stuck records moved on
 	Dropped   int            // records of volumes that no longer exist
 	Detached  int            // detaches started
+	Grown     int            // volumes whose size ModifyVolume raised to SizeGiB
 	Errors    int            // actions that failed (logged; the next run retries)
 	// Complete is false when the run stopped early (deadline or action
 	// budget); the next run goes on.
@@ -40,7 +41,7 @@ type Report struct {
 
 // Changed reports whether the run changed anything.
 func (r Report) Changed() bool {
-	return r.Created+r.Adopted+r.Deleted+r.Healed+r.Dropped+r.Detached > 0
+	return r.Created+r.Adopted+r.Deleted+r.Healed+r.Dropped+r.Detached+r.Grown > 0
 }
 
 // recon is the state of one reconcile run.
@@ -85,6 +86,7 @@ func (p *Pool) Reconcile(ctx context.Context) (Report, error) {
 		r.fixVolume(ctx, r.vols[id])
 	}
 	r.orphans(ctx)
+	r.grow(ctx)
 	r.fixInstances(ctx)
 	r.balance(ctx)
 	r.rep.Idle = map[string]int{}
@@ -98,7 +100,7 @@ func (p *Pool) Reconcile(ctx context.Context) (Report, error) {
 	}
 	r.log.Info("reconcile done", "target", r.target, "idle", r.rep.Idle, "created", r.rep.Created, "refreshed", r.rep.Refreshed,
 		"adopted", r.rep.Adopted, "deleted", r.rep.Deleted, "healed", r.rep.Healed, "dropped", r.rep.Dropped,
-		"detached", r.rep.Detached, "errors", r.rep.Errors, "complete", r.rep.Complete)
+		"detached", r.rep.Detached, "grown", r.rep.Grown, "errors", r.rep.Errors, "complete", r.rep.Complete)
 	return r.rep, nil
 }
 
