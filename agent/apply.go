@@ -80,6 +80,8 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 	if err := a.checkMounted(); err != nil {
 		return err
 	}
+	a.growMounted(ctx)
+	defer a.fillSpace(r)
 	st, ok, err := a.readState()
 	if err != nil {
 		return err

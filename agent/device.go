@@ -178,7 +178,7 @@ func unescapeMount(s string) string {
 // mountDevice mounts dev at the mount path (noatime) unless it is already
 // mounted there. The device mounted elsewhere, or something else mounted
 // at the mount path, is an error.
-func (a *Agent) mountDevice(dev string) error {
+func (a *Agent) mountDevice(ctx context.Context, dev string) error {
 	var st unix.Stat_t
 	if err := unix.Stat(dev, &st); err != nil {
 		return retryable("stat %s: %v", dev, err)
@@ -200,6 +200,11 @@ func (a *Agent) mountDevice(dev string) error {
 	}
 	if err := os.MkdirAll(a.cfg.MountPath, 0o755); err != nil {
 		return retryable("create mount point %s: %v", a.cfg.MountPath, err)
+	}
+	if err := a.growUnmounted(ctx, dev); err != nil {
+		// The content is usable at the old size; the mounted filesystem
+		// is grown online after the mount, or the next up tries again.
+		a.log.Warn("could not grow the filesystem before mounting it", "device", dev, "err", err)
 	}
 	if err := unix.Mount(dev, a.cfg.MountPath, a.cfg.FSType, unix.MS_NOATIME, ""); err != nil {
 		return retryable("mount %s (%s) at %s: %v", dev, a.cfg.FSType, a.cfg.MountPath, err)
@@ -255,21 +260,74 @@ func fsBytes(dev, fsType string) (int64, error) {
 	return 0, fmt.Errorf("unsupported filesystem %s", fsType)
 }
 
-// growIfNeeded grows the mounted filesystem online when the device is
-// larger (the volume was modified to a bigger size, or created larger than
-// its snapshot).
-func (a *Agent) growIfNeeded(ctx context.Context, dev string) error {
-	devSize, err := deviceBytes(dev)
-	if err != nil {
-		return retryable("size of %s: %v", dev, err)
+// needsGrow reports whether the device is larger than its filesystem (the
+// volume was modified to a bigger size, or created larger than its
+// snapshot), with both sizes.
+func (a *Agent) needsGrow(dev string) (grow bool, devSize, fsSize int64, err error) {
+	if devSize, err = deviceBytes(dev); err != nil {
+		return false, 0, 0, retryable("size of %s: %v", dev, err)
 	}
-	fsSize, err := fsBytes(dev, a.cfg.FSType)
-	if err != nil {
-		return retryable("filesystem size on %s: %v", dev, err)
+	if fsSize, err = fsBytes(dev, a.cfg.FSType); err != nil {
+		return false, 0, 0, retryable("filesystem size on %s: %v", dev, err)
 	}
 	// Less than a MiB of slack is alignment, not growth.
-	if devSize-fsSize < 1<<20 {
+	return devSize-fsSize >= 1<<20, devSize, fsSize, nil
+}
+
+// growUnmounted grows an ext4 filesystem before it is mounted: the
+// offline resize needs no online-resize support (EXT4_IOC_RESIZE_FS, which
+// needs CAP_SYS_RESOURCE) but a checked filesystem, so e2fsck -f -p runs
+// first. XFS grows only mounted (growIfNeeded).
+func (a *Agent) growUnmounted(ctx context.Context, dev string) error {
+	if a.cfg.FSType != "ext4" {
 		return nil
+	}
+	grow, devSize, fsSize, err := a.needsGrow(dev)
+	if err != nil || !grow {
+		return err
+	}
+	a.log.Info("growing the filesystem before mounting it", "device", dev, "from", fmtBytes(fsSize), "to", fmtBytes(devSize))
+	fsck := exec.CommandContext(ctx, "e2fsck", "-f", "-p", dev)
+	fsck.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+	out, err := fsck.CombinedOutput()
+	var ee *exec.ExitError
+	// Exit 1: errors were corrected; the filesystem is fine to resize.
+	if err != nil && (!errors.As(err, &ee) || ee.ExitCode() != 1) {
+		return retryable("e2fsck -f -p %s: %v: %s", dev, err, lastLines(string(out), 3))
+	}
+	return runTool(ctx, "resize2fs", dev)
+}
+
+// growMounted grows the mounted volume's filesystem when its device grew
+// (reconcile's ModifyVolume): every apply — the timer's and each
+// command's — checks, so the new space is used without a reboot. A
+// failure is logged; the content is fine at the old size.
+func (a *Agent) growMounted(ctx context.Context) {
+	v, ok := a.readVolumeInfo()
+	if !ok || v.Device == "" {
+		return
+	}
+	if err := a.growIfNeeded(ctx, v.Device); err != nil {
+		a.log.Warn("could not grow the filesystem online; going on at its current size", "device", v.Device, "err", err)
+	}
+}
+
+// fillSpace puts the mounted filesystem's size and free bytes into r.
+func (a *Agent) fillSpace(r *Report) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(a.cfg.MountPath, &st); err != nil {
+		return
+	}
+	r.SizeBytes, r.FreeBytes = int64(st.Blocks)*st.Bsize, int64(st.Bavail)*st.Bsize
+}
+
+// growIfNeeded grows the mounted filesystem online when the device is
+// larger. The periodic apply and every command's apply call it, so a
+// volume that reconcile grew in place is used without a reboot.
+func (a *Agent) growIfNeeded(ctx context.Context, dev string) error {
+	grow, devSize, fsSize, err := a.needsGrow(dev)
+	if err != nil || !grow {
+		return err
 	}
 	a.log.Info("growing the filesystem online", "device", dev, "from", fmtBytes(fsSize), "to", fmtBytes(devSize))
 	switch a.cfg.FSType {

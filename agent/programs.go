@@ -17,8 +17,8 @@ type Program struct {
 
 // Programs returns every program the agent runs on a volume of filesystem
 // type fsType ("ext4" or "xfs"): rsync places content, blkid probes the
-// device, mkfs formats a blank volume and the grow tool grows the
-// filesystem online. It is the one list: the agent's preflight, the local
+// device, mkfs formats a blank volume, the grow tool (and e2fsck before an offline
+// ext4 grow) grows the filesystem. It is the one list: the agent's preflight, the local
 // harness's preflight and scripts/deps.sh (checked by a test) use it.
 func Programs(fsType string) []Program {
 	p := []Program{{"rsync", "rsync"}, {"blkid", "util-linux"}}
@@ -26,7 +26,7 @@ func Programs(fsType string) []Program {
 	case "xfs":
 		return append(p, Program{"mkfs.xfs", "xfsprogs"}, Program{"xfs_growfs", "xfsprogs"})
 	default:
-		return append(p, Program{"mkfs.ext4", "e2fsprogs"}, Program{"resize2fs", "e2fsprogs"})
+		return append(p, Program{"mkfs.ext4", "e2fsprogs"}, Program{"resize2fs", "e2fsprogs"}, Program{"e2fsck", "e2fsprogs"})
 	}
 }
 

@@ -125,7 +125,7 @@ func (a *Agent) prepareFilesystem(ctx context.Context, dev string) error {
 	case fsType != a.cfg.FSType:
 		return badInput("device %s holds %s, not %s; refusing to format or mount it", dev, fsType, a.cfg.FSType)
 	}
-	if err := a.mountDevice(dev); err != nil {
+	if err := a.mountDevice(ctx, dev); err != nil {
 		return err
 	}
 	if err := a.growIfNeeded(ctx, dev); err != nil {

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # TestDepsScriptListsEveryProgram keeps this list equal to those.
 # TEST_PROGRAMS: the same for programs only the tests run.
 TEST_PROGRAMS="rpm:rpm dpkg-deb:dpkg systemctl:systemd"
-PROGRAMS="rsync:rsync blkid:util-linux mkfs.ext4:e2fsprogs resize2fs:e2fsprogs mkfs.xfs:xfsprogs xfs_growfs:xfsprogs losetup:util-linux mount:util-linux umount:util-linux fsfreeze:util-linux"
+PROGRAMS="rsync:rsync blkid:util-linux mkfs.ext4:e2fsprogs resize2fs:e2fsprogs e2fsck:e2fsprogs mkfs.xfs:xfsprogs xfs_growfs:xfsprogs losetup:util-linux mount:util-linux umount:util-linux fsfreeze:util-linux"
 MOTO_VERSION=5.2.1
 JAVA_MIN=17
 NODE_MIN=20

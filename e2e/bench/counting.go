@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"github.com/volsd/volsd/internal/pool"
 	"sort"
 	"strings"
 	"sync"
@@ -264,14 +265,8 @@ func (c CountingDynamoDB) TransactWriteItems(ctx context.Context, in *dynamodb.T
 }
 
 // ec2API is what the pool control plane calls (pool.EC2).
-type ec2API interface {
-	DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)
-	DescribeVolumes(ctx context.Context, in *ec2.DescribeVolumesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeVolumesOutput, error)
-	CreateVolume(ctx context.Context, in *ec2.CreateVolumeInput, optFns ...func(*ec2.Options)) (*ec2.CreateVolumeOutput, error)
-	AttachVolume(ctx context.Context, in *ec2.AttachVolumeInput, optFns ...func(*ec2.Options)) (*ec2.AttachVolumeOutput, error)
-	DetachVolume(ctx context.Context, in *ec2.DetachVolumeInput, optFns ...func(*ec2.Options)) (*ec2.DetachVolumeOutput, error)
-	DeleteVolume(ctx context.Context, in *ec2.DeleteVolumeInput, optFns ...func(*ec2.Options)) (*ec2.DeleteVolumeOutput, error)
-}
+// ec2API is the EC2 the control plane calls.
+type ec2API = pool.EC2
 
 // CountingEC2 wraps an EC2 client and counts its calls.
 type CountingEC2 struct {
@@ -391,4 +386,16 @@ func (c CountingS3) GetObject(ctx context.Context, in *s3.GetObjectInput, optFns
 func (c CountingS3) ListObjectsV2(ctx context.Context, in *s3.ListObjectsV2Input, optFns ...func(*s3.Options)) (*s3.ListObjectsV2Output, error) {
 	c.Calls.Add("S3.ListObjectsV2")
 	return c.Inner.ListObjectsV2(ctx, in, optFns...)
+}
+
+func (c CountingEC2) ModifyVolume(ctx context.Context, in *ec2.ModifyVolumeInput, optFns ...func(*ec2.Options)) (*ec2.ModifyVolumeOutput, error) {
+	c.Calls.Add("EC2.ModifyVolume")
+	defer c.Calls.since(time.Now())
+	return c.Inner.ModifyVolume(ctx, in, optFns...)
+}
+
+func (c CountingEC2) DescribeVolumesModifications(ctx context.Context, in *ec2.DescribeVolumesModificationsInput, optFns ...func(*ec2.Options)) (*ec2.DescribeVolumesModificationsOutput, error) {
+	c.Calls.Add("EC2.DescribeVolumesModifications")
+	defer c.Calls.since(time.Now())
+	return c.Inner.DescribeVolumesModifications(ctx, in, optFns...)
 }

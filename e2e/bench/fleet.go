@@ -222,3 +222,11 @@ func (f *fleetEC2) DetachVolume(context.Context, *ec2.DetachVolumeInput, ...func
 func (f *fleetEC2) DeleteVolume(context.Context, *ec2.DeleteVolumeInput, ...func(*ec2.Options)) (*ec2.DeleteVolumeOutput, error) {
 	return nil, f.refuse("DeleteVolume")
 }
+
+func (f *fleetEC2) ModifyVolume(context.Context, *ec2.ModifyVolumeInput, ...func(*ec2.Options)) (*ec2.ModifyVolumeOutput, error) {
+	return nil, f.refuse("ModifyVolume")
+}
+
+func (f *fleetEC2) DescribeVolumesModifications(context.Context, *ec2.DescribeVolumesModificationsInput, ...func(*ec2.Options)) (*ec2.DescribeVolumesModificationsOutput, error) {
+	return nil, f.refuse("DescribeVolumesModifications")
+}
