@@ -174,9 +174,10 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		add(statement("CompletePoolLifecycleActions", []string{"autoscaling:CompleteLifecycleAction"}, []*string{p.groupArn()}, nil))
 		allowed = append(allowed, groupWildcard)
 	case "reconcile":
-		describe("ec2:DescribeVolumes", "ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups")
+		describe("ec2:DescribeVolumes", "ec2:DescribeInstances", "ec2:DescribeVolumesModifications", "autoscaling:DescribeAutoScalingGroups")
 		createVolumes()
 		onPoolVolumes("DetachDeletePoolVolumes", "ec2:DetachVolume", "ec2:DeleteVolume")
+		onPoolVolumes("GrowPoolVolumes", "ec2:ModifyVolume")
 		onPoolInstances("DetachFromPoolInstances", "ec2:DetachVolume")
 	case "snapshot":
 		describe("ec2:DescribeSnapshots", "autoscaling:DescribeAutoScalingGroups", "ssm:GetCommandInvocation")

@@ -112,7 +112,8 @@ func TestFunctionPermissions(t *testing.T) {
 		{"ec2:DeleteVolume", volumeArn, noTags, false},
 		{"ec2:DeleteVolume", volumeArn, resOther, false},
 		{"ec2:CreateSnapshot", volumeArn, noTags, false},
-		{"ec2:ModifyVolume", volumeArn, resPool, false},
+		{"ec2:ModifyVolume", volumeArn, noTags, false},
+		{"ec2:ModifyVolume", volumeArn, resOther, false},
 		{"ec2:CreateTags", volumeArn, tagAfter, false},
 		{"ec2:DeleteTags", volumeArn, resPool, false},
 		{"ec2:DeleteSnapshot", snapArn, noTags, false},
@@ -158,6 +159,7 @@ func TestFunctionPermissions(t *testing.T) {
 			{"ssm:ListCommandInvocations", "*", nil, false},
 			{"ec2:DetachVolume", volumeArn, resPool, true},
 			{"ec2:DeleteVolume", volumeArn, resPool, true},
+			{"ec2:ModifyVolume", volumeArn, resPool, false},
 			{"ec2:CreateSnapshot", volumeArn, resPool, false},
 			{"kms:CreateGrant", key, forEBS, true},
 			{"kms:CreateGrant", key, nil, false},
@@ -180,6 +182,8 @@ func TestFunctionPermissions(t *testing.T) {
 			{"ec2:CreateTags", volumeArn, tagOnVolume, true},
 			{"ec2:DetachVolume", volumeArn, resPool, true},
 			{"ec2:DeleteVolume", volumeArn, resPool, true},
+			{"ec2:ModifyVolume", volumeArn, resPool, true},
+			{"ec2:DescribeVolumesModifications", "*", nil, true},
 			{"ec2:AttachVolume", volumeArn, resPool, false},
 			{"autoscaling:DescribeAutoScalingGroups", "*", nil, true},
 			{"autoscaling:CompleteLifecycleAction", groupArn + testGroup, nil, false},
@@ -192,6 +196,7 @@ func TestFunctionPermissions(t *testing.T) {
 			{"ec2:CreateTags", snapArn, tagOnSnap, true},
 			{"ec2:CreateTags", volumeArn, tagOnVolume, false},
 			{"ec2:DeleteSnapshot", snapArn, resPool, true},
+			{"ec2:ModifyVolume", volumeArn, resPool, false},
 			{"ec2:DeleteSnapshot", snapArn, resOther, false},
 			{"ec2:CreateVolume", arnPrefix + "volume/*", reqPool, false},
 			{"ssm:SendCommand", docArn("volsd-Freeze"), nil, true},
@@ -270,7 +275,7 @@ func TestAgentPermissions(t *testing.T) {
 // resourceFreeActions may use Resource "*": AWS offers no resource-level
 // permissions for them and they only read.
 var resourceFreeActions = map[string]bool{
-	"ec2:DescribeVolumes": true, "ec2:DescribeInstances": true, "ec2:DescribeSnapshots": true,
+	"ec2:DescribeVolumes": true, "ec2:DescribeInstances": true, "ec2:DescribeSnapshots": true, "ec2:DescribeVolumesModifications": true,
 	"autoscaling:DescribeAutoScalingGroups": true,
 	"ssm:GetCommandInvocation":              true, "ssm:ListCommandInvocations": true,
 }

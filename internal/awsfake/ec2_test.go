@@ -17,24 +17,9 @@ import (
 )
 
 // ec2Clock is a clock tests move by hand.
-type ec2Clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+type ec2Clock = awsfake.Clock
 
-func newEC2Clock() *ec2Clock { return &ec2Clock{t: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)} }
-
-func (c *ec2Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *ec2Clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+func newEC2Clock() *ec2Clock { return awsfake.NewClock(time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)) }
 
 func newFakeEC2(c *ec2Clock) *awsfake.EC2 {
 	return awsfake.NewEC2(awsfake.EC2Config{

@@ -1,7 +1,6 @@
 package pool_test
 
 import (
-	"sync"
 	"testing"
 	"time"
 
@@ -11,24 +10,6 @@ import (
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/pool"
 )
-
-// testClock is a manual clock shared by the EC2 fake and the pool.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // sizes returns every pool volume's size in EC2 and in its record.
 func (e *env) sizes() (ec2Sizes, recordSizes map[string]int32) {
@@ -45,7 +26,7 @@ func (e *env) sizes() (ec2Sizes, recordSizes map[string]int32) {
 }
 
 func TestReconcileGrowsPoolVolumesInPlace(t *testing.T) {
-	clk := &testClock{now: time.Now().UTC()}
+	clk := awsfake.NewClock(time.Now().UTC())
 	e := newEnv(t, awsfake.EC2Config{Now: clk.Now, OptimizeDelay: 2 * time.Hour},
 		withTiming(func(tm *pool.Timing) { tm.Now = clk.Now }))
 	e.seedIdle()
@@ -79,7 +60,7 @@ func TestReconcileGrowsPoolVolumesInPlace(t *testing.T) {
 	e.cfg.SizeGiB = 30
 	e.rebuild()
 	for _, after := range []time.Duration{time.Hour, 3 * time.Hour} {
-		clk.Add(after)
+		clk.Advance(after)
 		if rep := e.reconcile(); rep.Grown != 0 {
 			t.Fatalf("grew %d volumes inside the cooldown (optimizing 2 h, cooldown 6 h)", rep.Grown)
 		}
@@ -90,7 +71,7 @@ func TestReconcileGrowsPoolVolumesInPlace(t *testing.T) {
 	if len(e.logs.lines("6 hours")) == 0 || len(e.logs.lines("still optimizing")) == 0 {
 		t.Errorf("the skipped grows were not logged with their reason")
 	}
-	clk.Add(3 * time.Hour) // 7 h: cooldown over
+	clk.Advance(3 * time.Hour) // 7 h: cooldown over
 	rep = e.reconcile()
 	e.reconcile()
 	ec2s, recs = e.sizes()
@@ -106,7 +87,7 @@ func TestReconcileGrowsPoolVolumesInPlace(t *testing.T) {
 }
 
 func TestFakeEC2RefusesModificationsAsEBSDoes(t *testing.T) {
-	clk := &testClock{now: time.Now().UTC()}
+	clk := awsfake.NewClock(time.Now().UTC())
 	f := awsfake.NewEC2(awsfake.EC2Config{Now: clk.Now, ModifyDelay: time.Second, OptimizeDelay: time.Hour})
 	id := f.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1a", SizeGiB: 10})
 	modify := func(size int32) error {
@@ -125,14 +106,14 @@ func TestFakeEC2RefusesModificationsAsEBSDoes(t *testing.T) {
 	if err := modify(30); awserr.Code(err) != "IncorrectModificationState" {
 		t.Fatalf("while modifying: %v", err)
 	}
-	clk.Add(2 * time.Hour)
+	clk.Advance(2 * time.Hour)
 	if v, _ := f.Volume(id); v.SizeGiB != 20 {
 		t.Fatalf("size %d after the modification", v.SizeGiB)
 	}
 	if err := modify(30); awserr.Code(err) != "VolumeModificationRateExceeded" || !awserr.IsModificationRefused(err) {
 		t.Fatalf("within 6 hours: %v", err)
 	}
-	clk.Add(5 * time.Hour)
+	clk.Advance(5 * time.Hour)
 	if err := modify(30); err != nil {
 		t.Fatalf("after 7 hours: %v", err)
 	}
