@@ -377,7 +377,6 @@ func mustCreate(t testing.TB, path string) string {
 	return path
 }
 
-
 func TestUpWhenTheDeviceNeverAppears(t *testing.T) {
 	requireRoot(t)
 	w := newWorld(t)
