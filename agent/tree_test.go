@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // srcTree is a source tree on disk for the manifest v2 tests: what the
@@ -150,26 +151,12 @@ func rsyncOracle(t *testing.T, src, dst string) {
 // mtime (whole seconds) at dst.
 func assertMtimes(t *testing.T, src, dst string) {
 	t.Helper()
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		a, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		b, err := os.Lstat(filepath.Join(dst, rel))
-		if err != nil {
-			return err
-		}
-		if a.ModTime().Unix() != b.ModTime().Unix() || b.ModTime().Nanosecond() != 0 {
-			t.Errorf("%s: mtime %s on the volume, %s in the source", rel, b.ModTime().UTC(), a.ModTime().UTC())
-		}
-		return nil
-	})
+	diffs, err := testenv.MtimeDiffs(src, dst, 10)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, d := range diffs {
+		t.Errorf("mtime on the volume differs: %s", d)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/volsd/volsd/e2e/harness"
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // fullTrees runs TestRealTrees on the whole of the real trees (the Go
@@ -204,39 +205,16 @@ func verifyFleet(t *testing.T, c *harness.Cluster, pushed map[string]string) {
 				}
 				t.Fatalf("instance %s: %s differs from %s (rsync -rlpcni --delete):\n%s", id, dst, local, strings.Join(lines, "\n"))
 			}
-			if d := mtimeDiffs(t, local, dst); len(d) > 0 {
+			d, err := testenv.MtimeDiffs(local, dst, 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d) > 0 {
 				t.Fatalf("instance %s: mtimes under %s differ from the source: %s", id, dst, strings.Join(d, "; "))
 			}
 		}
 	}
 	t.Logf("oracle: %d trees identical on %d instances", len(pushed), len(ids))
-}
-
-// mtimeDiffs lists the regular files whose mtime (whole seconds) differs.
-func mtimeDiffs(t *testing.T, src, dst string) []string {
-	var diffs []string
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() || len(diffs) >= 5 {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		a, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		b, err := os.Lstat(filepath.Join(dst, rel))
-		if err != nil {
-			return err
-		}
-		if a.ModTime().Unix() != b.ModTime().Unix() {
-			diffs = append(diffs, fmt.Sprintf("%s: %s, source %s", rel, b.ModTime().UTC().Format(time.RFC3339), a.ModTime().UTC().Format(time.RFC3339)))
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return diffs
 }
 
 // copyTree copies src to dst with modes and mtimes: every directory and
