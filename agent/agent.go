@@ -35,6 +35,9 @@ type Deps struct {
 	// LockWait bounds how long freeze and release wait for a running apply
 	// (default 60s).
 	LockWait time.Duration
+	// StallRetry is the first wait before a refused entry is tried again
+	// (default DefaultStallRetry); it doubles up to MaxStallRetry.
+	StallRetry time.Duration
 	// EntryTimeout is the base of each entry's deadline (default
 	// EntryBaseTimeout; its size adds to it).
 	EntryTimeout time.Duration
@@ -55,6 +58,7 @@ type Agent struct {
 	heartbeatEvery  time.Duration
 	checkpointEvery time.Duration
 	lockWait        time.Duration
+	stallRetry      time.Duration
 	entryBase       time.Duration
 	rsyncBin        string
 	rsyncErr        error
@@ -78,7 +82,10 @@ func New(cfg Config, d Deps) *Agent {
 		cfg: cfg, log: d.Logger, imds: d.IMDS, ec2: d.EC2, asg: d.AutoScaling, journal: d.Journal,
 		origin: origin{s3: d.S3, bucket: cfg.Bucket},
 		self:   d.Self, now: d.Now,
-		heartbeatEvery: d.HeartbeatEvery, checkpointEvery: d.CheckpointEvery, lockWait: d.LockWait,
+		heartbeatEvery: d.HeartbeatEvery, checkpointEvery: d.CheckpointEvery, lockWait: d.LockWait, stallRetry: d.StallRetry,
+	}
+	if a.stallRetry <= 0 {
+		a.stallRetry = DefaultStallRetry
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -38,6 +38,11 @@ func (a *Agent) Apply(ctx context.Context, upTo int64, periodic bool, r *Report)
 				return err
 			}
 		}
+		if st, ok := a.readStall(); ok && a.now().Before(st.Next) {
+			r.Seq = st.Seq - 1
+			a.log.Warn("periodic apply skipped: backing off a refused entry", "seq", st.Seq, "failures", st.Failures, "next", st.Next.UTC().Format(time.RFC3339), "err", st.Error)
+			return nil
+		}
 		if fi, err := os.Stat(last); err == nil && a.now().Sub(fi.ModTime()) < time.Duration(a.cfg.ApplyInterval) {
 			if st, ok, err := a.readState(); err == nil && ok {
 				r.Seq = st.Seq
@@ -52,8 +57,12 @@ func (a *Agent) Apply(ctx context.Context, upTo int64, periodic bool, r *Report)
 	}
 	defer lock.release()
 	if err := a.applyLocked(ctx, upTo, lock, r, nil); err != nil {
+		if KindOf(err) == KindBadContent {
+			a.recordStall(r.Seq+1, err)
+		}
 		return err
 	}
+	a.clearStall()
 	if r.Seq >= r.Head {
 		if err := os.WriteFile(last, nil, 0o600); err == nil {
 			_ = os.Chtimes(last, a.now(), a.now())
@@ -149,7 +158,11 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		n, desc, err := a.applyEntry(ctx, e, rs)
 		r.Bytes += n
 		if err != nil {
-			return stop(&Error{Kind: KindOf(err), Err: fmt.Errorf("entry %d (%s %s): %w", e.Seq, e.Op, e.Path, err)})
+			k := KindOf(err)
+			if k == KindBadInput {
+				k = KindBadContent // every agent refuses this entry: the pool stalls here
+			}
+			return stop(&Error{Kind: k, Err: fmt.Errorf("entry %d (%s %s): %w", e.Seq, e.Op, e.Path, err)})
 		}
 		a.log.Info("applied", "seq", e.Seq, "op", string(e.Op), "path", e.Path, "plan", desc,
 			"fetched", fmtBytes(n), "duration", time.Since(start).Round(time.Millisecond).String())

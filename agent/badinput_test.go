@@ -82,7 +82,7 @@ func TestBadInputLosesNothing(t *testing.T) {
 			var r Report
 			err := b.Apply(context.Background(), 0, false, &r)
 			code := finish(&r, err)
-			if code != ExitBadInput || r.ErrorKind != string(KindBadInput) || !strings.Contains(r.Error, c.want) || !strings.Contains(r.Error, "entry 1") {
+			if code != ExitBadInput || r.ErrorKind != string(KindBadContent) || !strings.Contains(r.Error, c.want) || !strings.Contains(r.Error, "entry 1") {
 				t.Fatalf("exit %d, report %+v; want exit 2, bad-input, an error naming entry 1 and %q", code, r, c.want)
 			}
 			if r.Seq != 0 || watermark(t, cfg.MountPath) != 0 {

@@ -31,12 +31,17 @@ const (
 	KindRetryable Kind = "retryable"
 	KindBadInput  Kind = "bad-input"
 	KindNotReady  Kind = "not-ready"
+	// KindBadContent is a journal entry refused as bad input (hash or size
+	// mismatch, missing from the origin past the bound, rules broken):
+	// exit 2 for apply, like bad input, but up and the timer keep retrying
+	// it with a capped backoff, for an operator can repair the origin.
+	KindBadContent Kind = events.ErrorKindBadContent
 )
 
 // ExitCode returns the exit code of a failure of kind k.
 func (k Kind) ExitCode() int {
 	switch k {
-	case KindBadInput:
+	case KindBadInput, KindBadContent:
 		return ExitBadInput
 	case KindNotReady:
 		return ExitNotReady

@@ -70,7 +70,7 @@ func (a *Agent) Up(ctx context.Context, r *Report) error {
 	steps.done("mount")
 
 	hb := a.heartbeat(ctx, doc.InstanceID)
-	err = a.applyLocked(ctx, 0, lock, r, hb.beat)
+	err = a.applyUntilRepaired(ctx, lock, r, hb.beat)
 	hb.stop()
 	if err != nil {
 		return err

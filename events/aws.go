@@ -278,8 +278,36 @@ type AgentReport struct {
 	SizeBytes int64  `json:"sizeBytes,omitempty"`
 	FreeBytes int64  `json:"freeBytes,omitempty"`
 	Error     string `json:"error,omitempty"`
-	// ErrorKind classifies Error: "retryable", "bad-input" or "not-ready".
+	// ErrorKind classifies Error: "retryable", "bad-input", "not-ready" or
+	// ErrorKindBadContent.
 	ErrorKind string `json:"errorKind,omitempty"`
+}
+
+// ErrorKindBadContent is the errorKind of an apply that refused a journal
+// entry as bad content (hash or size mismatch, blob or manifest missing,
+// an entry that breaks the rules): every agent refuses it the same way, so
+// the pool is stalled at that seq until an operator repairs it (DESIGN.md
+// §5 "Content safety"; `volsd repair`).
+const ErrorKindBadContent = "bad-content"
+
+// MetricStalledReports is the EMF metric (namespace volsd, dimension Pool)
+// the report Lambda emits for each report of a refused entry; the
+// construct's PoolStalledAlarm fires on any.
+const MetricStalledReports = "StalledReports"
+
+// RecordedError is the error the report Lambda records for an instance:
+// "<errorKind>: <error>" (or the error alone without a kind).
+func (r AgentReport) RecordedError() string {
+	if r.ErrorKind == "" {
+		return r.Error
+	}
+	return r.ErrorKind + ": " + r.Error
+}
+
+// StalledBy says whether an instance's recorded error (RecordedError) is a
+// refused entry, and returns the agent's error without the kind.
+func StalledBy(recorded string) (string, bool) {
+	return strings.CutPrefix(recorded, ErrorKindBadContent+": ")
 }
 
 // ParseAgentReport finds the report in an agent's stdout: its last non-empty

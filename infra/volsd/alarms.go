@@ -9,6 +9,7 @@ import (
 	"github.com/aws/aws-cdk-go/awscdk/v2/interfaces/interfacesawscloudwatch"
 	"github.com/aws/jsii-runtime-go"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/metrics"
 )
 
@@ -91,6 +92,11 @@ func (p *Pool) newAlarms() {
 			fn.MetricErrors(&awscloudwatch.MetricOptions{Statistic: jsii.String("Sum"), Period: awscdk.Duration_Minutes(f(5))}),
 			0, gt, 1, notBreaching)
 	}
+	p.alarm("PoolStalledAlarm", "an agent refused a journal entry as bad content: the pool is stalled at that seq (volsd status says where and why; repair with volsd repair)",
+		awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
+			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(events.MetricStalledReports),
+			DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Sum"), Period: awscdk.Duration_Minutes(f(5)),
+		}), 0, gt, 1, notBreaching)
 	maxAge := *p.props.SnapshotInterval.ToSeconds(nil)*2 + 3600
 	p.alarm("SnapshotAgeAlarm", fmt.Sprintf("the newest completed snapshot is older than %.0f s (two snapshot intervals and an hour)", maxAge),
 		p.snapshotAgeMetric(), maxAge, gt, 1, notBreaching)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/volsd/volsd/infra/assembly"
 	"github.com/volsd/volsd/infra/documents"
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/volsd"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -614,12 +615,17 @@ func TestAlarmsAndDashboard(t *testing.T) {
 			t.Errorf("%s errors alarm: %v", name, a)
 		}
 	}
+	stall := find("PoolStalledAlarm")
+	if stall["MetricName"] != events.MetricStalledReports || stall["Namespace"] != "volsd" || stall["Statistic"] != "Sum" || stall["Threshold"] != float64(0) ||
+		fmt.Sprint(stall["Dimensions"]) != "[map[Name:Pool Value:web]]" {
+		t.Errorf("PoolStalledAlarm: %v", stall)
+	}
 	age := find("SnapshotAgeAlarm")
 	if age["MetricName"] != "SnapshotAgeSeconds" || age["Namespace"] != "volsd" || age["Threshold"] != float64(2*6*3600+3600) ||
 		fmt.Sprint(age["Dimensions"]) != "[map[Name:Pool Value:web]]" {
 		t.Errorf("SnapshotAgeAlarm: %v", age)
 	}
-	if len(alarms) != 2+1+1+len(volsd.FunctionNames)+1 {
+	if len(alarms) != 2+1+1+len(volsd.FunctionNames)+1+1 {
 		names := make([]string, 0, len(alarms))
 		for n := range alarms {
 			names = append(names, n)

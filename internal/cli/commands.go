@@ -325,6 +325,33 @@ of the files at DEST (once more than 10 would go), is refused unless --allow-del
 	}
 	journal.Flags().Int64Var(&last, "last", 20, "how many entries (0 = all)")
 
-	root.AddCommand(push, del, status, volumes, journal)
+	repair := &cobra.Command{
+		Use:   "repair LOCAL...",
+		Short: "Re-upload the right bytes of blobs from local copies (the fix for a stalled pool)",
+		Long: `repair hashes every regular file of each LOCAL (a file or a tree) and puts it over
+blobs/<its sha256> in the origin with its SHA-256 checksum, whatever is there, then verifies
+it. When volsd status shows the pool STALLED at an entry whose blob is missing or holds other
+bytes, repair it from a local copy of that file; the agents retry the entry by themselves
+(backoff up to 15 minutes) or at the next push, and new instances enter service again.`,
+		Args: func(cmd *cobra.Command, a []string) error {
+			if len(a) == 0 {
+				return usageError{fmt.Errorf("repair takes one or more LOCAL files or trees")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, argv []string) error {
+			a, err := app(cmd, NeedBucket)
+			if err != nil {
+				return err
+			}
+			rs, err := a.Repair(cmd.Context(), argv)
+			if err != nil {
+				return err
+			}
+			return emit(rs, func(w io.Writer) error { RenderRepaired(w, rs); return nil })
+		},
+	}
+
+	root.AddCommand(push, del, status, volumes, journal, repair)
 	return root
 }

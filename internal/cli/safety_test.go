@@ -6,21 +6,27 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/checksum"
 	"github.com/volsd/volsd/internal/cli"
+	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/store"
 )
 
 // queued returns how many messages the push queue holds.
@@ -329,5 +335,123 @@ func TestDryRunAndDeletionGuard(t *testing.T) {
 	code, out, _ = w.run("push", "--dry-run", dir, "site")
 	if code != 0 || !strings.Contains(out, "0 to add, 0 to change, 0 to delete (5 there now)") {
 		t.Fatalf("after the sync: %d\n%s", code, out)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestStalledPoolStatusAndRepair: the fake agents apply an entry only when
+// its blob in the origin (moto) holds the bytes of its name, and report
+// bad-content otherwise, as volsd-agent does. A blob damaged after the
+// push stalls every instance at that seq: volsd status shows the stall
+// with its reason and the fix, the report Lambda emits the alarm's
+// metric; volsd repair from a local copy puts the right bytes back, and
+// the next push converges every instance.
+func TestStalledPoolStatusAndRepair(t *testing.T) {
+	w := newWorld(t)
+	var emf lockedBuffer
+	w.rep = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 10 * time.Second}, w.st, w.ssm, nil, metrics.New(&emf))
+	ids := []string{"i-0bbbbbbbbbbbbbbb1", "i-0bbbbbbbbbbbbbbb2"}
+	for _, id := range ids {
+		w.instance(id, store.InstanceReady, true)
+	}
+	w.agentMu.Lock()
+	w.agent = func(instance string, upTo int64) (ssmtypes.CommandInvocationStatus, events.AgentReport) {
+		es, err := w.st.Entries(context.Background(), "web", 0, upTo)
+		if err != nil {
+			return ssmtypes.CommandInvocationStatusFailed, events.AgentReport{Command: "apply", Instance: instance, Error: err.Error(), ErrorKind: "retryable"}
+		}
+		for _, e := range es {
+			if e.Blob == nil {
+				continue
+			}
+			out, err := w.s3.GetObject(context.Background(), &s3.GetObjectInput{Bucket: &w.cfg.Bucket, Key: aws.String(events.BlobKey(e.Blob.SHA256))})
+			var got []byte
+			if err == nil {
+				got, _ = io.ReadAll(out.Body)
+			}
+			if shaHex(got) != e.Blob.SHA256 {
+				return ssmtypes.CommandInvocationStatusFailed, events.AgentReport{Command: "apply", Instance: instance, Seq: e.Seq - 1, Head: upTo,
+					Error: fmt.Sprintf("entry %d (put %s): blob %s: sha256 mismatch", e.Seq, e.Path, e.Blob.SHA256[:12]), ErrorKind: events.ErrorKindBadContent}
+			}
+		}
+		return ssmtypes.CommandInvocationStatusSuccess, events.AgentReport{Command: "apply", Instance: instance, Seq: upTo, Head: upTo}
+	}
+	w.agentMu.Unlock()
+
+	right := []byte("<p>the right bytes</p>")
+	page := filepath.Join(writeTree(t, map[string]string{"page.html": string(right)}), "page.html")
+	if code, _, errs := w.run("push", page, "site/"); code != 0 {
+		t.Fatalf("push: %d %s", code, errs)
+	}
+	// Before the push Lambda sees the request, the blob is damaged in a way
+	// its checksum does not show (moto keeps the claimed checksum): the
+	// Lambda appends it, every agent refuses it.
+	b64, _ := checksum.FromHex(shaHex(right))
+	if _, err := w.s3.PutObject(context.Background(), &s3.PutObjectInput{Bucket: &w.cfg.Bucket, Key: aws.String(events.BlobKey(shaHex(right))),
+		Body: strings.NewReader("<p>the wrong bytes</p>"), ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256, ChecksumSHA256: aws.String(b64)}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go w.pump(ctx)
+	var st cli.Status
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, out, errs := w.run("status", "--json")
+		if code != 0 || json.Unmarshal([]byte(out), &st) != nil {
+			t.Fatalf("status: %d %s %s", code, out, errs)
+		}
+		if st.Stalled != nil && len(st.Stalled.Instances) == len(ids) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no stall shown: %s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if s := st.Stalled; s.Seq != 1 || !strings.Contains(s.Reason, "sha256 mismatch") || !strings.Contains(s.Fix, "volsd repair FILE") {
+		t.Fatalf("stall %+v", s)
+	}
+	_, text, _ := w.run("status")
+	if !strings.Contains(text, "STALLED at seq 1: 2 instance(s) refuse it") || !strings.Contains(text, "fix: re-upload the right bytes") {
+		t.Fatalf("status text:\n%s", text)
+	}
+	if !strings.Contains(emf.String(), `"`+events.MetricStalledReports+`"`) {
+		t.Fatalf("no %s metric emitted:\n%s", events.MetricStalledReports, emf.String())
+	}
+
+	code, out, errs := w.run("repair", page)
+	if code != 0 || !strings.Contains(out, "repaired s3://…/"+events.BlobKey(shaHex(right))) {
+		t.Fatalf("repair: %d\n%s\n%s", code, out, errs)
+	}
+	if got, _ := w.s3.GetObject(context.Background(), &s3.GetObjectInput{Bucket: &w.cfg.Bucket, Key: aws.String(events.BlobKey(shaHex(right)))}); got != nil {
+		if b, _ := io.ReadAll(got.Body); !bytes.Equal(b, right) {
+			t.Fatalf("after the repair the origin holds %q", b)
+		}
+	}
+	next := filepath.Join(writeTree(t, map[string]string{"next.html": "next"}), "next.html")
+	if code, out, errs := w.run("push", "--wait", "--timeout", "30s", next, "site/"); code != 0 || !strings.Contains(out, "all 2 running instances caught up") {
+		t.Fatalf("push after the repair: %d\n%s\n%s", code, out, errs)
+	}
+	var after cli.Status
+	if code, out, _ := w.run("status", "--json"); code != 0 || json.Unmarshal([]byte(out), &after) != nil || after.Stalled != nil {
+		t.Fatalf("still stalled after the repair: %s", out)
 	}
 }

@@ -24,7 +24,24 @@ type Status struct {
 	LastSnapshot *store.Snapshot  `json:"lastSnapshot,omitempty"`
 	Instances    []InstanceStatus `json:"instances"`
 	Rejected     []store.Request  `json:"rejected"`
+	// Stalled is set when running instances report a journal entry
+	// refused as bad content: the pool cannot pass that seq until the
+	// origin is repaired.
+	Stalled *Stall `json:"stalled,omitempty"`
 }
+
+// Stall is a journal entry the pool's agents refuse.
+type Stall struct {
+	Seq       int64    `json:"seq"`
+	Reason    string   `json:"reason"`
+	Instances []string `json:"instances"`
+	Fix       string   `json:"fix"`
+}
+
+// stallFix says how to repair a refused entry.
+const stallFix = "re-upload the right bytes of the blob from a local copy with `volsd repair FILE…` " +
+	"(each FILE is hashed and put over blobs/<its sha256> with its checksum; the agents retry by themselves), " +
+	"or push a corrected tree over the same DEST and then repair or delete the stalled entry's content"
 
 // ZoneStatus counts a zone's volumes by state.
 type ZoneStatus struct {
@@ -120,6 +137,7 @@ func (a *App) Status(ctx context.Context, rejected int) (Status, error) {
 		a, b := st.Instances[i], st.Instances[j]
 		return a.AZ < b.AZ || a.AZ == b.AZ && a.InstanceID < b.InstanceID
 	})
+	st.Stalled = stalled(st.Instances, st.Head)
 	if rejected > 0 {
 		if st.Rejected, err = a.State.ListRejected(ctx, pool, rejected); err != nil {
 			return st, err
@@ -129,6 +147,25 @@ func (a *App) Status(ctx context.Context, rejected int) (Status, error) {
 		}
 	}
 	return st, nil
+}
+
+// stalled finds the lowest entry that running instances below the head
+// report refused as bad content.
+func stalled(ins []InstanceStatus, head int64) *Stall {
+	var s *Stall
+	for _, i := range ins {
+		reason, ok := events.StalledBy(i.LastError)
+		if !ok || i.Seq >= head || i.State == string(store.InstanceTerminating) {
+			continue
+		}
+		switch seq := i.Seq + 1; {
+		case s == nil || seq < s.Seq:
+			s = &Stall{Seq: seq, Reason: reason, Instances: []string{i.InstanceID}, Fix: stallFix}
+		case seq == s.Seq:
+			s.Instances = append(s.Instances, i.InstanceID)
+		}
+	}
+	return s
 }
 
 // VolumeRow is one volume as `volsd volumes` lists it.
@@ -247,6 +284,10 @@ func RenderStatus(w io.Writer, st Status, now time.Time) error {
 		fmt.Fprint(w, "   no completed snapshot")
 	}
 	fmt.Fprintln(w)
+	if s := st.Stalled; s != nil {
+		fmt.Fprintf(w, "\nSTALLED at seq %d: %d instance(s) refuse it (%s): %s\nfix: %s\n",
+			s.Seq, len(s.Instances), strings.Join(s.Instances, ", "), oneLine(s.Reason, 400), s.Fix)
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ZONE\tIDLE\tIN USE\tIDLE BEHIND HEAD\tOTHER")

@@ -135,6 +135,12 @@ func (r *Reporter) HandleEvent(ctx context.Context, raw json.RawMessage) error {
 	r.metrics.Put("ReportsRecorded", 1, metrics.Count, dims)
 	if rep.Error != "" {
 		r.metrics.Put("AgentErrors", 1, metrics.Count, dims)
+		if _, stalled := events.StalledBy(rep.Error); stalled {
+			// An entry every agent refuses: the pool is stalled (alarm).
+			r.metrics.Put(events.MetricStalledReports, 1, metrics.Count, dims)
+			log.Error("agent refused a journal entry; the pool is stalled until it is repaired (volsd repair)", "seq", rep.Seq, "stalledAt", rep.Seq+1, "lastError", rep.Error)
+			return nil
+		}
 		log.Warn("agent reported an error", "seq", rep.Seq, "storedSeq", stored.Seq, "lastError", rep.Error, "changed", changed)
 		return nil
 	}
@@ -303,10 +309,8 @@ func interpret(cs events.CommandStatus, inv *ssm.GetCommandInvocationOutput) sto
 	case perr == nil:
 		rep.Seq = ar.Seq
 		switch {
-		case ar.Error != "" && ar.ErrorKind != "":
-			rep.Error = ar.ErrorKind + ": " + ar.Error
 		case ar.Error != "":
-			rep.Error = ar.Error
+			rep.Error = ar.RecordedError()
 		case failed:
 			rep.Error = fmt.Sprintf("command %s (exit %d) without an error in the report", inv.Status, inv.ResponseCode)
 		}
