@@ -21,9 +21,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/assembly"
 	"github.com/volsd/volsd/infra/documents"
-	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/volsd"
 	"github.com/volsd/volsd/internal/store"
 )
