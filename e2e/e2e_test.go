@@ -224,3 +224,22 @@ func TestLaunchFailsFastWithoutRsync(t *testing.T) {
 	}
 	t.Logf("launch of %s failed after %s: %v", id, took.Round(100*time.Millisecond), err)
 }
+
+// TestPoison: a poisoned entry with the real agents — status shows the
+// stall, a new instance waits in up, volsd repair, every instance
+// converges and the new one enters service.
+func TestPoison(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, harness.Options{
+		IdlePerAZ: 1, VolumeSizeGiB: 1, ReleasePolicy: "recycle",
+		QueueVisibility: 10 * time.Second, PushTimeout: 10 * time.Second,
+		ApplyInterval: 0, // convergence through SSM commands and up's own retries
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	n := story.NewNarrator(tWriter{t})
+	if err := story.Poison(ctx, c, n, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	n.Summary()
+}
