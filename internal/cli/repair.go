@@ -33,7 +33,8 @@ func (a *App) Repair(ctx context.Context, locals []string) ([]Repaired, error) {
 		if err != nil {
 			return out, err
 		}
-		if err := hashFiles(ctx, files); err != nil {
+		// Always hashed from the bytes: a repair trusts no index.
+		if _, err := hashFiles(ctx, files, &hashIndex{records: map[string]hashRecord{}}); err != nil {
 			return out, err
 		}
 		for _, f := range files {
