@@ -29,7 +29,7 @@ type Repaired struct {
 func (a *App) Repair(ctx context.Context, locals []string) ([]Repaired, error) {
 	var out []Repaired
 	for _, local := range locals {
-		_, files, err := scan(local)
+		_, files, _, err := scan(local, false)
 		if err != nil {
 			return out, err
 		}
