@@ -15,7 +15,7 @@ func BenchmarkParseManifest(b *testing.B) {
 	for i := range 10000 {
 		h := sha256.Sum256(fmt.Append(nil, i))
 		m.Entries = append(m.Entries, ManifestEntry{
-			Path: fmt.Sprintf("d%02d/e%d/f%05d.html", i%50, i%7, i), SHA256: hex.EncodeToString(h[:]), Size: int64(100 + i), Mode: 0o644,
+			Path: fmt.Sprintf("d%02d/e%d/f%05d.html", i%50, i%7, i), Type: TypeFile, SHA256: hex.EncodeToString(h[:]), Size: int64(100 + i), Mode: 0o644, Mtime: 1700000000 + int64(i),
 		})
 	}
 	raw, err := m.Canonical()
