@@ -159,7 +159,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		r.Bytes += n
 		if err != nil {
 			k := KindOf(err)
-			if k == KindBadInput {
+			if k == KindBadInput && !isLocal(err) {
 				k = KindBadContent // every agent refuses this entry: the pool stalls here
 			}
 			return stop(&Error{Kind: k, Err: fmt.Errorf("entry %d (%s %s): %w", e.Seq, e.Op, e.Path, err)})
@@ -257,7 +257,7 @@ func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync)
 			}
 			var mp *mountPointError
 			if errors.As(err, &mp) {
-				err = badInput("%s is the mount point of another filesystem inside the volume: volsd never places or deletes across a mount (like rsync -x); unmount it, or mount it outside %s, and apply again", filepath.Join(a.cfg.MountPath, mp.rel), a.cfg.MountPath)
+				err = localBadInput("%s is the mount point of another filesystem inside the volume: volsd never places or deletes across a mount (like rsync -x); unmount it, or mount it outside %s, and apply again", filepath.Join(a.cfg.MountPath, mp.rel), a.cfg.MountPath)
 			}
 		}
 	}()

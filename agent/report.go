@@ -51,9 +51,12 @@ func (k Kind) ExitCode() int {
 }
 
 // Error is a failure with its kind. Its message says what was wrong.
+// Local marks bad input that is this instance's own state (a filesystem
+// mounted inside the tree), not the entry's: it does not stall the pool.
 type Error struct {
-	Kind Kind
-	Err  error
+	Kind  Kind
+	Err   error
+	Local bool
 }
 
 func (e *Error) Error() string { return e.Err.Error() }
@@ -61,6 +64,17 @@ func (e *Error) Unwrap() error { return e.Err }
 
 func badInput(format string, args ...any) error {
 	return &Error{Kind: KindBadInput, Err: fmt.Errorf(format, args...)}
+}
+
+// localBadInput is bad input of this instance's own making (see Error.Local).
+func localBadInput(format string, args ...any) error {
+	return &Error{Kind: KindBadInput, Err: fmt.Errorf(format, args...), Local: true}
+}
+
+// isLocal reports whether err's kind comes from this instance's own state.
+func isLocal(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Local
 }
 
 func notReady(format string, args ...any) error {
