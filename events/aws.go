@@ -290,11 +290,6 @@ type AgentReport struct {
 // §5 "Content safety"; `volsd repair`).
 const ErrorKindBadContent = "bad-content"
 
-// MetricStalledReports is the EMF metric (namespace volsd, dimension Pool)
-// the report Lambda emits for each report of a refused entry; the
-// construct's PoolStalledAlarm fires on any.
-const MetricStalledReports = "StalledReports"
-
 // RecordedError is the error the report Lambda records for an instance:
 // "<errorKind>: <error>" (or the error alone without a kind).
 func (r AgentReport) RecordedError() string {

@@ -9,7 +9,6 @@ import (
 	"github.com/aws/aws-cdk-go/awscdk/v2/interfaces/interfacesawscloudwatch"
 	"github.com/aws/jsii-runtime-go"
 
-	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/metrics"
 )
 
@@ -94,7 +93,7 @@ func (p *Pool) newAlarms() {
 	}
 	p.alarm("PoolStalledAlarm", "an agent refused a journal entry as bad content: the pool is stalled at that seq (volsd status says where and why; repair with volsd repair)",
 		awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
-			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(events.MetricStalledReports),
+			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(metrics.StalledReports),
 			DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Sum"), Period: awscdk.Duration_Minutes(f(5)),
 		}), 0, gt, 1, notBreaching)
 	maxAge := *p.props.SnapshotInterval.ToSeconds(nil)*2 + 3600

@@ -21,10 +21,10 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/assembly"
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/infra/volsd"
+	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -616,7 +616,7 @@ func TestAlarmsAndDashboard(t *testing.T) {
 		}
 	}
 	stall := find("PoolStalledAlarm")
-	if stall["MetricName"] != events.MetricStalledReports || stall["Namespace"] != "volsd" || stall["Statistic"] != "Sum" || stall["Threshold"] != float64(0) ||
+	if stall["MetricName"] != metrics.StalledReports || stall["Namespace"] != "volsd" || stall["Statistic"] != "Sum" || stall["Threshold"] != float64(0) ||
 		fmt.Sprint(stall["Dimensions"]) != "[map[Name:Pool Value:web]]" {
 		t.Errorf("PoolStalledAlarm: %v", stall)
 	}

@@ -433,8 +433,8 @@ func TestStalledPoolStatusAndRepair(t *testing.T) {
 	if !strings.Contains(text, "STALLED at seq 1: 2 instance(s) refuse it") || !strings.Contains(text, "fix: re-upload the right bytes") {
 		t.Fatalf("status text:\n%s", text)
 	}
-	if !strings.Contains(emf.String(), `"`+events.MetricStalledReports+`"`) {
-		t.Fatalf("no %s metric emitted:\n%s", events.MetricStalledReports, emf.String())
+	if !strings.Contains(emf.String(), `"`+metrics.StalledReports+`"`) {
+		t.Fatalf("no %s metric emitted:\n%s", metrics.StalledReports, emf.String())
 	}
 
 	code, out, errs := w.run("repair", page)

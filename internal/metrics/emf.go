@@ -80,6 +80,10 @@ const (
 	// PushLagSeconds is how long the oldest newly appended request of a
 	// batch waited: SQS sent → appended to the journal (push).
 	PushLagSeconds = "PushLagSeconds"
+	// StalledReports counts reports of a journal entry an agent refused as
+	// bad content: the pool is stalled at that seq (report; the
+	// construct's PoolStalledAlarm fires on any).
+	StalledReports = "StalledReports"
 )
 
 // Read are the metrics alarms and the dashboard read, with the dimensions
@@ -88,6 +92,7 @@ var Read = map[string][]string{
 	IdleVolumes:        {"AZ", "Pool"},
 	SnapshotAgeSeconds: {"Pool"},
 	PushLagSeconds:     {"Pool"},
+	StalledReports:     {"Pool"},
 }
 
 // Line is one EMF metric line as Put writes it.

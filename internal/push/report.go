@@ -137,7 +137,7 @@ func (r *Reporter) HandleEvent(ctx context.Context, raw json.RawMessage) error {
 		r.metrics.Put("AgentErrors", 1, metrics.Count, dims)
 		if _, stalled := events.StalledBy(rep.Error); stalled {
 			// An entry every agent refuses: the pool is stalled (alarm).
-			r.metrics.Put(events.MetricStalledReports, 1, metrics.Count, dims)
+			r.metrics.Put(metrics.StalledReports, 1, metrics.Count, dims)
 			log.Error("agent refused a journal entry; the pool is stalled until it is repaired (volsd repair)", "seq", rep.Seq, "stalledAt", rep.Seq+1, "lastError", rep.Error)
 			return nil
 		}
