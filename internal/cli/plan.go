@@ -6,11 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/s3"
-
 	"github.com/volsd/volsd/events"
-	"github.com/volsd/volsd/internal/awserr"
 )
 
 // The deletion guard's defaults: a sync that would delete more than
@@ -191,7 +187,7 @@ func (a *App) targetTree(ctx context.Context, dest string) (map[string]entryStat
 			drop(e.Path)
 		case events.OpSync:
 			drop(e.Path)
-			m, err := a.manifest(ctx, e.Manifest.SHA256)
+			m, err := a.readManifest(ctx, e.Manifest.SHA256)
 			if err != nil {
 				return nil, 0, fmt.Errorf("entry %d (sync %s): %w", e.Seq, e.Path, err)
 			}
@@ -203,23 +199,4 @@ func (a *App) targetTree(ctx context.Context, dest string) (map[string]entryStat
 		}
 	}
 	return tree, since, nil
-}
-
-// manifest reads and parses a manifest of the origin.
-func (a *App) manifest(ctx context.Context, sum string) (events.Manifest, error) {
-	key := events.ManifestKey(sum)
-	var m events.Manifest
-	err := awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
-		out, err := a.S3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(a.Cfg.Bucket), Key: aws.String(key)})
-		if err != nil {
-			return err
-		}
-		defer out.Body.Close()
-		m, err = events.ParseManifest(out.Body)
-		return err
-	})
-	if err != nil {
-		return m, fmt.Errorf("read s3://%s/%s: %w", a.Cfg.Bucket, key, err)
-	}
-	return m, nil
 }
