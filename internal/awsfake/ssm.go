@@ -432,30 +432,12 @@ func (f *SSM) setStatus(c *ssmCommand, instanceID string, res SSMResult) {
 // commandEvent builds the EventBridge event of a command's final status;
 // call with f.mu held.
 func (f *SSM) commandEvent(c *ssmCommand, now time.Time) []byte {
-	region := f.Region
-	if region == "" {
-		region = "us-east-1"
-	}
-	var raw [16]byte
-	_, _ = rand.Read(raw[:])
-	ev := map[string]any{
-		"version":     "0",
-		"id":          hex.EncodeToString(raw[:]),
-		"detail-type": "EC2 Command Status-change Notification",
-		"source":      "aws.ssm",
-		"account":     f.account(),
-		"time":        now.Format(time.RFC3339Nano),
-		"region":      region,
-		"resources":   []string{},
-		"detail": map[string]string{
-			"command-id":          aws.ToString(c.cmd.CommandId),
-			"document-name":       aws.ToString(c.cmd.DocumentName),
-			"requested-date-time": c.cmd.RequestedDateTime.Format("2006-01-02T15:04:05.000Z"),
-			"status":              string(c.cmd.Status),
-		},
-	}
-	b, _ := json.Marshal(ev)
-	return b
+	return f.statusEvent("EC2 Command Status-change Notification", now, nil, map[string]string{
+		"command-id":          aws.ToString(c.cmd.CommandId),
+		"document-name":       aws.ToString(c.cmd.DocumentName),
+		"requested-date-time": c.cmd.RequestedDateTime.Format("2006-01-02T15:04:05.000Z"),
+		"status":              string(c.cmd.Status),
+	})
 }
 
 func ssmTruncate(s string, limit int) string {
@@ -468,31 +450,38 @@ func ssmTruncate(s string, limit int) string {
 // event builds the EventBridge event of an invocation's status change;
 // call with f.mu held.
 func (f *SSM) event(c *ssmCommand, instanceID string, inv *ssmInvocation, now time.Time) []byte {
-	region := f.Region
-	if region == "" {
-		region = "us-east-1"
-	}
-	var raw [16]byte
-	_, _ = rand.Read(raw[:])
-	ev := map[string]any{
-		"version":     "0",
-		"id":          hex.EncodeToString(raw[:]),
-		"detail-type": "EC2 Command Invocation Status-change Notification",
-		"source":      "aws.ssm",
-		"account":     f.account(),
-		"time":        now.Format(time.RFC3339Nano),
-		"region":      region,
-		"resources":   []string{"arn:aws:ec2:" + region + ":" + f.account() + ":instance/" + instanceID},
-		"detail": map[string]string{
+	return f.statusEvent("EC2 Command Invocation Status-change Notification", now,
+		[]string{"arn:aws:ec2:" + f.region() + ":" + f.account() + ":instance/" + instanceID},
+		map[string]string{
 			"command-id":          aws.ToString(c.cmd.CommandId),
 			"document-name":       aws.ToString(c.cmd.DocumentName),
 			"instance-id":         instanceID,
 			"requested-date-time": c.cmd.RequestedDateTime.Format("2006-01-02T15:04:05.000Z"),
 			"status":              string(inv.status),
 			"status-details":      string(inv.status),
-		},
+		})
+}
+
+func (f *SSM) region() string {
+	if f.Region == "" {
+		return "us-east-1"
 	}
-	b, _ := json.Marshal(ev)
+	return f.Region
+}
+
+// statusEvent is the EventBridge envelope (source aws.ssm) of one status
+// change, as Run Command sends it.
+func (f *SSM) statusEvent(detailType string, now time.Time, resources []string, detail map[string]string) []byte {
+	if resources == nil {
+		resources = []string{}
+	}
+	var raw [16]byte
+	_, _ = rand.Read(raw[:])
+	b, _ := json.Marshal(map[string]any{
+		"version": "0", "id": hex.EncodeToString(raw[:]), "detail-type": detailType, "source": "aws.ssm",
+		"account": f.account(), "time": now.Format(time.RFC3339Nano), "region": f.region(),
+		"resources": resources, "detail": detail,
+	})
 	return b
 }
 
