@@ -68,6 +68,28 @@ type fakeGroup struct {
 	spec      GroupSpec
 	created   time.Time
 	instances map[string]*groupInstance
+	// warm is the group's warm pool (nil: none); warmed its instances.
+	warm   *WarmPoolSpec
+	warmed map[string]*groupInstance
+}
+
+// WarmPoolSpec is a group's warm pool, as PutWarmPool sets it.
+type WarmPoolSpec struct {
+	// PoolState is where warmed instances wait: Stopped (default, as
+	// AWS), Running or Hibernated.
+	PoolState types.WarmPoolState
+	MinSize   int32
+}
+
+// warmedState is the lifecycle state an instance waits in once warmed.
+func (w *WarmPoolSpec) warmedState() types.LifecycleState {
+	switch w.PoolState {
+	case types.WarmPoolStateRunning:
+		return types.LifecycleStateWarmedRunning
+	case types.WarmPoolStateHibernated:
+		return types.LifecycleStateWarmedHibernated
+	}
+	return types.LifecycleStateWarmedStopped
 }
 
 type groupInstance struct {
@@ -181,7 +203,134 @@ func (a *AutoScaling) AddGroup(spec GroupSpec) {
 			spec.Hooks[i].DefaultResult = "ABANDON"
 		}
 	}
-	a.groups[spec.Name] = &fakeGroup{spec: spec, created: a.now(), instances: map[string]*groupInstance{}}
+	a.groups[spec.Name] = &fakeGroup{spec: spec, created: a.now(), instances: map[string]*groupInstance{}, warmed: map[string]*groupInstance{}}
+}
+
+// PutWarmPool adds (or changes) a group's warm pool, as PutWarmPool does.
+func (a *AutoScaling) PutWarmPool(group string, spec WarmPoolSpec) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	g := a.groups[group]
+	if g == nil {
+		return ASGError("ValidationError", "AutoScalingGroup name not found - %s", group)
+	}
+	switch spec.PoolState {
+	case "":
+		spec.PoolState = types.WarmPoolStateStopped
+	case types.WarmPoolStateStopped, types.WarmPoolStateRunning, types.WarmPoolStateHibernated:
+	default:
+		return ASGError("ValidationError", "1 validation error detected: Value '%s' at 'poolState' failed to satisfy constraint: Member must satisfy enum value set: [Running, Stopped, Hibernated]", spec.PoolState)
+	}
+	g.warm = &spec
+	return nil
+}
+
+// LaunchIntoWarmPool starts a new instance of group in az (in the linked
+// EC2) into the group's warm pool and returns its ID and the launch
+// lifecycle event (Origin EC2, Destination WarmPool; nil without a launch
+// hook: the instance is warmed at once).
+func (a *AutoScaling) LaunchIntoWarmPool(group, az string) (string, json.RawMessage, error) {
+	if a.cfg.EC2 == nil {
+		return "", nil, fmt.Errorf("awsfake: LaunchIntoWarmPool needs AutoScalingConfig.EC2")
+	}
+	a.mu.Lock()
+	g := a.groups[group]
+	if g == nil {
+		a.mu.Unlock()
+		return "", nil, fmt.Errorf("awsfake: no group %q", group)
+	}
+	if az == "" {
+		az = g.spec.AZs[len(g.warmed)%len(g.spec.AZs)]
+	}
+	tags := copyTags(g.spec.Tags)
+	tags["aws:autoscaling:groupName"] = group
+	a.mu.Unlock()
+	id := a.cfg.EC2.AddInstance(InstanceSpec{AZ: az, Tags: tags})
+	ev, err := a.AddToWarmPool(group, id, az)
+	return id, ev, err
+}
+
+// AddToWarmPool puts an instance created elsewhere (e.g. in moto) into
+// group's warm pool, as a launch into the pool does: Warmed:Pending:Wait
+// while the launch hook's action (Origin EC2, Destination WarmPool) is
+// open; once it is completed CONTINUE the instance is warmed
+// (Warmed:Stopped, stopped in the linked EC2, or the pool's other state).
+// It returns the event (nil without a launch hook).
+func (a *AutoScaling) AddToWarmPool(group, instanceID, az string) (json.RawMessage, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	g := a.groups[group]
+	if g == nil {
+		return nil, fmt.Errorf("awsfake: no group %q", group)
+	}
+	if g.warm == nil {
+		return nil, ASGError("ValidationError", "The group %s has no warm pool.", group)
+	}
+	gi := &groupInstance{id: instanceID, az: az, state: types.LifecycleStateWarmedPending}
+	g.warmed[instanceID] = gi
+	act := a.startAction(g, instanceID, events.TransitionLaunching, events.LocationEC2, events.LocationWarmPool)
+	if act == nil {
+		a.warm(g, gi)
+		return nil, nil
+	}
+	gi.state = types.LifecycleStateWarmedPendingWait
+	return a.event(act)
+}
+
+// warm puts a warm-pool instance in its waiting state (stopping it in the
+// linked EC2 when the pool keeps instances stopped or hibernated). a.mu
+// must be held.
+func (a *AutoScaling) warm(g *fakeGroup, gi *groupInstance) {
+	gi.state = g.warm.warmedState()
+	if gi.state != types.LifecycleStateWarmedRunning && a.cfg.EC2 != nil {
+		// The EC2 fake has its own lock; it never calls back into us.
+		a.cfg.EC2.StopInstance(gi.id)
+	}
+}
+
+// LeaveWarmPool moves a warmed instance of group's warm pool into the
+// group, as a scale-out that draws on the pool does: the instance is
+// started (in the linked EC2) and waits in Pending:Wait on the launch
+// hook's action (Origin WarmPool, Destination AutoScalingGroup). An
+// instance still being warmed (Warmed:Pending*) cannot leave yet. It
+// returns the event (nil without a launch hook).
+func (a *AutoScaling) LeaveWarmPool(group, instanceID string) (json.RawMessage, error) {
+	a.mu.Lock()
+	g := a.groups[group]
+	if g == nil {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("awsfake: no group %q", group)
+	}
+	gi := g.warmed[instanceID]
+	if gi == nil || g.warm == nil || gi.state != g.warm.warmedState() {
+		state := types.LifecycleState("not in the warm pool")
+		if gi != nil {
+			state = gi.state
+		}
+		a.mu.Unlock()
+		return nil, fmt.Errorf("awsfake: %s of group %q cannot leave the warm pool (%s)", instanceID, group, state)
+	}
+	az := gi.az
+	a.mu.Unlock()
+	if a.cfg.EC2 != nil {
+		a.cfg.EC2.StartInstance(instanceID)
+	}
+	return a.LaunchExisting(group, instanceID, az, events.LocationWarmPool)
+}
+
+// WarmPoolInstances returns the instance IDs in group's warm pool with
+// their lifecycle states.
+func (a *AutoScaling) WarmPoolInstances(group string) map[string]types.LifecycleState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.advance()
+	out := map[string]types.LifecycleState{}
+	if g := a.groups[group]; g != nil {
+		for id, gi := range g.warmed {
+			out[id] = gi.state
+		}
+	}
+	return out
 }
 
 // SetMaxSize changes a group's MaxSize.
@@ -235,6 +384,7 @@ func (a *AutoScaling) LaunchExisting(group, instanceID, az, from string) (json.R
 	}
 	gi := &groupInstance{id: instanceID, az: az, state: types.LifecycleStatePending}
 	g.instances[instanceID] = gi
+	delete(g.warmed, instanceID)
 	origin := events.LocationEC2
 	if from != "" {
 		origin = from
@@ -255,7 +405,17 @@ func (a *AutoScaling) LaunchExisting(group, instanceID, az, from string) (json.R
 func (a *AutoScaling) Terminate(group, instanceID, to string) (json.RawMessage, error) {
 	a.mu.Lock()
 	g := a.groups[group]
-	if g == nil || g.instances[instanceID] == nil {
+	var gi *groupInstance
+	origin := events.LocationASG
+	if g != nil {
+		gi = g.instances[instanceID]
+		if w := g.warmed[instanceID]; gi == nil && w != nil {
+			// An instance of the warm pool leaves it terminated (a pool
+			// shrinking), through Warmed:Terminating:Wait.
+			gi, origin, to = w, events.LocationWarmPool, ""
+		}
+	}
+	if gi == nil {
 		a.mu.Unlock()
 		return nil, fmt.Errorf("awsfake: %s is not an instance of group %q", instanceID, group)
 	}
@@ -263,16 +423,16 @@ func (a *AutoScaling) Terminate(group, instanceID, to string) (json.RawMessage, 
 	if to != "" {
 		dest = to
 	}
-	act := a.startAction(g, instanceID, events.TransitionTerminating, events.LocationASG, dest)
+	act := a.startAction(g, instanceID, events.TransitionTerminating, origin, dest)
 	if act == nil {
-		delete(g.instances, instanceID)
+		a.terminated(g, act0(instanceID, origin, dest))
 		a.mu.Unlock()
-		if a.cfg.EC2 != nil && dest != events.LocationWarmPool {
-			a.cfg.EC2.TerminateInstance(instanceID)
-		}
 		return nil, nil
 	}
-	g.instances[instanceID].state = types.LifecycleStateTerminatingWait
+	gi.state = types.LifecycleStateTerminatingWait
+	if origin == events.LocationWarmPool {
+		gi.state = types.LifecycleStateWarmedTerminatingWait
+	}
 	ev, err := a.event(act)
 	a.mu.Unlock()
 	return ev, err
@@ -344,24 +504,63 @@ func (a *AutoScaling) decide(act *fakeAction, result string) {
 	if g == nil {
 		return
 	}
-	gi := g.instances[act.Instance]
-	terminate := false
 	switch {
+	case act.Transition == events.TransitionLaunching && act.Destination == events.LocationWarmPool:
+		gi := g.warmed[act.Instance]
+		switch {
+		case gi == nil:
+		case result == "CONTINUE" && g.warm != nil:
+			// Warmed:Pending:Proceed, then the pool's waiting state.
+			a.warm(g, gi)
+		default:
+			// ABANDON: the instance is terminated, not warmed.
+			delete(g.warmed, act.Instance)
+			a.terminateEC2(act.Instance)
+		}
 	case act.Transition == events.TransitionLaunching && result == "CONTINUE":
-		if gi != nil {
+		if gi := g.instances[act.Instance]; gi != nil {
 			gi.state = types.LifecycleStateInService
 		}
 	case act.Transition == events.TransitionLaunching:
 		// ABANDON: the group terminates the instance (no terminate hook).
 		delete(g.instances, act.Instance)
-		terminate = true
+		a.terminateEC2(act.Instance)
 	default:
-		delete(g.instances, act.Instance)
-		terminate = act.Destination != events.LocationWarmPool
+		a.terminated(g, act)
 	}
-	if terminate && a.cfg.EC2 != nil {
+}
+
+// act0 is the action-less view of a terminate without a hook.
+func act0(instance, origin, dest string) *fakeAction {
+	return &fakeAction{ActionView: ActionView{Instance: instance, Origin: origin, Destination: dest, Transition: events.TransitionTerminating}}
+}
+
+// terminated ends a terminate transition: the instance leaves the group or
+// the warm pool and is terminated, or, with Destination WarmPool (scale-in
+// with instance reuse), goes back into the warm pool and waits there
+// warmed. a.mu must be held.
+func (a *AutoScaling) terminated(g *fakeGroup, act *fakeAction) {
+	gi := g.instances[act.Instance]
+	delete(g.instances, act.Instance)
+	if act.Origin == events.LocationWarmPool {
+		delete(g.warmed, act.Instance)
+	}
+	if act.Destination == events.LocationWarmPool {
+		if gi != nil && g.warm != nil {
+			g.warmed[act.Instance] = gi
+			a.warm(g, gi)
+		}
+		// Without a warm pool set (PutWarmPool) the caller plays it: the
+		// instance only leaves the group.
+		return
+	}
+	a.terminateEC2(act.Instance)
+}
+
+func (a *AutoScaling) terminateEC2(id string) {
+	if a.cfg.EC2 != nil {
 		// The EC2 fake has its own lock; it never calls back into us.
-		a.cfg.EC2.TerminateInstance(act.Instance)
+		a.cfg.EC2.TerminateInstance(id)
 	}
 }
 
@@ -536,11 +735,57 @@ func (a *AutoScaling) DescribeAutoScalingGroups(ctx context.Context, in *autosca
 				HealthStatus: aws.String("Healthy"), ProtectedFromScaleIn: aws.Bool(false),
 			})
 		}
+		if g.warm != nil {
+			desc.WarmPoolConfiguration = g.warm.configuration()
+			desc.WarmPoolSize = aws.Int32(int32(len(g.warmed)))
+		}
 		for k, v := range g.spec.Tags {
 			desc.Tags = append(desc.Tags, types.TagDescription{Key: aws.String(k), Value: aws.String(v),
 				PropagateAtLaunch: aws.Bool(true), ResourceId: aws.String(n), ResourceType: aws.String("auto-scaling-group")})
 		}
 		out.AutoScalingGroups = append(out.AutoScalingGroups, desc)
+	}
+	return out, a.end(op)
+}
+
+func (w *WarmPoolSpec) configuration() *types.WarmPoolConfiguration {
+	return &types.WarmPoolConfiguration{PoolState: w.PoolState, MinSize: aws.Int32(w.MinSize)}
+}
+
+// DescribeWarmPool describes a group's warm pool and its instances (all in
+// one page). A group without a warm pool has no configuration and no
+// instances, as in AWS; an unknown group is a ValidationError.
+func (a *AutoScaling) DescribeWarmPool(ctx context.Context, in *autoscaling.DescribeWarmPoolInput, _ ...func(*autoscaling.Options)) (*autoscaling.DescribeWarmPoolOutput, error) {
+	const op = "DescribeWarmPool"
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.begin(op); err != nil {
+		return nil, err
+	}
+	name := aws.ToString(in.AutoScalingGroupName)
+	g := a.groups[name]
+	if g == nil {
+		return nil, ASGError("ValidationError", "AutoScalingGroup name not found - %s", name)
+	}
+	out := &autoscaling.DescribeWarmPoolOutput{}
+	if g.warm == nil {
+		return out, a.end(op)
+	}
+	out.WarmPoolConfiguration = g.warm.configuration()
+	ids := make([]string, 0, len(g.warmed))
+	for id := range g.warmed {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		gi := g.warmed[id]
+		out.Instances = append(out.Instances, types.Instance{
+			InstanceId: aws.String(id), AvailabilityZone: aws.String(gi.az), LifecycleState: gi.state,
+			HealthStatus: aws.String("Healthy"), ProtectedFromScaleIn: aws.Bool(false),
+		})
 	}
 	return out, a.end(op)
 }

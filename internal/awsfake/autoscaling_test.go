@@ -7,6 +7,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	asgtypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/volsd/volsd/events"
@@ -209,5 +210,152 @@ func TestTerminateHookAndWarmPool(t *testing.T) {
 	if err != nil || len(out.AutoScalingGroups) != 1 || aws.ToInt32(out.AutoScalingGroups[0].MaxSize) != 10 ||
 		len(out.AutoScalingGroups[0].AvailabilityZones) != 2 {
 		t.Fatalf("describe: %+v %v", out, err)
+	}
+}
+
+// TestWarmPoolLifecycle plays a warm pool as AWS does: a launch into the
+// pool waits in Warmed:Pending:Wait (Origin EC2, Destination WarmPool),
+// CONTINUE stops the instance (Warmed:Stopped) with its volume attached, a
+// scale-out draws on the pool (Origin WarmPool, Destination
+// AutoScalingGroup: started, Pending:Wait, then InService); an abandoned
+// warm launch terminates the instance, a warmed instance terminates through
+// Warmed:Terminating:Wait, and a scale-in with reuse goes back warmed.
+func TestWarmPoolLifecycle(t *testing.T) {
+	c := newEC2Clock()
+	a, e := newFakeASG(c)
+	if _, _, err := a.LaunchIntoWarmPool("web", "us-east-1a"); err == nil {
+		t.Fatal("a launch into the warm pool of a group without one succeeded")
+	}
+	ec2WantCode(t, a.PutWarmPool("web", awsfake.WarmPoolSpec{PoolState: "Frozen"}), "ValidationError")
+	ec2WantCode(t, a.PutWarmPool("nope", awsfake.WarmPoolSpec{}), "ValidationError")
+	if err := a.PutWarmPool("web", awsfake.WarmPoolSpec{MinSize: 2}); err != nil {
+		t.Fatal(err)
+	}
+
+	id, raw, err := a.LaunchIntoWarmPool("web", "us-east-1a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	act := asgDecode(t, raw, events.DetailTypeLaunch)
+	if act.EC2InstanceID != id || act.LifecycleTransition != events.TransitionLaunching || act.Origin != "EC2" || act.Destination != "WarmPool" || !act.IntoWarmPool() {
+		t.Fatalf("launch into the warm pool: detail %+v", act)
+	}
+	if st := a.WarmPoolInstances("web")[id]; st != asgtypes.LifecycleStateWarmedPendingWait {
+		t.Fatalf("warm-pool state %q", st)
+	}
+	if _, in := a.GroupInstances("web")[id]; in {
+		t.Fatal("an instance being warmed is listed in the group")
+	}
+	if _, err := a.LeaveWarmPool("web", id); err == nil {
+		t.Fatal("an instance left the warm pool before it was warmed")
+	}
+	// The lifecycle Lambda attaches a volume meanwhile.
+	vol := e.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1a", SizeGiB: 1})
+	if _, err := e.AttachVolume(fakeCtx, &ec2.AttachVolumeInput{VolumeId: &vol, InstanceId: &id, Device: aws.String("/dev/sdf")}); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(2 * time.Second)
+	if err := asgComplete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(5 * time.Second)
+	if st := a.WarmPoolInstances("web")[id]; st != asgtypes.LifecycleStateWarmedStopped {
+		t.Fatalf("warm-pool state after CONTINUE %q", st)
+	}
+	if e.InstanceState(id) != types.InstanceStateNameStopped {
+		t.Fatalf("warmed instance is %s, not stopped", e.InstanceState(id))
+	}
+	if v := ec2VolumeState(t, e, vol); v.State != types.VolumeStateInUse {
+		t.Fatalf("the warmed instance's volume is %s", v.State)
+	}
+	wp, err := a.DescribeWarmPool(fakeCtx, &autoscaling.DescribeWarmPoolInput{AutoScalingGroupName: aws.String("web")})
+	if err != nil || len(wp.Instances) != 1 || wp.Instances[0].LifecycleState != asgtypes.LifecycleStateWarmedStopped ||
+		wp.WarmPoolConfiguration.PoolState != asgtypes.WarmPoolStateStopped || aws.ToInt32(wp.WarmPoolConfiguration.MinSize) != 2 {
+		t.Fatalf("DescribeWarmPool: %+v %v", wp, err)
+	}
+	groups, err := a.DescribeAutoScalingGroups(fakeCtx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{"web"}})
+	if err != nil || len(groups.AutoScalingGroups[0].Instances) != 0 || aws.ToInt32(groups.AutoScalingGroups[0].WarmPoolSize) != 1 ||
+		groups.AutoScalingGroups[0].WarmPoolConfiguration == nil {
+		t.Fatalf("group description: %+v %v", groups, err)
+	}
+
+	// Scale out from the warm pool.
+	raw, err = a.LeaveWarmPool("web", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	act = asgDecode(t, raw, events.DetailTypeLaunch)
+	if act.Origin != "WarmPool" || act.Destination != "AutoScalingGroup" || !act.FromWarmPool() || act.EC2InstanceID != id {
+		t.Fatalf("launch from the warm pool: detail %+v", act)
+	}
+	c.Advance(time.Second)
+	if e.InstanceState(id) != types.InstanceStateNameRunning {
+		t.Fatalf("instance leaving the warm pool is %s", e.InstanceState(id))
+	}
+	if st := a.GroupInstances("web")[id]; st != asgtypes.LifecycleStatePendingWait {
+		t.Fatalf("group state %q", st)
+	}
+	if len(a.WarmPoolInstances("web")) != 0 {
+		t.Fatal("the instance is still listed in the warm pool")
+	}
+	if v := ec2VolumeState(t, e, vol); v.State != types.VolumeStateInUse {
+		t.Fatalf("the volume is %s after the start", v.State)
+	}
+	if err := asgComplete(a, act, act.LifecycleActionToken, "CONTINUE"); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.GroupInstances("web")[id]; st != asgtypes.LifecycleStateInService {
+		t.Fatalf("group state after CONTINUE %q", st)
+	}
+
+	// Scale in with reuse: back into the pool, warmed and stopped.
+	raw, _ = a.Terminate("web", id, events.LocationWarmPool)
+	act = asgDecode(t, raw, events.DetailTypeTerminate)
+	if act.Origin != "AutoScalingGroup" || act.Destination != "WarmPool" {
+		t.Fatalf("scale-in into the warm pool: detail %+v", act)
+	}
+	_ = asgComplete(a, act, act.LifecycleActionToken, "CONTINUE")
+	c.Advance(5 * time.Second)
+	if st := a.WarmPoolInstances("web")[id]; st != asgtypes.LifecycleStateWarmedStopped || e.InstanceState(id) != types.InstanceStateNameStopped {
+		t.Fatalf("after scale-in with reuse: %q, %s", st, e.InstanceState(id))
+	}
+
+	// A warmed instance terminated: Warmed:Terminating:Wait, then gone.
+	raw, err = a.Terminate("web", id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	act = asgDecode(t, raw, events.DetailTypeTerminate)
+	if act.Origin != "WarmPool" || act.Destination != "EC2" {
+		t.Fatalf("warm-pool terminate: detail %+v", act)
+	}
+	if st := a.WarmPoolInstances("web")[id]; st != asgtypes.LifecycleStateWarmedTerminatingWait {
+		t.Fatalf("warm-pool terminate state %q", st)
+	}
+	_ = asgComplete(a, act, act.LifecycleActionToken, "CONTINUE")
+	c.Advance(5 * time.Second)
+	if _, in := a.WarmPoolInstances("web")[id]; in || e.InstanceState(id) != types.InstanceStateNameTerminated {
+		t.Fatalf("warmed instance after terminate: in pool %v, %s", in, e.InstanceState(id))
+	}
+
+	// An abandoned warm launch terminates the instance.
+	id2, raw, _ := a.LaunchIntoWarmPool("web", "us-east-1b")
+	act = asgDecode(t, raw, events.DetailTypeLaunch)
+	_ = asgComplete(a, act, act.LifecycleActionToken, "ABANDON")
+	c.Advance(5 * time.Second)
+	if _, in := a.WarmPoolInstances("web")[id2]; in || e.InstanceState(id2) != types.InstanceStateNameTerminated {
+		t.Fatalf("abandoned warm launch: in pool %v, %s", in, e.InstanceState(id2))
+	}
+
+	// A Running pool keeps warmed instances running.
+	if err := a.PutWarmPool("web", awsfake.WarmPoolSpec{PoolState: asgtypes.WarmPoolStateRunning}); err != nil {
+		t.Fatal(err)
+	}
+	id3, raw, _ := a.LaunchIntoWarmPool("web", "us-east-1b")
+	act = asgDecode(t, raw, events.DetailTypeLaunch)
+	_ = asgComplete(a, act, act.LifecycleActionToken, "CONTINUE")
+	c.Advance(5 * time.Second)
+	if st := a.WarmPoolInstances("web")[id3]; st != asgtypes.LifecycleStateWarmedRunning || e.InstanceState(id3) != types.InstanceStateNameRunning {
+		t.Fatalf("Running pool: %q, %s", st, e.InstanceState(id3))
 	}
 }
