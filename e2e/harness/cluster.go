@@ -33,6 +33,7 @@ import (
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/lambdaruntime"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -163,7 +164,7 @@ type Cluster struct {
 	Disks      *Disks
 	Fleet      *Fleet
 	Group      *Group
-	Functions  map[string]*Function
+	Functions  map[string]*lambdaruntime.Function
 	PushSource *SQSSource
 
 	EC2 *ec2.Client
@@ -188,7 +189,7 @@ type Cluster struct {
 // Start builds the whole local system. Close it even when Start fails.
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	opts.defaults()
-	c := &Cluster{Opts: opts, Functions: map[string]*Function{}, logs: map[string]*os.File{}}
+	c := &Cluster{Opts: opts, Functions: map[string]*lambdaruntime.Function{}, logs: map[string]*os.File{}}
 	c.ctx, c.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	if err := Preflight(); err != nil {
 		return c, err
@@ -265,10 +266,10 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		if name == "push" {
 			timeout = opts.PushTimeout
 		}
-		c.Functions[name] = &Function{
+		c.Functions[name] = &lambdaruntime.Function{
 			Name: "volsd-" + opts.Pool + "-" + name, Bootstrap: opts.Binaries.Bootstrap[name],
 			Env: c.lambdaEnv(name), Timeout: timeout, MaxConcurrency: 3,
-			Log: c.logFile("lambda-" + name), Region: Region, Account: Account, Logger: opts.Log,
+			Stdout: c.logFile("lambda-" + name), Stderr: c.logFile("lambda-" + name), Region: Region, Account: Account, Logger: opts.Log,
 		}
 	}
 	// EventBridge rules of the stack.
@@ -594,7 +595,7 @@ func (c *Cluster) Invoke(ctx context.Context, fn string, payload []byte) ([]byte
 // waits for the invocation.
 func (c *Cluster) Schedule(ctx context.Context, fn string) ([]byte, error) {
 	ev := events.Envelope{
-		Version: "0", ID: newUUID(), DetailType: events.DetailTypeSchedule, Source: events.SourceSchedule,
+		Version: "0", ID: lambdaruntime.NewRequestID(), DetailType: events.DetailTypeSchedule, Source: events.SourceSchedule,
 		Account: Account, Time: time.Now().UTC().Truncate(time.Second), Region: Region,
 		Resources: []string{fmt.Sprintf("arn:aws:events:%s:%s:rule/volsd-%s-%s", Region, Account, c.Opts.Pool, fn)},
 		Detail:    json.RawMessage(`{}`),

@@ -15,6 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
 // InstanceDevices finds the device tree of a simulated instance.
@@ -449,7 +451,7 @@ func writeDetaching(w http.ResponseWriter, vol, inst, dev string, at *time.Time)
 	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
 <DetachVolumeResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>%s</requestId><volumeId>%s</volumeId><instanceId>%s</instanceId><device>%s</device><status>detaching</status><attachTime>%s</attachTime></DetachVolumeResponse>`,
-		newUUID(), vol, inst, xmlEscape(dev), t.UTC().Format(time.RFC3339Nano))
+		lambdaruntime.NewRequestID(), vol, inst, xmlEscape(dev), t.UTC().Format(time.RFC3339Nano))
 }
 
 // detachWhenUnmounted finishes a busy detach once nothing mounts the volume.

@@ -15,6 +15,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
 // Group plays the scaling side of an Auto Scaling group that moto only
@@ -219,9 +220,9 @@ func (g *Group) lifecycleEvent(a *LifecycleAction, detailType, origin, dest stri
 		LifecycleHookName: a.Hook, EC2InstanceID: a.InstanceID, LifecycleTransition: a.Transition,
 	})
 	return events.Envelope{
-		Version: "0", ID: newUUID(), DetailType: detailType, Source: events.SourceAutoScaling,
+		Version: "0", ID: lambdaruntime.NewRequestID(), DetailType: detailType, Source: events.SourceAutoScaling,
 		Account: g.Account, Time: time.Now().UTC().Truncate(time.Second), Region: g.Region,
-		Resources: []string{fmt.Sprintf("arn:aws:autoscaling:%s:%s:autoScalingGroup:%s:autoScalingGroupName/%s", g.Region, g.Account, newUUID(), g.Name)},
+		Resources: []string{fmt.Sprintf("arn:aws:autoscaling:%s:%s:autoScalingGroup:%s:autoScalingGroupName/%s", g.Region, g.Account, lambdaruntime.NewRequestID(), g.Name)},
 		Detail:    detail,
 	}
 }

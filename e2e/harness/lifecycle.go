@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+
+	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
 // Lifecycle plays the Auto Scaling lifecycle-hook machinery moto lacks:
@@ -104,7 +106,7 @@ func (l *Lifecycle) Start(ctx context.Context, group, instanceID, transition str
 		}
 		now := time.Now()
 		a := &LifecycleAction{
-			Group: group, Hook: *h.LifecycleHookName, InstanceID: instanceID, Token: newUUID(),
+			Group: group, Hook: *h.LifecycleHookName, InstanceID: instanceID, Token: lambdaruntime.NewRequestID(),
 			Transition: transition, HeartbeatTimeout: hb, DefaultResult: def, Started: now,
 			deadline: now.Add(hb), global: now.Add(min(100*hb, 48*time.Hour)), done: make(chan struct{}),
 		}
@@ -237,7 +239,7 @@ func (l *Lifecycle) heartbeat(w http.ResponseWriter, _ *http.Request, form url.V
 func writeQueryResult(w http.ResponseWriter, action, inner string) {
 	w.Header().Set("Content-Type", "text/xml")
 	fmt.Fprintf(w, `<%sResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><%sResult>%s</%sResult><ResponseMetadata><RequestId>%s</RequestId></ResponseMetadata></%sResponse>`,
-		action, action, inner, action, newUUID(), action)
+		action, action, inner, action, lambdaruntime.NewRequestID(), action)
 }
 
 var instanceIDTag = regexp.MustCompile(`<InstanceId>(i-[0-9a-f]+)</InstanceId>`)

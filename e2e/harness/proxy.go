@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
 // Proxy is the AWS endpoint that the Lambdas, agents and CLI of the local
@@ -290,7 +292,7 @@ func writeEC2Error(w http.ResponseWriter, status int, code, msg string) {
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
 <Response><Errors><Error><Code>%s</Code><Message>%s</Message></Error></Errors><RequestID>%s</RequestID></Response>`,
-		xmlEscape(code), xmlEscape(msg), newUUID())
+		xmlEscape(code), xmlEscape(msg), lambdaruntime.NewRequestID())
 }
 
 // writeQueryError writes an awsquery protocol error (Auto Scaling, SQS query).
@@ -302,14 +304,14 @@ func writeQueryError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "text/xml")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><Error><Type>%s</Type><Code>%s</Code><Message>%s</Message></Error><RequestId>%s</RequestId></ErrorResponse>`,
-		typ, xmlEscape(code), xmlEscape(msg), newUUID())
+		typ, xmlEscape(code), xmlEscape(msg), lambdaruntime.NewRequestID())
 }
 
 // writeJSONError writes an awsJson1.1 error.
 func writeJSONError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 	w.Header().Set("X-Amzn-Errortype", code)
-	w.Header().Set("X-Amzn-Requestid", newUUID())
+	w.Header().Set("X-Amzn-Requestid", lambdaruntime.NewRequestID())
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]string{"__type": code, "message": msg})
 }
@@ -319,7 +321,7 @@ func writeS3Error(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/xml")
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message><RequestId>%s</RequestId></Error>`,
-		xmlEscape(code), xmlEscape(msg), newUUID())
+		xmlEscape(code), xmlEscape(msg), lambdaruntime.NewRequestID())
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -329,7 +331,7 @@ func writeJSON(w http.ResponseWriter, v any) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("X-Amzn-Requestid", newUUID())
+	w.Header().Set("X-Amzn-Requestid", lambdaruntime.NewRequestID())
 	_, _ = w.Write(b)
 }
 

@@ -28,6 +28,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/lambdaruntime"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -667,7 +668,7 @@ func TestSQSSourceDeletesSuccessesAndRedrivesFailures(t *testing.T) {
 		}
 	}
 	src := &SQSSource{SQS: q, QueueURL: aws.ToString(main.QueueUrl), QueueARN: "arn:aws:sqs:us-east-1:123456789012:q",
-		Region: Region, Fn: newTestFunction(t, 10*time.Second, 1), BatchSize: 10, Window: 300 * time.Millisecond, Pollers: 1,
+		Region: Region, Fn: sqsTestFunction(t), BatchSize: 10, Window: 300 * time.Millisecond, Pollers: 1,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	src.Start(ctx)
 	defer src.Stop()
@@ -888,4 +889,17 @@ func mustJSON(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// sqsTestFunction is the Runtime API's test function (it reports every
+// SQS message whose body is "fail" as a batch item failure), built for t.
+func sqsTestFunction(t *testing.T) *lambdaruntime.Function {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "bootstrap")
+	if out, err := exec.Command("go", "build", "-tags", "lambda.norpc", "-o", bin, "../../internal/lambdaruntime/testdata/testfn").CombinedOutput(); err != nil {
+		t.Fatalf("build testfn: %v\n%s", err, out)
+	}
+	f := &lambdaruntime.Function{Name: "testfn", Bootstrap: bin, Timeout: 10 * time.Second, MaxConcurrency: 1, Region: Region, Account: Account}
+	t.Cleanup(f.Close)
+	return f
 }

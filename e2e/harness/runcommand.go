@@ -21,6 +21,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/documents"
+	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
 // AgentPath is where the SSM documents expect the agent (docs/contracts.md).
@@ -270,7 +271,7 @@ func (rc *RunCommand) sendCommand(w http.ResponseWriter, r *http.Request, body [
 		writeJSONError(w, http.StatusInternalServerError, "InternalServerError", err.Error())
 		return
 	}
-	c := &ssmCommand{in: in, id: newUUID(), requested: time.Now(), params: params, targets: targets, invs: map[string]*ssmInvocation{}}
+	c := &ssmCommand{in: in, id: lambdaruntime.NewRequestID(), requested: time.Now(), params: params, targets: targets, invs: map[string]*ssmInvocation{}}
 	c.visible = c.requested.Add(rc.InvocationDelay)
 	c.maxConc = limitOf(in.MaxConcurrency, len(targets), 1)
 	c.maxErrs = limitOf(in.MaxErrors, len(targets), 0)
@@ -524,7 +525,7 @@ func (rc *RunCommand) setStatus(c *ssmCommand, id, status, details string, out C
 		Status:            status, StatusDetails: details,
 	})
 	rc.OnStatus(events.Envelope{
-		Version: "0", ID: newUUID(), DetailType: events.DetailTypeSSMStatus, Source: events.SourceSSM,
+		Version: "0", ID: lambdaruntime.NewRequestID(), DetailType: events.DetailTypeSSMStatus, Source: events.SourceSSM,
 		Account: rc.account, Time: now.UTC().Truncate(time.Second), Region: rc.region,
 		Resources: []string{fmt.Sprintf("arn:aws:ec2:%s:%s:instance/%s", rc.region, rc.account, id)},
 		Detail:    detail,

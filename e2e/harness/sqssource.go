@@ -14,6 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
 // SQSSource is Lambda's SQS event source mapping: pollers receive batches
@@ -26,7 +28,7 @@ type SQSSource struct {
 	QueueURL  string
 	QueueARN  string
 	Region    string
-	Fn        *Function
+	Fn        *lambdaruntime.Function
 	BatchSize int
 	Window    time.Duration
 	Pollers   int

@@ -1,7 +1,12 @@
-package harness
+// Package lambdaruntime runs built Lambda `bootstrap` binaries
+// (provided.al2023, aws-lambda-go with -tags lambda.norpc) the way Lambda
+// does, behind the Lambda Runtime API (2018-06-01: invocation/next,
+// …/response, …/error, init/error). It is the one local Runtime API server:
+// the functions' own tests (internal/lambdatest), the whole-system harness
+// (e2e/harness) and the cold-start bench (e2e/bench) all use it.
+package lambdaruntime
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -33,8 +38,19 @@ type Function struct {
 	Timeout   time.Duration // function timeout
 	// MaxConcurrency bounds concurrent sandboxes (reserved concurrency); 0 = 4.
 	MaxConcurrency int
-	// Log receives the bootstrap's stdout and stderr (CloudWatch Logs).
-	Log io.Writer
+	// MemoryMiB is the function's memory (AWS_LAMBDA_FUNCTION_MEMORY_SIZE);
+	// 0 = 128, Lambda's default.
+	MemoryMiB int
+	// MaxRetryAttempts is how often Lambda retries a failed asynchronous
+	// invocation (EventInvokeConfig MaximumRetryAttempts, 0..2); nil = 2,
+	// Lambda's default.
+	MaxRetryAttempts *int
+	// Stdout and Stderr receive the bootstrap's output (CloudWatch Logs:
+	// EMF metrics on stdout, JSON logs on stderr); nil = discarded.
+	Stdout, Stderr io.Writer
+	// Observe, if set, is told what each sandbox does on the Runtime API,
+	// with the time it happened (the cold-start bench measures with it).
+	Observe func(Observation)
 	// Region and Account make the function ARN.
 	Region, Account string
 	// Logger receives the invoker's own warnings (nil = none).
@@ -49,6 +65,34 @@ type Function struct {
 	stats    FunctionStats
 	asyncWG  sync.WaitGroup
 	sandboxN int
+}
+
+// Observation is one thing a sandbox did.
+type Observation struct {
+	Sandbox int // 1, 2, … in start order
+	Kind    ObservationKind
+	At      time.Time
+	// Outcome of a Returned invocation: "response", or "error: <type>:
+	// <message>"; of InitFailed the init error.
+	Outcome string
+}
+
+// ObservationKind names what a sandbox did.
+type ObservationKind string
+
+// The observations, in the order a sandbox makes them.
+const (
+	Started    ObservationKind = "started"     // the bootstrap process started
+	AskedNext  ObservationKind = "asked-next"  // GET invocation/next arrived (init done, or ready again)
+	Handed     ObservationKind = "handed"      // an invocation was handed out
+	Returned   ObservationKind = "returned"    // POST …/response or …/error arrived
+	InitFailed ObservationKind = "init-failed" // POST init/error arrived
+)
+
+func (f *Function) observe(sb *sandbox, kind ObservationKind, outcome string) {
+	if f.Observe != nil {
+		f.Observe(Observation{Sandbox: sb.n, Kind: kind, At: time.Now(), Outcome: outcome})
+	}
 }
 
 // FunctionStats counts what a function did.
@@ -69,7 +113,7 @@ func (f *Function) Stats() FunctionStats {
 // (errorType, errorMessage as the runtime posted them), timed out, or its
 // runtime crashed.
 type FunctionError struct {
-	Function string
+	Function string `json:"-"`
 	Type     string `json:"errorType"`
 	Message  string `json:"errorMessage"`
 }
@@ -103,7 +147,7 @@ func (f *Function) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 		return nil, err
 	}
 	iv := &invocation{
-		id:       newUUID(),
+		id:       NewRequestID(),
 		payload:  payload,
 		deadline: time.Now().Add(f.timeout()),
 		done:     make(chan invocationResult, 1),
@@ -157,20 +201,21 @@ func (f *Function) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
 }
 
 // InvokeAsync is an asynchronous (Event) invocation, as EventBridge makes:
-// on a function error Lambda retries twice, after retryDelay and then twice
-// that. onDone, if not nil, gets the final outcome.
+// on a function error Lambda retries MaxRetryAttempts times, after
+// retryDelay and then twice that. onDone, if not nil, gets the final outcome.
 func (f *Function) InvokeAsync(ctx context.Context, payload []byte, retryDelay time.Duration, onDone func(error)) {
 	f.asyncWG.Add(1)
 	go func() {
 		defer f.asyncWG.Done()
 		var err error
 		delay := retryDelay
-		for attempt := 0; attempt < 3; attempt++ {
+		attempts := 1 + f.maxRetryAttempts()
+		for attempt := 0; attempt < attempts; attempt++ {
 			if attempt > 0 {
 				select {
 				case <-ctx.Done():
 					err = ctx.Err()
-					attempt = 3
+					attempt = attempts
 					continue
 				case <-time.After(delay):
 				}
@@ -192,6 +237,20 @@ func (f *Function) InvokeAsync(ctx context.Context, payload []byte, retryDelay t
 
 // WaitAsync waits for the asynchronous invocations in flight.
 func (f *Function) WaitAsync() { f.asyncWG.Wait() }
+
+func (f *Function) maxRetryAttempts() int {
+	if f.MaxRetryAttempts == nil {
+		return 2
+	}
+	return *f.MaxRetryAttempts
+}
+
+func (f *Function) memoryMiB() int {
+	if f.MemoryMiB <= 0 {
+		return 128
+	}
+	return f.MemoryMiB
+}
 
 func (f *Function) timeout() time.Duration {
 	if f.Timeout <= 0 {
@@ -315,6 +374,7 @@ func (f *Function) Close() {
 // sandbox is one bootstrap process and its Runtime API server.
 type sandbox struct {
 	fn     *Function
+	n      int
 	cmd    *exec.Cmd
 	srv    *http.Server
 	next   chan *invocation
@@ -331,7 +391,7 @@ func (f *Function) start(n int) (*sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	sb := &sandbox{fn: f, next: make(chan *invocation), exited: make(chan struct{})}
+	sb := &sandbox{fn: f, n: n, next: make(chan *invocation), exited: make(chan struct{})}
 	sb.srv = &http.Server{Handler: sb, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = sb.srv.Serve(ln) }()
 
@@ -340,20 +400,21 @@ func (f *Function) start(n int) (*sandbox, error) {
 		"AWS_LAMBDA_RUNTIME_API="+ln.Addr().String(),
 		"AWS_LAMBDA_FUNCTION_NAME="+f.Name,
 		"AWS_LAMBDA_FUNCTION_VERSION=$LATEST",
-		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256",
+		"AWS_LAMBDA_FUNCTION_MEMORY_SIZE="+strconv.Itoa(f.memoryMiB()),
 		"AWS_LAMBDA_LOG_GROUP_NAME=/aws/lambda/"+f.Name,
 		"AWS_LAMBDA_LOG_STREAM_NAME="+time.Now().UTC().Format("2006/01/02")+"/[$LATEST]sandbox"+strconv.Itoa(n),
 		"AWS_EXECUTION_ENV=AWS_Lambda_provided.al2023",
 		"_HANDLER=bootstrap",
 		"TZ=:UTC",
 	)
-	cmd.Stdout = f.logWriter()
-	cmd.Stderr = f.logWriter()
+	cmd.Stdout = orDiscard(f.Stdout)
+	cmd.Stderr = orDiscard(f.Stderr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		sb.srv.Close()
 		return nil, fmt.Errorf("lambda %s: start %s: %w", f.Name, f.Bootstrap, err)
 	}
+	f.observe(sb, Started, "")
 	sb.cmd = cmd
 	go func() {
 		err := cmd.Wait()
@@ -384,11 +445,11 @@ func (f *Function) start(n int) (*sandbox, error) {
 	return sb, nil
 }
 
-func (f *Function) logWriter() io.Writer {
-	if f.Log == nil {
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
 		return io.Discard
 	}
-	return f.Log
+	return w
 }
 
 func (sb *sandbox) stop() {
@@ -414,6 +475,7 @@ func (sb *sandbox) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		sb.mu.Lock()
 		sb.initErr = fe
 		sb.mu.Unlock()
+		sb.fn.observe(sb, InitFailed, fe.Type+": "+fe.Message)
 		runtimeJSON(w, http.StatusAccepted, map[string]string{"status": "OK"})
 	case strings.HasPrefix(p, "invocation/") && r.Method == http.MethodPost:
 		rest := strings.TrimPrefix(p, "invocation/")
@@ -433,23 +495,31 @@ func (sb *sandbox) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				"errorMessage": "Invalid request ID: " + id, "errorType": "InvalidRequestID"})
 			return
 		}
+		finish := func(res invocationResult) {
+			outcome := "response"
+			if res.err != nil {
+				outcome = "error: " + res.err.Type + ": " + res.err.Message
+			}
+			sb.fn.observe(sb, Returned, outcome)
+			cur.finish(res)
+		}
 		if what == "error" {
-			cur.finish(invocationResult{err: readFunctionError(sb.fn.Name, r, "Unhandled")})
+			finish(invocationResult{err: readFunctionError(sb.fn.Name, r, "Unhandled")})
 		} else {
 			body, err := io.ReadAll(io.LimitReader(r.Body, 6<<20+1))
 			switch {
 			case err != nil:
-				cur.finish(invocationResult{err: &FunctionError{Function: sb.fn.Name, Type: "Runtime.ResponseError", Message: err.Error()}})
+				finish(invocationResult{err: &FunctionError{Function: sb.fn.Name, Type: "Runtime.ResponseError", Message: err.Error()}})
 			case len(body) > 6<<20:
-				cur.finish(invocationResult{err: &FunctionError{Function: sb.fn.Name, Type: "Function.ResponseSizeTooLarge", Message: "Response payload size exceeded maximum allowed payload size (6291556 bytes)."}})
+				finish(invocationResult{err: &FunctionError{Function: sb.fn.Name, Type: "Function.ResponseSizeTooLarge", Message: "Response payload size exceeded maximum allowed payload size (6291556 bytes)."}})
 			case r.Trailer.Get("Lambda-Runtime-Function-Error-Type") != "":
 				fe := &FunctionError{Function: sb.fn.Name, Type: r.Trailer.Get("Lambda-Runtime-Function-Error-Type")}
 				if b, err := base64.StdEncoding.DecodeString(r.Trailer.Get("Lambda-Runtime-Function-Error-Body")); err == nil {
 					_ = json.Unmarshal(b, fe)
 				}
-				cur.finish(invocationResult{err: fe})
+				finish(invocationResult{err: fe})
 			default:
-				cur.finish(invocationResult{payload: body})
+				finish(invocationResult{payload: body})
 			}
 		}
 		runtimeJSON(w, http.StatusAccepted, map[string]string{"status": "OK"})
@@ -459,8 +529,10 @@ func (sb *sandbox) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (sb *sandbox) serveNext(w http.ResponseWriter, r *http.Request) {
+	sb.fn.observe(sb, AskedNext, "")
 	select {
 	case iv := <-sb.next:
+		sb.fn.observe(sb, Handed, "")
 		sb.mu.Lock()
 		sb.current = iv
 		sb.mu.Unlock()
@@ -498,37 +570,9 @@ func runtimeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// prefixWriter writes each line with a prefix to w (shared log file).
-type prefixWriter struct {
-	mu     *sync.Mutex
-	w      io.Writer
-	prefix string
-	buf    bytes.Buffer
-}
-
-// NewPrefixWriter returns a writer that prefixes every line; writers that
-// share mu never interleave lines.
-func NewPrefixWriter(w io.Writer, mu *sync.Mutex, prefix string) io.Writer {
-	return &prefixWriter{mu: mu, w: w, prefix: prefix}
-}
-
-func (p *prefixWriter) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.buf.Write(b)
-	for {
-		line, err := p.buf.ReadBytes('\n')
-		if err != nil {
-			p.buf.Write(line) // keep the partial line
-			return len(b), nil
-		}
-		if _, err := fmt.Fprintf(p.w, "%s %s", p.prefix, line); err != nil {
-			return 0, err
-		}
-	}
-}
-
-func newUUID() string {
+// NewRequestID returns a random UUID (version 4), as Lambda request IDs
+// and other AWS IDs are.
+func NewRequestID() string {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(err)

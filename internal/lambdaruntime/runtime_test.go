@@ -1,4 +1,4 @@
-package harness
+package lambdaruntime
 
 import (
 	"context"
@@ -52,7 +52,7 @@ func testFunction(t *testing.T) string {
 func newTestFunction(t *testing.T, timeout time.Duration, conc int) *Function {
 	f := &Function{
 		Name: "testfn", Bootstrap: testFunction(t), Env: []string{"GREETING=hello"},
-		Timeout: timeout, MaxConcurrency: conc, Region: Region, Account: Account,
+		Timeout: timeout, MaxConcurrency: conc, Region: "us-east-1", Account: "123456789012",
 	}
 	t.Cleanup(f.Close)
 	return f
@@ -247,4 +247,52 @@ func bootstraps(exe string) []string {
 		}
 	}
 	return pids
+}
+
+func TestRuntimeAPIMemoryAndRetriesFromSettings(t *testing.T) {
+	f := newTestFunction(t, 10*time.Second, 1)
+	f.MemoryMiB = 1769
+	m, err := invokeJSON(t, f, map[string]any{"env": "AWS_LAMBDA_FUNCTION_MEMORY_SIZE"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["env"] != "1769" {
+		t.Errorf("AWS_LAMBDA_FUNCTION_MEMORY_SIZE = %v, want the function's MemoryMiB 1769", m["env"])
+	}
+	zero := 0
+	f.MaxRetryAttempts = &zero
+	done := make(chan error, 1)
+	before := f.Stats().Invocations
+	f.InvokeAsync(context.Background(), []byte(`{"fail":"boom"}`), 10*time.Millisecond, func(err error) { done <- err })
+	if err := <-done; err == nil {
+		t.Fatal("a failing async invocation reported success")
+	}
+	if n := f.Stats().Invocations - before; n != 1 {
+		t.Errorf("MaximumRetryAttempts 0: %d invocations, want 1", n)
+	}
+}
+
+func TestRuntimeAPIObservations(t *testing.T) {
+	f := newTestFunction(t, 10*time.Second, 1)
+	var mu sync.Mutex
+	var got []string
+	f.Observe = func(o Observation) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, string(o.Kind)+" "+o.Outcome)
+	}
+	if _, err := invokeJSON(t, f, map[string]any{"echo": "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := invokeJSON(t, f, map[string]any{"fail": "no"}); err == nil {
+		t.Fatal("want the function error")
+	}
+	f.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"started ", "asked-next ", "handed ", "returned response", "asked-next ", "handed "}
+	if len(got) < len(want)+1 || strings.Join(got[:len(want)], "|") != strings.Join(want, "|") ||
+		!strings.HasPrefix(got[len(want)], "returned error: ") || !strings.Contains(got[len(want)], "no") {
+		t.Errorf("observations %q, want %q then a returned error", got, want)
+	}
 }
