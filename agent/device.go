@@ -312,13 +312,14 @@ func (a *Agent) growMounted(ctx context.Context) {
 	}
 }
 
-// fillSpace puts the mounted filesystem's size and free bytes into r.
+// fillSpace puts the mounted filesystem's size, used and free bytes into r.
 func (a *Agent) fillSpace(r *Report) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(a.cfg.MountPath, &st); err != nil {
 		return
 	}
 	r.SizeBytes, r.FreeBytes = int64(st.Blocks)*st.Bsize, int64(st.Bavail)*st.Bsize
+	r.UsedBytes = int64(st.Blocks-st.Bfree) * st.Bsize
 }
 
 // growIfNeeded grows the mounted filesystem online when the device is

@@ -362,8 +362,8 @@ func TestApplyGrowsTheFilesystemOnline(t *testing.T) {
 	if size := int64(st.Blocks) * st.Bsize; size < 500<<20 {
 		t.Fatalf("filesystem is %d MiB after the device grew to 640 MiB", size>>20)
 	}
-	if r.SizeBytes < 500<<20 || r.FreeBytes <= 0 || r.FreeBytes > r.SizeBytes {
-		t.Fatalf("report says size %d, free %d", r.SizeBytes, r.FreeBytes)
+	if r.SizeBytes < 500<<20 || r.FreeBytes <= 0 || r.UsedBytes <= 0 || r.UsedBytes+r.FreeBytes > r.SizeBytes {
+		t.Fatalf("report says size %d, used %d, free %d", r.SizeBytes, r.UsedBytes, r.FreeBytes)
 	}
 }
 

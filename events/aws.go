@@ -273,9 +273,11 @@ type AgentReport struct {
 	Applied  int     `json:"applied"`  // entries applied by this command
 	Bytes    int64   `json:"bytes"`    // bytes fetched from the origin
 	Duration float64 `json:"duration"` // seconds
-	// SizeBytes and FreeBytes are the mounted filesystem's size and the
-	// bytes free in it (statfs) after the command; 0 when not mounted.
+	// SizeBytes, UsedBytes and FreeBytes are the mounted filesystem's
+	// size, the bytes in use and the bytes free to an unprivileged writer
+	// (statfs) after the command; 0 when not mounted.
 	SizeBytes int64  `json:"sizeBytes,omitempty"`
+	UsedBytes int64  `json:"usedBytes,omitempty"`
 	FreeBytes int64  `json:"freeBytes,omitempty"`
 	Error     string `json:"error,omitempty"`
 	// ErrorKind classifies Error: "retryable", "bad-input", "not-ready" or

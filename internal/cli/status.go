@@ -23,7 +23,11 @@ type Status struct {
 	Zones        []ZoneStatus     `json:"zones"`
 	LastSnapshot *store.Snapshot  `json:"lastSnapshot,omitempty"`
 	Instances    []InstanceStatus `json:"instances"`
-	Rejected     []store.Request  `json:"rejected"`
+	// Volumes is every volume that is not gone with its size, used and
+	// free bytes as last reported (Space is nil before any agent reported
+	// on it).
+	Volumes  []VolumeSpace   `json:"volumes"`
+	Rejected []store.Request `json:"rejected"`
 	// Stalled is set when running instances report a journal entry
 	// refused as bad content: the pool cannot pass that seq until the
 	// origin is repaired.
@@ -52,6 +56,17 @@ type ZoneStatus struct {
 	Behind int            `json:"idleBehind"`      // idle volumes below the head
 }
 
+// VolumeSpace is one volume's size: EBS's (SizeGiB) and its filesystem's
+// as the agent of the instance holding it reported it last.
+type VolumeSpace struct {
+	VolumeID   string       `json:"volumeId"`
+	AZ         string       `json:"az"`
+	State      string       `json:"state"`
+	InstanceID string       `json:"instanceId,omitempty"`
+	SizeGiB    int32        `json:"sizeGiB"`
+	Space      *store.Space `json:"space,omitempty"`
+}
+
 // InstanceStatus is an instance with its lag behind the journal head.
 type InstanceStatus struct {
 	InstanceID   string    `json:"instanceId"`
@@ -63,6 +78,9 @@ type InstanceStatus struct {
 	LastStatus   string    `json:"lastStatus,omitempty"`
 	LastError    string    `json:"lastError,omitempty"`
 	LastReportAt time.Time `json:"lastReportAt,omitzero"`
+	// Space is the filesystem of the instance's volume as its agent last
+	// reported it.
+	Space *store.Space `json:"space,omitempty"`
 }
 
 // Status reads the pool summary: every instance that is not gone, volume
@@ -70,7 +88,7 @@ type InstanceStatus struct {
 // requests (at most rejected).
 func (a *App) Status(ctx context.Context, rejected int) (Status, error) {
 	pool := a.Cfg.Pool
-	st := Status{Pool: pool, Zones: []ZoneStatus{}, Instances: []InstanceStatus{}, Rejected: []store.Request{}}
+	st := Status{Pool: pool, Zones: []ZoneStatus{}, Instances: []InstanceStatus{}, Volumes: []VolumeSpace{}, Rejected: []store.Request{}}
 	var err error
 	if st.Head, err = a.State.Head(ctx, pool); err != nil {
 		return st, err
@@ -84,6 +102,7 @@ func (a *App) Status(ctx context.Context, rejected int) (Status, error) {
 		if v.State == store.VolumeGone {
 			continue
 		}
+		st.Volumes = append(st.Volumes, VolumeSpace{VolumeID: v.VolumeID, AZ: v.AZ, State: string(v.State), InstanceID: v.InstanceID, SizeGiB: v.SizeGiB, Space: v.Space})
 		z := zones[v.AZ]
 		if z == nil {
 			z = &ZoneStatus{AZ: v.AZ}
@@ -108,6 +127,10 @@ func (a *App) Status(ctx context.Context, rejected int) (Status, error) {
 		st.Zones = append(st.Zones, *z)
 	}
 	sort.Slice(st.Zones, func(i, j int) bool { return st.Zones[i].AZ < st.Zones[j].AZ })
+	sort.Slice(st.Volumes, func(i, j int) bool {
+		a, b := st.Volumes[i], st.Volumes[j]
+		return a.AZ < b.AZ || a.AZ == b.AZ && a.VolumeID < b.VolumeID
+	})
 
 	snaps, err := a.State.ListSnapshots(ctx, pool)
 	if err != nil {
@@ -130,7 +153,7 @@ func (a *App) Status(ctx context.Context, rejected int) (Status, error) {
 		}
 		st.Instances = append(st.Instances, InstanceStatus{
 			InstanceID: i.InstanceID, AZ: i.AZ, State: string(i.State), VolumeID: i.VolumeID, Seq: i.Seq,
-			Lag: max(0, st.Head-i.Seq), LastStatus: i.LastStatus, LastError: i.LastError, LastReportAt: i.LastReportAt,
+			Lag: max(0, st.Head-i.Seq), LastStatus: i.LastStatus, LastError: i.LastError, LastReportAt: i.LastReportAt, Space: i.Space,
 		})
 	}
 	sort.Slice(st.Instances, func(i, j int) bool {
@@ -324,6 +347,12 @@ func RenderStatus(w io.Writer, st Status, now time.Time) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if len(st.Volumes) > 0 {
+		fmt.Fprintln(w)
+		if err := renderSpace(w, st.Volumes, now); err != nil {
+			return err
+		}
+	}
 	if len(st.Rejected) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -335,6 +364,22 @@ func RenderStatus(w io.Writer, st Status, now time.Time) error {
 		return tw.Flush()
 	}
 	return nil
+}
+
+// renderSpace writes each volume's size, used and free bytes; "-" where no
+// agent has reported on the volume yet.
+func renderSpace(w io.Writer, vols []VolumeSpace, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VOLUME\tZONE\tSTATE\tINSTANCE\tEBS SIZE\tFS SIZE\tUSED\tFREE\tFREE %\tREPORTED")
+	for _, v := range vols {
+		size, used, free, pct, at := "-", "-", "-", "-", "-"
+		if s := v.Space; s != nil {
+			size, used, free = bytesText(s.SizeBytes), bytesText(s.UsedBytes), bytesText(s.FreeBytes)
+			pct, at = fmt.Sprintf("%.0f%%", 100*s.FreeFraction()), ago(now, s.At)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d GiB\t%s\t%s\t%s\t%s\t%s\n", v.VolumeID, v.AZ, v.State, dash(v.InstanceID), v.SizeGiB, size, used, free, pct, at)
+	}
+	return tw.Flush()
 }
 
 // RenderVolumes writes the volumes as a table.

@@ -34,6 +34,11 @@ func TestStatusVolumesJournal(t *testing.T) {
 	vol("vol-0b1", "eu-west-1b", store.VolumeInUse, 10)
 	vol("vol-0b2", "eu-west-1b", store.VolumeAttaching, 10)
 	vol("vol-0b3", "eu-west-1b", store.VolumeGone, 1)
+	full, _ := w.st.GetVolume(ctx, "web", "vol-0a3")
+	full.Space = &store.Space{SizeBytes: 20 << 30, UsedBytes: 17 << 30, FreeBytes: 2 << 30, At: time.Now().Add(-5 * time.Minute)}
+	if _, err := w.st.TransitionVolume(ctx, full, store.VolumeInUse); err != nil {
+		t.Fatal(err)
+	}
 	w.instance("i-0aaaaaaaaaaaaaaa1", store.InstanceReady, false)
 	w.instance("i-0bbbbbbbbbbbbbbb1", store.InstanceReady, false)
 	w.instance("i-0ccccccccccccccc1", store.InstanceGone, false)
@@ -79,9 +84,13 @@ func TestStatusVolumesJournal(t *testing.T) {
 	if len(st.Rejected) != 1 || st.Rejected[0].RequestID != "evil" {
 		t.Errorf("rejected %+v", st.Rejected)
 	}
+	if len(st.Volumes) != 5 || st.Volumes[2].VolumeID != "vol-0a3" || st.Volumes[2].Space == nil ||
+		st.Volumes[2].Space.UsedBytes != 17<<30 || st.Volumes[2].Space.FreeBytes != 2<<30 || st.Volumes[0].Space != nil {
+		t.Errorf("volumes with their space: %+v", st.Volumes)
+	}
 
 	code, out, _ = w.run("status")
-	for _, want := range []string{"journal head 12", "snap-new at seq 11", "eu-west-1a", "i-0bbbbbbbbbbbbbbb1", "sha256 mismatch", "REJECTED REQUEST", `a\x1b[31mred\nline`} {
+	for _, want := range []string{"journal head 12", "snap-new at seq 11", "FS SIZE", "20.0 GiB", "17.0 GiB", "2.0 GiB", "11%", "5m ago", "eu-west-1a", "i-0bbbbbbbbbbbbbbb1", "sha256 mismatch", "REJECTED REQUEST", `a\x1b[31mred\nline`} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("status table lacks %q:\n%s", want, out)
 		}

@@ -308,6 +308,9 @@ func interpret(cs events.CommandStatus, inv *ssm.GetCommandInvocationOutput) sto
 	switch {
 	case perr == nil:
 		rep.Seq = ar.Seq
+		if ar.SizeBytes > 0 {
+			rep.Space = &store.Space{SizeBytes: ar.SizeBytes, UsedBytes: ar.UsedBytes, FreeBytes: ar.FreeBytes}
+		}
 		switch {
 		case ar.Error != "":
 			rep.Error = ar.RecordedError()

@@ -32,9 +32,12 @@ type Instance struct {
 	LastStatus    string    `json:"lastStatus,omitempty"`
 	LastReportAt  time.Time `json:"lastReportAt,omitzero"`
 	LastError     string    `json:"lastError,omitempty"`
-	CreatedAt     time.Time `json:"createdAt"`
-	UpdatedAt     time.Time `json:"updatedAt"`
-	Rev           int64     `json:"rev"`
+	// Space is the mounted filesystem's size, used and free bytes the
+	// agent reported last (nil before the first report that carries it).
+	Space     *Space    `json:"space,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
+	Rev       int64     `json:"rev"`
 }
 
 func instanceSK(id string) string { return prefixInstance + id }

@@ -21,6 +21,10 @@ type InstanceReport struct {
 	// At orders reports of one instance: a report older than the stored
 	// lastReportAt never replaces status, error or command.
 	At time.Time
+	// Space is the mounted filesystem's size, used and free bytes from the
+	// agent's report; nil when the report has none (not mounted, no
+	// report). Its At is set from the report's At.
+	Space *Space
 }
 
 // maxReportTries bounds RecordReport under concurrent writers.
@@ -34,22 +38,25 @@ const maxReportTries = 20
 // instance still launching with its volume moves it to ready (a terminating
 // instance is never moved back). A report that changes
 // nothing writes nothing. The in-use volume the instance holds then carries
-// the instance's seq too (RaiseVolumeSeq). It returns the item as stored
+// the instance's seq too (RaiseVolumeSeq), and the newest reported space
+// (the volume record keeps it, so an idle volume still shows how full it
+// was). It returns the item as stored
 // afterwards and whether this call changed it; ErrNotFound when the pool
 // has no such instance.
 func (s *Store) RecordReport(ctx context.Context, pool, instanceID string, rep InstanceReport) (Instance, bool, error) {
 	in, changed, err := s.recordReport(ctx, pool, instanceID, rep)
-	if err == nil && in.VolumeID != "" && in.Seq > 0 {
-		err = s.RaiseVolumeSeq(ctx, pool, in.VolumeID, instanceID, in.Seq)
+	if err == nil && in.VolumeID != "" && (in.Seq > 0 || in.Space != nil) {
+		err = s.RaiseVolumeSeq(ctx, pool, in.VolumeID, instanceID, in.Seq, in.Space)
 	}
 	return in, changed, err
 }
 
 // RaiseVolumeSeq raises the seq of the in-use volume bound to instanceID
-// to seq, the watermark its agent reported on it; a volume in another
-// state, bound to another instance or already at or above seq is left
-// alone (seq never falls). Conflicting writers are retried.
-func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID string, seq int64) error {
+// to seq, the watermark its agent reported on it, and records space when
+// it is newer than the volume's; a volume in another state or bound to
+// another instance is left alone, and seq never falls. Conflicting
+// writers are retried.
+func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID string, seq int64, space *Space) error {
 	for try := 0; ; try++ {
 		v, err := s.GetVolume(ctx, pool, volumeID)
 		if errors.Is(err, ErrNotFound) {
@@ -58,11 +65,19 @@ func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID s
 		if err != nil {
 			return err
 		}
-		if v.State != VolumeInUse || v.InstanceID != instanceID || v.Seq >= seq {
+		if v.State != VolumeInUse || v.InstanceID != instanceID {
+			return nil
+		}
+		newerSpace := space != nil && (v.Space == nil || space.At.After(v.Space.At))
+		if v.Seq >= seq && !newerSpace {
 			return nil
 		}
 		next := v
-		next.Seq = seq
+		next.Seq = max(v.Seq, seq)
+		if newerSpace {
+			sp := *space
+			next.Space = &sp
+		}
 		_, err = s.TransitionVolume(ctx, next, VolumeInUse)
 		if !errors.Is(err, ErrConflict) {
 			return err
@@ -89,13 +104,18 @@ func (s *Store) recordReport(ctx context.Context, pool, instanceID string, rep I
 		if !rep.At.Before(cur.LastReportAt) {
 			next.LastStatus, next.LastError, next.LastCommandID = rep.Status, sanitizeRecorded(rep.Error, maxRejectedReason), rep.CommandID
 			next.LastReportAt = rep.At.UTC()
+			if rep.Space != nil {
+				sp := *rep.Space
+				sp.At = rep.At.UTC()
+				next.Space = &sp
+			}
 		}
 		if cur.State == InstanceLaunching && cur.VolumeID != "" && rep.Status == "Success" && rep.Error == "" && rep.Seq > 0 {
 			// The agent answered with its volume mounted: in service.
 			next.State = InstanceReady
 		}
 		if next.State == cur.State && next.Seq == cur.Seq && next.LastStatus == cur.LastStatus && next.LastError == cur.LastError &&
-			next.LastCommandID == cur.LastCommandID && next.LastReportAt.Equal(cur.LastReportAt) {
+			next.LastCommandID == cur.LastCommandID && next.LastReportAt.Equal(cur.LastReportAt) && sameSpace(next.Space, cur.Space) {
 			return cur, false, nil
 		}
 		written, err := s.UpdateInstance(ctx, next)
@@ -112,4 +132,11 @@ func (s *Store) recordReport(ctx context.Context, pool, instanceID string, rep I
 			return cur, false, err
 		}
 	}
+}
+
+func sameSpace(a, b *Space) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.SizeBytes == b.SizeBytes && a.UsedBytes == b.UsedBytes && a.FreeBytes == b.FreeBytes && a.At.Equal(b.At)
 }

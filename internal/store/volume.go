@@ -45,6 +45,29 @@ type Volume struct {
 	// Rev increases by one with every write; transitions are conditional on it.
 	Rev       int64  `json:"rev"`
 	LastError string `json:"lastError,omitempty"`
+	// Space is the volume's filesystem as the agent of the instance that
+	// last held it reported it (kept while the volume is idle: a recycled
+	// volume keeps its content).
+	Space *Space `json:"space,omitempty"`
+}
+
+// Space is a mounted filesystem's size, used and free bytes (statfs) as an
+// agent reported them at At. Free is what an unprivileged writer can use
+// (the filesystem's reserve is in neither Used nor Free).
+type Space struct {
+	SizeBytes int64     `json:"sizeBytes"`
+	UsedBytes int64     `json:"usedBytes"`
+	FreeBytes int64     `json:"freeBytes"`
+	At        time.Time `json:"at"`
+}
+
+// FreeFraction is Free / (Used + Free): the share of the usable space
+// still free (0 when nothing is known).
+func (s *Space) FreeFraction() float64 {
+	if s == nil || s.UsedBytes+s.FreeBytes <= 0 {
+		return 0
+	}
+	return float64(s.FreeBytes) / float64(s.UsedBytes+s.FreeBytes)
 }
 
 func volumeSK(id string) string { return prefixVolume + id }
