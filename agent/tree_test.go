@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/volsd/volsd/events"
-	"github.com/volsd/volsd/internal/testenv"
+	"github.com/volsd/volsd/internal/oracle"
 )
 
 // srcTree is a source tree on disk for the manifest v2 tests: what the
@@ -138,12 +137,12 @@ func (s *srcTree) syncEntry(w *world, target string) int64 {
 // The agent's own directories at the root are left out.
 func rsyncOracle(t *testing.T, src, dst string) {
 	t.Helper()
-	out, err := exec.Command("rsync", "-rlpcni", "--delete", "--exclude=/"+stateDirName, "--exclude=/"+lostFound, src+"/", dst+"/").CombinedOutput()
+	diffs, err := oracle.RsyncDiffs(src, dst, "/"+stateDirName, "/"+lostFound)
 	if err != nil {
-		t.Fatalf("rsync oracle: %v\n%s", err, out)
+		t.Fatalf("rsync oracle: %v", err)
 	}
-	if len(out) > 0 {
-		t.Fatalf("the mount differs from the pushed tree (rsync -rlpcni --delete):\n%s", out)
+	if len(diffs) > 0 {
+		t.Fatalf("the mount differs from the pushed tree (rsync -rlpcni --delete):\n  %s", oracle.Summary(diffs, 20))
 	}
 }
 
@@ -151,7 +150,7 @@ func rsyncOracle(t *testing.T, src, dst string) {
 // mtime (whole seconds) at dst.
 func assertMtimes(t *testing.T, src, dst string) {
 	t.Helper()
-	diffs, err := testenv.MtimeDiffs(src, dst, 10)
+	diffs, err := oracle.MtimeDiffs(src, dst, 10)
 	if err != nil {
 		t.Fatal(err)
 	}

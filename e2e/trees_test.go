@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -20,7 +19,7 @@ import (
 
 	"github.com/volsd/volsd/e2e/harness"
 	"github.com/volsd/volsd/events"
-	"github.com/volsd/volsd/internal/testenv"
+	"github.com/volsd/volsd/internal/oracle"
 )
 
 // fullTrees runs TestRealTrees on the whole of the real trees (the Go
@@ -194,18 +193,14 @@ func verifyFleet(t *testing.T, c *harness.Cluster, pushed map[string]string) {
 		}
 		for dest, local := range pushed {
 			dst := filepath.Join(in.Mount, dest)
-			out, err := exec.Command("rsync", "-rlpcni", "--delete", local+"/", dst+"/").CombinedOutput()
+			diffs, err := oracle.RsyncDiffs(local, dst)
 			if err != nil {
-				t.Fatalf("rsync oracle on %s: %v\n%s", id, err, out)
+				t.Fatalf("rsync oracle on %s: %v", id, err)
 			}
-			if len(out) > 0 {
-				lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-				if len(lines) > 10 {
-					lines = append(lines[:10], fmt.Sprintf("… and %d more", len(lines)-10))
-				}
-				t.Fatalf("instance %s: %s differs from %s (rsync -rlpcni --delete):\n%s", id, dst, local, strings.Join(lines, "\n"))
+			if len(diffs) > 0 {
+				t.Fatalf("instance %s: %s differs from %s (rsync -rlpcni --delete):\n  %s", id, dst, local, oracle.Summary(diffs, 10))
 			}
-			d, err := testenv.MtimeDiffs(local, dst, 5)
+			d, err := oracle.MtimeDiffs(local, dst, 5)
 			if err != nil {
 				t.Fatal(err)
 			}

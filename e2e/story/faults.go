@@ -107,11 +107,10 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 	if _, err := harness.GenerateTree(src, sz.Tree); err != nil {
 		return err
 	}
-	local, err := harness.Digest(src)
+	want, err := Pushed(c.WorkDir(), src, Remote)
 	if err != nil {
 		return err
 	}
-	want := WithPrefix(local, Remote)
 	if _, err := op.Push(ctx, src, Remote); err != nil {
 		return err
 	}
@@ -132,10 +131,9 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 	if err := rewriteRandom(big, sz.Tree.BigFile); err != nil {
 		return err
 	}
-	if local, err = harness.Digest(src); err != nil {
+	if want, err = want.Replace(Remote, src); err != nil {
 		return err
 	}
-	want = want.Replace(Remote, local)
 	if _, err := op.PushNoWait(ctx, src, Remote); err != nil {
 		return err
 	}
@@ -161,10 +159,9 @@ func Faults(ctx context.Context, c *harness.Cluster, n *Narrator, sz FaultSizes)
 	if err := os.WriteFile(filepath.Join(src, "final.html"), []byte("<p>after the faults</p>\n"), 0o644); err != nil {
 		return err
 	}
-	if local, err = harness.Digest(src); err != nil {
+	if want, err = want.Replace(Remote, src); err != nil {
 		return err
 	}
-	want = want.Replace(Remote, local)
 	if _, err := op.Push(ctx, src, Remote); err != nil {
 		return err
 	}

@@ -109,11 +109,10 @@ func Poison(ctx context.Context, c *harness.Cluster, n *Narrator, converge time.
 	if err := os.WriteFile(filepath.Join(src, "after.html"), []byte("<p>after the repair</p>\n"), 0o644); err != nil {
 		return err
 	}
-	local, err := harness.Digest(src)
+	want, err := Pushed(c.WorkDir(), src, Remote)
 	if err != nil {
 		return err
 	}
-	want := WithPrefix(local, Remote)
 	if _, err := op.Push(ctx, src, Remote); err != nil {
 		return err
 	}

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -112,12 +113,11 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 	if err != nil {
 		return res, err
 	}
-	local, err := harness.Digest(src)
+	want, err := Pushed(c.WorkDir(), src, Remote)
 	if err != nil {
 		return res, err
 	}
 	res.Files, res.Bytes = st.Files, st.Bytes
-	want := WithPrefix(local, Remote)
 	done("%d files in %d directories, %s", st.Files, st.Dirs, mib(st.Bytes))
 
 	// 4. Push and converge.
@@ -136,8 +136,8 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 	if err != nil {
 		return res, err
 	}
-	done("all %d instances hold the same %d files (sha256 of every file compared); journal head %d; %.1f MB/s end to end",
-		len(c.Group.InService()), len(want), head, float64(st.Bytes)/1e6/res.PushDuration.Seconds())
+	done("all %d instances hold the same %d files (rsync -rlpcni --delete finds nothing to change); journal head %d; %.1f MB/s end to end",
+		len(c.Group.InService()), want.Len(), head, float64(st.Bytes)/1e6/res.PushDuration.Seconds())
 
 	// 5. Scale out.
 	done = n.Step("scale out by %d: new instances enter service only with current content", sz.ScaleOut)
@@ -178,12 +178,15 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 		return res, err
 	}
 	n.Note("%s", lastLines(out, 3))
-	removed := len(want) - len(want.Without(dir))
-	want = want.Without(dir)
+	had := want.Len()
+	if want, err = want.Without(dir); err != nil {
+		return res, err
+	}
+	removed := had - want.Len()
 	if err := WaitConverged(ctx, c, want, sz.Converge); err != nil {
 		return res, err
 	}
-	done("%d files gone from every instance; %d files remain", removed, len(want))
+	done("%d files gone from every instance; %d files remain", removed, want.Len())
 
 	// 7. Scale in with recycle.
 	done = n.Step("scale in by %d (release policy %s): terminate hook → agent releases → detach → back to the idle pool", sz.ScaleIn, c.Opts.ReleasePolicy)
@@ -229,13 +232,12 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 
 	// 8. An update the recycled volumes miss.
 	done = n.Step("volsd push --wait an update (one changed file)")
-	if err := touchFile(src, local); err != nil {
+	if err := touchFile(src, want.Paths()); err != nil {
 		return res, err
 	}
-	if local, err = harness.Digest(src); err != nil {
+	if want, err = want.Replace(Remote, src); err != nil {
 		return res, err
 	}
-	want = want.Replace(Remote, local)
 	if _, err = op.Push(ctx, src, Remote); err != nil {
 		return res, err
 	}
@@ -268,10 +270,9 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 	if err := os.WriteFile(filepath.Join(src, "after-snapshot.html"), []byte("<p>written after the snapshot</p>\n"), 0o644); err != nil {
 		return res, err
 	}
-	if local, err = harness.Digest(src); err != nil {
+	if want, err = want.Replace(Remote, src); err != nil {
 		return res, err
 	}
-	want = want.Replace(Remote, local)
 	if _, err = op.Push(ctx, src, Remote); err != nil {
 		return res, err
 	}
@@ -411,14 +412,14 @@ func checkHolders(ctx context.Context, c *harness.Cluster) error {
 // largest course directory.
 func pickDirectory(want Expected, root string) string {
 	counts := map[string]int{}
-	for p := range want {
+	for _, p := range want.Paths() {
 		parts := strings.Split(p, "/")
 		if len(parts) > 3 && parts[1] == "courses" {
 			counts[strings.Join(parts[:3], "/")]++
 		}
 	}
 	best := ""
-	for _, d := range sortedKeys(counts) {
+	for _, d := range slices.Sorted(maps.Keys(counts)) {
 		if best == "" || counts[d] > counts[best] {
 			best = d
 		}
@@ -429,20 +430,11 @@ func pickDirectory(want Expected, root string) string {
 	return best
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
-}
-
 // touchFile rewrites one file of the local tree with new content.
-func touchFile(src string, local map[string]harness.FileDigest) error {
-	for _, p := range sortedKeys(local) {
+func touchFile(src string, expected []string) error {
+	for _, p := range expected {
 		if strings.HasSuffix(p, ".css") {
-			return os.WriteFile(filepath.Join(src, p), []byte(fmt.Sprintf("/* updated %s */\nbody{margin:0}\n", time.Now().Format(time.RFC3339Nano))), 0o644)
+			return os.WriteFile(filepath.Join(src, strings.TrimPrefix(p, Remote+"/")), []byte(fmt.Sprintf("/* updated %s */\nbody{margin:0}\n", time.Now().Format(time.RFC3339Nano))), 0o644)
 		}
 	}
 	return errors.New("no .css file to update")

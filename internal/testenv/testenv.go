@@ -100,3 +100,17 @@ func UniqueName(t testing.TB, prefix string) string {
 func DynamoDBClient(t testing.TB) *dynamodb.Client {
 	return dynamodb.NewFromConfig(DynamoDB(t), func(o *dynamodb.Options) { o.DisableValidateResponseChecksum = true })
 }
+
+// RequireRoot skips t unless it runs as root (loop devices, mounts); when
+// VOLSD_TEST_EMULATORS=1 (make test, CI) demands that every test run, it
+// fails instead. why names what needs root.
+func RequireRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv(EnvRequired) == "1" {
+		t.Fatalf("%s needs root, and %s=1 says this test must run: run it as root (sudo make test)", why, EnvRequired)
+	}
+	t.Skipf("%s needs root", why)
+}
