@@ -64,8 +64,13 @@ type App struct {
 	// points to (rsync -L); without it in-tree relative links are carried
 	// as links and others are refused.
 	CopyLinks bool
-	// Uploads is how many blobs upload at once (default 4).
+	// Uploads is how many blobs of at least DirectPutBelow upload at once
+	// (default 4); smaller ones go up smallUploads at a time.
 	Uploads int
+	// DirectPutBelow is the size below which a blob the previous sync does
+	// not vouch for is uploaded without a HeadObject first (0: the default,
+	// DefaultDirectPutBelow; negative: every blob is checked first).
+	DirectPutBelow int64
 	// DryRun makes Push compute its Plan and stop: nothing is uploaded or
 	// sent.
 	DryRun bool

@@ -202,8 +202,9 @@ Shell completion: volsd completion bash|zsh|fish|powershell --help.`,
 		Long: `push uploads LOCAL to the origin and asks the pool to apply it at DEST.
 A file becomes a put (DEST ending in / means "into this directory"); a directory becomes
 a sync of that tree (files at DEST that are not in LOCAL are deleted; "/" or "." is the
-root). Only blobs the origin lacks are uploaded; a second push of the same tree uploads
-nothing. A sync carries files (content, permission bits, mtime), directories (empty ones
+root). Only blobs the previous sync of DEST does not hold are uploaded (those under
+256 KiB at once, larger ones when the origin lacks them); a second push of the same tree
+uploads nothing. A sync carries files (content, permission bits, mtime), directories (empty ones
 too, with their modes) and symlinks whose relative target stays inside the tree; an
 absolute or escaping symlink is refused before anything is uploaded, unless --copy-links
 pushes what every link points to instead (as rsync -L). Special files are refused.

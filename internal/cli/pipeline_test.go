@@ -257,6 +257,7 @@ func TestPushUploadsOnlyMissingBlobs(t *testing.T) {
 		t.Fatalf("manifest in the origin: %+v %v", m, err)
 	}
 
+	w.deliver(context.Background(), t) // the first sync in the journal: its blobs are vouched for
 	before := w.s3.Writes()
 	code, out, errs = w.run("push", "--json", "--part-size", "5", dir, "/site/")
 	if code != 0 {
@@ -284,7 +285,7 @@ func TestPushUploadsOnlyMissingBlobs(t *testing.T) {
 
 	// Every message on the queue is a valid v1 request.
 	msgs, err := w.sqs.ReceiveMessage(context.Background(), &sqs.ReceiveMessageInput{QueueUrl: &w.cfg.QueueURL, MaxNumberOfMessages: 10})
-	if err != nil || len(msgs.Messages) != 3 {
+	if err != nil || len(msgs.Messages) != 2 {
 		t.Fatalf("queue holds %d messages, %v", len(msgs.Messages), err)
 	}
 	for _, m := range msgs.Messages {

@@ -208,6 +208,7 @@ func TestRewrittenWhileUploadedNeverLandsMismatched(t *testing.T) {
 func TestPresenceIsJudgedByChecksum(t *testing.T) {
 	a, origin, _, errb := fakeApp(t)
 	a.PartSize = 5 << 20
+	a.DirectPutBelow = -1 // every blob checked before its upload
 	big := bytes.Repeat([]byte("volsd parts "), (11<<20)/12)
 	dir := writeTree(t, map[string]string{"good.txt": "good bytes", "nosum.txt": "no checksum", "big.bin": string(big)})
 	ctx := context.Background()
@@ -453,5 +454,51 @@ func TestStalledPoolStatusAndRepair(t *testing.T) {
 	var after cli.Status
 	if code, out, _ := w.run("status", "--json"); code != 0 || json.Unmarshal([]byte(out), &after) != nil || after.Stalled != nil {
 		t.Fatalf("still stalled after the repair: %s", out)
+	}
+}
+
+// TestSmallBlobsGoUpWithoutACheck: with no previous sync to vouch for
+// them, blobs below DefaultDirectPutBelow are put at once, one request
+// each — and a wrong object under such a blob's name is overwritten with
+// the right bytes; a blob at or above it is checked first and uploaded
+// only when the origin does not hold it verified.
+func TestSmallBlobsGoUpWithoutACheck(t *testing.T) {
+	a, origin, _, _ := fakeApp(t)
+	a.PartSize = 5 << 20
+	small := bytes.Repeat([]byte("s"), cli.DefaultDirectPutBelow-1)
+	large := bytes.Repeat([]byte("L"), cli.DefaultDirectPutBelow)
+	kept := bytes.Repeat([]byte("k"), cli.DefaultDirectPutBelow+1)
+	dir := writeTree(t, map[string]string{"small.txt": string(small), "large.bin": string(large), "kept.bin": string(kept)})
+	ctx := context.Background()
+	if _, err := origin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("origin"), Key: aws.String(events.BlobKey(shaHex(small))), Body: bytes.NewReader([]byte("evil"))}); err != nil {
+		t.Fatal(err)
+	}
+	b64, _ := checksum.FromHex(shaHex(kept))
+	if _, err := origin.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String("origin"), Key: aws.String(events.BlobKey(shaHex(kept))), Body: bytes.NewReader(kept),
+		ChecksumAlgorithm: s3types.ChecksumAlgorithmSha256, ChecksumSHA256: aws.String(b64)}); err != nil {
+		t.Fatal(err)
+	}
+	heads0, puts0 := origin.Calls("HeadObject"), origin.Calls("PutObject")
+	s, err := a.Push(ctx, dir, "site")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// HeadObject: large.bin and kept.bin (the manifest is small: put at once).
+	// PutObject: small.txt, large.bin, the manifest.
+	if heads, puts := origin.Calls("HeadObject")-heads0, origin.Calls("PutObject")-puts0; heads != 2 || puts != 3 {
+		t.Fatalf("%d HeadObject and %d PutObject, want 2 and 3", heads, puts)
+	}
+	if s.CheckedBlobs != 2 || s.UploadedBlobs != 2 || s.PresentBlobs != 1 || s.UploadedBytes != int64(len(small)+len(large)) || !s.ManifestUploaded {
+		t.Fatalf("push: %+v", s)
+	}
+	for _, content := range [][]byte{small, large, kept} {
+		key := events.BlobKey(shaHex(content))
+		if got, _ := origin.Object("origin", key); !bytes.Equal(got, content) {
+			t.Fatalf("%s holds %d other bytes", key, len(got))
+		}
+		h, err := origin.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String("origin"), Key: aws.String(key), ChecksumMode: s3types.ChecksumModeEnabled})
+		if err != nil || checksum.Verify(h, shaHex(content), int64(len(content))) != nil {
+			t.Fatalf("%s not verified after the push: %v", key, err)
+		}
 	}
 }
