@@ -164,6 +164,7 @@ type Cluster struct {
 	Disks      *Disks
 	Fleet      *Fleet
 	Group      *Group
+	WarmPool   *WarmPool
 	Functions  map[string]*lambdaruntime.Function
 	PushSource *SQSSource
 
@@ -297,6 +298,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		Stuck:    c.stuck,
 		Deliver:  func(_ context.Context, ev events.Envelope) { c.deliverAsync("lifecycle", ev) },
 	}
+	c.WarmPool = &WarmPool{Group: c.Group, Stop: c.stopMachine, Start: c.restartMachine}
 	return c, nil
 }
 

@@ -76,6 +76,12 @@ func (p *Pool) Launch(ctx context.Context, a events.LifecycleAction) error {
 		l.log.Info("instance is already terminating; nothing to attach", "state", rec.State)
 		return nil
 	}
+	if a.FromWarmPool() {
+		// Into service: pushes wait for it again.
+		if err := p.markWarmed(ctx, l.id, false); err != nil {
+			return err
+		}
+	}
 	return l.run(ctx)
 }
 
@@ -128,6 +134,13 @@ func (l *launch) run(ctx context.Context) error {
 		}
 		if rec != nil && (rec.State == store.InstanceTerminating || rec.State == store.InstanceGone) {
 			return l.abort(ctx, "instance is terminating")
+		}
+		if l.a.IntoWarmPool() && rec != nil && rec.State != store.InstanceWarmed {
+			// It will wait stopped in the warm pool: from its claim on,
+			// pushes do not wait for it (it catches up when it leaves).
+			if err := l.p.markWarmed(ctx, l.id, true); err != nil {
+				return err
+			}
 		}
 		res, err := l.step(ctx, v)
 		if err != nil {

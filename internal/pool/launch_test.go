@@ -360,6 +360,54 @@ func TestLaunchFromWarmPoolKeepsItsVolume(t *testing.T) {
 	}
 }
 
+// TestWarmPoolInstanceWaitsWarmed: an instance launched into the warm pool
+// gets its volume and is recorded warmed (pushes do not wait for a stopped
+// instance); leaving the pool it is launching again with the same volume;
+// a scale-in back into the pool records it warmed again.
+func TestWarmPoolInstanceWaitsWarmed(t *testing.T) {
+	e := newEnv(t, awsfake.EC2Config{})
+	e.seedIdle()
+	if err := e.asg.PutWarmPool(e.cfg.Group, awsfake.WarmPoolSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	id, raw, err := e.asg.LaunchIntoWarmPool(e.cfg.Group, "us-east-1a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustHandle(raw)
+	v := checkAttached(t, e, id)
+	if in := e.instance(id); in.State != store.InstanceWarmed {
+		t.Fatalf("instance going into the warm pool is recorded %q", in.State)
+	}
+	e.mustHandle(raw) // a duplicate event changes nothing
+	if in := e.instance(id); in.State != store.InstanceWarmed {
+		t.Fatalf("after a duplicate event: %q", in.State)
+	}
+	if err := completeHook(e.asg, e.action(raw), "CONTINUE"); err != nil { // the agent caught up
+		t.Fatal(err)
+	}
+	raw2, err := e.asg.LeaveWarmPool(e.cfg.Group, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustHandle(raw2)
+	if again := checkAttached(t, e, id); again.VolumeID != v.VolumeID {
+		t.Fatalf("volume changed leaving the warm pool: %s → %s", v.VolumeID, again.VolumeID)
+	}
+	if in := e.instance(id); in.State != store.InstanceLaunching {
+		t.Fatalf("instance leaving the warm pool is recorded %q", in.State)
+	}
+	e.agentUp(raw2, 0)
+	traw, err := e.asg.Terminate(e.cfg.Group, id, "WarmPool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mustHandle(traw)
+	if in := e.instance(id); in.State != store.InstanceWarmed || in.VolumeID != v.VolumeID {
+		t.Fatalf("instance back in the warm pool: %+v", in)
+	}
+}
+
 func TestHandlerIgnoresWhatIsNotItsJob(t *testing.T) {
 	e := newEnv(t, awsfake.EC2Config{})
 	cases := []struct {

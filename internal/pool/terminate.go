@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
@@ -25,6 +26,9 @@ func (p *Pool) Terminate(ctx context.Context, a events.LifecycleAction) error {
 	log := p.log.With("instance", id, "transition", "terminate")
 	if a.Destination == events.LocationWarmPool {
 		log.Info("instance returns to the warm pool; it keeps its volume")
+		if err := p.markWarmed(ctx, id, true); err != nil {
+			return err
+		}
 		return p.complete(ctx, a, "CONTINUE", log)
 	}
 	inst, err := p.markTerminating(ctx, id)
@@ -74,6 +78,37 @@ func (p *Pool) markTerminating(ctx context.Context, id string) (store.Instance, 
 		return got, err
 	}
 	return store.Instance{}, fmt.Errorf("mark %s terminating: its record kept changing", id)
+}
+
+// markWarmed records that an instance goes into the warm pool (warmed:
+// stopped there, not to be waited for by pushes) or comes out of it
+// (launching again). Instances in other states (terminating, gone, none
+// recorded) are left alone; repeating it changes nothing.
+func (p *Pool) markWarmed(ctx context.Context, id string, warmed bool) error {
+	from, to := []store.InstanceState{store.InstanceLaunching, store.InstanceReady}, store.InstanceWarmed
+	if !warmed {
+		from, to = []store.InstanceState{store.InstanceWarmed}, store.InstanceLaunching
+	}
+	for range 10 {
+		inst, err := p.getInstance(ctx, id)
+		if err != nil || inst == nil || !slices.Contains(from, inst.State) {
+			return err
+		}
+		next := *inst
+		next.State = to
+		err = p.retry(ctx, func(ctx context.Context) error {
+			_, err := p.store.UpdateInstance(ctx, next)
+			return err
+		})
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err == nil {
+			p.log.Info("instance record", "instance", id, "from", inst.State, "to", to)
+		}
+		return err
+	}
+	return fmt.Errorf("mark %s %s: its record kept changing", id, to)
 }
 
 // markGone records that the instance is gone.

@@ -11,10 +11,14 @@ import (
 // InstanceState is where an instance of the group is, as volsd sees it.
 type InstanceState string
 
-// Instance states: launching → ready → terminating → gone.
+// Instance states: launching → ready → terminating → gone. An instance of
+// a warm pool waits warmed (stopped, its volume attached) between a launch
+// into the pool and the launch out of it (warmed → launching); --wait and
+// status count only launching and ready instances.
 const (
 	InstanceLaunching   InstanceState = "launching"
 	InstanceReady       InstanceState = "ready"
+	InstanceWarmed      InstanceState = "warmed"
 	InstanceTerminating InstanceState = "terminating"
 	InstanceGone        InstanceState = "gone"
 )
