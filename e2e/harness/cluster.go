@@ -274,9 +274,12 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 	}
 	// EventBridge rules of the stack.
-	c.RunCommand.OnStatus = func(ev events.Envelope) {
+	c.RunCommand.SSM.OnEvent = func(raw []byte) {
+		var ev events.Envelope
 		var d events.CommandStatus
-		_ = json.Unmarshal(ev.Detail, &d)
+		if err := json.Unmarshal(raw, &ev); err != nil || json.Unmarshal(ev.Detail, &d) != nil {
+			return
+		}
 		if _, ok := docs[d.DocumentName]; !ok { // the rule matches volsd documents only
 			return
 		}

@@ -15,7 +15,6 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/volsd/volsd/events"
-	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
 // Group plays the scaling side of an Auto Scaling group that moto only
@@ -190,7 +189,7 @@ func (g *Group) launch(ctx context.Context, az string) (*Launch, error) {
 	if _, err := g.ASG.AttachInstances(ctx, &autoscaling.AttachInstancesInput{AutoScalingGroupName: &g.Name, InstanceIds: []string{id}}); err != nil {
 		return nil, fmt.Errorf("attach %s to group %s: %w", id, g.Name, err)
 	}
-	action, err := g.Lifecycle.Start(ctx, g.Name, id, events.TransitionLaunching)
+	action, err := g.Lifecycle.Start(ctx, g.Name, id, az, events.TransitionLaunching)
 	if err != nil {
 		return nil, err
 	}
@@ -207,24 +206,28 @@ func (g *Group) launch(ctx context.Context, az string) (*Launch, error) {
 	}
 	l := &Launch{InstanceID: id, AZ: az, Action: action}
 	if action != nil {
-		l.Event = g.lifecycleEvent(action, events.DetailTypeLaunch, events.LocationEC2, events.LocationASG)
+		l.Event = action.Event
 		m.event = l.Event
 		g.deliver(ctx, l.Event)
 	}
 	return l, nil
 }
 
-func (g *Group) lifecycleEvent(a *LifecycleAction, detailType, origin, dest string) events.Envelope {
-	detail, _ := json.Marshal(events.LifecycleAction{
-		Origin: origin, Destination: dest, LifecycleActionToken: a.Token, AutoScalingGroupName: g.Name,
-		LifecycleHookName: a.Hook, EC2InstanceID: a.InstanceID, LifecycleTransition: a.Transition,
-	})
-	return events.Envelope{
-		Version: "0", ID: lambdaruntime.NewRequestID(), DetailType: detailType, Source: events.SourceAutoScaling,
-		Account: g.Account, Time: time.Now().UTC().Truncate(time.Second), Region: g.Region,
-		Resources: []string{fmt.Sprintf("arn:aws:autoscaling:%s:%s:autoScalingGroup:%s:autoScalingGroupName/%s", g.Region, g.Account, lambdaruntime.NewRequestID(), g.Name)},
-		Detail:    detail,
+// enteredService sends the "EC2 Instance Launch Successful" event Auto
+// Scaling sends once the instance is InService (the lifecycle Lambda then
+// asks its agent for its status, so the instance shows ready with its
+// seq).
+func (g *Group) enteredService(ctx context.Context, id string) error {
+	raw, err := g.Lifecycle.Model.LaunchSuccessful(g.Name, id)
+	if err != nil {
+		return err
 	}
+	var ev events.Envelope
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return err
+	}
+	g.deliver(ctx, ev)
+	return nil
 }
 
 func (g *Group) deliver(ctx context.Context, ev events.Envelope) {
@@ -274,6 +277,9 @@ func (g *Group) WaitInService(ctx context.Context, launches []*Launch) ([]Launch
 			}
 			g.mu.Unlock()
 			g.record(l.InstanceID, l.AZ, "Instance entered service")
+			if err := g.enteredService(ctx, l.InstanceID); err != nil {
+				return results, fmt.Errorf("launch successful event of %s: %w", l.InstanceID, err)
+			}
 			continue
 		}
 		g.record(l.InstanceID, l.AZ, "Launch abandoned by the lifecycle hook; terminating and replacing")
@@ -366,13 +372,13 @@ func (g *Group) ScaleInResults(ctx context.Context, n int) ([]TerminateResult, e
 		}
 		victim.state = "Terminating:Wait"
 		g.mu.Unlock()
-		action, err := g.Lifecycle.Start(ctx, g.Name, victim.id, events.TransitionTerminating)
+		action, err := g.Lifecycle.Start(ctx, g.Name, victim.id, victim.az, events.TransitionTerminating)
 		if err != nil {
 			return nil, err
 		}
 		g.record(victim.id, victim.az, "Terminating EC2 instance (scale in)")
 		if action != nil {
-			g.deliver(ctx, g.lifecycleEvent(action, events.DetailTypeTerminate, events.LocationASG, events.LocationEC2))
+			g.deliver(ctx, action.Event)
 		}
 		picks = append(picks, pick{victim.id, victim.az, action})
 	}

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/lambdaruntime"
 )
 
@@ -47,7 +48,7 @@ type Proxy struct {
 }
 
 type queryHandler func(w http.ResponseWriter, r *http.Request, form url.Values, body []byte)
-type jsonHandler func(w http.ResponseWriter, r *http.Request, body []byte)
+type jsonHandler = awsfake.Handler
 
 // NewProxy makes a proxy in front of moto at motoURL.
 func NewProxy(motoURL string, log *slog.Logger) (*Proxy, error) {
@@ -179,7 +180,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		op := target[strings.LastIndexByte(target, '.')+1:]
 		p.count(svc + ":" + op)
 		if f := p.Faults.match(svc, op); f != nil {
-			writeJSONError(w, f.Status, f.Code, f.Message)
+			awsfake.WriteJSONError(w, f.Status, f.Code, f.Message)
 			return
 		}
 		if h := p.json[target]; h != nil {
@@ -283,7 +284,7 @@ func writeQueryProtocolError(w http.ResponseWriter, svc string, status int, code
 		writeEC2Error(w, status, code, msg)
 		return
 	}
-	writeQueryError(w, status, code, msg)
+	awsfake.WriteQueryError(w, status, code, msg)
 }
 
 // writeEC2Error writes an EC2 (ec2query protocol) error.
@@ -293,27 +294,6 @@ func writeEC2Error(w http.ResponseWriter, status int, code, msg string) {
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
 <Response><Errors><Error><Code>%s</Code><Message>%s</Message></Error></Errors><RequestID>%s</RequestID></Response>`,
 		xmlEscape(code), xmlEscape(msg), lambdaruntime.NewRequestID())
-}
-
-// writeQueryError writes an awsquery protocol error (Auto Scaling, SQS query).
-func writeQueryError(w http.ResponseWriter, status int, code, msg string) {
-	typ := "Sender"
-	if status >= 500 {
-		typ = "Receiver"
-	}
-	w.Header().Set("Content-Type", "text/xml")
-	w.WriteHeader(status)
-	fmt.Fprintf(w, `<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><Error><Type>%s</Type><Code>%s</Code><Message>%s</Message></Error><RequestId>%s</RequestId></ErrorResponse>`,
-		typ, xmlEscape(code), xmlEscape(msg), lambdaruntime.NewRequestID())
-}
-
-// writeJSONError writes an awsJson1.1 error.
-func writeJSONError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("X-Amzn-Errortype", code)
-	w.Header().Set("X-Amzn-Requestid", lambdaruntime.NewRequestID())
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"__type": code, "message": msg})
 }
 
 // writeS3Error writes an S3 REST-XML error.
@@ -327,7 +307,7 @@ func writeS3Error(w http.ResponseWriter, status int, code, msg string) {
 func writeJSON(w http.ResponseWriter, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
-		writeJSONError(w, http.StatusInternalServerError, "InternalServerError", err.Error())
+		awsfake.WriteJSONError(w, http.StatusInternalServerError, "InternalServerError", err.Error())
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -117,10 +118,10 @@ func newProxyEnv(t *testing.T) *proxyEnv {
 		t.Fatal(err)
 	}
 	e.rc = NewRunCommand(p, e.fleet, e.ec2, docs, Account, Region, log)
-	e.rc.OnStatus = func(ev events.Envelope) {
+	e.rc.SSM.OnEvent = func(raw []byte) {
 		var d events.CommandStatus
-		if err := json.Unmarshal(ev.Detail, &d); err != nil || ev.DetailType != events.DetailTypeSSMStatus {
-			t.Errorf("status event %+v: %v", ev, err)
+		if _, err := events.DecodeDetail(raw, events.DetailTypeSSMStatus, &d); err != nil {
+			t.Errorf("status event %s: %v", raw, err)
 		}
 		e.mu.Lock()
 		e.events = append(e.events, d)
@@ -204,16 +205,13 @@ func TestProxyLifecycleActions(t *testing.T) {
 	if _, err := e.asg.AttachInstances(ctx, &autoscaling.AttachInstancesInput{AutoScalingGroupName: &group, InstanceIds: []string{i1, i2}}); err != nil {
 		t.Fatal(err)
 	}
-	a1, err := e.life.Start(ctx, group, i1, events.TransitionLaunching)
+	a1, err := e.life.Start(ctx, group, i1, "us-east-1a", events.TransitionLaunching)
 	if err != nil || a1 == nil {
 		t.Fatalf("start action: %v, %v", a1, err)
 	}
-	a2, err := e.life.Start(ctx, group, i2, events.TransitionLaunching)
+	a2, err := e.life.Start(ctx, group, i2, "us-east-1a", events.TransitionLaunching)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if a, _ := e.life.Start(ctx, group, i1, events.TransitionTerminating); a != nil {
-		t.Error("an action started for a transition the group has no hook for")
 	}
 	asg := autoscaling.NewFromConfig(e.cfg)
 
@@ -282,6 +280,9 @@ func TestProxyLifecycleActions(t *testing.T) {
 		t.Errorf("timed-out action: %s (timedOut %v); want the hook's default ABANDON", r, timedOut)
 	}
 	wantCode(t, complete(i2, "", "CONTINUE"), "ValidationError", "No active Lifecycle Action")
+	if a, _ := e.life.Start(ctx, group, i1, "us-east-1a", events.TransitionTerminating); a != nil {
+		t.Error("an action started for a transition the group has no hook for")
+	}
 }
 
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {
@@ -348,9 +349,8 @@ func TestProxyRunCommandByTagAndByID(t *testing.T) {
 		!strings.Contains(aws.ToString(list.CommandInvocations[0].CommandPlugins[0].Output), `"seq":7`) {
 		t.Errorf("ListCommandInvocations: %+v", list.CommandInvocations)
 	}
-	cmds, err := client.ListCommands(ctx, &ssm.ListCommandsInput{CommandId: &id})
-	if err != nil || len(cmds.Commands) != 1 || cmds.Commands[0].Status != ssmtypes.CommandStatusSuccess || cmds.Commands[0].CompletedCount != 2 {
-		t.Errorf("ListCommands: %+v, %v", cmds, err)
+	if cmds := e.rc.CommandIDs(); len(cmds) != 1 || cmds[0].Status != string(ssmtypes.CommandStatusSuccess) || cmds[0].Targets != 2 {
+		t.Errorf("commands: %+v", cmds)
 	}
 	// Two status events per invocation: InProgress, then Success.
 	byInst := map[string][]string{}
@@ -391,11 +391,11 @@ func TestProxyRunCommandValidatesLikeSSM(t *testing.T) {
 		msg  string
 	}{
 		{"hostile parameter", ssm.SendCommandInput{DocumentName: aws.String("volsd-Apply"), InstanceIds: []string{inst},
-			Parameters: map[string][]string{"upTo": {"1; rm -rf /"}}}, "InvalidParameters", "allowedPattern"},
+			Parameters: map[string][]string{"upTo": {"1; rm -rf /"}}}, "InvalidParameters", "allowed pattern"},
 		{"unknown parameter", ssm.SendCommandInput{DocumentName: aws.String("volsd-Apply"), InstanceIds: []string{inst},
 			Parameters: map[string][]string{"script": {"x"}}}, "InvalidParameters", "not defined"},
 		{"unknown document", ssm.SendCommandInput{DocumentName: aws.String("AWS-RunShellScript"), InstanceIds: []string{inst}}, "InvalidDocument", "does not exist"},
-		{"no target", ssm.SendCommandInput{DocumentName: aws.String("volsd-Thaw")}, "ValidationException", "InstanceIds and Targets"},
+		{"no target", ssm.SendCommandInput{DocumentName: aws.String("volsd-Thaw")}, "ValidationException", "InstanceIds or Targets"},
 	} {
 		_, err := client.SendCommand(ctx, &tc.in)
 		t.Run(tc.name, func(t *testing.T) { wantCode(t, err, tc.code, tc.msg) })
@@ -735,6 +735,7 @@ func TestGroupBalancesLaunchesAndHoldsHooks(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var delivered []events.LifecycleAction
+	var launched []string // "EC2 Instance Launch Successful" events
 	booted := map[string]string{}
 	var poweredOff []string
 	g := &Group{Name: name, Pool: "p", Subnets: subnets, LaunchTemplate: lt, Region: Region, Account: Account,
@@ -752,6 +753,16 @@ func TestGroupBalancesLaunchesAndHoldsHooks(t *testing.T) {
 			return nil
 		},
 		Deliver: func(_ context.Context, ev events.Envelope) {
+			if ev.DetailType == events.DetailTypeLaunchSuccessful {
+				var r events.LaunchResult
+				if _, err := events.DecodeDetail(mustJSON(t, ev), ev.DetailType, &r); err != nil || r.Validate() != nil || r.AutoScalingGroupName != name {
+					t.Errorf("launch successful event %+v: %v", ev, err)
+				}
+				mu.Lock()
+				launched = append(launched, r.EC2InstanceID)
+				mu.Unlock()
+				return
+			}
 			var d events.LifecycleAction
 			if _, err := events.DecodeDetail(mustJSON(t, ev), ev.DetailType, &d); err != nil || d.Validate() != nil {
 				t.Errorf("lifecycle event %+v: %v", ev, err)
@@ -825,6 +836,12 @@ func TestGroupBalancesLaunchesAndHoldsHooks(t *testing.T) {
 	if len(g.InService()) != 3 || len(poweredOff) != 1 || poweredOff[0] != ls[2].InstanceID {
 		t.Errorf("in service %v, powered off %v", g.InService(), poweredOff)
 	}
+	mu.Lock()
+	slices.Sort(launched)
+	if !slices.Equal(launched, g.InService()) {
+		t.Errorf("Launch Successful events for %v; want one for each instance that entered service %v (none for the abandoned one)", launched, g.InService())
+	}
+	mu.Unlock()
 	d, err := e.asg.DescribeAutoScalingGroups(ctx, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{name}})
 	if err != nil {
 		t.Fatal(err)

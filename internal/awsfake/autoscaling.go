@@ -398,6 +398,49 @@ func (a *AutoScaling) LaunchExisting(group, instanceID, az, from string) (json.R
 	return a.event(act)
 }
 
+// LaunchSuccessful returns the "EC2 Instance Launch Successful" event Auto
+// Scaling sends once an instance of group is InService (after its launch
+// hooks completed CONTINUE, or at once without one); an error while the
+// instance is not InService.
+func (a *AutoScaling) LaunchSuccessful(group, instanceID string) (json.RawMessage, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.advance()
+	g := a.groups[group]
+	if g == nil {
+		return nil, fmt.Errorf("awsfake: no group %q", group)
+	}
+	gi := g.instances[instanceID]
+	if gi == nil || gi.state != types.LifecycleStateInService {
+		return nil, fmt.Errorf("awsfake: %s of group %q is not InService", instanceID, group)
+	}
+	a.seq++
+	now := a.now()
+	detail, err := json.Marshal(events.LaunchResult{
+		Origin: events.LocationEC2, Destination: events.LocationASG, AutoScalingGroupName: group,
+		EC2InstanceID: instanceID, ActivityID: fmt.Sprintf("%08x-0000-4000-8000-%012x", a.seq, now.UnixNano()&0xffffffffffff),
+		StatusCode: "InProgress",
+	})
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(events.Envelope{
+		Version: "0", ID: fmt.Sprintf("evt-launched-%s-%d", instanceID, a.seq), DetailType: events.DetailTypeLaunchSuccessful,
+		Source: events.SourceAutoScaling, Account: a.cfg.Account, Time: now.Truncate(time.Second), Region: a.cfg.Region,
+		Resources: []string{a.groupARN(group), "arn:aws:ec2:" + a.cfg.Region + ":" + a.cfg.Account + ":instance/" + instanceID},
+		Detail:    detail,
+	})
+}
+
+// QueryHandlers is the fake's HTTP front for the lifecycle actions (the
+// awsquery protocol, Action=<Op>).
+func (a *AutoScaling) QueryHandlers() map[string]Handler {
+	return map[string]Handler{
+		"CompleteLifecycleAction":        QueryOp("CompleteLifecycleAction", a.CompleteLifecycleAction),
+		"RecordLifecycleActionHeartbeat": QueryOp("RecordLifecycleActionHeartbeat", a.RecordLifecycleActionHeartbeat),
+	}
+}
+
 // Terminate starts terminating an instance of group and returns the
 // terminate lifecycle event (nil without a terminate hook: the instance is
 // terminated at once). to is "" or events.LocationWarmPool (scale-in back

@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"math"
 	"regexp"
 	"sort"
 	"strconv"
@@ -40,8 +39,11 @@ const (
 // that are invisible to GetCommandInvocation right after SendCommand
 // (InvocationDoesNotExist), run asynchronously by Runner at most
 // MaxConcurrency at a time, and EventBridge status-change events through
-// OnEvent. MaxErrors is validated but not enforced. It is safe for
-// concurrent use; set the exported fields before the first call.
+// OnEvent. MaxErrors is enforced as Run Command does: once more
+// invocations failed or timed out than it allows, the invocations not yet
+// sent end Cancelled (running ones finish). It is safe for concurrent use;
+// set the exported fields before the first call. Its HTTP front (JSON
+// protocol, X-Amz-Target AmazonSSM.<Op>) is JSONHandlers.
 type SSM struct {
 	pipelineFaults
 
@@ -49,6 +51,10 @@ type SSM struct {
 	// answer InvocationDoesNotExist before the invocation can be read, as
 	// right after a SendCommand in AWS. Default 1.
 	InvisibleReads int
+	// InvisibleFor is how long after SendCommand the invocations stay
+	// invisible (InvocationDoesNotExist) whatever the reads, as in AWS where
+	// the delay is time; no status event is emitted before. 0 = none.
+	InvisibleFor time.Duration
 	// Runner runs one invocation and returns its result. When nil,
 	// invocations stay InProgress until Complete is called.
 	Runner func(ctx context.Context, inv SSMInvocation) SSMResult
@@ -88,9 +94,12 @@ type SSMResult struct {
 
 type ssmCommand struct {
 	cmd         types.Command
+	visible     time.Time // InvisibleFor after SendCommand
 	invocations map[string]*ssmInvocation
 	ids         []string
 	concurrency chan struct{}
+	maxErrors   int // failed or timed-out invocations allowed before the rest are cancelled
+	errors      int // failed or timed-out invocations so far
 }
 
 type ssmInvocation struct {
@@ -263,7 +272,9 @@ func (f *SSM) SendCommand(ctx context.Context, in *ssm.SendCommandInput, _ ...fu
 		},
 		invocations: map[string]*ssmInvocation{},
 		ids:         ids,
-		concurrency: make(chan struct{}, ssmLimit(maxConc, len(ids))),
+		concurrency: make(chan struct{}, SSMRateLimit(maxConc, len(ids), 1)),
+		maxErrors:   SSMRateLimit(maxErr, len(ids), 0),
+		visible:     now.Add(f.InvisibleFor),
 	}
 	for _, iid := range ids {
 		c.invocations[iid] = &ssmInvocation{status: types.CommandInvocationStatusPending}
@@ -285,15 +296,25 @@ func (f *SSM) SendCommand(ctx context.Context, in *ssm.SendCommandInput, _ ...fu
 	return &ssm.SendCommandOutput{Command: &out}, nil
 }
 
-// ssmLimit turns MaxConcurrency ("10" or "25%") into a number of
-// invocations running at once (at least 1).
-func ssmLimit(spec string, targets int) int {
+// SSMRateLimit turns a Run Command rate control (MaxConcurrency or
+// MaxErrors: a count such as "10" or a percentage of the targets such as
+// "25%") into a count for targets targets, never below floor (1 for
+// MaxConcurrency, 0 for MaxErrors). A percentage rounds down: the Run
+// Command guide gives no rule for fractions, and this is the rule AWS
+// documents for its other percentage rate controls (CloudFormation
+// StackSets MaxConcurrentPercentage and FailureTolerancePercentage: "rounds
+// down to the next whole number", 1 where that would be 0 for
+// concurrency); it never lets more run at once, or fail, than the share
+// asked for. So "50%" of 3 targets runs 1 at a time, and MaxErrors "10%"
+// of 50 allows 5 errors: the sixth stops the rest, as the guide's example
+// says.
+func SSMRateLimit(spec string, targets, floor int) int {
 	if p, ok := strings.CutSuffix(spec, "%"); ok {
 		n, _ := strconv.Atoi(p)
-		return max(1, int(math.Ceil(float64(targets)*float64(n)/100)))
+		return max(floor, targets*n/100)
 	}
 	n, _ := strconv.Atoi(spec)
-	return max(1, n)
+	return max(floor, n)
 }
 
 func ssmDedupe(ids []string) []string {
@@ -351,12 +372,43 @@ func (f *SSM) run(c *ssmCommand, instanceID string, runner func(context.Context,
 	defer f.running.Done()
 	c.concurrency <- struct{}{}
 	defer func() { <-c.concurrency }()
+	f.mu.Lock()
+	over := c.errors > c.maxErrors
+	f.mu.Unlock()
+	if over { // MaxErrors reached: Run Command sends no more invocations
+		f.setStatus(c, instanceID, SSMResult{Status: types.CommandInvocationStatusCancelled, ResponseCode: -1})
+		return
+	}
 	f.setStatus(c, instanceID, SSMResult{Status: types.CommandInvocationStatusInProgress})
 	res := runner(context.Background(), SSMInvocation{
 		CommandID: aws.ToString(c.cmd.CommandId), InstanceID: instanceID,
 		DocumentName: aws.ToString(c.cmd.DocumentName), Parameters: c.cmd.Parameters,
 	})
 	f.setStatus(c, instanceID, res)
+}
+
+// InvocationStatuses returns each invocation's status of a command, by
+// instance ID (none for an unknown command).
+func (f *SSM) InvocationStatuses(commandID string) map[string]types.CommandInvocationStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]types.CommandInvocationStatus{}
+	if c, ok := f.commands[commandID]; ok {
+		for id, inv := range c.invocations {
+			out[id] = inv.status
+		}
+	}
+	return out
+}
+
+// JSONHandlers is the fake's HTTP front: a Handler per X-Amz-Target of the
+// operations it models.
+func (f *SSM) JSONHandlers() map[string]Handler {
+	return map[string]Handler{
+		"AmazonSSM.SendCommand":            JSONOp(f.SendCommand),
+		"AmazonSSM.GetCommandInvocation":   JSONOp(f.GetCommandInvocation),
+		"AmazonSSM.ListCommandInvocations": JSONOp(f.ListCommandInvocations),
+	}
 }
 
 // Complete ends an invocation that no Runner handles, like an agent
@@ -387,6 +439,9 @@ func ssmTerminal(s types.CommandInvocationStatus) bool {
 // setStatus moves an invocation to res.Status, updates the command's counts
 // and status, and emits the status-change event.
 func (f *SSM) setStatus(c *ssmCommand, instanceID string, res SSMResult) {
+	if d := c.visible.Sub(f.now()); d > 0 {
+		time.Sleep(d) // no event for an invocation GetCommandInvocation cannot find yet
+	}
 	f.mu.Lock()
 	inv := c.invocations[instanceID]
 	if inv.status == res.Status || ssmTerminal(inv.status) {
@@ -404,6 +459,9 @@ func (f *SSM) setStatus(c *ssmCommand, instanceID string, res SSMResult) {
 		c.cmd.CompletedCount++
 		if res.Status != types.CommandInvocationStatusSuccess {
 			c.cmd.ErrorCount++
+		}
+		if res.Status == types.CommandInvocationStatusFailed || res.Status == types.CommandInvocationStatusTimedOut {
+			c.errors++ // what counts against MaxErrors
 		}
 	}
 	c.cmd.Status = types.CommandStatusInProgress
@@ -508,6 +566,9 @@ func (f *SSM) GetCommandInvocation(ctx context.Context, in *ssm.GetCommandInvoca
 	}
 	if p := aws.ToString(in.PluginName); p != "" && p != "aws:runShellScript" {
 		return nil, f.wrap("GetCommandInvocation", &types.InvalidPluginName{Message: aws.String("Plugin " + p + " is not part of the document.")})
+	}
+	if f.now().Before(c.visible) {
+		return nil, f.wrap("GetCommandInvocation", ssmNoInvocation())
 	}
 	if inv.reads < f.InvisibleReads {
 		inv.reads++
