@@ -34,6 +34,7 @@ type Lifecycle struct {
 
 	mu     sync.Mutex
 	groups map[string]bool // groups the model knows
+	warm   map[string]bool // groups with a warm pool in the model
 }
 
 // LifecycleAction is one instance waiting on one hook.
@@ -52,7 +53,7 @@ type LifecycleAction struct {
 // NewLifecycle registers the lifecycle API on the proxy.
 func NewLifecycle(p *Proxy, asg *autoscaling.Client, log *slog.Logger) *Lifecycle {
 	l := &Lifecycle{Model: awsfake.NewAutoScaling(awsfake.AutoScalingConfig{Region: Region, Account: Account}),
-		asg: asg, log: log, groups: map[string]bool{}}
+		asg: asg, log: log, groups: map[string]bool{}, warm: map[string]bool{}}
 	for action, h := range l.Model.QueryHandlers() {
 		p.HandleQuery("autoscaling", action, func(w http.ResponseWriter, r *http.Request, _ url.Values, body []byte) { h(w, r, body) })
 	}
@@ -106,6 +107,41 @@ func (l *Lifecycle) Start(ctx context.Context, group, instanceID, az, transition
 	} else {
 		raw, err = l.Model.Terminate(group, instanceID, "")
 	}
+	return l.action(group, instanceID, transition, raw, err)
+}
+
+// StartIntoWarmPool launches instanceID (in az) into the group's warm pool
+// (a pool state of Stopped): Warmed:Pending:Wait on the launch hook, event
+// Destination WarmPool.
+func (l *Lifecycle) StartIntoWarmPool(ctx context.Context, group, instanceID, az string) (*LifecycleAction, error) {
+	if err := l.model(ctx, group); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	if !l.warm[group] {
+		if err := l.Model.PutWarmPool(group, awsfake.WarmPoolSpec{PoolState: asgtypes.WarmPoolStateStopped}); err != nil {
+			l.mu.Unlock()
+			return nil, err
+		}
+		l.warm[group] = true
+	}
+	l.mu.Unlock()
+	raw, err := l.Model.AddToWarmPool(group, instanceID, az)
+	return l.action(group, instanceID, events.TransitionLaunching, raw, err)
+}
+
+// StartFromWarmPool moves a warmed instance into the group: Pending:Wait on
+// the launch hook, event Origin WarmPool.
+func (l *Lifecycle) StartFromWarmPool(ctx context.Context, group, instanceID string) (*LifecycleAction, error) {
+	if err := l.model(ctx, group); err != nil {
+		return nil, err
+	}
+	raw, err := l.Model.LeaveWarmPool(group, instanceID)
+	return l.action(group, instanceID, events.TransitionLaunching, raw, err)
+}
+
+// action wraps the action the model's event raw announces.
+func (l *Lifecycle) action(group, instanceID, transition string, raw json.RawMessage, err error) (*LifecycleAction, error) {
 	if err != nil || raw == nil {
 		return nil, err
 	}

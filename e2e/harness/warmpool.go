@@ -13,8 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
-	"github.com/volsd/volsd/events"
 )
 
 // WarmPool plays the group's warm pool (a pool state of Stopped), the
@@ -82,7 +80,7 @@ func (w *WarmPool) Fill(ctx context.Context, n int) ([]LaunchResult, error) {
 			return nil, fmt.Errorf("launch into the warm pool in %s: %w", az, err)
 		}
 		id := aws.ToString(run.Instances[0].InstanceId)
-		action, err := g.Lifecycle.Start(ctx, g.Name, id, events.TransitionLaunching)
+		action, err := g.Lifecycle.StartIntoWarmPool(ctx, g.Name, id, az)
 		if err != nil {
 			return nil, err
 		}
@@ -96,7 +94,7 @@ func (w *WarmPool) Fill(ctx context.Context, n int) ([]LaunchResult, error) {
 		}
 		l := &Launch{InstanceID: id, AZ: az, Action: action}
 		if action != nil {
-			l.Event = g.lifecycleEvent(action, events.DetailTypeLaunch, events.LocationEC2, events.LocationWarmPool)
+			l.Event = action.Event
 			m.event = l.Event
 			g.deliver(ctx, l.Event)
 		}
@@ -193,7 +191,7 @@ func (w *WarmPool) ScaleOut(ctx context.Context, n int) ([]*Launch, error) {
 		if _, err := g.ASG.AttachInstances(ctx, &autoscaling.AttachInstancesInput{AutoScalingGroupName: &g.Name, InstanceIds: []string{m.id}}); err != nil {
 			return out, fmt.Errorf("attach %s to group %s: %w", m.id, g.Name, err)
 		}
-		action, err := g.Lifecycle.Start(ctx, g.Name, m.id, events.TransitionLaunching)
+		action, err := g.Lifecycle.StartFromWarmPool(ctx, g.Name, m.id)
 		if err != nil {
 			return out, err
 		}
@@ -213,7 +211,7 @@ func (w *WarmPool) ScaleOut(ctx context.Context, n int) ([]*Launch, error) {
 		}
 		l := &Launch{InstanceID: m.id, AZ: m.az, Action: action}
 		if action != nil {
-			l.Event = g.lifecycleEvent(action, events.DetailTypeLaunch, events.LocationWarmPool, events.LocationASG)
+			l.Event = action.Event
 			gm.event = l.Event
 			g.deliver(ctx, l.Event)
 		}
