@@ -2,7 +2,6 @@ package harness
 
 import (
 	"bytes"
-	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"io"
@@ -302,17 +301,6 @@ func writeS3Error(w http.ResponseWriter, status int, code, msg string) {
 	w.WriteHeader(status)
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message><RequestId>%s</RequestId></Error>`,
 		xmlEscape(code), xmlEscape(msg), lambdaruntime.NewRequestID())
-}
-
-func writeJSON(w http.ResponseWriter, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		awsfake.WriteJSONError(w, http.StatusInternalServerError, "InternalServerError", err.Error())
-		return
-	}
-	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
-	w.Header().Set("X-Amzn-Requestid", lambdaruntime.NewRequestID())
-	_, _ = w.Write(b)
 }
 
 func xmlEscape(s string) string {
