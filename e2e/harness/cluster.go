@@ -472,6 +472,7 @@ func (c *Cluster) lambdaEnv(name string) []string {
 		env["VOLSD_KMS_KEY_ID"] = ""
 		env["VOLSD_SNAPSHOT_KEEP"] = strconv.Itoa(o.SnapshotKeep)
 		env["VOLSD_FREEZE_SECONDS"] = "30"
+		env["VOLSD_BUCKET"] = c.Names.Bucket
 		docs()
 	case "push":
 		env["VOLSD_BUCKET"] = c.Names.Bucket

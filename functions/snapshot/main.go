@@ -1,6 +1,6 @@
 // Command snapshot is the snapshot Lambda (EventBridge schedule): it
 // freezes one in-service volume, snapshots it, thaws it, applies retention
-// and compacts the journal. The logic is in internal/snapshot; this only
+// compacts the journal and reclaims the origin. The logic is in internal/snapshot; this only
 // wires clients and configuration.
 package main
 
@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/volsd/volsd/internal/envconfig"
@@ -30,5 +31,5 @@ func main() {
 		log.Error("bad configuration", "error", err)
 		os.Exit(2)
 	}
-	lambda.Start(r.Handle)
+	lambda.Start(r.WithOrigin(s3.NewFromConfig(cfg)).Handle)
 }

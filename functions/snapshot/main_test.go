@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/volsd/volsd/internal/lambdatest"
 	"github.com/volsd/volsd/internal/store"
@@ -67,6 +68,10 @@ func TestBootstrapRunsScheduledEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	bucket := testenv.UniqueName(t, "origin")
+	if _, err := s3.NewFromConfig(testenv.Moto(t), func(o *s3.Options) { o.UsePathStyle = true }).CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &bucket}); err != nil {
+		t.Fatal(err)
+	}
 	event, err := os.ReadFile("../../events/testdata/scheduled.json")
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +80,7 @@ func TestBootstrapRunsScheduledEvent(t *testing.T) {
 	res := lambdatest.Invoke(t, lambdatest.Build(t), []string{
 		"AWS_REGION=" + testenv.Region, "AWS_ACCESS_KEY_ID=" + testenv.AccessKey, "AWS_SECRET_ACCESS_KEY=" + testenv.SecretKey,
 		"AWS_ENDPOINT_URL=" + motoEP, "AWS_ENDPOINT_URL_DYNAMODB=" + ddbEP,
-		"VOLSD_POOL=" + pool, "VOLSD_TABLE=" + table, "VOLSD_ASG=" + group,
+		"VOLSD_POOL=" + pool, "VOLSD_TABLE=" + table, "VOLSD_ASG=" + group, "VOLSD_BUCKET=" + bucket,
 	}, 90*time.Second, event)
 	got, stdout, stderr := res.Answers[0], res.Stdout, res.Stderr
 	if !strings.HasPrefix(got, "response: ") || !strings.Contains(got, "no in-service volume") {
@@ -83,5 +88,9 @@ func TestBootstrapRunsScheduledEvent(t *testing.T) {
 	}
 	if !strings.Contains(stdout, `"SnapshotAgeSeconds":0`) || !strings.Contains(stdout, fmt.Sprintf(`"Pool":%q`, pool)) {
 		t.Errorf("no age metric on stdout:\n%s", stdout)
+	}
+	// The origin's reclaim ran over the (empty) bucket.
+	if !strings.Contains(stdout, `"ReclaimedBytes":0`) || !strings.Contains(stdout, `"UnreferencedBytes":0`) {
+		t.Errorf("no reclaim metrics on stdout:\n%s", stdout)
 	}
 }

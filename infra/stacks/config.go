@@ -34,6 +34,7 @@ type Config struct {
 	Filesystem        string
 	SnapshotKeep      int
 	SnapshotHours     int    // snapshotIntervalHours, default 6
+	ReclaimGraceDays  int    // reclaimGraceDays, default 7; 0 turns origin reclaim off
 	DocumentPrefix    string // documentPrefix, default volsd-
 	LogLevel          string
 
@@ -49,7 +50,7 @@ type Config struct {
 var ContextKeys = []string{
 	"pool", "asgName", "example", "idlePerAz", "azs", "volumeSizeGiB", "volumeType", "volumeIops",
 	"volumeThroughput", "volumeInitRate", "sourceSnapshot", "kmsKeyArn", "releasePolicy", "mountPath",
-	"filesystem", "snapshotKeep", "snapshotIntervalHours", "documentPrefix", "logLevel", "lambdaDir",
+	"filesystem", "snapshotKeep", "snapshotIntervalHours", "reclaimGraceDays", "documentPrefix", "logLevel", "lambdaDir",
 	"agentPackage", "exampleInstanceType", "exampleAllowCidr", "exampleCapacity",
 }
 
@@ -98,6 +99,7 @@ func ConfigFromContext(app awscdk.App) (Config, error) {
 		Filesystem:           str("filesystem", "ext4"),
 		SnapshotKeep:         num("snapshotKeep", 3),
 		SnapshotHours:        num("snapshotIntervalHours", 6),
+		ReclaimGraceDays:     num("reclaimGraceDays", 7),
 		DocumentPrefix:       str("documentPrefix", "volsd-"),
 		LogLevel:             str("logLevel", "info"),
 		LambdaAssetDir:       str("lambdaDir", "build/lambda"),

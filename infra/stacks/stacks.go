@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awskms"
@@ -63,6 +64,10 @@ func (c Config) PoolProps(scope constructs.Construct, group string) *volsd.PoolP
 		DocumentPrefix:       c.DocumentPrefix,
 		LogLevel:             c.LogLevel,
 		LambdaAssetDir:       c.LambdaAssetDir,
+	}
+	p.ReclaimGrace = time.Duration(c.ReclaimGraceDays) * 24 * time.Hour
+	if c.ReclaimGraceDays == 0 {
+		p.ReclaimGrace = volsd.NoReclaim
 	}
 	if c.KmsKeyArn != "" {
 		p.KmsKey = awskms.Key_FromKeyArn(scope, jsii.String("EbsKey"), jsii.String(c.KmsKeyArn))

@@ -121,6 +121,13 @@ func (p *Pool) newDashboard() {
 		Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(metrics.PushLagSeconds),
 		DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Maximum"),
 	})
+	origin := func(name, label, stat string) awscloudwatch.IMetric {
+		return awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
+			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(name), Label: jsii.String(label),
+			DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String(stat),
+			Period: awscdk.Duration_Hours(f(6)),
+		})
+	}
 	p.Dashboard = awscloudwatch.NewDashboard(p.Construct, jsii.String("Dashboard"), &awscloudwatch.DashboardProps{
 		DefaultInterval: awscdk.Duration_Hours(f(6)),
 		Widgets: &[]*[]awscloudwatch.IWidget{
@@ -131,6 +138,8 @@ func (p *Pool) newDashboard() {
 			{graph("Push lag (s)", p.pushLagMetric(), pushLag), graph("Dead-letter queues",
 				p.DeadLetterQueue.MetricApproximateNumberOfMessagesVisible(nil), p.EventDeadLetterQueue.MetricApproximateNumberOfMessagesVisible(nil))},
 			{graph("Lambda errors", errors...), graph("Lambda duration p90", durations...)},
+			{graph("Origin reclaim (bytes)", origin(metrics.ReclaimedBytes, "deleted", "Sum"),
+				origin(metrics.UnreferencedBytes, "unreferenced, waiting out the grace", "Maximum"))},
 		},
 	})
 }

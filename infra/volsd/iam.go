@@ -188,6 +188,14 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		}))
 		add(statement("DeletePoolSnapshots", []string{"ec2:DeleteSnapshot"}, []*string{p.snapshotArns()}, p.tagged("aws:ResourceTag")))
 		sendCommands("Freeze", "Thaw")
+		if p.props.ReclaimGrace > 0 {
+			// Origin reclaim: list and read to mark, delete what nothing
+			// references — blobs and manifests only, and only this role.
+			add(statement("ReadOrigin", []string{"s3:GetObject"}, p.originObjectArns(), nil))
+			add(statement("ListOrigin", []string{"s3:ListBucket"}, []*string{p.Bucket.BucketArn()}, nil))
+			add(statement("ReclaimOrigin", []string{"s3:DeleteObject"}, p.originObjectArns(), nil))
+			allowed = append(allowed, originObjectsWildcard)
+		}
 	case "push":
 		add(statement("ReadOrigin", []string{"s3:GetObject"}, p.originObjectArns(), nil))
 		add(statement("ListOrigin", []string{"s3:ListBucket"}, []*string{p.Bucket.BucketArn()}, nil))

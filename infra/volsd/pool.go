@@ -25,6 +25,7 @@ import (
 	"github.com/aws/jsii-runtime-go"
 
 	"github.com/volsd/volsd/infra/documents"
+	"github.com/volsd/volsd/internal/reclaim"
 )
 
 // Function settings. The push queue's visibility timeout is at least six
@@ -180,7 +181,7 @@ func (p *Pool) newQueues() {
 		Encryption:        awssqs.QueueEncryption_SQS_MANAGED,
 		EnforceSSL:        jsii.Bool(true),
 		VisibilityTimeout: awscdk.Duration_Seconds(f(PushQueueVisibilityFactor * pushTimeout)),
-		RetentionPeriod:   awscdk.Duration_Days(f(4)),
+		RetentionPeriod:   awscdk.Duration_Seconds(f(reclaim.MaxPushInFlight.Seconds())),
 		DeadLetterQueue: &awssqs.DeadLetterQueue{
 			Queue:           p.DeadLetterQueue,
 			MaxReceiveCount: jsii.Number(PushMaxReceiveCount),
@@ -260,6 +261,8 @@ func functionEnvironment(pp PoolProps, refs envRefs, name string) map[string]*st
 		env["VOLSD_KMS_KEY_ID"] = kms
 		env["VOLSD_SNAPSHOT_KEEP"] = jsii.String(strconv.Itoa(pp.SnapshotKeep))
 		env["VOLSD_FREEZE_SECONDS"] = jsii.String(strconv.Itoa(pp.FreezeSeconds))
+		env["VOLSD_BUCKET"] = refs.bucket
+		env["VOLSD_RECLAIM_GRACE"] = jsii.String(max(pp.ReclaimGrace, 0).String()) // NoReclaim: 0s, off
 		docs()
 	case "push":
 		env["VOLSD_BUCKET"] = refs.bucket

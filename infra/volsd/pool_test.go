@@ -265,7 +265,7 @@ func wantEnv(tmpl *assembly.Template, t *testing.T) map[string]map[string]any {
 		"lifecycle": merge(common, volume, docs, map[string]any{"VOLSD_ASG": testGroup}),
 		"reconcile": merge(common, volume, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_AZS": "eu-west-1a,eu-west-1b"}),
 		"snapshot": merge(common, docs, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_KMS_KEY_ID": key,
-			"VOLSD_SNAPSHOT_KEEP": "3", "VOLSD_FREEZE_SECONDS": "30"}),
+			"VOLSD_SNAPSHOT_KEEP": "3", "VOLSD_FREEZE_SECONDS": "30", "VOLSD_BUCKET": bucket, "VOLSD_RECLAIM_GRACE": "168h0m0s"}),
 		"push":   merge(common, docs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "25%"}),
 		"report": merge(common, docs),
 	}

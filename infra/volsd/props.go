@@ -15,6 +15,7 @@ package volsd
 import (
 	"fmt"
 	"regexp"
+	"time"
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awsautoscaling"
@@ -25,7 +26,11 @@ import (
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/pool"
+	"github.com/volsd/volsd/internal/reclaim"
 )
+
+// NoReclaim as PoolProps.ReclaimGrace turns the origin's reclaim off.
+const NoReclaim time.Duration = -1
 
 // Release policies for volumes of terminated instances (VOLSD_RELEASE_POLICY).
 const (
@@ -95,6 +100,12 @@ type PoolProps struct {
 	SnapshotKeep int
 	// FreezeSeconds bounds how long the agent keeps the filesystem frozen. Default 30.
 	FreezeSeconds int
+	// ReclaimGrace is how long an origin object (blob or manifest) stays
+	// after nothing references it any more, and after its upload, before
+	// the snapshot Lambda's reclaim deletes it (VOLSD_RECLAIM_GRACE).
+	// Default 7 days; at least 5 days (the push queue's retention plus a
+	// day); NoReclaim (-1) turns reclaim off.
+	ReclaimGrace time.Duration
 
 	// LaunchHeartbeatTimeout is the launch hook's heartbeat timeout: how long
 	// an instance may take to get its volume and catch up (the agent sends
@@ -185,6 +196,9 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 	}
 	if p.FreezeSeconds == 0 {
 		p.FreezeSeconds = 30
+	}
+	if p.ReclaimGrace == 0 {
+		p.ReclaimGrace = reclaim.DefaultGrace
 	}
 	if p.LaunchHeartbeatTimeout == nil {
 		p.LaunchHeartbeatTimeout = awscdk.Duration_Minutes(f(15))

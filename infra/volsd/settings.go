@@ -49,6 +49,7 @@ var settingOfVariable = map[string]string{
 	"VOLSD_RELEASE_POLICY":      "ReleasePolicy",
 	"VOLSD_SNAPSHOT_KEEP":       "SnapshotKeep",
 	"VOLSD_FREEZE_SECONDS":      "FreezeSeconds",
+	"VOLSD_RECLAIM_GRACE":       "ReclaimGrace",
 	"VOLSD_SSM_MAX_CONCURRENCY": "SSMMaxConcurrency",
 	"VOLSD_SSM_MAX_ERRORS":      "SSMMaxErrors",
 	"VOLSD_LOG_LEVEL":           "LogLevel",

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awskms"
@@ -68,6 +69,9 @@ func settingCases() []settingCase {
 		{"FreezeSeconds", func(p *volsd.PoolProps) { p.FreezeSeconds = 900 }, "", nil},
 		{"FreezeSeconds", func(p *volsd.PoolProps) { p.FreezeSeconds = 4 }, "between 5 and 900", map[string]string{"VOLSD_FREEZE_SECONDS": "4"}},
 		{"FreezeSeconds", func(p *volsd.PoolProps) { p.FreezeSeconds = 901 }, "between 5 and 900", map[string]string{"VOLSD_FREEZE_SECONDS": "901"}},
+		{"ReclaimGrace", func(p *volsd.PoolProps) { p.ReclaimGrace = volsd.NoReclaim }, "", nil},
+		{"ReclaimGrace", func(p *volsd.PoolProps) { p.ReclaimGrace = 120 * time.Hour }, "", nil},
+		{"ReclaimGrace", func(p *volsd.PoolProps) { p.ReclaimGrace = 48 * time.Hour }, "at least 120h0m0s", map[string]string{"VOLSD_RECLAIM_GRACE": "48h0m0s"}},
 		{"LogLevel", func(p *volsd.PoolProps) { p.LogLevel = "debug" }, "", nil},
 		{"LogLevel", func(p *volsd.PoolProps) { p.LogLevel = "trace" }, "one of debug, info", map[string]string{"VOLSD_LOG_LEVEL": "trace"}},
 		{"SSMMaxConcurrency", func(p *volsd.PoolProps) { p.SSMMaxConcurrency = "10" }, "", nil},

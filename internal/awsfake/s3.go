@@ -88,6 +88,15 @@ func NewS3(buckets ...string) *S3 {
 	return f
 }
 
+// SetClock makes now the source of objects' LastModified (e.g. an
+// awsfake.Clock's Now); it returns f.
+func (f *S3) SetClock(now func() time.Time) *S3 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = now
+	return f
+}
+
 // Object returns a copy of an object's content and whether it exists.
 func (f *S3) Object(bucket, key string) ([]byte, bool) {
 	f.mu.Lock()

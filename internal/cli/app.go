@@ -44,6 +44,7 @@ type State interface {
 	ListRejected(ctx context.Context, pool string, limit int) ([]store.Request, error)
 	Entries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error)
 	GetCompaction(ctx context.Context, pool string) (store.Compaction, error)
+	GetReclaimRun(ctx context.Context, pool string) (store.ReclaimRun, error)
 	PreviousSync(ctx context.Context, pool, path string) (events.JournalEntry, bool, error)
 }
 

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -28,6 +29,8 @@ type Status struct {
 	// on it).
 	Volumes  []VolumeSpace   `json:"volumes"`
 	Rejected []store.Request `json:"rejected"`
+	// Reclaim is the origin's last reclaim run (nil before the first).
+	Reclaim *store.ReclaimRun `json:"reclaim,omitempty"`
 	// Stalled is set when running instances report a journal entry
 	// refused as bad content: the pool cannot pass that seq until the
 	// origin is repaired.
@@ -161,6 +164,12 @@ func (a *App) Status(ctx context.Context, rejected int) (Status, error) {
 		return a.AZ < b.AZ || a.AZ == b.AZ && a.InstanceID < b.InstanceID
 	})
 	st.Stalled = stalled(st.Instances, st.Head)
+	switch run, err := a.State.GetReclaimRun(ctx, pool); {
+	case err == nil:
+		st.Reclaim = &run
+	case !errors.Is(err, store.ErrNotFound):
+		return st, err
+	}
 	if rejected > 0 {
 		if st.Rejected, err = a.State.ListRejected(ctx, pool, rejected); err != nil {
 			return st, err
@@ -307,6 +316,20 @@ func RenderStatus(w io.Writer, st Status, now time.Time) error {
 		fmt.Fprint(w, "   no completed snapshot")
 	}
 	fmt.Fprintln(w)
+	if r := st.Reclaim; r != nil {
+		fmt.Fprintf(w, "origin reclaim %s: ", ago(now, r.At))
+		switch {
+		case r.Skipped != "":
+			fmt.Fprintf(w, "deleted nothing: %s", oneLine(r.Skipped, 300))
+		default:
+			fmt.Fprintf(w, "%d objects (%s) deleted; %d unreferenced (%s) waiting out the grace of %s", r.Deleted, bytesText(r.DeletedBytes),
+				r.Waiting, bytesText(r.WaitingBytes), r.Grace)
+		}
+		fmt.Fprintf(w, "; %d objects (%s) reclaimed in all\n", r.TotalDeleted, bytesText(r.TotalDeletedBytes))
+		if r.Error != "" {
+			fmt.Fprintf(w, "origin reclaim stopped early: %s\n", oneLine(r.Error, 300))
+		}
+	}
 	if s := st.Stalled; s != nil {
 		fmt.Fprintf(w, "\nSTALLED at seq %d: %d instance(s) refuse it (%s): %s\nfix: %s\n",
 			s.Seq, len(s.Instances), strings.Join(s.Instances, ", "), oneLine(s.Reason, 400), s.Fix)

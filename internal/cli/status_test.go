@@ -61,6 +61,10 @@ func TestStatusVolumesJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if _, err := w.st.RecordReclaimRun(ctx, store.ReclaimRun{Pool: "web", At: time.Now().Add(-time.Hour), Deleted: 3, DeletedBytes: 3 << 20,
+		Waiting: 2, WaitingBytes: 2048, Grace: "168h0m0s"}); err != nil {
+		t.Fatal(err)
+	}
 	code, out, errs := w.run("status", "--json")
 	if code != 0 {
 		t.Fatalf("status: %d %s", code, errs)
@@ -84,13 +88,16 @@ func TestStatusVolumesJournal(t *testing.T) {
 	if len(st.Rejected) != 1 || st.Rejected[0].RequestID != "evil" {
 		t.Errorf("rejected %+v", st.Rejected)
 	}
+	if r := st.Reclaim; r == nil || r.Deleted != 3 || r.TotalDeleted != 3 || r.WaitingBytes != 2048 {
+		t.Errorf("reclaim %+v", st.Reclaim)
+	}
 	if len(st.Volumes) != 5 || st.Volumes[2].VolumeID != "vol-0a3" || st.Volumes[2].Space == nil ||
 		st.Volumes[2].Space.UsedBytes != 17<<30 || st.Volumes[2].Space.FreeBytes != 2<<30 || st.Volumes[0].Space != nil {
 		t.Errorf("volumes with their space: %+v", st.Volumes)
 	}
 
 	code, out, _ = w.run("status")
-	for _, want := range []string{"journal head 12", "snap-new at seq 11", "FS SIZE", "20.0 GiB", "17.0 GiB", "2.0 GiB", "11%", "5m ago", "eu-west-1a", "i-0bbbbbbbbbbbbbbb1", "sha256 mismatch", "REJECTED REQUEST", `a\x1b[31mred\nline`} {
+	for _, want := range []string{"journal head 12", "snap-new at seq 11", "FS SIZE", "20.0 GiB", "origin reclaim 1h00m ago: 3 objects (3.0 MiB) deleted; 2 unreferenced (2.0 KiB) waiting out the grace of 168h0m0s; 3 objects (3.0 MiB) reclaimed in all", "17.0 GiB", "2.0 GiB", "11%", "5m ago", "eu-west-1a", "i-0bbbbbbbbbbbbbbb1", "sha256 mismatch", "REJECTED REQUEST", `a\x1b[31mred\nline`} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("status table lacks %q:\n%s", want, out)
 		}

@@ -84,6 +84,12 @@ const (
 	// bad content: the pool is stalled at that seq (report; the
 	// construct's PoolStalledAlarm fires on any).
 	StalledReports = "StalledReports"
+	// ReclaimedBytes is what one reclaim run deleted from the origin
+	// (snapshot).
+	ReclaimedBytes = "ReclaimedBytes"
+	// UnreferencedBytes is what the origin holds that nothing references,
+	// waiting out the reclaim grace period (snapshot).
+	UnreferencedBytes = "UnreferencedBytes"
 )
 
 // Read are the metrics alarms and the dashboard read, with the dimensions
@@ -93,6 +99,8 @@ var Read = map[string][]string{
 	SnapshotAgeSeconds: {"Pool"},
 	PushLagSeconds:     {"Pool"},
 	StalledReports:     {"Pool"},
+	ReclaimedBytes:     {"Pool"},
+	UnreferencedBytes:  {"Pool"},
 }
 
 // Line is one EMF metric line as Put writes it.

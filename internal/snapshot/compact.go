@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/reclaim"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -97,8 +98,15 @@ func Compact(ctx context.Context, st *store.Store, pool string, grace time.Durat
 	floor, why := Floor(head, snaps, vols, insts)
 	res.Floor, res.Reason = floor, why
 
+	// The journal forgets an entry only after the base tree remembers
+	// what it left in the content (origin reclaim marks by it).
+	base, err := reclaim.AdvanceBase(ctx, st, c, floor)
+	if err != nil {
+		return res, fmt.Errorf("compact %s: keep the base tree: %w", pool, err)
+	}
 	want := c
 	want.Floor, want.Marked = floor, max(c.Marked, floor)
+	want.HasTree, want.TreeSeq, want.TreeKnown = true, base.Seq, base.Known
 	var claim store.Compaction
 	err = awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
 		var err error
@@ -123,5 +131,5 @@ func Compact(ctx context.Context, st *store.Store, pool string, grace time.Durat
 			return res, fmt.Errorf("compact %s: lower the marker to %d: %w", pool, floor, err)
 		}
 	}
-	return res, nil
+	return res, st.DeleteTreesBelow(ctx, pool, base.Seq)
 }

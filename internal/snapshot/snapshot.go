@@ -9,8 +9,9 @@
 //     DescribeSnapshots, adopts pool snapshots without a record), Take
 //     (freeze one in-service volume through volsd-Freeze, CreateSnapshot,
 //     volsd-Thaw), Retain (keep the newest K completed, delete older ones),
-//     Compact (let journal entries at or below the floor expire) and emits
-//     SnapshotAgeSeconds.
+//     Compact (fold entries into the base tree, then let journal entries at
+//     or below the floor expire), Reclaim (the origin's mark-and-sweep,
+//     internal/reclaim; with WithOrigin) and emits SnapshotAgeSeconds.
 //   - reconcile (internal/pool) reads the completed records with
 //     store.ListSnapshots and picks its base with Newest, the same order
 //     retention keeps by; it may call Compact too (it is fenced, so
@@ -36,6 +37,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/reclaim"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -87,6 +89,11 @@ type Config struct {
 	// CompactGrace is how long entries below the floor stay before TTL
 	// removes them (VOLSD_COMPACT_GRACE): time to notice a wrong floor.
 	CompactGrace time.Duration
+	// Bucket is the S3 origin (VOLSD_BUCKET) and ReclaimGrace how long an
+	// unreferenced object stays before reclaim deletes it
+	// (VOLSD_RECLAIM_GRACE; 0: reclaim off). Reclaim runs after compaction.
+	Bucket       string
+	ReclaimGrace time.Duration
 
 	// PollInterval is the first wait between GetCommandInvocation polls
 	// (default 500ms; it doubles up to 2s).
@@ -146,6 +153,16 @@ type Runner struct {
 	log     *slog.Logger
 	metrics *metrics.Emitter
 	now     func() time.Time
+	reclaim *reclaim.Reclaimer
+}
+
+// WithOrigin makes every run reclaim the origin through s3c after
+// compaction (when cfg.ReclaimGrace is above 0); it returns r.
+func (r *Runner) WithOrigin(s3c reclaim.S3) *Runner {
+	if r.cfg.ReclaimGrace > 0 {
+		r.reclaim = reclaim.New(reclaim.Config{Pool: r.cfg.Pool, Bucket: r.cfg.Bucket, Grace: r.cfg.ReclaimGrace}, r.st, s3c, r.log, r.metrics)
+	}
+	return r
 }
 
 // New returns a Runner; it checks cfg and fills in defaults.
@@ -170,6 +187,7 @@ type Result struct {
 	Take    TakeResult
 	Retain  RetainResult
 	Compact CompactResult
+	Reclaim reclaim.Result
 	// AgeSeconds is the SnapshotAgeSeconds value emitted (-1: none).
 	AgeSeconds float64
 }
@@ -214,6 +232,10 @@ func (r *Runner) Run(ctx context.Context) (Result, error) {
 	if err == nil && res.Compact.Floor >= 0 {
 		r.log.Info("journal compacted", "floor", res.Compact.Floor, "floorHeldBy", res.Compact.Reason,
 			"marked", res.Compact.Marked, "unmarked", res.Compact.Unmarked)
+	}
+	if r.reclaim != nil {
+		res.Reclaim, err = r.reclaim.Run(ctx)
+		step("reclaim", err)
 	}
 	res.AgeSeconds, err = r.emitAge(ctx)
 	step("metric", err)

@@ -29,7 +29,18 @@ type Compaction struct {
 	// expiresAt: no entry above Marked has one. It is raised before
 	// entries are marked and lowered only after they were unmarked, so it
 	// stays an upper bound even when a run is cut off.
-	Marked    int64     `json:"marked"`
+	Marked int64 `json:"marked"`
+	// HasTree says the pool keeps a base tree (TREE#… items, written by
+	// compaction before it lets entries expire): the references the
+	// journal's entries up to TreeSeq leave in the content tree. Marked
+	// never exceeds TreeSeq once HasTree is set, so every entry above
+	// TreeSeq is still in the journal.
+	HasTree bool  `json:"hasTree,omitempty"`
+	TreeSeq int64 `json:"treeSeq,omitempty"`
+	// TreeKnown is false when entries had expired before the base tree was
+	// kept (a pool compacted by an older volsd): the tree then cannot say
+	// what the content holds until a sync of the root replaces it all.
+	TreeKnown bool      `json:"treeKnown,omitempty"`
 	UpdatedAt time.Time `json:"updatedAt"`
 	// Rev increases with every write; 0 means no marker is stored yet.
 	Rev int64 `json:"rev"`
