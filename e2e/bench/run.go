@@ -46,6 +46,9 @@ type Options struct {
 	DynamoDBURL, MotoURL string
 	// Runs overrides every part's number of runs when > 0.
 	Runs int
+	// TTCSizes limits the time-to-content part to these content labels
+	// (e.g. 2GiB; default: all).
+	TTCSizes []string
 	// LambdaFunctions limits the Lambda benchmark (default: all).
 	LambdaFunctions []string
 	Log             func(format string, args ...any)
@@ -64,6 +67,9 @@ type Results struct {
 	// TTCBlankVolumeSeconds is the second time-to-content baseline: a new
 	// instance on a blank volume that downloads everything at start.
 	TTCBlankVolumeSeconds map[string]Num `json:"ttc_blank_volume_seconds"`
+	// TTCWarmPoolSeconds is time-to-content of an instance started from
+	// the warm pool with the part's entries pushed while it was stopped.
+	TTCWarmPoolSeconds map[string]Num `json:"ttc_warm_pool_seconds,omitempty"`
 	// DescribeVolumesPerBoot is the agent's DescribeVolumes calls per boot
 	// in the time-to-content launches (the most any boot made).
 	DescribeVolumesPerBoot Num `json:"describe_volumes_per_boot"`
@@ -121,7 +127,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		}
 	}
 	r := &Results{
-		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{}, TTCBlankVolumeSeconds: map[string]Num{},
+		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{}, TTCBlankVolumeSeconds: map[string]Num{}, TTCWarmPoolSeconds: map[string]Num{},
 		SendCommandCallsPerPush: map[string]Num{}, ReportSSMCallsPerPush: map[string]Num{}, ReportSSMCallsPerPushBaseline: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
 		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()), DescribeVolumesPerBoot: Num(math.NaN()),
 		PushOneFileVsS3Sync: Num(math.NaN()), PushUnchangedVsS3Sync: Num(math.NaN()), PushFirstVsS3Sync: Num(math.NaN()), PushOneFileS3Calls: Num(math.NaN()),
@@ -216,7 +222,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			}
 		case "ttc":
 			r.TTC, err = RunTTC(ctx, TTCOptions{
-				Root: o.Root, WorkDir: o.WorkDir, Contents: sz.TTCContents, Entries: sz.TTCEntries, Runs: runs(sz.TTCRuns),
+				Root: o.Root, WorkDir: o.WorkDir, Contents: ttcContents(sz.TTCContents, o.TTCSizes), Entries: sz.TTCEntries, Runs: runs(sz.TTCRuns),
 				DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Log: logf(part),
 			})
 			if err == nil {
@@ -227,6 +233,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 					r.TTCSeconds[c.Label] = c.Volsd.Median
 					r.TTCCopyBaselineSeconds[c.Label] = c.Copy.Median
 					r.TTCBlankVolumeSeconds[c.Label] = c.Blank.Median
+					r.TTCWarmPoolSeconds[c.Label] = c.WarmPool.Median
 				}
 			}
 		}
@@ -249,6 +256,21 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		return r, fmt.Errorf("benchmarks failed: %s", strings.Join(names, ", "))
 	}
 	return r, nil
+}
+
+// ttcContents keeps the contents whose label is in labels (all when
+// labels is empty).
+func ttcContents(all []TTCContent, labels []string) []TTCContent {
+	if len(labels) == 0 {
+		return all
+	}
+	var out []TTCContent
+	for _, c := range all {
+		if contains(labels, c.Label) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func contains(list []string, s string) bool {

@@ -64,6 +64,15 @@ type TTCCase struct {
 	UpSteps map[string]Sample `json:"upStepsSeconds"`
 	// DescribeVolumes: the agent's DescribeVolumes calls per volsd boot.
 	DescribeVolumes Sample `json:"describeVolumesPerBoot"`
+	// WarmPool: lifecycle event → launch hook completed for an instance
+	// started from the group's warm pool (Origin WarmPool): it was
+	// launched into the pool on an idle volume made from the snapshot,
+	// caught up and was stopped with its volume attached; Entries more
+	// entries were pushed while it was stopped. Its `up` at start
+	// remounts, applies them and completes the hook.
+	WarmPool        Sample            `json:"warmPoolSeconds"`
+	WarmPoolApplied Sample            `json:"warmPoolEntriesApplied"`
+	WarmPoolUpSteps map[string]Sample `json:"warmPoolUpStepsSeconds,omitempty"`
 }
 
 // TTCResult is the time-to-content benchmark.
@@ -283,7 +292,76 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 		res.UpSteps[k] = NewSample("s", v)
 	}
 
-	// 6. Copy everything at boot.
+	// 6. Warm pool: Runs instances launched into the pool (each on an idle
+	// volume from the snapshot), caught up and stopped; Entries entries
+	// pushed meanwhile; then each started from the pool in turn.
+	var warmed []string
+	for run := 0; run < o.Runs; run++ {
+		if err := refillIdle(ctx, c, snap.SnapshotID); err != nil {
+			return nil, fail("warm pool %d: %v", run+1, err)
+		}
+		rs, err := c.WarmPool.Fill(ctx, 1)
+		if err != nil {
+			return nil, fail("launch into the warm pool %d: %v", run+1, err)
+		}
+		if rs[0].Result != "CONTINUE" {
+			return nil, fail("launch into the warm pool %d: %+v", run+1, rs[0])
+		}
+		warmed = append(warmed, rs[0].InstanceID)
+	}
+	if err := c.SettleEvents(ctx); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= o.Entries; i++ {
+		name := fmt.Sprintf("item-%02d.html", i)
+		if err := os.WriteFile(filepath.Join(news, name), []byte(fmt.Sprintf("<article>news %d, while the warm pool was stopped</article>\n", i)), 0o644); err != nil {
+			return nil, err
+		}
+		args := []string{"push", filepath.Join(news, name), "site/news/" + name}
+		if i == o.Entries {
+			args = []string{"push", "--wait", filepath.Join(news, name), "site/news/" + name}
+		}
+		if err := cli(args...); err != nil {
+			return nil, fail("push entry %d while the warm pool was stopped: %v", i, err)
+		}
+	}
+	if err := waitHead(ctx, c, head+int64(o.Entries), 5*time.Minute); err != nil {
+		return nil, fail("%v", err)
+	}
+	if want, err = harness.Digest(src); err != nil {
+		return nil, err
+	}
+	var warmTook []time.Duration
+	var warmApplied []int
+	warmSteps := map[string][]float64{}
+	for run := range warmed {
+		settle()
+		ls, err := c.WarmPool.ScaleOut(ctx, 1)
+		if err != nil {
+			return nil, fail("scale out from the warm pool %d: %v", run+1, err)
+		}
+		d, n, st, err := ttcInService(ctx, c, ls, "", want)
+		if err != nil {
+			return nil, fail("scale out from the warm pool %d: %v", run+1, err)
+		}
+		if n != o.Entries {
+			return nil, fail("scale out from the warm pool %d: the agent applied %d entries at start; %d were pushed while it was stopped", run+1, n, o.Entries)
+		}
+		warmTook, warmApplied = append(warmTook, d), append(warmApplied, n)
+		for k, v := range st {
+			warmSteps[k] = append(warmSteps[k], v)
+		}
+		o.Log("%s: warm pool, run %d/%d: %.2f s (%d entries applied); up steps %v", content.Label, run+1, o.Runs, d.Seconds(), n, st)
+	}
+	res.WarmPool, res.WarmPoolApplied = Seconds(warmTook), Counts(warmApplied)
+	res.WarmPoolUpSteps = map[string]Sample{}
+	for k, v := range warmSteps {
+		if k != "describeVolumesCalls" {
+			res.WarmPoolUpSteps[k] = NewSample("s", v)
+		}
+	}
+
+	// 7. Copy everything at boot.
 	var copies, mkfs []time.Duration
 	for run := 0; run < o.Runs; run++ {
 		settle()
@@ -318,13 +396,27 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 // to the hook's completion and the entries the agent applied at start,
 // after checking the instance's content against want.
 func ttcLaunch(ctx context.Context, c *harness.Cluster, fromSnapshot string, want map[string]harness.FileDigest) (time.Duration, int, map[string]float64, error) {
+	if err := refillIdle(ctx, c, fromSnapshot); err != nil {
+		return 0, 0, nil, err
+	}
+	settle()
+	ls, err := c.Group.ScaleOut(ctx, 1)
+	if err != nil {
+		return 0, 0, nil, err
+	}
+	return ttcInService(ctx, c, ls, fromSnapshot, want)
+}
+
+// refillIdle runs reconcile until every AZ has its idle volumes, all made
+// from fromSnapshot ("" = blank).
+func refillIdle(ctx context.Context, c *harness.Cluster, fromSnapshot string) error {
 	for try := 0; ; try++ {
 		if _, err := c.Schedule(ctx, "reconcile"); err != nil {
-			return 0, 0, nil, fmt.Errorf("reconcile: %w", err)
+			return fmt.Errorf("reconcile: %w", err)
 		}
 		vols, err := c.Store.ListVolumes(ctx, c.Opts.Pool)
 		if err != nil {
-			return 0, 0, nil, err
+			return err
 		}
 		perAZ := map[string]int{}
 		var wrong []string
@@ -342,18 +434,20 @@ func ttcLaunch(ctx context.Context, c *harness.Cluster, fromSnapshot string, wan
 			ready = ready && perAZ[az] >= c.Opts.IdlePerAZ
 		}
 		if ready {
-			break
+			return nil
 		}
 		if try == 5 {
-			return 0, 0, nil, fmt.Errorf("after %d reconcile runs the idle pool is not ready: %v idle per AZ, want %d from %s; other idle volumes: %s",
+			return fmt.Errorf("after %d reconcile runs the idle pool is not ready: %v idle per AZ, want %d from %s; other idle volumes: %s",
 				try+1, perAZ, c.Opts.IdlePerAZ, orBlank(fromSnapshot), strings.Join(wrong, ", "))
 		}
 	}
-	settle()
-	ls, err := c.Group.ScaleOut(ctx, 1)
-	if err != nil {
-		return 0, 0, nil, err
-	}
+}
+
+// ttcInService waits for one launch's hook and returns the time from its
+// lifecycle event to the hook's completion and the entries the agent
+// applied at start, after checking the instance's content against want
+// (and, with fromSnapshot, that its volume was made from it).
+func ttcInService(ctx context.Context, c *harness.Cluster, ls []*harness.Launch, fromSnapshot string, want map[string]harness.FileDigest) (time.Duration, int, map[string]float64, error) {
 	results, err := c.Group.WaitInService(ctx, ls)
 	if err != nil {
 		return 0, 0, nil, err

@@ -31,12 +31,13 @@ func main() {
 	runs := flag.Int("runs", 0, "runs per figure for every benchmark (default: each benchmark's own, at least 3)")
 	quick := flag.Bool("quick", os.Getenv("VOLSD_BENCH_QUICK") == "1", "small sizes (also VOLSD_BENCH_QUICK=1)")
 	keep := flag.Bool("keep", false, "keep the work directory")
+	ttcSizes := flag.String("ttc-sizes", "", "time-to-content part: only these content sizes, comma-separated (e.g. 2GiB; default all)")
 	render := flag.String("render", "", "only render: read this benchmarks.json and write benchmarks.md beside it (or into -out)")
 	flag.Parse()
 	if *render != "" {
 		os.Exit(rerender(*render, *out))
 	}
-	os.Exit(run(*parts, *out, *runs, *quick, *keep))
+	os.Exit(run(*parts, *out, *runs, *quick, *keep, *ttcSizes))
 }
 
 // rerender writes benchmarks.md (and a re-indented benchmarks.json) from
@@ -64,7 +65,7 @@ func rerender(from, out string) int {
 	return 0
 }
 
-func run(parts, out string, runs int, quick, keep bool) int {
+func run(parts, out string, runs int, quick, keep bool, ttcSizes string) int {
 	root, err := harness.RepoRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
@@ -101,15 +102,10 @@ func run(parts, out string, runs int, quick, keep bool) int {
 		fmt.Printf("%7.1fs  %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
 	logf("volsd-bench: DynamoDB Local %s, moto %s, work dir %s, quick=%v", ddb, moto, work, quick)
-	var list []string
-	for _, p := range strings.Split(parts, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			list = append(list, p)
-		}
-	}
+	list := splitList(parts)
 	res, err := bench.Run(ctx, bench.Options{
 		Root: root, WorkDir: work, Quick: quick, Parts: list, DeployedDir: filepath.Join(root, "build", "lambda"),
-		DynamoDBURL: ddb, MotoURL: moto, Runs: runs, Log: logf,
+		DynamoDBURL: ddb, MotoURL: moto, Runs: runs, Log: logf, TTCSizes: splitList(ttcSizes),
 	})
 	if res == nil {
 		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
@@ -139,4 +135,15 @@ func command(quick bool) string {
 		c = "go run ./e2e/cmd/volsd-bench " + args
 	}
 	return c
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var list []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			list = append(list, p)
+		}
+	}
+	return list
 }
