@@ -105,6 +105,10 @@ func Markdown(r *Results) string {
 				c.Label, t.Entries, f(c.Volsd.Median, 2), f(c.Copy.Median, 2), ratio(Num(Ratio(float64(c.Volsd.Median), float64(c.Copy.Median)))))
 			w("| ″ | ″ | %s s (blank volume: download everything from the origin at start) | **%s** |\n",
 				f(c.Blank.Median, 2), ratio(Num(Ratio(float64(c.Volsd.Median), float64(c.Blank.Median)))))
+			if c.WarmPool.Unit != "" {
+				w("| time-to-content from the warm pool, %s content, %d entries pushed while it was stopped | %s s | %s s (`rsync -a` of everything, lower bound) | **%s** |\n",
+					c.Label, t.Entries, f(c.WarmPool.Median, 2), f(c.Copy.Median, 2), ratio(Num(Ratio(float64(c.WarmPool.Median), float64(c.Copy.Median)))))
+			}
 		}
 	}
 	if fo := r.Fanout; fo != nil && len(fo.Cases) > 0 {
@@ -267,6 +271,11 @@ func writeTTC(w writer, t *TTCResult) {
 	for _, c := range t.Cases {
 		st := func(k string) string { return f(c.UpSteps[k].Median, 3) }
 		w("| %s | %s | %s | %s | %s | %s | %s | %s (max %s) |\n", c.Label, st("imds"), st("device"), st("mount"), st("catchUp"), st("hook"), st("total"), f(c.DescribeVolumes.Median, 0), f(c.DescribeVolumes.Max, 0))
+		if c.WarmPool.Unit != "" {
+			wst := func(k string) string { return f(c.WarmPoolUpSteps[k].Median, 3) }
+			w("| %s from the warm pool (%s s event → hook, %s entries) | %s | %s | %s | %s | %s | %s | |\n", c.Label, f(c.WarmPool.Median, 2), f(c.WarmPoolApplied.Median, 0),
+				wst("imds"), wst("device"), wst("mount"), wst("catchUp"), wst("hook"), wst("total"))
+		}
 	}
 	w("\n")
 	w(" On AWS a volume made from a snapshot loads its blocks lazily on first read (or at `VOLSD_VOLUME_INIT_RATE`); here the snapshot image is copied when reconcile creates the idle volume, before the launch, as the idle pool does ahead of time.\n\n")

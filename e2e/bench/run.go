@@ -49,6 +49,9 @@ type Options struct {
 	// TTCSizes limits the time-to-content part to these content labels
 	// (e.g. 2GiB; default: all).
 	TTCSizes []string
+	// ScaleOutSkipLimited leaves out the scale-out runs under EC2's
+	// default Describe* limit.
+	ScaleOutSkipLimited bool
 	// LambdaFunctions limits the Lambda benchmark (default: all).
 	LambdaFunctions []string
 	Log             func(format string, args ...any)
@@ -200,7 +203,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			}
 		case "scaleout":
 			r.ScaleOut, err = RunScaleOut(ctx, ScaleOutOptions{
-				WorkDir: o.WorkDir, Instances: sz.ScaleOutInstances, AttachDelay: 5 * time.Second, DynamoDBURL: o.DynamoDBURL, Log: logf(part),
+				WorkDir: o.WorkDir, Instances: sz.ScaleOutInstances, AttachDelay: 5 * time.Second, DynamoDBURL: o.DynamoDBURL, SkipLimited: o.ScaleOutSkipLimited, Log: logf(part),
 			})
 			if err == nil {
 				r.ScaleOutDescribePerSecond = map[string]Num{}

@@ -168,6 +168,11 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 		// default waits for 500 entries) and all of them in one run.
 		LambdaEnv:       map[string]string{"VOLSD_REFRESH_BEHIND": "1", "VOLSD_REFRESH_MAX": "4"},
 		LaunchHeartbeat: 15 * time.Minute,
+		// The push Lambda gets its deployed timeout (60 s): the harness's
+		// default (the 20 s queue visibility) was too short for the
+		// 2 GiB tree's first push under load (its 4000 origin checks on
+		// moto took 15.6 s of the 20 at load 20; a retry starts over).
+		QueueVisibility: 2 * time.Minute,
 		Log:             hlog,
 	})
 	defer func() {

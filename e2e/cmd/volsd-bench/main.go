@@ -32,12 +32,13 @@ func main() {
 	quick := flag.Bool("quick", os.Getenv("VOLSD_BENCH_QUICK") == "1", "small sizes (also VOLSD_BENCH_QUICK=1)")
 	keep := flag.Bool("keep", false, "keep the work directory")
 	ttcSizes := flag.String("ttc-sizes", "", "time-to-content part: only these content sizes, comma-separated (e.g. 2GiB; default all)")
+	scaleoutLimited := flag.Bool("scaleout-limited", true, "scale-out part: also the runs under EC2's default Describe* limit")
 	render := flag.String("render", "", "only render: read this benchmarks.json and write benchmarks.md beside it (or into -out)")
 	flag.Parse()
 	if *render != "" {
 		os.Exit(rerender(*render, *out))
 	}
-	os.Exit(run(*parts, *out, *runs, *quick, *keep, *ttcSizes))
+	os.Exit(run(*parts, *out, *runs, *quick, *keep, *ttcSizes, !*scaleoutLimited))
 }
 
 // rerender writes benchmarks.md (and a re-indented benchmarks.json) from
@@ -65,7 +66,7 @@ func rerender(from, out string) int {
 	return 0
 }
 
-func run(parts, out string, runs int, quick, keep bool, ttcSizes string) int {
+func run(parts, out string, runs int, quick, keep bool, ttcSizes string, skipLimited bool) int {
 	root, err := harness.RepoRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
@@ -105,7 +106,7 @@ func run(parts, out string, runs int, quick, keep bool, ttcSizes string) int {
 	list := splitList(parts)
 	res, err := bench.Run(ctx, bench.Options{
 		Root: root, WorkDir: work, Quick: quick, Parts: list, DeployedDir: filepath.Join(root, "build", "lambda"),
-		DynamoDBURL: ddb, MotoURL: moto, Runs: runs, Log: logf, TTCSizes: splitList(ttcSizes),
+		DynamoDBURL: ddb, MotoURL: moto, Runs: runs, Log: logf, TTCSizes: splitList(ttcSizes), ScaleOutSkipLimited: skipLimited,
 	})
 	if res == nil {
 		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
