@@ -150,11 +150,43 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		}
 		return err
 	}
-	for i, e := range entries {
+	single := 0 // entries below this index are applied one by one (a fold of them failed)
+	for i := 0; i < len(entries); i++ {
+		e := entries[i]
 		if err := a.checkNotReleased(); err != nil {
 			return stop(err)
 		}
 		start := time.Now()
+		if k := foldablePuts(entries[i:]); k > 1 && i >= single {
+			group := entries[i : i+k]
+			n, err := a.applyPuts(ctx, group, rs)
+			r.Bytes += n
+			if err == nil {
+				a.log.Info("applied together", "from", e.Seq, "to", group[k-1].Seq, "op", string(events.OpPut), "files", k,
+					"fetched", fmtBytes(n), "duration", time.Since(start).Round(time.Millisecond).String())
+				done = group[k-1].Seq
+				r.Applied += k
+				i += k - 1
+				if progress != nil {
+					progress()
+				}
+				if i == len(entries)-1 || time.Since(lastCheckpoint) >= a.checkpointEvery {
+					if err := a.checkpoint(done); err != nil {
+						return err
+					}
+					r.Seq = done
+					lastCheckpoint = time.Now()
+				}
+				continue
+			}
+			if ctx.Err() != nil {
+				return stop(retryable("entries %d..%d: %v", e.Seq, group[k-1].Seq, err))
+			}
+			// Each entry again on its own: the same result, and a
+			// refusal names its entry.
+			a.log.Warn("entries placed together failed; applying them one by one", "from", e.Seq, "to", group[k-1].Seq, "err", err)
+			single = i + k
+		}
 		n, desc, err := a.applyEntry(ctx, e, rs)
 		r.Bytes += n
 		if err != nil {
@@ -286,6 +318,99 @@ func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync)
 	return pe.fetched, pe.desc, nil
 }
 
+// FoldPuts bounds how many consecutive put entries one apply places
+// together.
+const FoldPuts = 256
+
+// foldablePuts returns how many entries from the first can be placed
+// together: consecutive puts (at most FoldPuts) of distinct paths none of
+// which is inside another's, so that their order cannot matter.
+func foldablePuts(entries []events.JournalEntry) int {
+	n := 0
+	for _, e := range entries {
+		if n == FoldPuts || e.Op != events.OpPut || e.Blob == nil {
+			break
+		}
+		for _, prev := range entries[:n] {
+			if underPath(e.Path, prev.Path) || underPath(prev.Path, e.Path) {
+				return n
+			}
+		}
+		n++
+	}
+	return n
+}
+
+// applyPuts places consecutive put entries of unrelated paths (see
+// foldablePuts) with one plan: their files staged at once (in parallel,
+// each with its own entry's mtime), one copy pass, one link pass, one
+// check and one flush, instead of a set of rsync runs and a flush per
+// entry. It changes the volume exactly as applying them in order would;
+// the caller moves the watermark past the last only when it succeeds.
+func (a *Agent) applyPuts(ctx context.Context, es []events.JournalEntry, rs rsync) (fetched int64, err error) {
+	first := es[0]
+	var size int64
+	for _, e := range es {
+		size += e.Blob.Size
+	}
+	ctx, dl := newEntryDeadline(ctx, first, a.entryBase)
+	dl.extend(size)
+	a.deadline = dl
+	defer func() {
+		dl.stop()
+		a.deadline = nil
+		if err != nil {
+			if c := dl.passed(ctx); c != nil {
+				err = c
+			}
+		}
+	}()
+	root, err := openDir(a.cfg.MountPath)
+	if err != nil {
+		return 0, retryable("%v", err)
+	}
+	defer unix.Close(root)
+	defer a.removeStaging()
+	ph := newPhases()
+	defer func() { a.log.Debug("phases", "seq", first.Seq, "entries", len(es), "times", ph.String()) }()
+	merged := &entryPlan{}
+	for _, e := range es {
+		if err := e.Validate(); err != nil {
+			return 0, badInput("%v", err)
+		}
+		if err := removePath(root, filepath.Join(filepath.Dir(e.Path), rsyncTmpName)); err != nil {
+			return 0, retryable("remove leftover %s: %w", rsyncTmpName, err)
+		}
+		p, err := planPut(root, a.cfg.MountPath, e)
+		if err != nil {
+			return 0, err
+		}
+		merged.deletes = append(merged.deletes, p.deletes...)
+		merged.copies = append(merged.copies, p.copies...)
+		merged.links = append(merged.links, p.links...)
+		merged.unchanged += p.unchanged
+		for _, s := range p.stage {
+			s.mtime = mtimeOf(e)
+			merged.stage = append(merged.stage, s)
+		}
+	}
+	pe := &preparedEntry{plan: merged}
+	err = a.stagePlan(ctx, pe, nil, filepath.Join(a.stateDir(), stagingDir, fmt.Sprint(first.Seq)), mtimeOf(first), ph)
+	fetched = pe.fetched
+	if err != nil {
+		return fetched, err
+	}
+	if !pe.empty() {
+		if err := a.placeEntry(ctx, root, pe, rs, ph); err != nil {
+			return fetched, err
+		}
+		a.removeStaging()
+	}
+	a.updateIndex(root, events.JournalEntry{Op: events.OpPut}, pe)
+	ph.mark("index")
+	return fetched, nil
+}
+
 // treeIndex returns the tree index, loaded on first use in an apply.
 func (a *Agent) treeIndex() *treeIndex {
 	if a.index == nil {
@@ -415,16 +540,24 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	if err != nil {
 		return pe, err
 	}
+	return pe, a.stagePlan(ctx, pe, pf, staging, mtimeOf(e), ph)
+}
+
+// stagePlan stages the content of a planned entry (pe.plan): what pf
+// prefetched (nil: nothing) is kept where the plan wants it, the rest is
+// fetched or copied locally, after a disk-space check. mtime is the
+// entry's (a staged item may carry its own).
+func (a *Agent) stagePlan(ctx context.Context, pe *preparedEntry, pf *prefetch, staging string, mtime int64, ph *phases) error {
 	p := pe.plan
 	pe.desc = p.describe()
 	if err := a.checkNoMountInside(p); err != nil {
-		return pe, err
+		return err
 	}
 	ph.mark("plan")
 	prefetched, n := pf.wait()
 	pe.fetched += n
 	if pe.empty() {
-		return pe, nil
+		return nil
 	}
 	pe.staging = staging
 	pe.want = make(map[string]events.Blob, len(p.stage))
@@ -457,12 +590,12 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 	}
 	a.deadline.extend(p.bytesToStage())
 	if free, err := freeBytes(a.cfg.MountPath); err == nil && need > free {
-		return pe, retryable("disk full: needs %s free on %s to stage and place this entry, has %s", fmtBytes(need), a.cfg.MountPath, fmtBytes(free))
+		return retryable("disk full: needs %s free on %s to stage and place this entry, has %s", fmtBytes(need), a.cfg.MountPath, fmtBytes(free))
 	}
-	n, err = a.stage(ctx, pe.staging, p, mtimeOf(e), prefetched)
+	n, err := a.stage(ctx, pe.staging, p, mtime, prefetched)
 	pe.fetched += n
 	ph.mark("stage")
-	return pe, err
+	return err
 }
 
 // placeEntry runs the passes of a prepared entry: copy (changed files,
@@ -763,6 +896,9 @@ func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime i
 // finisherOf returns what finishes the staged file of s: its mode, content
 // record and mtime.
 func finisherOf(s stageItem, mtime int64) func(*os.File) error {
+	if s.mtime != 0 {
+		mtime = s.mtime // its own entry's (puts placed together)
+	}
 	if s.blob.Mtime != 0 {
 		mtime = s.blob.Mtime * int64(time.Second) // the source's (manifest v2, put)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -367,4 +368,81 @@ func disjointDirs(t *testing.T, groups [][]string) int {
 		}
 	}
 	return n
+}
+
+// TestCatchUpPlacesConsecutivePutsTogether: a catch-up of many one-file
+// puts (new files, changed files, a file where a directory was, the same
+// content twice, a mode change) places each run of puts of unrelated
+// paths with one copy pass and one link pass instead of rsync runs per
+// entry; a put of a path already in the run (or inside one) starts a new
+// run, so the later content wins; each file keeps its own entry's mtime;
+// the tree ends exactly as the journal says, and the watermark at the
+// head.
+func TestCatchUpPlacesConsecutivePutsTogether(t *testing.T) {
+	w, a, _, _ := syncedTree(t, 30, 3)
+	ctx := context.Background()
+	runs := recordRsyncRuns(t, a)
+	var r Report
+	first := w.put("news/a.html", gen("a", 100), 0o644) // new, new directory
+	w.put("d0/f000", gen("changed", 2000), 0o644)       // changed
+	w.put("d1/f001", gen("same", 50), 0o600)            // changed
+	w.put("news/b.html", gen("same", 50), 0o644)        // new, same content as above
+	time.Sleep(1100 * time.Millisecond)                 // a later second: its own mtime
+	w.put("d2", gen("was a directory", 10), 0o644)      // d2 is a directory in the tree
+	w.put("news/c.html", gen("c", 70000), 0o640)
+	last := w.put("news/a.html", gen("a2", 101), 0o644) // again: a new run, the later content wins
+	if err := a.Apply(ctx, 0, false, &r); err != nil {
+		t.Fatal(err)
+	}
+	assertTree(t, a.cfg.MountPath, w.model)
+	if got := watermark(t, a.cfg.MountPath); got != last || r.Seq != last || r.Applied != int(last-first+1) {
+		t.Fatalf("watermark %d, report %+v; want seq %d, %d applied", got, r, last, last-first+1)
+	}
+	got := runs()
+	if len(got) > 3 { // two runs: one copy pass and one link pass, then one more for the repeated path
+		t.Errorf("%d rsync runs for %d puts in two runs of unrelated paths, want at most 3: %v", len(got), last-first+1, got)
+	}
+	entries, err := w.store.Entries(ctx, w.pool, first-1, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Path == "news/a.html" && e.Seq != last {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(a.cfg.MountPath, e.Path), &st); err != nil {
+			t.Fatal(err)
+		}
+		if want := e.CreatedAt.Truncate(time.Second).Unix(); st.Mtim.Sec != want {
+			t.Errorf("%s (entry %d): mtime %d, want its entry's %d", e.Path, e.Seq, st.Mtim.Sec, want)
+		}
+	}
+}
+
+func TestFoldablePuts(t *testing.T) {
+	put := func(p string) events.JournalEntry {
+		return events.JournalEntry{Op: events.OpPut, Path: p, Blob: &events.Blob{SHA256: strings.Repeat("a", 64)}}
+	}
+	del := events.JournalEntry{Op: events.OpDelete, Path: "x"}
+	for _, tc := range []struct {
+		entries []events.JournalEntry
+		want    int
+	}{
+		{[]events.JournalEntry{put("a"), put("b"), put("c/d")}, 3},
+		{[]events.JournalEntry{put("a"), put("b"), put("a")}, 2},
+		{[]events.JournalEntry{put("a"), put("a/b")}, 1},
+		{[]events.JournalEntry{put("a/b"), put("a")}, 1},
+		{[]events.JournalEntry{put("ab"), put("a")}, 2},
+		{[]events.JournalEntry{put("a"), del, put("b")}, 1},
+		{[]events.JournalEntry{del, put("b")}, 0},
+	} {
+		if got := foldablePuts(tc.entries); got != tc.want {
+			var paths []string
+			for _, e := range tc.entries {
+				paths = append(paths, string(e.Op)+" "+e.Path)
+			}
+			t.Errorf("foldablePuts(%v) = %d, want %d", paths, got, tc.want)
+		}
+	}
 }

@@ -35,6 +35,9 @@ type stageItem struct {
 	path string
 	blob events.Blob
 	from string // absolute path of a local file with the same content; "" = fetch from the origin
+	// mtime is the staged file's mtime (ns) when it is not its entry's:
+	// puts placed together each keep their own (0: the entry's).
+	mtime int64
 }
 
 // bytesToStage and bytesToCopy size the disk-space check.
