@@ -117,10 +117,16 @@ func (p *Pool) newDashboard() {
 	for _, a := range p.Alarms {
 		alarms = append(alarms, a)
 	}
-	pushLag := awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
-		Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(metrics.PushLagSeconds),
-		DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Maximum"),
-	})
+	lagStage := func(name, label string) awscloudwatch.IMetric {
+		return awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
+			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(name), Label: jsii.String(label),
+			DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Maximum"),
+		})
+	}
+	// Push lag in its two stages: SQS sent → appended (push), appended →
+	// every in-service instance reported (report).
+	pushLag := lagStage(metrics.PushLagSeconds, "sent → appended")
+	reportedLag := lagStage(metrics.ReportedLagSeconds, "appended → all instances reported")
 	origin := func(name, label, stat string) awscloudwatch.IMetric {
 		return awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
 			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(name), Label: jsii.String(label),
@@ -135,7 +141,7 @@ func (p *Pool) newDashboard() {
 				Title: jsii.String("volsd " + p.props.PoolName + " alarms"), Alarms: &alarms, Width: jsii.Number(24),
 			})},
 			{graph("Idle volumes (emptiest AZ)", p.idleVolumesMetric()), graph("Snapshot age (s)", p.snapshotAgeMetric())},
-			{graph("Push lag (s)", p.pushLagMetric(), pushLag), graph("Dead-letter queues",
+			{graph("Push lag (s)", p.pushLagMetric(), pushLag, reportedLag), graph("Dead-letter queues",
 				p.DeadLetterQueue.MetricApproximateNumberOfMessagesVisible(nil), p.EventDeadLetterQueue.MetricApproximateNumberOfMessagesVisible(nil))},
 			{graph("Lambda errors", errors...), graph("Lambda duration p90", durations...)},
 			{graph("Origin reclaim (bytes)", origin(metrics.ReclaimedBytes, "deleted", "Sum"),

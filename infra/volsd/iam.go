@@ -28,8 +28,10 @@ var tableActions = []string{
 }
 
 // reportTableActions is what the report Lambda calls: it reads an
-// instance record and writes it back conditionally (store.RecordReport).
-var reportTableActions = []string{"dynamodb:GetItem", "dynamodb:PutItem"}
+// instance record and writes it back conditionally (store.RecordReport),
+// then queries the pool's instances and one journal entry and raises the
+// reported watermark (ReportedLagSeconds).
+var reportTableActions = []string{"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"}
 
 // ebsKeyActions are the KMS actions EBS needs from the caller that creates
 // and attaches volumes encrypted with a customer managed key.

@@ -75,7 +75,7 @@ func collectMetrics(where string, v any, out *[]readMetric) {
 // metrics the code emits (metrics.Read, whose emission with exactly these
 // dimensions the emitting packages' tests check from their EMF lines: pool
 // for IdleVolumes, snapshot for SnapshotAgeSeconds, push for
-// PushLagSeconds). A metric nothing emits, or emitted with other
+// PushLagSeconds and ReportedLagSeconds). A metric nothing emits, or emitted with other
 // dimensions, would leave a widget empty or an alarm blind.
 func TestEveryReadMetricIsEmitted(t *testing.T) {
 	for _, stack := range []string{stackName, defaultName} {

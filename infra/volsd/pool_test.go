@@ -635,7 +635,7 @@ func TestAlarmsAndDashboard(t *testing.T) {
 	}
 	dash := one(t, tmpl, "AWS::CloudWatch::Dashboard", "Dashboard")
 	body := fmt.Sprint(dash.Properties["DashboardBody"])
-	for _, want := range []string{"IdleVolumes", "SnapshotAgeSeconds", "ApproximateAgeOfOldestMessage", "PushLagSeconds", "Errors", "alarm"} {
+	for _, want := range []string{"IdleVolumes", "SnapshotAgeSeconds", "ApproximateAgeOfOldestMessage", "PushLagSeconds", "ReportedLagSeconds", "Errors", "alarm"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("dashboard does not show %s", want)
 		}

@@ -80,6 +80,11 @@ const (
 	// PushLagSeconds is how long the oldest newly appended request of a
 	// batch waited: SQS sent → appended to the journal (push).
 	PushLagSeconds = "PushLagSeconds"
+	// ReportedLagSeconds is the second stage of push lag: appended to the
+	// journal → every in-service instance reported it, for the oldest
+	// entry that the last instance's report brought in (report; emitted
+	// once per raise of the pool's reported watermark).
+	ReportedLagSeconds = "ReportedLagSeconds"
 	// StalledReports counts reports of a journal entry an agent refused as
 	// bad content: the pool is stalled at that seq (report; the
 	// construct's PoolStalledAlarm fires on any).
@@ -98,6 +103,7 @@ var Read = map[string][]string{
 	IdleVolumes:        {"AZ", "Pool"},
 	SnapshotAgeSeconds: {"Pool"},
 	PushLagSeconds:     {"Pool"},
+	ReportedLagSeconds: {"Pool"},
 	StalledReports:     {"Pool"},
 	ReclaimedBytes:     {"Pool"},
 	UnreferencedBytes:  {"Pool"},

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -29,9 +30,15 @@ type InvocationReader interface {
 	ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInvocationsInput, optFns ...func(*ssm.Options)) (*ssm.ListCommandInvocationsOutput, error)
 }
 
-// ReportRecorder is the part of the store the report Lambda uses.
+// ReportRecorder is the part of the store the report Lambda uses: it folds
+// a report into the instance record, then reads the pool's instances, raises
+// the pool's reported watermark and reads the append time of the entry it
+// measures (ReportedLagSeconds).
 type ReportRecorder interface {
 	RecordReport(ctx context.Context, pool, instanceID string, rep store.InstanceReport) (store.Instance, bool, error)
+	ListInstances(ctx context.Context, pool string) ([]store.Instance, error)
+	RaiseReported(ctx context.Context, pool string, seq int64) (int64, bool, error)
+	Entries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error)
 }
 
 // Reporter handles SSM command status-change events.
@@ -131,6 +138,9 @@ func (r *Reporter) HandleEvent(ctx context.Context, raw json.RawMessage) error {
 		log.Error("record report failed", "error", err)
 		return fmt.Errorf("record report of %s: %w", cs.InstanceID, err)
 	}
+	if changed {
+		r.emitReportedLag(ctx, at)
+	}
 	dims := map[string]string{"Pool": r.cfg.Pool}
 	r.metrics.Put("ReportsRecorded", 1, metrics.Count, dims)
 	if rep.Error != "" {
@@ -200,17 +210,22 @@ func (r *Reporter) handleCommand(ctx context.Context, raw json.RawMessage) error
 		invs = append(invs, page.CommandInvocations...)
 	}
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-		sem   = make(chan struct{}, reportConcurrency)
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		first   error
+		sem     = make(chan struct{}, reportConcurrency)
+		changed atomic.Bool
 	)
 	for _, inv := range invs {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := r.recordListed(ctx, cs, inv, at); err != nil {
+			wrote, err := r.recordListed(ctx, cs, inv, at)
+			if wrote {
+				changed.Store(true)
+			}
+			if err != nil {
 				mu.Lock()
 				if first == nil {
 					first = err
@@ -220,12 +235,16 @@ func (r *Reporter) handleCommand(ctx context.Context, raw json.RawMessage) error
 		}()
 	}
 	wg.Wait()
+	if changed.Load() {
+		r.emitReportedLag(ctx, at)
+	}
 	log.Info("command results recorded", "invocations", len(invs), "error", first)
 	return first
 }
 
-// recordListed records one invocation of a listed command.
-func (r *Reporter) recordListed(ctx context.Context, cmd events.CommandSummary, inv ssmtypes.CommandInvocation, at time.Time) error {
+// recordListed records one invocation of a listed command; it says whether
+// the instance record changed.
+func (r *Reporter) recordListed(ctx context.Context, cmd events.CommandSummary, inv ssmtypes.CommandInvocation, at time.Time) (bool, error) {
 	cs := events.CommandStatus{CommandID: cmd.CommandID, DocumentName: cmd.DocumentName, InstanceID: aws.ToString(inv.InstanceId), Status: string(inv.Status)}
 	var rep store.InstanceReport
 	stdout, complete := "", false
@@ -241,24 +260,73 @@ func (r *Reporter) recordListed(ctx context.Context, cmd events.CommandSummary, 
 	} else {
 		full, err := r.readInvocation(ctx, cs)
 		if err != nil {
-			return err
+			return false, err
 		}
 		rep = interpret(cs, full)
 	}
 	rep.At = at
-	_, _, err := r.store.RecordReport(ctx, r.cfg.Pool, cs.InstanceID, rep)
+	_, changed, err := r.store.RecordReport(ctx, r.cfg.Pool, cs.InstanceID, rep)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		r.log.Warn("report for an instance the pool has no record of; dropped", "instance", cs.InstanceID, "seq", rep.Seq)
-		return nil
+		return false, nil
 	case err != nil:
-		return fmt.Errorf("record report of %s: %w", cs.InstanceID, err)
+		return false, fmt.Errorf("record report of %s: %w", cs.InstanceID, err)
 	}
 	r.metrics.Put("ReportsRecorded", 1, metrics.Count, map[string]string{"Pool": r.cfg.Pool})
 	if rep.Error != "" {
 		r.metrics.Put("AgentErrors", 1, metrics.Count, map[string]string{"Pool": r.cfg.Pool})
 	}
-	return nil
+	return changed, nil
+}
+
+// emitReportedLag measures the second stage of push lag after reports
+// were recorded at (the status event's time): when every in-service
+// (ready) instance has now reported a seq above the pool's reported
+// watermark, the watermark is raised to their lowest seq and the report
+// that did it — exactly one of concurrent or repeated ones — emits
+// ReportedLagSeconds for the oldest entry it brought in: at minus that
+// entry's append time. With no watermark recorded yet it measures the
+// newest such entry (older ones may predate the metric). A read or write
+// that fails costs one data point, never the report: it is logged.
+func (r *Reporter) emitReportedLag(ctx context.Context, at time.Time) {
+	instances, err := r.store.ListInstances(ctx, r.cfg.Pool)
+	if err != nil {
+		r.log.Warn("reported lag not measured: cannot list the instances", "error", err)
+		return
+	}
+	low, ready := int64(0), 0
+	for _, in := range instances {
+		if in.State != store.InstanceReady {
+			continue
+		}
+		if ready == 0 || in.Seq < low {
+			low = in.Seq
+		}
+		ready++
+	}
+	if ready == 0 || low <= 0 {
+		return
+	}
+	prev, raised, err := r.store.RaiseReported(ctx, r.cfg.Pool, low)
+	if err != nil || !raised {
+		if err != nil {
+			r.log.Warn("reported lag not measured", "error", err)
+		}
+		return
+	}
+	oldest := prev + 1
+	if prev == 0 {
+		oldest = low
+	}
+	es, err := r.store.Entries(ctx, r.cfg.Pool, oldest-1, oldest)
+	if err != nil || len(es) != 1 {
+		r.log.Warn("reported lag not measured: cannot read the entry", "seq", oldest, "error", err)
+		return
+	}
+	lag := max(at.Sub(es[0].CreatedAt), 0)
+	r.metrics.Put(metrics.ReportedLagSeconds, lag.Seconds(), metrics.Seconds, map[string]string{"Pool": r.cfg.Pool})
+	r.log.Info("every in-service instance reported", "seq", low, "instances", ready, "oldestNewSeq", oldest, "lagSeconds", lag.Seconds())
 }
 
 // readInvocation reads the invocation until it exists and is final: the

@@ -5,7 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/volsd/volsd/internal/awserr"
 )
@@ -139,4 +144,40 @@ func sameSpace(a, b *Space) bool {
 		return a == b
 	}
 	return a.SizeBytes == b.SizeBytes && a.UsedBytes == b.UsedBytes && a.FreeBytes == b.FreeBytes && a.At.Equal(b.At)
+}
+
+// skReported is the sort key, in the pool partition, of the pool's
+// reported watermark: the highest seq that every in-service instance has
+// reported (RaiseReported).
+const skReported = "REPORTED"
+
+// RaiseReported raises the pool's reported watermark to seq when it is
+// below seq (or not recorded yet), in one conditional write, and returns
+// the watermark it replaced (0 when there was none) and true. When the
+// stored watermark is already at or above seq it writes nothing and
+// returns false: of concurrent or repeated reports that bring the last
+// instance to seq, exactly one raises it.
+func (s *Store) RaiseReported(ctx context.Context, pool string, seq int64) (prev int64, raised bool, err error) {
+	item := key(poolPK(pool), skReported)
+	item["seq"] = num(seq)
+	item["updatedAt"] = str(s.now().Format(time.RFC3339Nano))
+	out, err := s.db.PutItem(ctx, &dynamodb.PutItemInput{
+		TableName: &s.table, Item: item,
+		ConditionExpression:       aws.String("attribute_not_exists(#pk) OR #seq < :seq"),
+		ExpressionAttributeNames:  map[string]string{"#pk": AttrPK, "#seq": "seq"},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":seq": num(seq)},
+		ReturnValues:              types.ReturnValueAllOld,
+	})
+	if awserr.IsConditionFailed(err) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("raise the reported watermark of %s to %d: %w", pool, seq, err)
+	}
+	if n, ok := out.Attributes["seq"].(*types.AttributeValueMemberN); ok {
+		if prev, err = strconv.ParseInt(n.Value, 10, 64); err != nil {
+			return 0, true, fmt.Errorf("reported watermark of %s: %w", pool, err)
+		}
+	}
+	return prev, true, nil
 }
