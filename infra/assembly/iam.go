@@ -1,6 +1,7 @@
 package assembly
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"sort"
@@ -404,4 +405,17 @@ func (t *Template) RoleStatementsOfPolicy(policyID string) ([]Statement, error) 
 		return nil, fmt.Errorf("%s: no policy %s", t.Name, policyID)
 	}
 	return parseStatements(policyID, p.Properties["PolicyDocument"])
+}
+
+// ParsePolicy parses an IAM policy document as IAM stores it (JSON; a
+// single statement object or a list) into statements of policy id.
+func ParsePolicy(id string, doc []byte) ([]Statement, error) {
+	var d map[string]any
+	if err := json.Unmarshal(doc, &d); err != nil {
+		return nil, fmt.Errorf("policy %s: %w", id, err)
+	}
+	if one, ok := d["Statement"].(map[string]any); ok {
+		d["Statement"] = []any{one}
+	}
+	return parseStatements(id, d)
 }

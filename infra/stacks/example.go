@@ -164,8 +164,6 @@ func NewExampleStack(scope constructs.Construct, id string, c Config) awscdk.Sta
 	awscdk.Tags_Of(asg).Add(jsii.String(volsd.TagPool), jsii.String(c.Pool), &awscdk.TagProps{ApplyToLaunchedInstances: jsii.Bool(true)})
 	nag(asg, "AwsSolutions-AS3", "Example group: scaling notifications are not needed to try volsd; the pool's alarms cover volsd itself.")
 
-	awscdk.NewCfnOutput(stack, jsii.String("AutoScalingGroupName"), &awscdk.CfnOutputProps{
-		Value: jsii.String(group), Description: jsii.String("volsd example Auto Scaling group"),
-	}).OverrideLogicalId(jsii.String("AutoScalingGroupName"))
+	// The pool's outputs (AddOutputs) name the group: AutoScalingGroupName.
 	return stack
 }

@@ -3,6 +3,7 @@ package volsd
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/aws-cdk-go/awscdk/v2/awscloudwatch"
@@ -10,6 +11,7 @@ import (
 	"github.com/aws/jsii-runtime-go"
 
 	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/snapshot"
 )
 
 // MetricsNamespace is the CloudWatch namespace of volsd's EMF metrics.
@@ -96,7 +98,7 @@ func (p *Pool) newAlarms() {
 			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(metrics.StalledReports),
 			DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Sum"), Period: awscdk.Duration_Minutes(f(5)),
 		}), 0, gt, 1, notBreaching)
-	maxAge := *p.props.SnapshotInterval.ToSeconds(nil)*2 + 3600
+	maxAge := snapshot.MaxAge(time.Duration(*p.props.SnapshotInterval.ToSeconds(nil)) * time.Second).Seconds()
 	p.alarm("SnapshotAgeAlarm", fmt.Sprintf("the newest completed snapshot is older than %.0f s (two snapshot intervals and an hour)", maxAge),
 		p.snapshotAgeMetric(), maxAge, gt, 1, notBreaching)
 }

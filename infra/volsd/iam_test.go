@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/volsd/volsd/infra/assembly"
+	"github.com/volsd/volsd/internal/doctor"
 )
 
 // The policies are checked by evaluating the synthesized statements against
@@ -261,6 +262,21 @@ func TestFunctionPermissions(t *testing.T) {
 			checkPermissions(t, role, roleStatements(t, tmpl, "Pool"+role+"Role"), perms)
 		})
 	}
+}
+
+// TestDoctorChecksWhatGrantAgentGives: every call volsd doctor simulates
+// for the agent (doctor.AgentPermissions) is allowed by GrantAgent's
+// statements, so a role set up as the README says passes doctor.
+func TestDoctorChecksWhatGrantAgentGives(t *testing.T) {
+	tmpl := template(t, stackName)
+	table := "<" + one(t, tmpl, "AWS::DynamoDB::Table", "Table").ID + ".Arn>"
+	origin := "<" + one(t, tmpl, "AWS::S3::Bucket", "Origin").ID + ".Arn>"
+	tokens := strings.NewReplacer("arn:aws:dynamodb:"+testRegion+":"+testAccount+":table/TABLE", table, "arn:aws:s3:::BUCKET", origin)
+	var perms []permission
+	for _, p := range doctor.AgentPermissions("aws", testRegion, testAccount, testPool, "TABLE", "BUCKET", groupArn+testGroup) {
+		perms = append(perms, permission{p.Action, tokens.Replace(p.Resource), p.Context, true})
+	}
+	checkPermissions(t, "agent", roleStatements(t, tmpl, "InstanceRole"), perms)
 }
 
 func TestAgentPermissions(t *testing.T) {

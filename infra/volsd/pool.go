@@ -25,6 +25,8 @@ import (
 	"github.com/aws/jsii-runtime-go"
 
 	"github.com/volsd/volsd/infra/documents"
+	"github.com/volsd/volsd/internal/doctor"
+	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/reclaim"
 )
 
@@ -35,7 +37,7 @@ var functionSettings = map[string]struct {
 	memoryMiB      float64
 	description    string
 }{
-	"lifecycle": {300, 256, "volsd: claim, create and attach a volume on launch; release it on terminate"},
+	"lifecycle": {pool.FunctionTimeout.Seconds(), 256, "volsd: claim, create and attach a volume on launch; release it on terminate"},
 	"reconcile": {240, 256, "volsd: keep idle volumes per AZ and heal stuck state (schedule)"},
 	"snapshot":  {300, 256, "volsd: freeze, snapshot and thaw an in-service volume; retention (schedule)"},
 	"push":      {60, 256, "volsd: append push requests to the journal and send volsd-Apply"},
@@ -44,19 +46,12 @@ var functionSettings = map[string]struct {
 
 // AsyncRetryAttempts is how often Lambda retries a failed asynchronous
 // invocation (the EventBridge-invoked functions).
-const AsyncRetryAttempts = 2
-
-// asyncRetryDelaySeconds is what Lambda waits before its retries of an
-// asynchronous invocation: about 1 minute, then 2 (AWS Lambda developer
-// guide, "Error handling and automatic retries").
-const asyncRetryDelaySeconds = 60 + 120
+const AsyncRetryAttempts = pool.AsyncRetryAttempts
 
 // TerminateHeartbeatMinSeconds is the shortest terminate hook heartbeat
-// timeout that outlasts every try of the lifecycle Lambda: its timeout
-// per try, Lambda's retry delays, and a minute for EventBridge delivery.
-func TerminateHeartbeatMinSeconds() float64 {
-	return functionSettings["lifecycle"].timeoutSeconds*(1+AsyncRetryAttempts) + asyncRetryDelaySeconds + 60
-}
+// timeout that outlasts every try of the lifecycle Lambda
+// (pool.TerminateHeartbeatMin).
+func TerminateHeartbeatMinSeconds() float64 { return pool.TerminateHeartbeatMin().Seconds() }
 
 // PushQueueVisibilityFactor times the push timeout is the push queue's visibility timeout.
 const PushQueueVisibilityFactor = 6
@@ -86,6 +81,8 @@ type Pool struct {
 	Functions map[string]awslambda.Function
 	// Documents by kind (documents.Kinds).
 	Documents map[string]awsssm.CfnDocument
+	// rules are the EventBridge rules by construct ID (doctor.RuleIDs).
+	rules map[string]awsevents.Rule
 	// Alarms are the pool's CloudWatch alarms; Dashboard shows them.
 	Alarms    []awscloudwatch.Alarm
 	Dashboard awscloudwatch.Dashboard
@@ -332,7 +329,7 @@ func (p *Pool) target(name string, maxAge awscdk.Duration) awsevents.IRuleTarget
 // eventRule is a rule on events of source and detail types whose detail
 // matches detail.
 func (p *Pool) eventRule(id, what, source string, detailTypes []string, detail map[string]interface{}) awsevents.Rule {
-	return awsevents.NewRule(p.Construct, jsii.String(id), &awsevents.RuleProps{
+	return p.rule(id, &awsevents.RuleProps{
 		Description: jsii.String("volsd " + p.props.PoolName + ": " + what),
 		EventPattern: &awsevents.EventPattern{
 			Source:     jsii.Strings(source),
@@ -340,6 +337,16 @@ func (p *Pool) eventRule(id, what, source string, detailTypes []string, detail m
 			Detail:     &detail,
 		},
 	})
+}
+
+// rule creates the rule id and keeps it for the Rules output.
+func (p *Pool) rule(id string, props *awsevents.RuleProps) awsevents.Rule {
+	r := awsevents.NewRule(p.Construct, jsii.String(id), props)
+	if p.rules == nil {
+		p.rules = map[string]awsevents.Rule{}
+	}
+	p.rules[id] = r
+	return r
 }
 
 func (p *Pool) newRules() {
@@ -359,13 +366,13 @@ func (p *Pool) newRules() {
 		[]string{"EC2 Instance Launch Successful"}, map[string]interface{}{"AutoScalingGroupName": []*string{p.groupName}})
 	inService.AddTarget(p.target("lifecycle", awscdk.Duration_Minutes(f(10))))
 
-	reconcile := awsevents.NewRule(p.Construct, jsii.String("ReconcileSchedule"), &awsevents.RuleProps{
+	reconcile := p.rule("ReconcileSchedule", &awsevents.RuleProps{
 		Description: jsii.String("volsd " + p.props.PoolName + ": reconcile schedule"),
 		Schedule:    awsevents.Schedule_Rate(p.props.ReconcileInterval),
 	})
 	reconcile.AddTarget(p.target("reconcile", p.props.ReconcileInterval))
 
-	snapshot := awsevents.NewRule(p.Construct, jsii.String("SnapshotSchedule"), &awsevents.RuleProps{
+	snapshot := p.rule("SnapshotSchedule", &awsevents.RuleProps{
 		Description: jsii.String("volsd " + p.props.PoolName + ": snapshot schedule"),
 		Schedule:    awsevents.Schedule_Rate(p.props.SnapshotInterval),
 	})
@@ -389,14 +396,14 @@ func (p *Pool) LifecycleHookSpecifications() []*awsautoscaling.CfnAutoScalingGro
 		{
 			LifecycleHookName:    jsii.String(LaunchHookName),
 			LifecycleTransition:  jsii.String("autoscaling:EC2_INSTANCE_LAUNCHING"),
-			DefaultResult:        jsii.String("ABANDON"),
+			DefaultResult:        jsii.String(pool.LaunchHookDefaultResult),
 			HeartbeatTimeout:     p.props.LaunchHeartbeatTimeout.ToSeconds(nil),
 			NotificationMetadata: meta,
 		},
 		{
 			LifecycleHookName:    jsii.String(TerminateHookName),
 			LifecycleTransition:  jsii.String("autoscaling:EC2_INSTANCE_TERMINATING"),
-			DefaultResult:        jsii.String("CONTINUE"),
+			DefaultResult:        jsii.String(pool.TerminateHookDefaultResult),
 			HeartbeatTimeout:     p.props.TerminateHeartbeatTimeout.ToSeconds(nil),
 			NotificationMetadata: meta,
 		},
@@ -462,8 +469,29 @@ func (p *Pool) AgentConfigJSON() *string {
 	}, nil)
 }
 
-// Output names the CLI reads from `cdk deploy --outputs-file` (docs/contracts.md).
-var OutputNames = []string{"PoolName", "TableName", "BucketName", "QueueUrl", "DeadLetterQueueUrl", "Region"}
+// Output names the CLI reads from `cdk deploy --outputs-file` (docs/contracts.md);
+// volsd doctor also reads the group, the event dead-letter queue, the
+// document prefix and the rules ("LifecycleRule=<name>,…" in the order of
+// doctor.RuleIDs).
+var OutputNames = []string{"PoolName", "TableName", "BucketName", "QueueUrl", "DeadLetterQueueUrl", "Region",
+	"AutoScalingGroupName", "EventDeadLetterQueueUrl", "DocumentPrefix", "Rules"}
+
+// rulesOutput is "ID=<rule name>,…" for doctor.RuleIDs.
+func (p *Pool) rulesOutput() *string {
+	var parts []*string
+	for i, id := range doctor.RuleIDs {
+		r, ok := p.rules[id]
+		if !ok {
+			panic("volsd: no rule " + id + " (doctor.RuleIDs and newRules disagree)")
+		}
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		parts = append(parts, jsii.String(sep+id+"="), r.RuleName())
+	}
+	return awscdk.Fn_Join(jsii.String(""), &parts)
+}
 
 // AddOutputs adds the stack outputs the CLI reads, with exactly the logical
 // IDs of OutputNames. Call it for at most one pool per stack.
@@ -475,6 +503,11 @@ func (p *Pool) AddOutputs() {
 		"QueueUrl":           p.Queue.QueueUrl(),
 		"DeadLetterQueueUrl": p.DeadLetterQueue.QueueUrl(),
 		"Region":             p.stack().Region(),
+
+		"AutoScalingGroupName":    p.groupName,
+		"EventDeadLetterQueueUrl": p.EventDeadLetterQueue.QueueUrl(),
+		"DocumentPrefix":          jsii.String(p.props.DocumentPrefix),
+		"Rules":                   p.rulesOutput(),
 	}
 	names := make([]string, 0, len(values))
 	for n := range values {

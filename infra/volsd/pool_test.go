@@ -24,6 +24,7 @@ import (
 	"github.com/volsd/volsd/infra/assembly"
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/infra/volsd"
+	"github.com/volsd/volsd/internal/doctor"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -555,6 +556,20 @@ func TestDocuments(t *testing.T) {
 	}
 }
 
+// rulesJoin is the Rules output doctor reads: "ID=" and a Ref to the rule
+// of that construct ID, for every doctor.RuleIDs.
+func rulesJoin(t *testing.T, tmpl *assembly.Template) any {
+	var parts []any
+	for i, id := range doctor.RuleIDs {
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		parts = append(parts, sep+id+"=", ref(one(t, tmpl, "AWS::Events::Rule", id).ID))
+	}
+	return map[string]any{"Fn::Join": []any{"", parts}}
+}
+
 func TestOutputs(t *testing.T) {
 	tmpl := template(t, stackName)
 	want := map[string]any{
@@ -564,6 +579,11 @@ func TestOutputs(t *testing.T) {
 		"QueueUrl":           ref(one(t, tmpl, "AWS::SQS::Queue", "PushQueue").ID),
 		"DeadLetterQueueUrl": ref(one(t, tmpl, "AWS::SQS::Queue", "PoolDeadLetterQueue").ID),
 		"Region":             testRegion,
+
+		"AutoScalingGroupName":    testGroup,
+		"EventDeadLetterQueueUrl": ref(one(t, tmpl, "AWS::SQS::Queue", "EventDeadLetterQueue").ID),
+		"DocumentPrefix":          "volsd-",
+		"Rules":                   rulesJoin(t, tmpl),
 	}
 	got := map[string]any{}
 	for id, o := range tmpl.Outputs {

@@ -27,6 +27,7 @@ import (
 	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/reclaim"
+	"github.com/volsd/volsd/internal/snapshot"
 )
 
 // NoReclaim as PoolProps.ReclaimGrace turns the origin's reclaim off.
@@ -189,7 +190,7 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 		p.ReconcileInterval = awscdk.Duration_Minutes(f(5))
 	}
 	if p.SnapshotInterval == nil {
-		p.SnapshotInterval = awscdk.Duration_Hours(f(6))
+		p.SnapshotInterval = awscdk.Duration_Hours(f(snapshot.DefaultInterval.Hours()))
 	}
 	if p.SnapshotKeep == 0 {
 		p.SnapshotKeep = 3

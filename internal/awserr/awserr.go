@@ -144,6 +144,12 @@ func IsRetryable(err error) bool { return Classify(err) == Retryable }
 // IsThrottle reports whether err is a throttling error.
 func IsThrottle(err error) bool { return throttleCodes[Code(err)] }
 
+var accessDeniedCodes = set("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError", "UnauthorizedException")
+
+// IsAccessDenied reports whether err says the caller's credentials may not
+// make the call.
+func IsAccessDenied(err error) bool { return accessDeniedCodes[Code(err)] }
+
 // IsNotFound reports whether err says the resource does not exist.
 func IsNotFound(err error) bool { return Classify(err) == NotFound }
 

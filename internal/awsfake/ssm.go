@@ -72,6 +72,7 @@ type SSM struct {
 
 	mu        sync.Mutex
 	instances map[string]map[string]string
+	pings     map[string]ssmPing // DescribeInstanceInformation; absent: Online
 	documents map[string]map[string]*regexp.Regexp
 	commands  map[string]*ssmCommand
 	order     []string

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/volsd/volsd/internal/buildinfo"
+	"github.com/volsd/volsd/internal/doctor"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -23,7 +24,7 @@ const (
 	ExitOK      = 0 // done (and, with --wait, every running instance caught up)
 	ExitError   = 1 // an operation failed (AWS, I/O)
 	ExitUsage   = 2 // bad arguments, configuration or input (hostile path, symlink in a tree)
-	ExitFailed  = 3 // --wait: the request was rejected, or an instance reported an error
+	ExitFailed  = 3 // --wait: the request was rejected, or an instance reported an error; doctor: problems found
 	ExitTimeout = 4 // --wait: time ran out (request not processed, or instances lagging)
 )
 
@@ -32,6 +33,8 @@ type Clients struct {
 	S3    ObjectStore
 	SQS   Queue
 	State State
+	// Doctor are the read-only clients of volsd doctor.
+	Doctor doctor.Clients
 }
 
 // Connector builds the clients for a configuration.
@@ -49,10 +52,12 @@ func ConnectAWS(ctx context.Context, cfg Config) (Clients, error) {
 	if err != nil {
 		return Clients{}, fmt.Errorf("load AWS configuration: %w", err)
 	}
+	st := store.New(dynamodb.NewFromConfig(awsCfg), cfg.Table)
 	return Clients{
-		S3:    s3.NewFromConfig(awsCfg),
-		SQS:   sqs.NewFromConfig(awsCfg),
-		State: store.New(dynamodb.NewFromConfig(awsCfg), cfg.Table),
+		S3:     s3.NewFromConfig(awsCfg),
+		SQS:    sqs.NewFromConfig(awsCfg),
+		State:  st,
+		Doctor: DoctorClients(awsCfg, st, cfg.Pool),
 	}, nil
 }
 
@@ -81,7 +86,7 @@ func Main(ctx context.Context, args []string, stdio IO, lookup func(string) (str
 	switch {
 	case errors.As(err, &we) && we.W.Outcome == WaitTimeout:
 		return ExitTimeout
-	case errors.As(err, &we):
+	case errors.As(err, &we), errors.Is(err, ErrProblems):
 		return ExitFailed
 	case errors.As(err, &ue), errors.Is(err, ErrConfig), errors.Is(err, ErrInput):
 		return ExitUsage
@@ -123,7 +128,8 @@ VOLSD_OUTPUTS; --stack or VOLSD_STACK picks one of several stacks). AWS endpoint
 from the SDK's standard variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3, …).
 
 Exit codes: 0 done; 1 an operation failed; 2 bad arguments, configuration or input;
-3 (--wait) the request was rejected or an instance reported an error; 4 (--wait) time ran out.
+3 (--wait) the request was rejected or an instance reported an error, (doctor) problems
+found; 4 (--wait) time ran out.
 
 Shell completion: volsd completion bash|zsh|fish|powershell --help.`,
 		Version:       buildinfo.Version(),
@@ -353,6 +359,52 @@ bytes, repair it from a local copy of that file; the agents retry the entry by t
 		},
 	}
 
-	root.AddCommand(push, del, status, volumes, journal, repair)
+	doc := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check the deployed pool and name each problem with its fix",
+		Long: `doctor checks a deployed pool with your credentials, reading only: the group's
+volsd:pool tag (PropagateAtLaunch, on every instance in service), volsd's two lifecycle
+hooks (names, transitions, default results, heartbeat timeouts; other hooks are left to
+their owners), the pool's EventBridge rules (enabled), every instance in service online
+in SSM, the instance roles allowing every call of volsd-agent and the SSM agent (IAM's
+policy simulator, iam:SimulatePrincipalPolicy), the SSM documents, both dead-letter
+queues empty, and the newest snapshot no older than the SnapshotAge alarm allows.
+It reads the group, queues, rules and document prefix from the stack outputs
+(--outputs: AutoScalingGroupName, DeadLetterQueueUrl, EventDeadLetterQueueUrl, Rules,
+DocumentPrefix) or the flags. Exit code 3 when it finds a problem.`,
+		Args: args(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := Resolve(o.flags, o.outputs, o.stack, lookup)
+			if err != nil {
+				return fmt.Errorf("%w: %v", ErrConfig, err)
+			}
+			if err := cfg.Check(NeedPool | NeedTable | NeedBucket | NeedGroup); err != nil {
+				return err
+			}
+			c, err := connect(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			rep, err := Doctor(cmd.Context(), cfg, c.Doctor)
+			if err != nil {
+				return err
+			}
+			if err := emit(rep, func(w io.Writer) error { RenderDoctor(w, rep); return nil }); err != nil {
+				return err
+			}
+			if n := rep.Problems(); n > 0 {
+				return fmt.Errorf("doctor: %w: %d", ErrProblems, n)
+			}
+			return nil
+		},
+	}
+	df := doc.Flags()
+	df.StringVar(&o.flags.Group, "asg", "", "the pool's Auto Scaling group (output AutoScalingGroupName)")
+	df.StringVar(&o.flags.DeadLetterQueueURL, "dlq-url", "", "the push dead-letter queue URL (output DeadLetterQueueUrl)")
+	df.StringVar(&o.flags.EventDeadLetterQueueURL, "event-dlq-url", "", "the event dead-letter queue URL (output EventDeadLetterQueueUrl)")
+	df.StringVar(&o.flags.DocumentPrefix, "document-prefix", "", "the SSM document prefix (output DocumentPrefix; default volsd-)")
+	df.StringVar(&o.flags.Rules, "rules", "", "the pool's EventBridge rules as ID=name,… (output Rules)")
+
+	root.AddCommand(push, del, status, volumes, journal, repair, doc)
 	return root
 }

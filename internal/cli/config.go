@@ -21,6 +21,12 @@ type Config struct {
 	Bucket   string `json:"bucket"`
 	QueueURL string `json:"queueUrl"`
 	Region   string `json:"region"`
+	// What volsd doctor checks besides (the stack outputs of the same names).
+	Group                   string `json:"autoScalingGroupName,omitempty"`
+	DeadLetterQueueURL      string `json:"deadLetterQueueUrl,omitempty"`
+	EventDeadLetterQueueURL string `json:"eventDeadLetterQueueUrl,omitempty"`
+	DocumentPrefix          string `json:"documentPrefix,omitempty"`
+	Rules                   string `json:"rules,omitempty"`
 }
 
 // Environment variables the CLI reads (flags override them; they override
@@ -42,6 +48,12 @@ const (
 	outBucket = "BucketName"
 	outQueue  = "QueueUrl"
 	outRegion = "Region"
+	// Read by volsd doctor.
+	outGroup          = "AutoScalingGroupName"
+	outDLQ            = "DeadLetterQueueUrl"
+	outEventDLQ       = "EventDeadLetterQueueUrl"
+	outDocumentPrefix = "DocumentPrefix"
+	outRules          = "Rules"
 )
 
 // ReadOutputs reads the file `cdk deploy --outputs-file` writes
@@ -83,7 +95,9 @@ func ReadOutputs(path, stack string) (Config, error) {
 		}
 		return ""
 	}
-	return Config{Pool: get(outPool), Table: get(outTable), Bucket: get(outBucket), QueueURL: get(outQueue), Region: get(outRegion)}, nil
+	return Config{Pool: get(outPool), Table: get(outTable), Bucket: get(outBucket), QueueURL: get(outQueue), Region: get(outRegion),
+		Group: get(outGroup), DeadLetterQueueURL: get(outDLQ), EventDeadLetterQueueURL: get(outEventDLQ),
+		DocumentPrefix: get(outDocumentPrefix), Rules: get(outRules)}, nil
 }
 
 // Resolve merges the configuration: flags first, then the environment,
@@ -120,6 +134,12 @@ func Resolve(flags Config, outputs, stack string, lookup func(string) (string, b
 		Bucket:   pick(flags.Bucket, env(EnvBucket), file.Bucket),
 		QueueURL: pick(flags.QueueURL, env(EnvQueueURL), file.QueueURL),
 		Region:   pick(flags.Region, env(EnvRegion), file.Region),
+
+		Group:                   pick(flags.Group, file.Group),
+		DeadLetterQueueURL:      pick(flags.DeadLetterQueueURL, file.DeadLetterQueueURL),
+		EventDeadLetterQueueURL: pick(flags.EventDeadLetterQueueURL, file.EventDeadLetterQueueURL),
+		DocumentPrefix:          pick(flags.DocumentPrefix, file.DocumentPrefix),
+		Rules:                   pick(flags.Rules, file.Rules),
 	}, nil
 }
 
@@ -132,6 +152,7 @@ const (
 	NeedTable
 	NeedBucket
 	NeedQueue
+	NeedGroup
 )
 
 // ErrConfig marks a missing or bad setting (exit code 2).
@@ -149,6 +170,9 @@ func (c Config) Check(need Need) error {
 	add(NeedTable, c.Table, "table", "table", EnvTable)
 	add(NeedBucket, c.Bucket, "bucket", "bucket", EnvBucket)
 	add(NeedQueue, c.QueueURL, "queue URL", "queue-url", EnvQueueURL)
+	if need&NeedGroup != 0 && c.Group == "" {
+		missing = append(missing, "Auto Scaling group (--asg or the "+outGroup+" output in --outputs)")
+	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: missing %s", ErrConfig, strings.Join(missing, "; "))
 	}

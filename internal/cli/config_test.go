@@ -30,7 +30,8 @@ func TestResolvePrecedence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{Pool: "from-flag", Table: "from-env", Bucket: "origin-web", QueueURL: "https://sqs.eu-west-1.amazonaws.com/1/push", Region: "us-east-2"}
+	want := Config{Pool: "from-flag", Table: "from-env", Bucket: "origin-web", QueueURL: "https://sqs.eu-west-1.amazonaws.com/1/push", Region: "us-east-2",
+		DeadLetterQueueURL: "https://sqs/dlq"}
 	if cfg != want {
 		t.Fatalf("got %+v\nwant %+v", cfg, want)
 	}

@@ -21,7 +21,6 @@ import (
 // line's namespace and dimensions against what the dashboard reads.
 func reportedLags(t *testing.T, out string) []float64 {
 	t.Helper()
-	var vals []float64
 	for _, l := range metrics.ParseLines([]byte(out)) {
 		if l.Name != metrics.ReportedLagSeconds {
 			continue
@@ -30,32 +29,7 @@ func reportedLags(t *testing.T, out string) []float64 {
 			t.Fatalf("ReportedLagSeconds line %+v, want namespace %s, dimensions %v, Pool web", l, metrics.Namespace, metrics.Read[metrics.ReportedLagSeconds])
 		}
 	}
-	for _, line := range splitLines(out) {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil {
-			continue
-		}
-		if v, ok := m[metrics.ReportedLagSeconds].(float64); ok {
-			vals = append(vals, v)
-		}
-	}
-	return vals
-}
-
-func splitLines(s string) []string {
-	var out []string
-	for len(s) > 0 {
-		i := 0
-		for i < len(s) && s[i] != '\n' {
-			i++
-		}
-		out = append(out, s[:i])
-		if i < len(s) {
-			i++
-		}
-		s = s[i:]
-	}
-	return out
+	return metricValues(out, metrics.ReportedLagSeconds)
 }
 
 func appendEntries(t *testing.T, st *store.Store, n int) []events.JournalEntry {

@@ -62,3 +62,12 @@ func (r *Runner) emitAge(ctx context.Context) (float64, error) {
 	r.metrics.Put(MetricAge, secs, metrics.Seconds, map[string]string{"Pool": r.cfg.Pool})
 	return secs, nil
 }
+
+// DefaultInterval is how often a snapshot is taken unless the pool says
+// otherwise (snapshotIntervalHours).
+const DefaultInterval = 6 * time.Hour
+
+// MaxAge is the snapshot age (Age) the SnapshotAge alarm and volsd doctor
+// allow for a snapshot schedule of interval: two intervals and an hour, so
+// one failed run does not raise it.
+func MaxAge(interval time.Duration) time.Duration { return 2*interval + time.Hour }
