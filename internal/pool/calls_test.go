@@ -187,11 +187,11 @@ func TestCallCounts(t *testing.T) {
 
 	want := map[string]map[string]int{
 		"launch (claim)": {
-			"EC2.DescribeInstances": 1, "EC2.DescribeVolumes": 2, "EC2.AttachVolume": 1,
+			"EC2.DescribeInstances": 1, "EC2.DescribeVolumes": 1, "EC2.AttachVolume": 1,
 			"DynamoDB.GetItem": 3, "DynamoDB.Query": 1, "DynamoDB.TransactWriteItems": 1, "DynamoDB.PutItem": 2,
 		},
 		"launch (on demand)": {
-			"EC2.DescribeInstances": 1, "EC2.DescribeVolumes": 3, "EC2.CreateVolume": 1, "EC2.AttachVolume": 1,
+			"EC2.DescribeInstances": 1, "EC2.DescribeVolumes": 2, "EC2.CreateVolume": 1, "EC2.AttachVolume": 1,
 			"DynamoDB.GetItem": 4, "DynamoDB.Query": 2, "DynamoDB.TransactWriteItems": 1, "DynamoDB.PutItem": 2,
 		},
 		"terminate (recycle)": {

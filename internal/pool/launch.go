@@ -313,7 +313,10 @@ func (l *launch) step(ctx context.Context, v store.Volume) (outcome, error) {
 	if err != nil {
 		return again, err
 	}
-	return l.attach(ctx, f)
+	// A volume just claimed from the idle pool, or just created and seen
+	// available, is attached at once: EC2's view is read only when the
+	// attach is refused (one DescribeVolumes less per launch).
+	return l.attach(ctx, f, v.State == store.VolumeClaimed || v.State == store.VolumeCreating)
 }
 
 // waitCreated waits until a new volume is no longer creating. A volume
@@ -349,10 +352,22 @@ func (l *launch) markFailed(ctx context.Context, v store.Volume, reason string) 
 
 // attach attaches a fenced (attaching) volume and waits until EC2 shows it
 // attached, then records it in-use.
-func (l *launch) attach(ctx context.Context, v store.Volume) (outcome, error) {
+func (l *launch) attach(ctx context.Context, v store.Volume, first bool) (outcome, error) {
 	p := l.p
 	log := l.log.With("volume", v.VolumeID)
 	var since time.Time
+	if first {
+		res, err := l.attachFree(ctx, v)
+		switch {
+		case err != nil:
+			return again, err
+		case res == gone:
+			return gone, nil
+		case res == attached:
+			return l.waitAttached(ctx, v, p.t.Now())
+		}
+		// Refused: EC2's view says why.
+	}
 	for busy := 0; ; {
 		ev, found, err := p.describeVolume(ctx, v.VolumeID)
 		switch {
@@ -438,7 +453,7 @@ func (l *launch) attachFree(ctx context.Context, v store.Volume) (outcome, error
 				return again, serr
 			}
 			return again, nil
-		case awserr.IsIncorrectState(err):
+		case awserr.IsIncorrectState(err), awserr.Code(err) == "InvalidVolume.NotFound":
 			return again, nil // the caller re-reads EC2's view
 		case awserr.IsRetryable(err):
 			return again, fmt.Errorf("attach %s to %s: %w", v.VolumeID, l.id, err)
