@@ -68,7 +68,9 @@ func RenderDoctor(w io.Writer, r doctor.Report) {
 			}
 		}
 	}
-	if n := r.Problems(); n > 0 {
+	if n := r.Problems(); n == 1 {
+		fmt.Fprintln(w, "1 problem")
+	} else if n > 1 {
 		fmt.Fprintf(w, "%d problems\n", n)
 	} else {
 		fmt.Fprintln(w, "no problems")

@@ -540,7 +540,7 @@ func (d *Doctor) permissions(ctx context.Context, group *astypes.AutoScalingGrou
 			}
 		}
 	}
-	return c.done(fmt.Sprintf("%d instance roles allow every call of volsd-agent and the SSM agent", roles))
+	return c.done(fmt.Sprintf("instance roles (%d) allow every call of volsd-agent and the SSM agent", roles))
 }
 
 func regionOf(arn string) string {
