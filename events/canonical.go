@@ -14,31 +14,44 @@ import (
 // both give the same Manifest (FuzzParseCanonical checks this).
 func parseCanonical(data []byte) (m Manifest, ok bool) {
 	// One copy of the input: paths and hashes are substrings of it.
-	p := canonParser{data: data, s: string(data)}
+	return parseCanonicalOf(data, string(data))
+}
+
+// parseCanonicalOf is parseCanonical with s, the string the entries' paths
+// and hashes are cut from, given (data as a string).
+func parseCanonicalOf(data []byte, s string) (m Manifest, ok bool) {
+	m.Entries = make([]ManifestEntry, 0, bytes.Count(data, []byte(`{"path":`)))
+	m.Version, ok = eachCanonical(data, s, func(e ManifestEntry) { m.Entries = append(m.Entries, e) })
+	return m, ok
+}
+
+// eachCanonical reads data in the form Canonical writes and calls fn with
+// each entry, in order (their strings are cut from s, data as a string);
+// it returns the manifest's version, and ok false as parseCanonical does.
+func eachCanonical(data []byte, s string, fn func(ManifestEntry)) (version int, ok bool) {
+	p := canonParser{data: data, s: s}
 	if !p.lit(`{"version":`) {
-		return m, false
+		return 0, false
 	}
 	v, ok := p.uint(math.MaxInt32)
 	if !ok || !p.lit(`,"entries":[`) {
-		return m, false
+		return 0, false
 	}
-	m.Version = int(v)
-	m.Entries = make([]ManifestEntry, 0, bytes.Count(data, []byte(`{"path":`)))
-	for !p.lit("]") {
-		if len(m.Entries) > 0 && !p.lit(",") {
-			return m, false
+	for first := true; !p.lit("]"); first = false {
+		if !first && !p.lit(",") {
+			return 0, false
 		}
 		e, ok := p.entry()
 		if !ok {
-			return m, false
+			return 0, false
 		}
-		m.Entries = append(m.Entries, e)
+		fn(e)
 	}
 	if !p.lit("}") {
-		return m, false
+		return 0, false
 	}
 	p.lit("\n")
-	return m, p.i == len(p.data)
+	return int(v), p.i == len(p.data)
 }
 
 // entry parses one entry in either canonical form: version 1

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"reflect"
 	"strings"
 	"testing"
@@ -105,6 +106,26 @@ func FuzzParseCanonical(f *testing.F) {
 	f.Add([]byte(`{"version":2,"entries":[{"path":"x","type":"link","target":"../y"},{"path":"x","sha256":"","size":0,"mode":1}]}`))
 	f.Add([]byte(`{"version":1,"entries":[{"path":"x","sha256":"y","size":0,"mode":0},{"path":"x","sha256":"","size":18446744073709551615,"mode":1}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// ParseManifestOwned and ManifestBlobs read what ParseManifestBytes reads.
+		want, werr := ParseManifestBytes(data)
+		owned, oerr := ParseManifestOwned(bytes.Clone(data))
+		if (werr == nil) != (oerr == nil) || werr == nil && !reflect.DeepEqual(want, owned) {
+			t.Fatalf("%q: ParseManifestOwned %+v %v, ParseManifestBytes %+v %v", data, owned, oerr, want, werr)
+		}
+		if werr == nil {
+			blobs, err := ManifestBlobs(data)
+			if err != nil {
+				t.Fatalf("%q: ManifestBlobs: %v", data, err)
+			}
+			for _, e := range want.Entries {
+				if e.Kind() == TypeFile && !blobs.Holds(e.SHA256, e.Size) {
+					t.Fatalf("%q: ManifestBlobs lacks %s/%d", data, e.SHA256, e.Size)
+				}
+			}
+			if n := len(want.Blobs()); len(blobs) < n {
+				t.Fatalf("%q: %d compact blobs, %d distinct", data, len(blobs), n)
+			}
+		}
 		fast, ok := parseCanonical(data)
 		if !ok {
 			return
@@ -117,4 +138,36 @@ func FuzzParseCanonical(f *testing.F) {
 			t.Fatalf("%q: fast %+v, decoder %+v", data, fast, slow)
 		}
 	})
+}
+
+// TestManifestBlobs: the compact blob set of a manifest, canonical or not,
+// holds each file's blob with its size and nothing else; a malformed
+// sha256 is an error, not a silent miss.
+func TestManifestBlobs(t *testing.T) {
+	a, b := strings.Repeat("0a", 32), strings.Repeat("b1", 32)
+	for name, data := range map[string]string{
+		"canonical": `{"version":2,"entries":[{"path":".","type":"dir","mode":493},{"path":"x","type":"file","sha256":"` + a + `","size":3,"mode":420,"mtime":1},{"path":"y","type":"file","sha256":"` + a + `","size":3,"mode":420,"mtime":1},{"path":"z","type":"file","sha256":"` + b + `","size":0,"mode":420,"mtime":1}]}` + "\n",
+		"spaced":    `{"version": 1, "entries": [{"path": "x", "sha256": "` + a + `", "size": 3, "mode": 420}, {"path": "z", "sha256": "` + b + `", "size": 0, "mode": 420}]}`,
+	} {
+		blobs, err := ManifestBlobs([]byte(data))
+		if err != nil || len(blobs) != 2 {
+			t.Fatalf("%s: %d blobs, %v", name, len(blobs), err)
+		}
+		for _, c := range []struct {
+			sha  string
+			size int64
+			want bool
+		}{{a, 3, true}, {b, 0, true}, {a, 4, false}, {strings.Repeat("cc", 32), 3, false}, {"0a", 3, false}, {strings.Repeat("zz", 32), 3, false}} {
+			if got := blobs.Holds(c.sha, c.size); got != c.want {
+				t.Errorf("%s: Holds(%s, %d) = %v, want %v", name, c.sha, c.size, got, c.want)
+			}
+		}
+		check, err := BlobsToCheck(Manifest{Version: 1, Entries: []ManifestEntry{{Path: "x", SHA256: a, Size: 3}, {Path: "n", SHA256: strings.Repeat("dd", 32), Size: 1}}}, blobs)
+		if err != nil || len(check) != 1 || check[strings.Repeat("dd", 32)] != 1 {
+			t.Fatalf("%s: BlobsToCheck %v %v, want only the new blob", name, check, err)
+		}
+	}
+	if _, err := ManifestBlobs([]byte(`{"version":1,"entries":[{"path":"x","sha256":"nothex","size":3,"mode":420}]}`)); err == nil {
+		t.Fatal("a malformed sha256: no error")
+	}
 }

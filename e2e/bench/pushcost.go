@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/cli"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -76,6 +78,10 @@ type LambdaManifestResult struct {
 	// PeakHeapMiB is the highest Go heap in use during the call, above
 	// what was in use before it.
 	PeakHeapMiB Sample `json:"peak_heap_mib"`
+	// FunctionMemoryMiB is the push Lambda's memory (push.FunctionMemoryMiB);
+	// the call runs under the Go memory limit the function sets for it
+	// (lambdamain.MemoryLimitBytes) above what the process held before.
+	FunctionMemoryMiB int `json:"function_memory_mib,omitempty"`
 	S3Calls     Sample `json:"s3_calls"`
 }
 
@@ -365,7 +371,7 @@ func (j *benchJournal) PreviousSync(_ context.Context, _, path string) (events.J
 // fake, appends its sync, then measures the push Lambda on a manifest with
 // one entry changed (a new blob).
 func runLambdaManifest(ctx context.Context, n, runs int, logf func(string, ...any)) (LambdaManifestResult, error) {
-	res := LambdaManifestResult{Entries: n, OriginBlobs: n}
+	res := LambdaManifestResult{Entries: n, OriginBlobs: n, FunctionMemoryMiB: push.FunctionMemoryMiB}
 	fake := awsfake.NewS3("origin")
 	blob := func(i int) events.ManifestEntry {
 		content := fmt.Appendf(nil, "%d", i)
@@ -425,6 +431,9 @@ func runLambdaManifest(ctx context.Context, n, runs int, logf func(string, ...an
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
 		base := ms.HeapInuse
+		// The function's Go memory limit, above what the fake S3 and the
+		// manifests built here hold.
+		oldLimit := debug.SetMemoryLimit(int64(ms.HeapInuse) + lambdamain.MemoryLimitBytes(push.FunctionMemoryMiB))
 		var peak atomic.Uint64
 		stop := make(chan struct{})
 		done := make(chan struct{})
@@ -449,6 +458,7 @@ func runLambdaManifest(ctx context.Context, n, runs int, logf func(string, ...an
 		d := time.Since(t0)
 		close(stop)
 		<-done
+		debug.SetMemoryLimit(oldLimit)
 		if len(resp.BatchItemFailures) > 0 {
 			return res, fmt.Errorf("the push Lambda failed the 1M-entry sync")
 		}

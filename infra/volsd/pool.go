@@ -27,6 +27,7 @@ import (
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/internal/doctor"
 	"github.com/volsd/volsd/internal/pool"
+	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/reclaim"
 )
 
@@ -40,7 +41,7 @@ var functionSettings = map[string]struct {
 	"lifecycle": {pool.FunctionTimeout.Seconds(), 256, "volsd: claim, create and attach a volume on launch; release it on terminate"},
 	"reconcile": {240, 256, "volsd: keep idle volumes per AZ and heal stuck state (schedule)"},
 	"snapshot":  {300, 256, "volsd: freeze, snapshot and thaw an in-service volume; retention (schedule)"},
-	"push":      {60, 256, "volsd: append push requests to the journal and send volsd-Apply"},
+	"push":      {60, push.FunctionMemoryMiB, "volsd: append push requests to the journal and send volsd-Apply"},
 	"report":    {30, 256, "volsd: record the agents' SSM command results"},
 }
 

@@ -9,6 +9,8 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"runtime/debug"
+	"strconv"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -23,10 +25,41 @@ func Setup(function string, level slog.Level, configErr error) (*slog.Logger, aw
 		log.Error("bad configuration", "error", configErr)
 		os.Exit(2)
 	}
+	if limit, ok := MemoryLimit(os.LookupEnv); ok {
+		debug.SetMemoryLimit(limit)
+	}
 	cfg, err := config.LoadDefaultConfig(context.Background())
 	if err != nil {
 		log.Error("load AWS config", "error", err)
 		os.Exit(1)
 	}
 	return log, cfg
+}
+
+// MemoryLimitShare is the share of the function's memory that Go's garbage
+// collector keeps the process under (the rest: the binary, and what the
+// runtime does not account).
+const MemoryLimitShare = 0.9
+
+// MemoryLimit is the Go memory limit of a function with the memory Lambda
+// gives it (AWS_LAMBDA_FUNCTION_MEMORY_SIZE, MiB): MemoryLimitShare of it.
+// Without a limit Go lets the heap grow to twice what is live before it
+// collects, so a function that holds a big manifest would need twice its
+// memory. None when GOMEMLIMIT is set (Go applies that itself) or the size
+// is unknown.
+func MemoryLimit(lookup func(string) (string, bool)) (int64, bool) {
+	if _, set := lookup("GOMEMLIMIT"); set {
+		return 0, false
+	}
+	v, ok := lookup("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+	mib, err := strconv.Atoi(v)
+	if !ok || err != nil || mib <= 0 {
+		return 0, false
+	}
+	return MemoryLimitBytes(mib), true
+}
+
+// MemoryLimitBytes is MemoryLimitShare of mib MiB.
+func MemoryLimitBytes(mib int) int64 {
+	return int64(float64(mib) * MemoryLimitShare * (1 << 20))
 }

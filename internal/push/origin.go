@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
@@ -39,6 +40,18 @@ type PreviousSyncs interface {
 // check it (events.MaxManifestBytes, about a million entries). A bigger
 // one is rejected with that reason: split the tree.
 const MaxCheckedManifestBytes = events.MaxManifestBytes
+
+// FunctionMemoryMiB is the push Lambda's memory (the construct sets it).
+// A sync of a 1M-entry manifest (about 150 MiB of JSON) against a 1M-blob
+// origin holds the new manifest's bytes and entries and the previous
+// manifest's compact blob set, about 300 MiB live (docs/benchmarks.md,
+// push cost); 1024 MiB keeps that within the Go memory limit
+// (lambdamain: 90% of the function's memory) with room for a batch of
+// smaller requests, and gives the function about 0.6 vCPU (Lambda's CPU
+// grows with memory) for the parse and hash of such a manifest well within
+// the 60 s timeout. A push costs GB-seconds only while it runs (tens of
+// milliseconds for a usual batch).
+const FunctionMemoryMiB = 1024
 
 // headConcurrency bounds parallel HeadObject calls for one manifest.
 const headConcurrency = 64
@@ -85,6 +98,10 @@ type origin struct {
 	pool     string
 	previous PreviousSyncs
 	log      *slog.Logger
+	// manifests bounds the manifest bytes held at once by the requests
+	// of a batch (MaxCheckedManifestBytes): a batch of ten syncs of 1M
+	// entries checks their manifests one after the other, not all at once.
+	manifests *semaphore.Weighted
 }
 
 // check returns nil when the request's blob, or its manifest and every blob
@@ -138,13 +155,19 @@ func (o origin) checkSync(ctx context.Context, path, sha string) *originProblem 
 	if found && prev.Manifest.SHA256 == sha {
 		return nil // checked when that entry was appended
 	}
-	m, p := o.readManifest(ctx, sha)
-	if p != nil {
-		return p
-	}
-	var verified events.BlobSet
+	// The previous manifest first, kept only as its compact blob set, so
+	// that at most one manifest's text and entries are in memory at once.
+	var verified events.VerifiedBlobs
 	if found {
-		pm, p := o.readManifest(ctx, prev.Manifest.SHA256)
+		data, release, p := o.readManifestData(ctx, prev.Manifest.SHA256)
+		var blobs events.CompactBlobs
+		if p == nil {
+			blobs, err = events.ManifestBlobs(data)
+			release()
+			if err != nil {
+				p = wrong("manifest %s is invalid: %v", prev.Manifest.SHA256, err)
+			}
+		}
 		switch {
 		case p != nil && p.kind == problemUnavailable:
 			return p
@@ -153,12 +176,12 @@ func (o origin) checkSync(ctx context.Context, path, sha string) *originProblem 
 			// changed by hand: check every blob
 			o.log.Warn("previous manifest unusable; checking every blob", "path", path, "seq", prev.Seq, "manifest", prev.Manifest.SHA256, "reason", p.Error())
 		default:
-			verified = pm.Blobs()
+			verified = blobs
 		}
 	}
-	want, err := events.BlobsToCheck(m, verified)
-	if err != nil {
-		return wrong("manifest %s: %v", sha, err)
+	want, p := o.manifestBlobsToCheck(ctx, sha, verified)
+	if p != nil {
+		return p
 	}
 	absent, p := o.verifyBlobs(ctx, want)
 	if p != nil {
@@ -177,38 +200,65 @@ func (o origin) checkSync(ctx context.Context, path, sha string) *originProblem 
 	return nil
 }
 
-// readManifest reads a manifest with one GetObject, checks that its content
-// hashes to its name, and parses and validates it.
-func (o origin) readManifest(ctx context.Context, sha string) (events.Manifest, *originProblem) {
+// manifestBlobsToCheck reads, checks and validates the manifest sha and
+// returns its blobs that verified does not hold (events.BlobsToCheck). The
+// manifest's strings share the bytes read (no second copy of a big
+// manifest), and neither outlives the call.
+func (o origin) manifestBlobsToCheck(ctx context.Context, sha string, verified events.VerifiedBlobs) (events.BlobSet, *originProblem) {
+	data, release, p := o.readManifestData(ctx, sha)
+	if p != nil {
+		return nil, p
+	}
+	defer release()
+	m, err := events.ParseManifestOwned(data)
+	if err != nil {
+		return nil, wrong("manifest %s is invalid: %v", sha, err)
+	}
+	want, err := events.BlobsToCheck(m, verified)
+	if err != nil {
+		return nil, wrong("manifest %s: %v", sha, err)
+	}
+	return want, nil
+}
+
+// readManifestData reads a manifest's bytes with one GetObject and checks
+// that they hash to its name. It holds the manifest's size of o.manifests
+// until release is called (on success only).
+func (o origin) readManifestData(ctx context.Context, sha string) (data []byte, release func(), _ *originProblem) {
 	key := events.ManifestKey(sha)
 	out, err := o.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: &o.bucket, Key: &key})
 	if err != nil {
 		if awserr.IsNotFound(err) {
-			return events.Manifest{}, missing("manifest %s is not in the origin (s3://%s/%s)", sha, o.bucket, key)
+			return nil, nil, missing("manifest %s is not in the origin (s3://%s/%s)", sha, o.bucket, key)
 		}
-		return events.Manifest{}, unavailable("read s3://"+o.bucket+"/"+key, err)
+		return nil, nil, unavailable("read s3://"+o.bucket+"/"+key, err)
 	}
 	defer out.Body.Close()
 	size := aws.ToInt64(out.ContentLength)
 	if size > MaxCheckedManifestBytes {
-		return events.Manifest{}, wrong("manifest %s has %d bytes, more than the %d the push Lambda checks; split the tree into several syncs", sha, size, MaxCheckedManifestBytes)
+		return nil, nil, wrong("manifest %s has %d bytes, more than the %d the push Lambda checks; split the tree into several syncs", sha, size, MaxCheckedManifestBytes)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, max(size, 0)+1))
+	weight := max(size, 1)
+	if err := o.manifests.Acquire(ctx, weight); err != nil {
+		return nil, nil, unavailable("wait to read s3://"+o.bucket+"/"+key, err)
+	}
+	release = func() { o.manifests.Release(weight) }
+	fail := func(p *originProblem) ([]byte, func(), *originProblem) {
+		release()
+		return nil, nil, p
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, max(size, 0)+bytes.MinRead))
 	if _, err := buf.ReadFrom(io.LimitReader(out.Body, MaxCheckedManifestBytes+1)); err != nil {
-		return events.Manifest{}, unavailable("read s3://"+o.bucket+"/"+key, err)
+		return fail(unavailable("read s3://"+o.bucket+"/"+key, err))
 	}
-	data := buf.Bytes()
+	data = buf.Bytes()
 	if len(data) > MaxCheckedManifestBytes {
-		return events.Manifest{}, wrong("manifest %s has more than the %d bytes the push Lambda checks; split the tree into several syncs", sha, MaxCheckedManifestBytes)
+		return fail(wrong("manifest %s has more than the %d bytes the push Lambda checks; split the tree into several syncs", sha, MaxCheckedManifestBytes))
 	}
 	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != sha {
-		return events.Manifest{}, wrong("manifest %s does not match its name: its content hashes to %s", sha, hex.EncodeToString(sum[:]))
+		return fail(wrong("manifest %s does not match its name: its content hashes to %s", sha, hex.EncodeToString(sum[:])))
 	}
-	m, err := events.ParseManifestBytes(data)
-	if err != nil {
-		return events.Manifest{}, wrong("manifest %s is invalid: %v", sha, err)
-	}
-	return m, nil
+	return data, release, nil
 }
 
 // verifyBlobs checks the wanted blobs (sha256 → size) with verifyBlob,

@@ -14,6 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/metrics"
@@ -53,7 +55,7 @@ func NewPusher(cfg Config, journal Journal, s3 S3Origin, ssm CommandSender, log 
 		cfg.MissingReceives = MissingReceives
 	}
 	return &Pusher{
-		cfg: cfg, journal: journal, origin: origin{s3: s3, bucket: cfg.Bucket, pool: cfg.Pool, previous: journal, log: log.With("pool", cfg.Pool)}, ssm: ssm,
+		cfg: cfg, journal: journal, origin: origin{s3: s3, bucket: cfg.Bucket, pool: cfg.Pool, previous: journal, log: log.With("pool", cfg.Pool), manifests: semaphore.NewWeighted(MaxCheckedManifestBytes)}, ssm: ssm,
 		log: log.With("pool", cfg.Pool), metrics: m, now: time.Now,
 	}
 }
