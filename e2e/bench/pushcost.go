@@ -81,8 +81,8 @@ type LambdaManifestResult struct {
 	// FunctionMemoryMiB is the push Lambda's memory (push.FunctionMemoryMiB);
 	// the call runs under the Go memory limit the function sets for it
 	// (lambdamain.MemoryLimitBytes) above what the process held before.
-	FunctionMemoryMiB int `json:"function_memory_mib,omitempty"`
-	S3Calls     Sample `json:"s3_calls"`
+	FunctionMemoryMiB int    `json:"function_memory_mib,omitempty"`
+	S3Calls           Sample `json:"s3_calls"`
 }
 
 // countingS3 counts every S3 call made through it.
