@@ -98,6 +98,11 @@ func (p *Pool) newAlarms() {
 			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(metrics.StalledReports),
 			DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Sum"), Period: awscdk.Duration_Minutes(f(5)),
 		}), 0, gt, 1, notBreaching)
+	p.alarm("VolumeFullAlarm", fmt.Sprintf("a pool volume is at least %d%% full and will not grow (auto-grow off or at AutoGrowMaxGiB): raise VolumeSizeGiB or AutoGrowMaxGiB, or free space (volsd status shows each volume)", p.props.FillAlarmPercent),
+		awscloudwatch.NewMetric(&awscloudwatch.MetricProps{
+			Namespace: jsii.String(MetricsNamespace), MetricName: jsii.String(metrics.VolumesFullCannotGrow),
+			DimensionsMap: &map[string]*string{"Pool": jsii.String(p.props.PoolName)}, Statistic: jsii.String("Maximum"), Period: awscdk.Duration_Minutes(f(15)),
+		}), 0, gt, 1, notBreaching)
 	maxAge := snapshot.MaxAge(time.Duration(*p.props.SnapshotInterval.ToSeconds(nil)) * time.Second).Seconds()
 	p.alarm("SnapshotAgeAlarm", fmt.Sprintf("the newest completed snapshot is older than %.0f s (two snapshot intervals and an hour)", maxAge),
 		p.snapshotAgeMetric(), maxAge, gt, 1, notBreaching)

@@ -253,6 +253,10 @@ func functionEnvironment(pp PoolProps, refs envRefs, name string) map[string]*st
 	case "reconcile":
 		env["VOLSD_ASG"] = refs.group
 		env["VOLSD_AZS"] = jsii.String(strings.Join(pp.AvailabilityZones, ","))
+		env["VOLSD_AUTOGROW_FREE_PERCENT"] = jsii.String(strconv.Itoa(pp.AutoGrowFreePercent))
+		env["VOLSD_AUTOGROW_STEP_GIB"] = jsii.String(strconv.Itoa(pp.AutoGrowStepGiB))
+		env["VOLSD_AUTOGROW_MAX_GIB"] = jsii.String(strconv.Itoa(pp.AutoGrowMaxGiB))
+		env["VOLSD_FILL_ALARM_PERCENT"] = jsii.String(strconv.Itoa(pp.FillAlarmPercent))
 		volume()
 	case "snapshot":
 		env["VOLSD_ASG"] = refs.group

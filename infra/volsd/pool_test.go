@@ -264,7 +264,8 @@ func wantEnv(tmpl *assembly.Template, t *testing.T) map[string]map[string]any {
 	}
 	return map[string]map[string]any{
 		"lifecycle": merge(common, volume, docs, map[string]any{"VOLSD_ASG": testGroup}),
-		"reconcile": merge(common, volume, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_AZS": "eu-west-1a,eu-west-1b"}),
+		"reconcile": merge(common, volume, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_AZS": "eu-west-1a,eu-west-1b",
+			"VOLSD_AUTOGROW_FREE_PERCENT": "0", "VOLSD_AUTOGROW_STEP_GIB": "10", "VOLSD_AUTOGROW_MAX_GIB": "0", "VOLSD_FILL_ALARM_PERCENT": "90"}),
 		"snapshot": merge(common, docs, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_KMS_KEY_ID": key,
 			"VOLSD_SNAPSHOT_KEEP": "3", "VOLSD_FREEZE_SECONDS": "30", "VOLSD_BUCKET": bucket, "VOLSD_RECLAIM_GRACE": "168h0m0s"}),
 		"push":   merge(common, docs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "25%"}),
@@ -640,12 +641,17 @@ func TestAlarmsAndDashboard(t *testing.T) {
 		fmt.Sprint(stall["Dimensions"]) != "[map[Name:Pool Value:web]]" {
 		t.Errorf("PoolStalledAlarm: %v", stall)
 	}
+	full := find("VolumeFullAlarm")
+	if full["MetricName"] != metrics.VolumesFullCannotGrow || full["Namespace"] != "volsd" || full["Statistic"] != "Maximum" || full["Threshold"] != float64(0) ||
+		fmt.Sprint(full["Dimensions"]) != "[map[Name:Pool Value:web]]" || !strings.Contains(fmt.Sprint(full["AlarmDescription"]), "90% full") {
+		t.Errorf("VolumeFullAlarm: %v", full)
+	}
 	age := find("SnapshotAgeAlarm")
 	if age["MetricName"] != "SnapshotAgeSeconds" || age["Namespace"] != "volsd" || age["Threshold"] != float64(2*6*3600+3600) ||
 		fmt.Sprint(age["Dimensions"]) != "[map[Name:Pool Value:web]]" {
 		t.Errorf("SnapshotAgeAlarm: %v", age)
 	}
-	if len(alarms) != 2+1+1+len(volsd.FunctionNames)+1+1 {
+	if len(alarms) != 2+1+1+len(volsd.FunctionNames)+1+1+1 {
 		names := make([]string, 0, len(alarms))
 		for n := range alarms {
 			names = append(names, n)

@@ -101,6 +101,16 @@ type PoolProps struct {
 	SnapshotKeep int
 	// FreezeSeconds bounds how long the agent keeps the filesystem frozen. Default 30.
 	FreezeSeconds int
+	// AutoGrowFreePercent turns auto-grow on: a volume whose agent
+	// reports less than this share of its filesystem free grows by
+	// AutoGrowStepGiB (default 10), up to AutoGrowMaxGiB (default: the
+	// volume type's maximum). 0 (default) = off. FillAlarmPercent (default
+	// 90): VolumeFullAlarm fires for a volume at least this full that will
+	// not grow (VOLSD_AUTOGROW_*, VOLSD_FILL_ALARM_PERCENT; reconcile).
+	AutoGrowFreePercent int
+	AutoGrowStepGiB     int
+	AutoGrowMaxGiB      int
+	FillAlarmPercent    int
 	// ReclaimGrace is how long an origin object (blob or manifest) stays
 	// after nothing references it any more, and after its upload, before
 	// the snapshot Lambda's reclaim deletes it (VOLSD_RECLAIM_GRACE).
@@ -197,6 +207,12 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 	}
 	if p.FreezeSeconds == 0 {
 		p.FreezeSeconds = 30
+	}
+	if p.AutoGrowStepGiB == 0 {
+		p.AutoGrowStepGiB = 10
+	}
+	if p.FillAlarmPercent == 0 {
+		p.FillAlarmPercent = 90
 	}
 	if p.ReclaimGrace == 0 {
 		p.ReclaimGrace = reclaim.DefaultGrace

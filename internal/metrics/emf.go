@@ -89,6 +89,10 @@ const (
 	// bad content: the pool is stalled at that seq (report; the
 	// construct's PoolStalledAlarm fires on any).
 	StalledReports = "StalledReports"
+	// VolumesFullCannotGrow counts pool volumes at least
+	// VOLSD_FILL_ALARM_PERCENT full that reconcile will not grow
+	// (auto-grow off or at its maximum) (reconcile; VolumeFullAlarm).
+	VolumesFullCannotGrow = "VolumesFullCannotGrow"
 	// ReclaimedBytes is what one reclaim run deleted from the origin
 	// (snapshot).
 	ReclaimedBytes = "ReclaimedBytes"
@@ -100,13 +104,14 @@ const (
 // Read are the metrics alarms and the dashboard read, with the dimensions
 // of each, sorted.
 var Read = map[string][]string{
-	IdleVolumes:        {"AZ", "Pool"},
-	SnapshotAgeSeconds: {"Pool"},
-	PushLagSeconds:     {"Pool"},
-	ReportedLagSeconds: {"Pool"},
-	StalledReports:     {"Pool"},
-	ReclaimedBytes:     {"Pool"},
-	UnreferencedBytes:  {"Pool"},
+	IdleVolumes:           {"AZ", "Pool"},
+	SnapshotAgeSeconds:    {"Pool"},
+	PushLagSeconds:        {"Pool"},
+	ReportedLagSeconds:    {"Pool"},
+	StalledReports:        {"Pool"},
+	ReclaimedBytes:        {"Pool"},
+	UnreferencedBytes:     {"Pool"},
+	VolumesFullCannotGrow: {"Pool"},
 }
 
 // Line is one EMF metric line as Put writes it.

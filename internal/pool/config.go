@@ -49,6 +49,16 @@ type Config struct {
 	RefreshAge    time.Duration
 	RefreshMax    int
 
+	// Auto-grow (DESIGN.md §5b): a volume whose filesystem the agent
+	// reports with less than AutoGrowFreePercent free (0: off) is grown by
+	// AutoGrowStepGiB, up to AutoGrowMaxGiB. FillAlarmPercent: a volume at
+	// least this full that cannot grow (auto-grow off or at its maximum)
+	// is counted in VolumesFullCannotGrow (the construct alarms on it).
+	AutoGrowFreePercent int
+	AutoGrowStepGiB     int32
+	AutoGrowMaxGiB      int32
+	FillAlarmPercent    int
+
 	LogLevel slog.Level
 }
 
@@ -81,6 +91,11 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		RefreshBehind:  r.Int("VOLSD_REFRESH_BEHIND", 500, false, 1, 1<<40),
 		RefreshAge:     r.Duration("VOLSD_REFRESH_AGE", 168*time.Hour, false, time.Minute, 10*365*24*time.Hour),
 		RefreshMax:     int(r.Int("VOLSD_REFRESH_MAX", 2, false, 0, 100)),
+
+		AutoGrowFreePercent: int(r.Int("VOLSD_AUTOGROW_FREE_PERCENT", 0, false, 0, 90)),
+		AutoGrowStepGiB:     int32(r.Int("VOLSD_AUTOGROW_STEP_GIB", 10, false, 1, 65536)),
+		AutoGrowMaxGiB:      int32(r.Int("VOLSD_AUTOGROW_MAX_GIB", 0, false, 0, 65536)),
+		FillAlarmPercent:    int(r.Int("VOLSD_FILL_ALARM_PERCENT", 90, false, 1, 100)),
 	}
 	c.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
 	for _, az := range c.AZs {
@@ -88,7 +103,7 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 			r.Fail("VOLSD_AZS", "%q is not an availability zone name like eu-west-1a", az)
 		}
 	}
-	checkVolume(r, c)
+	checkVolume(r, &c)
 	return c, r.Err()
 }
 
@@ -104,7 +119,8 @@ var volumeLimits = map[string]struct{ minGiB, maxGiB, minIOPS, maxIOPS int32 }{
 }
 
 // checkVolume applies the rules across the volume variables.
-func checkVolume(r *envconfig.Reader, c Config) {
+// It fills in AutoGrowMaxGiB's default (the type's maximum).
+func checkVolume(r *envconfig.Reader, c *Config) {
 	lim, ok := volumeLimits[c.VolumeType]
 	if !ok {
 		return // VOLSD_VOLUME_TYPE is reported already
@@ -124,6 +140,13 @@ func checkVolume(r *envconfig.Reader, c Config) {
 		r.Fail("VOLSD_VOLUME_THROUGHPUT", "only gp3 volumes take a throughput; use 0 for %s", c.VolumeType)
 	} else if c.Throughput != 0 && c.Throughput < 125 {
 		r.Fail("VOLSD_VOLUME_THROUGHPUT", "must be 125..2000 MiB/s for gp3, or 0 for its default (got %d)", c.Throughput)
+	}
+	if c.AutoGrowMaxGiB == 0 {
+		c.AutoGrowMaxGiB = lim.maxGiB
+	}
+	if sizeOK := c.SizeGiB >= lim.minGiB && c.SizeGiB <= lim.maxGiB; sizeOK && (c.AutoGrowMaxGiB < c.SizeGiB || c.AutoGrowMaxGiB > lim.maxGiB) {
+		r.Fail("VOLSD_AUTOGROW_MAX_GIB", "must be 0 (the %s maximum) or %d..%d GiB: at least the volume size, at most what %s allows (got %d)",
+			c.VolumeType, c.SizeGiB, lim.maxGiB, c.VolumeType, c.AutoGrowMaxGiB)
 	}
 	if c.InitRate != 0 && c.InitRate < 100 {
 		r.Fail("VOLSD_VOLUME_INIT_RATE", "must be 0 (off) or 100..300 MiB/s (got %d)", c.InitRate)

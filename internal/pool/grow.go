@@ -37,8 +37,9 @@ func growable(v store.Volume, ev ec2Volume) bool {
 // filesystem once the device is larger. Records follow EC2's size.
 func (r *recon) grow(ctx context.Context) {
 	p := r.p
-	want := p.cfg.SizeGiB
 	var small []string
+	wants := map[string]int32{}
+	full := 0
 	for _, id := range sortedKeys(r.vols) {
 		v := r.vols[id]
 		ev, ok := r.ec2v[id]
@@ -48,10 +49,24 @@ func (r *recon) grow(ctx context.Context) {
 		if ev.SizeGiB != v.SizeGiB {
 			r.recordSize(ctx, v, ev.SizeGiB)
 		}
-		if ev.SizeGiB < want {
+		want, auto := wantSize(p.cfg, v, ev.SizeGiB)
+		if want > ev.SizeGiB {
 			small = append(small, id)
+			wants[id] = want
+			if auto {
+				r.log.Info("auto-grow: the filesystem is short of free space", "volume", id, "size", ev.SizeGiB, "want", want,
+					"freePercent", int(100*v.Space.FreeFraction()), "threshold", p.cfg.AutoGrowFreePercent)
+			}
+			continue
+		}
+		cannot := p.cfg.AutoGrowFreePercent <= 0 || ev.SizeGiB >= p.cfg.AutoGrowMaxGiB
+		if fill := 100 * (1 - v.Space.FreeFraction()); cannot && v.Space != nil && fill >= float64(p.cfg.FillAlarmPercent) {
+			full++
+			r.log.Warn("volume is full and cannot grow (auto-grow off or at its maximum)", "volume", id, "size", ev.SizeGiB,
+				"fillPercent", int(fill), "threshold", p.cfg.FillAlarmPercent, "autoGrowMaxGiB", p.cfg.AutoGrowMaxGiB)
 		}
 	}
+	p.put(metrics.VolumesFullCannotGrow, float64(full), metrics.Count, "")
 	if len(small) == 0 {
 		return
 	}
@@ -62,6 +77,7 @@ func (r *recon) grow(ctx context.Context) {
 	}
 	waiting := 0
 	for _, id := range small {
+		want := wants[id]
 		log := r.log.With("volume", id, "size", r.ec2v[id].SizeGiB, "want", want)
 		if m, ok := last[id]; ok {
 			if m.ModificationState == types.VolumeModificationStateModifying || m.ModificationState == types.VolumeModificationStateOptimizing {
@@ -94,6 +110,22 @@ func (r *recon) grow(ctx context.Context) {
 		}
 	}
 	p.put("VolumesWaitingToGrow", float64(waiting), metrics.Count, "")
+}
+
+// wantSize is the size a pool volume should have: the pool's size, never
+// below what it has; with auto-grow, one step more (up to the maximum)
+// when the agent last reported its filesystem short of free space — only
+// once the filesystem spans the device (at least 90% of it), so a grow
+// the agent has not applied yet does not trigger another. auto says the
+// step was taken.
+func wantSize(cfg Config, v store.Volume, size int32) (want int32, auto bool) {
+	want = max(cfg.SizeGiB, size)
+	sp := v.Space
+	if cfg.AutoGrowFreePercent <= 0 || sp == nil || sp.SizeBytes*10 < int64(size)<<30*9 ||
+		100*sp.FreeFraction() >= float64(cfg.AutoGrowFreePercent) || size >= cfg.AutoGrowMaxGiB {
+		return want, false
+	}
+	return max(want, min(size+cfg.AutoGrowStepGiB, cfg.AutoGrowMaxGiB)), true
 }
 
 // recordSize makes a volume record show EC2's size (a conditional write:

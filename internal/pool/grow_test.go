@@ -1,6 +1,8 @@
 package pool_test
 
 import (
+	"bytes"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -8,7 +10,9 @@ import (
 
 	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/awsfake"
+	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/pool"
+	"github.com/volsd/volsd/internal/store"
 )
 
 // sizes returns every pool volume's size in EC2 and in its record.
@@ -116,5 +120,74 @@ func TestFakeEC2RefusesModificationsAsEBSDoes(t *testing.T) {
 	clk.Advance(5 * time.Hour)
 	if err := modify(30); err != nil {
 		t.Fatalf("after 7 hours: %v", err)
+	}
+}
+
+// TestAutoGrowByReportedFreeSpace: with auto-grow on (below 10% free, steps
+// of 5 GiB, at most 15 GiB), a volume whose agent reported it 95% full
+// grows one step; one whose filesystem does not span its device yet (a
+// grow the agent has not applied) and one with room do not; at the
+// maximum and still full it cannot grow and is counted in
+// VolumesFullCannotGrow (the fill alarm's metric).
+func TestAutoGrowByReportedFreeSpace(t *testing.T) {
+	clk := awsfake.NewClock(time.Now().UTC())
+	e := newEnv(t, awsfake.EC2Config{Now: clk.Now, OptimizeDelay: time.Minute},
+		withTiming(func(tm *pool.Timing) { tm.Now = clk.Now }),
+		withConfig(func(c *pool.Config) {
+			c.AutoGrowFreePercent, c.AutoGrowStepGiB, c.AutoGrowMaxGiB, c.FillAlarmPercent = 10, 5, 15, 90
+		}))
+	e.seedIdle()
+	vols := e.volumes()
+	if len(vols) < 4 {
+		t.Fatalf("%d volumes", len(vols))
+	}
+	report := func(v store.Volume, sizeGiB float64, freePct float64) {
+		t.Helper()
+		cur, err := e.store.GetVolume(bg, v.Pool, v.VolumeID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := int64(sizeGiB * (1 << 30))
+		free := int64(float64(size) * freePct / 100)
+		cur.Space = &store.Space{SizeBytes: size, UsedBytes: size - free, FreeBytes: free, At: clk.Now()}
+		if _, err := e.store.TransitionVolume(bg, cur, cur.State); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full, notSpanning, roomy := vols[0], vols[1], vols[2]
+	report(full, 9.8, 5)
+	report(notSpanning, 5, 2)
+	report(roomy, 9.8, 50)
+	if rep := e.reconcile(); rep.Grown != 1 {
+		t.Fatalf("grew %d volumes, want 1 (the full one): %+v", rep.Grown, rep)
+	}
+	clk.Advance(7 * time.Hour)
+	e.reconcile() // records follow EC2
+	ec2s, recs := e.sizes()
+	if ec2s[full.VolumeID] != 15 || recs[full.VolumeID] != 15 || ec2s[notSpanning.VolumeID] != 10 || ec2s[roomy.VolumeID] != 10 {
+		t.Fatalf("sizes %v, records %v; want %s at 15, the rest at 10", ec2s, recs, full.VolumeID)
+	}
+	// The agent grew the filesystem; it is full again, at the maximum.
+	report(full, 14.7, 3)
+	e.metrics.b.Reset()
+	clk.Advance(7 * time.Hour)
+	if rep := e.reconcile(); rep.Grown != 0 {
+		t.Fatalf("grew past the maximum: %+v", rep)
+	}
+	if ec2s, _ := e.sizes(); ec2s[full.VolumeID] != 15 {
+		t.Fatalf("%s at %d GiB, want the maximum 15", full.VolumeID, ec2s[full.VolumeID])
+	}
+	var got []float64
+	for _, l := range bytes.Split([]byte(e.metrics.String()), []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(l, &m) == nil && m[metrics.VolumesFullCannotGrow] != nil {
+			got = append(got, m[metrics.VolumesFullCannotGrow].(float64))
+		}
+	}
+	if len(got) == 0 || got[len(got)-1] != 1 {
+		t.Fatalf("VolumesFullCannotGrow %v, want 1", got)
+	}
+	if len(e.logs.lines("full and cannot grow")) == 0 {
+		t.Error("the full volume was not logged")
 	}
 }
