@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -188,13 +189,17 @@ func (c CommandStatus) Validate() error {
 	return nil
 }
 
+// InvocationFailureStatuses are the final statuses of a command's
+// invocation on one instance other than Success.
+var InvocationFailureStatuses = []string{"Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated", "DeliveryTimedOut", "ExecutionTimedOut"}
+
+// CommandFinalStatuses are the final statuses of a whole command (every
+// invocation finished).
+var CommandFinalStatuses = []string{"Success", "Failed", "Cancelled", "TimedOut"}
+
 // Terminal reports whether the invocation has finished.
 func (c CommandStatus) Terminal() bool {
-	switch c.Status {
-	case "Success", "Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated", "DeliveryTimedOut", "ExecutionTimedOut":
-		return true
-	}
-	return false
+	return c.Status == "Success" || slices.Contains(InvocationFailureStatuses, c.Status)
 }
 
 // CommandSummary is the detail of "EC2 Command Status-change Notification"
@@ -221,11 +226,7 @@ func (c CommandSummary) Validate() error {
 
 // Terminal reports whether the command has finished (every invocation).
 func (c CommandSummary) Terminal() bool {
-	switch c.Status {
-	case "Success", "Failed", "Cancelled", "TimedOut":
-		return true
-	}
-	return false
+	return slices.Contains(CommandFinalStatuses, c.Status)
 }
 
 // ErrWrongDetailType is returned by Decode when the envelope carries another

@@ -24,6 +24,7 @@ import (
 	"github.com/aws/constructs-go/constructs/v10"
 	"github.com/aws/jsii-runtime-go"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/internal/doctor"
 	"github.com/volsd/volsd/internal/pool"
@@ -387,9 +388,18 @@ func (p *Pool) newRules() {
 	for _, kind := range documents.Kinds {
 		names = append(names, jsii.String(p.DocumentName(kind)))
 	}
-	report := p.eventRule("CommandStatusRule", "status changes of volsd SSM commands", "aws.ssm",
-		[]string{"EC2 Command Invocation Status-change Notification"}, map[string]interface{}{"document-name": names})
+	// A finished command's results are read in pages of 50 invocations
+	// (one SSM read per 50 instances, docs/push.md "functions/report");
+	// an instance's failure is recorded at once, before the command ends,
+	// so `volsd push --wait` and the stall alarm need not wait for the
+	// slowest instance. Successful invocations are not delivered one by
+	// one: they would cost one GetCommandInvocation each.
+	report := p.eventRule("CommandStatusRule", "final statuses of volsd SSM commands", "aws.ssm",
+		[]string{events.DetailTypeSSMCommand}, map[string]interface{}{"document-name": names, "status": jsii.Strings(events.CommandFinalStatuses...)})
 	report.AddTarget(p.target("report", awscdk.Duration_Hours(f(1))))
+	failures := p.eventRule("InvocationFailureRule", "failed invocations of volsd SSM commands", "aws.ssm",
+		[]string{events.DetailTypeSSMStatus}, map[string]interface{}{"document-name": names, "status": jsii.Strings(events.InvocationFailureStatuses...)})
+	failures.AddTarget(p.target("report", awscdk.Duration_Hours(f(1))))
 }
 
 // LifecycleHookSpecifications returns the launch and terminate hooks for a

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 	"github.com/aws/aws-cdk-go/awscdk/v2/assertions"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/ssm"
+	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/jsii-runtime-go"
 	"github.com/google/go-cmp/cmp"
@@ -24,6 +27,7 @@ import (
 	"github.com/volsd/volsd/infra/assembly"
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/infra/volsd"
+	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/doctor"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/store"
@@ -354,10 +358,18 @@ func TestRules(t *testing.T) {
 		}, ""},
 		{"ReconcileSchedule", "Reconcile", nil, "rate(5 minutes)"},
 		{"SnapshotSchedule", "Snapshot", nil, "rate(6 hours)"},
+		// A finished command's results in pages; failed invocations at once.
 		{"CommandStatusRule", "Report", map[string]any{
 			"source":      []any{"aws.ssm"},
+			"detail-type": []any{"EC2 Command Status-change Notification"},
+			"detail": map[string]any{"document-name": []any{"volsd-Apply", "volsd-Freeze", "volsd-Thaw", "volsd-Release", "volsd-Status"},
+				"status": []any{"Success", "Failed", "Cancelled", "TimedOut"}},
+		}, ""},
+		{"InvocationFailureRule", "Report", map[string]any{
+			"source":      []any{"aws.ssm"},
 			"detail-type": []any{"EC2 Command Invocation Status-change Notification"},
-			"detail":      map[string]any{"document-name": []any{"volsd-Apply", "volsd-Freeze", "volsd-Thaw", "volsd-Release", "volsd-Status"}},
+			"detail": map[string]any{"document-name": []any{"volsd-Apply", "volsd-Freeze", "volsd-Thaw", "volsd-Release", "volsd-Status"},
+				"status": []any{"Failed", "Cancelled", "TimedOut", "Undeliverable", "Terminated", "DeliveryTimedOut", "ExecutionTimedOut"}},
 		}, ""},
 	} {
 		rule := one(t, tmpl, "AWS::Events::Rule", c.rule)
@@ -692,9 +704,11 @@ func TestSecondPoolWithOwnDocumentPrefix(t *testing.T) {
 		}
 		names = append(names, "volsd-media-"+kind)
 	}
-	rule := one(t, tmpl, "AWS::Events::Rule", "CommandStatusRule")
-	if d := cmp.Diff(map[string]any{"document-name": names}, rule.Properties["EventPattern"].(map[string]any)["detail"]); d != "" {
-		t.Errorf("command status rule (-want +got):\n%s", d)
+	for _, id := range []string{"CommandStatusRule", "InvocationFailureRule"} {
+		rule := one(t, tmpl, "AWS::Events::Rule", id)
+		if d := cmp.Diff(names, rule.Properties["EventPattern"].(map[string]any)["detail"].(map[string]any)["document-name"]); d != "" {
+			t.Errorf("%s documents (-want +got):\n%s", id, d)
+		}
 	}
 	push := one(t, tmpl, "AWS::Lambda::Function", "Push")
 	vars := push.Properties["Environment"].(map[string]any)["Variables"].(map[string]any)
@@ -721,5 +735,81 @@ func TestSecondPoolWithOwnDocumentPrefix(t *testing.T) {
 		if lvars[k] != want {
 			t.Errorf("default %s = %v, want %q", k, lvars[k], want)
 		}
+	}
+}
+
+// TestSSMStatusEventsReachReport routes the events Run Command emits (the
+// awsfake model of them) through the stack's rules: a command's final
+// status reaches the report Lambda once (its results are read in pages),
+// an instance's failed invocation reaches it at once, and the other
+// invocation events — every successful instance, every status that is
+// not final — reach no rule, so a healthy push to N instances costs the
+// report side ceil(N/50) SSM reads, not N.
+func TestSSMStatusEventsReachReport(t *testing.T) {
+	tmpl := template(t, stackName)
+	fake := awsfake.NewSSM()
+	fake.InvisibleReads = 0
+	fake.AddDocument("volsd-Apply", map[string]string{"upTo": `^[0-9]{1,20}$`})
+	for i := range 5 {
+		fake.AddInstance(fmt.Sprintf("i-%017d", i), map[string]string{"volsd:pool": "web"})
+	}
+	fake.Runner = func(_ context.Context, inv awsfake.SSMInvocation) awsfake.SSMResult {
+		if inv.InstanceID == fmt.Sprintf("i-%017d", 3) {
+			return awsfake.SSMResult{Status: ssmtypes.CommandInvocationStatusFailed, ResponseCode: 1}
+		}
+		return awsfake.SSMResult{Status: ssmtypes.CommandInvocationStatusSuccess}
+	}
+	var mu sync.Mutex
+	matched := map[string]int{} // rule → events, "" for none
+	route := func(raw []byte) {
+		var hits []string
+		for _, r := range tmpl.OfType("AWS::Events::Rule") {
+			pattern, ok := r.Properties["EventPattern"].(map[string]any)
+			if !ok {
+				continue
+			}
+			ok, err := assembly.MatchPattern(pattern, raw)
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				hits = append(hits, r.ID)
+			}
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(hits) == 0 {
+			matched[""]++
+		}
+		for _, h := range hits {
+			matched[h]++
+		}
+	}
+	fake.OnEvent, fake.OnCommandEvent = route, route
+	_, err := fake.SendCommand(context.Background(), &ssm.SendCommandInput{
+		DocumentName: aws.String("volsd-Apply"), Parameters: map[string][]string{"upTo": {"7"}},
+		Targets: []ssmtypes.Target{{Key: aws.String("tag:volsd:pool"), Values: []string{"web"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Wait()
+	report := func(id string) int {
+		n := 0
+		for rule, c := range matched {
+			if strings.Contains(rule, id) {
+				n += c
+			}
+		}
+		return n
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if report("CommandStatusRule") != 1 || report("InvocationFailureRule") != 1 || len(matched) != 3 || matched[""] == 0 {
+		t.Fatalf("events by rule %v: want the command's final event on CommandStatusRule, the failed invocation on InvocationFailureRule, every other event on none", matched)
+	}
+	rule := one(t, tmpl, "AWS::Events::Rule", "InvocationFailureRule")
+	if targets, _ := rule.Properties["Targets"].([]any); len(targets) != 1 || !strings.Contains(fmt.Sprint(targets), "Report") {
+		t.Errorf("InvocationFailureRule targets %v, want the report Lambda", targets)
 	}
 }
