@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,7 +92,10 @@ func startCluster(t *testing.T, opts harness.Options) *harness.Cluster {
 	opts.Binaries = binaries(t)
 	opts.Pool = testenv.UniqueName(t, "e2e")
 	opts.Log = slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// Starting includes a synth of the pool stack (a Node.js process; one
+	// per distinct setting, one at a time) that takes a minute or more on
+	// a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c, err := harness.Start(ctx, opts)
 	t.Cleanup(func() {
@@ -155,6 +159,8 @@ func TestStory(t *testing.T) {
 		QueueVisibility: 20 * time.Second,
 		ApplyInterval:   0, // convergence only through SSM commands
 	})
+	checkWiredFromTemplate(t, c, []string{
+		"push queue visibility: 6m0s → 20s", "push timeout: 1m0s → 20s", "extra Lambda variable VOLSD_REFRESH_BEHIND=1"})
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	n := story.NewNarrator(tWriter{t})
@@ -166,6 +172,35 @@ func TestStory(t *testing.T) {
 		t.Errorf("caught up %d entries; head %d, snapshot %d", res.CaughtUp, res.Head, res.SnapshotSeq)
 	}
 	n.Summary()
+}
+
+// checkWiredFromTemplate: every Lambda runs with the synthesized template's
+// environment (references resolved), timeout and memory, and the run
+// deviates from the template exactly where its options asked (deviations).
+func checkWiredFromTemplate(t *testing.T, c *harness.Cluster, deviations []string) {
+	t.Helper()
+	if got := c.Deviations(); !slices.Equal(got, deviations) {
+		t.Errorf("deviations from the template %q, want %q", got, deviations)
+	}
+	for _, fn := range harness.FunctionNames {
+		spec, f := c.Wiring.Functions[fn], c.Functions[fn]
+		if f.MemoryMiB != spec.MemoryMiB || (fn != "push" && f.Timeout != spec.Timeout) {
+			t.Errorf("%s runs with %d MiB and %s; the template says %d MiB and %s", fn, f.MemoryMiB, f.Timeout, spec.MemoryMiB, spec.Timeout)
+		}
+		for k, v := range spec.Env {
+			want := k + "=" + v
+			if strings.HasPrefix(v, "<") { // a reference: resolved to this run's resource
+				want = k + "="
+			}
+			found := false
+			for _, e := range f.Env {
+				found = found || e == want || (strings.HasPrefix(v, "<") && strings.HasPrefix(e, want) && !strings.Contains(e, "<"))
+			}
+			if !found {
+				t.Errorf("%s: the template sets %s=%s; the function's environment has no such value", fn, k, v)
+			}
+		}
+	}
 }
 
 // TestFaults: a push with a missing blob, duplicate lifecycle events, a

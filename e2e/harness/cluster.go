@@ -25,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	asgtypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -33,6 +34,7 @@ import (
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/infra/assembly"
 	"github.com/volsd/volsd/internal/lambdaruntime"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -45,17 +47,11 @@ const (
 	secretKey = "testing"
 )
 
-// Lambda settings mirrored from infra/volsd/pool.go (functionSettings,
-// hooks, queue), some shortened for a local run (see docs/demo.md).
+// volsd's lifecycle hooks (the template puts them on the group).
 const (
 	LaunchHookName    = events.LaunchHookName
 	TerminateHookName = events.TerminateHookName
 )
-
-var functionTimeouts = map[string]time.Duration{
-	"lifecycle": 300 * time.Second, "reconcile": 240 * time.Second, "snapshot": 300 * time.Second,
-	"push": 60 * time.Second, "report": 30 * time.Second,
-}
 
 // Options configure a local volsd cluster.
 type Options struct {
@@ -66,21 +62,31 @@ type Options struct {
 	WorkDir string
 	Pool    string
 	AZs     []string // two AZs by default
-	// Pool settings (Lambda environment, docs/contracts.md).
+	// Pool settings: the CDK context the pool stack is synthesized with
+	// (0 or "" = the app's default). Every Lambda's environment, timeout
+	// and memory, the rules, the event source, the queue, the hooks, the
+	// table and the documents then come from that template.
 	IdlePerAZ     int
 	VolumeSizeGiB int
 	ReleasePolicy string
 	SnapshotKeep  int
-	// LambdaEnv adds or overrides Lambda variables (e.g. VOLSD_REFRESH_BEHIND).
-	LambdaEnv map[string]string
-	LogLevel  string
+	LogLevel      string
+	// Context adds CDK context values (-c key=value) for the synth.
+	Context map[string]string
 
+	// Local deviations from the template, each explicit (0 = the
+	// template's value; Deviations lists those in effect): shorter hook
+	// heartbeats, push queue visibility and push timeout, so that a local
+	// run waits seconds where AWS waits minutes. The push timeout is never
+	// above the queue's visibility (Lambda requires it).
 	LaunchHeartbeat, TerminateHeartbeat time.Duration
-	// Push queue: visibility timeout and maxReceiveCount before the DLQ.
-	QueueVisibility time.Duration
-	MaxReceiveCount int
-	PushTimeout     time.Duration
-	// AsyncRetryDelay is the first retry delay of asynchronous invocations.
+	QueueVisibility                     time.Duration
+	PushTimeout                         time.Duration
+	// LambdaEnv adds Lambda variables the template does not set (e.g.
+	// VOLSD_REFRESH_BEHIND); a variable the template sets is refused.
+	LambdaEnv map[string]string
+	// AsyncRetryDelay is the first retry delay of asynchronous invocations
+	// (Lambda's is about a minute).
 	AsyncRetryDelay time.Duration
 	// Agents.
 	ApplyInterval time.Duration
@@ -101,33 +107,6 @@ func (o *Options) defaults() {
 	if o.Pool == "" {
 		o.Pool = "web"
 	}
-	if o.VolumeSizeGiB == 0 {
-		o.VolumeSizeGiB = 1
-	}
-	if o.ReleasePolicy == "" {
-		o.ReleasePolicy = "recycle"
-	}
-	if o.SnapshotKeep == 0 {
-		o.SnapshotKeep = 3
-	}
-	if o.LogLevel == "" {
-		o.LogLevel = "info"
-	}
-	if o.LaunchHeartbeat == 0 {
-		o.LaunchHeartbeat = 180 * time.Second
-	}
-	if o.TerminateHeartbeat == 0 {
-		o.TerminateHeartbeat = 120 * time.Second
-	}
-	if o.QueueVisibility == 0 {
-		o.QueueVisibility = 20 * time.Second
-	}
-	if o.MaxReceiveCount == 0 {
-		o.MaxReceiveCount = 5
-	}
-	if o.PushTimeout == 0 {
-		o.PushTimeout = min(functionTimeouts["push"], o.QueueVisibility)
-	}
 	if o.AsyncRetryDelay == 0 {
 		o.AsyncRetryDelay = 2 * time.Second
 	}
@@ -140,6 +119,29 @@ func (o *Options) defaults() {
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+}
+
+// synthContext is the CDK context the pool stack is synthesized with.
+func (c *Cluster) synthContext() map[string]string {
+	o := c.Opts
+	ctx := map[string]string{"pool": o.Pool, "asgName": c.Names.Group, "azs": strings.Join(o.AZs, ",")}
+	set := func(k string, v string) {
+		if v != "" && v != "0" {
+			ctx[k] = v
+		}
+	}
+	set("idlePerAz", strconv.Itoa(o.IdlePerAZ))
+	if o.IdlePerAZ == 0 {
+		ctx["idlePerAz"] = "0"
+	}
+	set("volumeSizeGiB", strconv.Itoa(o.VolumeSizeGiB))
+	set("releasePolicy", o.ReleasePolicy)
+	set("snapshotKeep", strconv.Itoa(o.SnapshotKeep))
+	set("logLevel", o.LogLevel)
+	for k, v := range o.Context {
+		ctx[k] = v
+	}
+	return ctx
 }
 
 // Names are the AWS resources of one cluster.
@@ -175,6 +177,10 @@ type Cluster struct {
 	DDB *dynamodb.Client
 	// Store reads the table directly (for checks).
 	Store *store.Store
+	// Template is the synthesized pool stack the run is wired from, Wiring
+	// what it took out of it.
+	Template *assembly.Template
+	Wiring   *Wiring
 
 	workDir    string
 	ownWorkDir bool
@@ -234,6 +240,24 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		LaunchTemplate: "volsd-" + opts.Pool + "-lt-" + suffix,
 	}
 	c.Store = store.New(c.DDB, c.Names.Table)
+	if opts.Binaries == nil {
+		return c, errors.New("no binaries: build them with Build first")
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return c, err
+	}
+	c.Template, err = Synthesize(ctx, SynthInput{Root: root, Dir: c.workDir, Context: c.synthContext(),
+		LambdaDir: filepath.Dir(filepath.Dir(opts.Binaries.Bootstrap["push"]))})
+	if err != nil {
+		return c, err
+	}
+	if c.Wiring, err = ReadWiring(c.Template); err != nil {
+		return c, fmt.Errorf("wiring of %s: %w", c.Template.File, err)
+	}
+	if err := c.checkLambdaEnv(); err != nil {
+		return c, err
+	}
 	if err := c.createResources(ctx); err != nil {
 		return c, err
 	}
@@ -250,44 +274,32 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	c.Lifecycle = NewLifecycle(c.Proxy, c.ASG, opts.Log.With("part", "autoscaling"))
 	c.EBS = NewEBS(c.Proxy, c.EC2, c.Disks, c.Fleet, opts.Log.With("part", "ebs"))
-	docs, err := LoadDocuments()
-	if err != nil {
-		return c, err
-	}
-	c.RunCommand = NewRunCommand(c.Proxy, c.Fleet, c.EC2, docs, Account, Region, opts.Log.With("part", "ssm"))
+	c.RunCommand = NewRunCommand(c.Proxy, c.Fleet, c.EC2, c.Wiring.Documents, Account, Region, opts.Log.With("part", "ssm"))
 	if err := c.Proxy.Start(); err != nil {
 		return c, err
 	}
 
-	if opts.Binaries == nil {
-		return c, errors.New("no binaries: build them with Build first")
-	}
 	for _, name := range FunctionNames {
-		timeout := functionTimeouts[name]
-		if name == "push" {
-			timeout = opts.PushTimeout
+		spec := c.Wiring.Functions[name]
+		env, err := c.lambdaEnv(name)
+		if err != nil {
+			return c, err
 		}
 		c.Functions[name] = &lambdaruntime.Function{
 			Name: "volsd-" + opts.Pool + "-" + name, Bootstrap: opts.Binaries.Bootstrap[name],
-			Env: c.lambdaEnv(name), Timeout: timeout, MaxConcurrency: 3,
-			Stdout: c.logFile("lambda-" + name), Stderr: c.logFile("lambda-" + name), Region: Region, Account: Account, Logger: opts.Log,
+			Env: env, Timeout: c.functionTimeout(name), MemoryMiB: spec.MemoryMiB, MaxRetryAttempts: spec.MaxRetryAttempts,
+			MaxConcurrency: 3, Stdout: c.logFile("lambda-" + name), Stderr: c.logFile("lambda-" + name),
+			Region: Region, Account: Account, Logger: opts.Log,
 		}
 	}
-	// EventBridge rules of the stack.
-	c.RunCommand.SSM.OnEvent = func(raw []byte) {
-		var ev events.Envelope
-		var d events.CommandStatus
-		if err := json.Unmarshal(raw, &ev); err != nil || json.Unmarshal(ev.Detail, &d) != nil {
-			return
-		}
-		if _, ok := docs[d.DocumentName]; !ok { // the rule matches volsd documents only
-			return
-		}
-		c.deliverAsync("report", ev)
-	}
+	// EventBridge: every event goes to the targets of the rules whose
+	// patterns match it.
+	c.RunCommand.SSM.OnEvent = c.route
+	c.RunCommand.SSM.OnCommandEvent = c.route
 	c.PushSource = &SQSSource{
 		SQS: c.SQS, QueueURL: c.Names.QueueURL, QueueARN: c.Names.QueueARN, Region: Region,
-		Fn: c.Functions["push"], BatchSize: 10, Window: time.Second, Pollers: 2,
+		Fn: c.Functions[c.Wiring.Push.Function], BatchSize: c.Wiring.Push.BatchSize, Window: c.Wiring.Push.Window,
+		ReportBatchItemFailures: c.Wiring.Push.ReportBatchItemFailures, Pollers: 2,
 		Log: opts.Log.With("part", "sqs-event-source"),
 	}
 	c.PushSource.Start(c.ctx)
@@ -299,7 +311,10 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		Boot:     c.boot,
 		PowerOff: c.powerOff,
 		Stuck:    c.stuck,
-		Deliver:  func(_ context.Context, ev events.Envelope) { c.deliverAsync("lifecycle", ev) },
+		Deliver: func(_ context.Context, ev events.Envelope) {
+			raw, _ := json.Marshal(ev)
+			c.route(raw)
+		},
 	}
 	c.WarmPool = &WarmPool{Group: c.Group, Stop: c.stopMachine, Start: c.restartMachine}
 	return c, nil
@@ -339,7 +354,7 @@ func bucketName(pool, suffix string) string {
 }
 
 func (c *Cluster) createResources(ctx context.Context) error {
-	if err := store.CreateTable(ctx, c.DDB, c.Names.Table); err != nil {
+	if err := c.createTable(ctx); err != nil {
 		return err
 	}
 	if _, err := c.S3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &c.Names.Bucket}); err != nil {
@@ -358,12 +373,14 @@ func (c *Cluster) createResources(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	redrive, _ := json.Marshal(map[string]string{"deadLetterTargetArn": c.Names.DLQARN, "maxReceiveCount": strconv.Itoa(c.Opts.MaxReceiveCount)})
+	qs := c.Wiring.Queue
+	redrive, _ := json.Marshal(map[string]string{"deadLetterTargetArn": c.Names.DLQARN, "maxReceiveCount": strconv.Itoa(qs.MaxReceiveCount)})
 	q, err := c.SQS.CreateQueue(ctx, &sqs.CreateQueueInput{
 		QueueName: aws.String("volsd-" + c.Opts.Pool + "-push-" + c.Names.Table[len(c.Names.Table)-8:]),
 		Attributes: map[string]string{
-			"VisibilityTimeout": strconv.Itoa(int(c.Opts.QueueVisibility.Seconds())),
-			"RedrivePolicy":     string(redrive),
+			"VisibilityTimeout":      strconv.Itoa(int(c.queueVisibility().Seconds())),
+			"MessageRetentionPeriod": strconv.Itoa(int(qs.Retention.Seconds())),
+			"RedrivePolicy":          string(redrive),
 		},
 	})
 	if err != nil {
@@ -409,22 +426,149 @@ func (c *Cluster) createResources(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("create group: %w", err)
 	}
-	for _, h := range []struct {
-		name, transition, def string
-		timeout               time.Duration
-	}{
-		{LaunchHookName, events.TransitionLaunching, "ABANDON", c.Opts.LaunchHeartbeat},
-		{TerminateHookName, events.TransitionTerminating, "CONTINUE", c.Opts.TerminateHeartbeat},
-	} {
+	for _, h := range c.Wiring.Hooks {
 		if _, err := c.ASG.PutLifecycleHook(ctx, &autoscaling.PutLifecycleHookInput{
-			AutoScalingGroupName: &c.Names.Group, LifecycleHookName: aws.String(h.name),
-			LifecycleTransition: aws.String(h.transition), DefaultResult: aws.String(h.def),
-			HeartbeatTimeout: aws.Int32(int32(h.timeout.Seconds())),
+			AutoScalingGroupName: &c.Names.Group, LifecycleHookName: aws.String(h.Name),
+			LifecycleTransition: aws.String(h.Transition), DefaultResult: aws.String(h.DefaultResult),
+			HeartbeatTimeout: aws.Int32(int32(c.heartbeat(h).Seconds())),
 		}); err != nil {
-			return fmt.Errorf("put hook %s: %w", h.name, err)
+			return fmt.Errorf("put hook %s: %w", h.Name, err)
 		}
 	}
 	return nil
+}
+
+// createTable creates the table as the template defines it: key schema,
+// attributes, indexes, billing, TTL.
+func (c *Cluster) createTable(ctx context.Context) error {
+	b, _ := json.Marshal(c.Wiring.Table.Properties)
+	var in dynamodb.CreateTableInput
+	if err := json.Unmarshal(b, &in); err != nil {
+		return fmt.Errorf("table %s of the template: %w", c.Wiring.Table.LogicalID, err)
+	}
+	in.TableName = &c.Names.Table
+	in.DeletionProtectionEnabled = nil // a local table goes with the run
+	if _, err := c.DDB.CreateTable(ctx, &in); err != nil {
+		return fmt.Errorf("create table %s: %w", c.Names.Table, err)
+	}
+	w := dynamodb.NewTableExistsWaiter(c.DDB, func(o *dynamodb.TableExistsWaiterOptions) { o.MinDelay = 100 * time.Millisecond })
+	if err := w.Wait(ctx, &dynamodb.DescribeTableInput{TableName: &c.Names.Table}, 2*time.Minute); err != nil {
+		return fmt.Errorf("wait for table %s: %w", c.Names.Table, err)
+	}
+	if ttl := c.Wiring.Table.TTLAttribute; ttl != "" {
+		if _, err := c.DDB.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{TableName: &c.Names.Table,
+			TimeToLiveSpecification: &ddbtypes.TimeToLiveSpecification{AttributeName: &ttl, Enabled: aws.Bool(true)}}); err != nil {
+			return fmt.Errorf("enable TTL on %s: %w", c.Names.Table, err)
+		}
+	}
+	return nil
+}
+
+// heartbeat is hook h's heartbeat timeout: the template's, or the local
+// run's shorter one (Options).
+func (c *Cluster) heartbeat(h HookSpec) time.Duration {
+	switch {
+	case h.Transition == events.TransitionLaunching && c.Opts.LaunchHeartbeat > 0:
+		return c.Opts.LaunchHeartbeat
+	case h.Transition == events.TransitionTerminating && c.Opts.TerminateHeartbeat > 0:
+		return c.Opts.TerminateHeartbeat
+	}
+	return h.HeartbeatTimeout
+}
+
+// queueVisibility is the push queue's visibility timeout: the template's or
+// the local run's (Options.QueueVisibility).
+func (c *Cluster) queueVisibility() time.Duration {
+	if c.Opts.QueueVisibility > 0 {
+		return c.Opts.QueueVisibility
+	}
+	return c.Wiring.Queue.VisibilityTimeout
+}
+
+// functionTimeout is fn's timeout: the template's; for the push function
+// the local one (Options.PushTimeout), never above the queue's visibility.
+func (c *Cluster) functionTimeout(fn string) time.Duration {
+	t := c.Wiring.Functions[fn].Timeout
+	if fn == c.Wiring.Push.Function {
+		if c.Opts.PushTimeout > 0 {
+			t = c.Opts.PushTimeout
+		}
+		t = min(t, c.queueVisibility())
+	}
+	return t
+}
+
+// Deviations lists where the local run differs from the template, as
+// "what: template → local"; none without the Options that ask for them.
+func (c *Cluster) Deviations() []string {
+	var out []string
+	for _, h := range c.Wiring.Hooks {
+		if d := c.heartbeat(h); d != h.HeartbeatTimeout {
+			out = append(out, fmt.Sprintf("hook %s heartbeat: %s → %s", h.Name, h.HeartbeatTimeout, d))
+		}
+	}
+	if v := c.queueVisibility(); v != c.Wiring.Queue.VisibilityTimeout {
+		out = append(out, fmt.Sprintf("push queue visibility: %s → %s", c.Wiring.Queue.VisibilityTimeout, v))
+	}
+	for _, fn := range FunctionNames {
+		if t := c.functionTimeout(fn); t != c.Wiring.Functions[fn].Timeout {
+			out = append(out, fmt.Sprintf("%s timeout: %s → %s", fn, c.Wiring.Functions[fn].Timeout, t))
+		}
+	}
+	for _, k := range sortedKeys(c.Opts.LambdaEnv) {
+		out = append(out, fmt.Sprintf("extra Lambda variable %s=%s", k, c.Opts.LambdaEnv[k]))
+	}
+	return out
+}
+
+// checkLambdaEnv refuses extra variables that the template sets: those are
+// changed through the template (Options, Context), not beside it.
+func (c *Cluster) checkLambdaEnv() error {
+	for k := range c.Opts.LambdaEnv {
+		for _, fn := range FunctionNames {
+			if _, ok := c.Wiring.Functions[fn].Env[k]; ok {
+				return fmt.Errorf("LambdaEnv %s: the template sets it for %s; set it through the pool settings (Options or Context), not beside the template", k, fn)
+			}
+		}
+	}
+	return nil
+}
+
+// physical maps the template's placeholders (Resolve) to this run's
+// resources.
+func (c *Cluster) physical() (map[string]string, error) {
+	bucket, err := c.Template.One("AWS::S3::Bucket", "Origin")
+	if err != nil {
+		return nil, err
+	}
+	q, dlq := c.Wiring.Queue.LogicalID, c.Wiring.Queue.DLQLogicalID
+	return map[string]string{
+		c.Wiring.Table.LogicalID: c.Names.Table, bucket.ID: c.Names.Bucket,
+		q: c.Names.QueueURL, q + ".Arn": c.Names.QueueARN, dlq: c.Names.DLQURL, dlq + ".Arn": c.Names.DLQARN,
+	}, nil
+}
+
+// route delivers an event as EventBridge does: to the target function of
+// every enabled rule whose pattern matches it (asynchronous invocations).
+func (c *Cluster) route(raw []byte) {
+	fns, err := c.Wiring.Route(raw)
+	if err != nil {
+		c.Opts.Log.Error("event routing", "err", err)
+		c.mu.Lock()
+		c.asyncErrs = append(c.asyncErrs, err)
+		c.mu.Unlock()
+		return
+	}
+	if len(fns) == 0 {
+		return
+	}
+	var ev events.Envelope
+	if err := json.Unmarshal(raw, &ev); err != nil {
+		return
+	}
+	for _, fn := range fns {
+		c.deliverAsync(fn, ev)
+	}
 }
 
 func (c *Cluster) queueARN(ctx context.Context, url string) (string, error) {
@@ -435,54 +579,24 @@ func (c *Cluster) queueARN(ctx context.Context, url string) (string, error) {
 	return out.Attributes["QueueArn"], nil
 }
 
-// lambdaEnv is function name's environment, as infra/volsd/pool.go sets it,
-// plus the local endpoints and credentials Lambda would provide.
-func (c *Cluster) lambdaEnv(name string) []string {
-	o := c.Opts
-	env := map[string]string{
-		"VOLSD_POOL": o.Pool, "VOLSD_TABLE": c.Names.Table, "VOLSD_LOG_LEVEL": o.LogLevel,
+// lambdaEnv is function name's environment as the template sets it (its
+// references resolved to this run's resources), plus the extra variables of
+// Options.LambdaEnv and the local endpoints and credentials Lambda would
+// provide.
+func (c *Cluster) lambdaEnv(name string) ([]string, error) {
+	phys, err := c.physical()
+	if err != nil {
+		return nil, err
 	}
-	volume := func() {
-		env["VOLSD_IDLE_PER_AZ"] = strconv.Itoa(o.IdlePerAZ)
-		env["VOLSD_VOLUME_SIZE_GIB"] = strconv.Itoa(o.VolumeSizeGiB)
-		env["VOLSD_VOLUME_TYPE"] = "gp3"
-		env["VOLSD_VOLUME_IOPS"] = "0"
-		env["VOLSD_VOLUME_THROUGHPUT"] = "0"
-		env["VOLSD_VOLUME_INIT_RATE"] = "0"
-		env["VOLSD_KMS_KEY_ID"] = ""
-		env["VOLSD_SOURCE_SNAPSHOT"] = ""
-		env["VOLSD_RELEASE_POLICY"] = o.ReleasePolicy
-	}
-	docs := func() {
-		for _, kind := range []string{"Apply", "Freeze", "Thaw", "Release", "Status"} {
-			env["VOLSD_DOC_"+strings.ToUpper(kind)] = "volsd-" + kind
+	env := map[string]string{}
+	for k, v := range c.Wiring.Functions[name].Env {
+		r, err := Resolve(v, phys)
+		if err != nil {
+			return nil, fmt.Errorf("%s environment %s=%s: %w", name, k, v, err)
 		}
+		env[k] = r
 	}
-	switch name {
-	case "lifecycle":
-		env["VOLSD_ASG"] = c.Names.Group
-		volume()
-		docs()
-	case "reconcile":
-		env["VOLSD_ASG"] = c.Names.Group
-		env["VOLSD_AZS"] = strings.Join(o.AZs, ",")
-		volume()
-	case "snapshot":
-		env["VOLSD_ASG"] = c.Names.Group
-		env["VOLSD_KMS_KEY_ID"] = ""
-		env["VOLSD_SNAPSHOT_KEEP"] = strconv.Itoa(o.SnapshotKeep)
-		env["VOLSD_FREEZE_SECONDS"] = "30"
-		env["VOLSD_BUCKET"] = c.Names.Bucket
-		docs()
-	case "push":
-		env["VOLSD_BUCKET"] = c.Names.Bucket
-		env["VOLSD_SSM_MAX_CONCURRENCY"] = "50%"
-		env["VOLSD_SSM_MAX_ERRORS"] = "25%"
-		docs()
-	case "report":
-		docs()
-	}
-	for k, v := range o.LambdaEnv {
+	for k, v := range c.Opts.LambdaEnv {
 		env[k] = v
 	}
 	out := []string{
@@ -490,15 +604,15 @@ func (c *Cluster) lambdaEnv(name string) []string {
 		"LANG=en_US.UTF-8",
 		"AWS_REGION=" + Region, "AWS_DEFAULT_REGION=" + Region,
 		"AWS_ACCESS_KEY_ID=ASIAVOLSDLAMBDA" + strings.ToUpper(name[:3]), "AWS_SECRET_ACCESS_KEY=local", "AWS_SESSION_TOKEN=local",
-		"AWS_ENDPOINT_URL=" + c.Proxy.URL(), "AWS_ENDPOINT_URL_DYNAMODB=" + o.DynamoDBURL,
+		"AWS_ENDPOINT_URL=" + c.Proxy.URL(), "AWS_ENDPOINT_URL_DYNAMODB=" + c.Opts.DynamoDBURL,
 		"AWS_CONFIG_FILE=" + filepath.Join(c.workDir, "no-aws-config"),
 		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(c.workDir, "no-aws-credentials"),
-		"LAMBDA_TASK_ROOT=" + filepath.Dir(o.Binaries.Bootstrap[name]),
+		"LAMBDA_TASK_ROOT=" + filepath.Dir(c.Opts.Binaries.Bootstrap[name]),
 	}
 	for _, k := range sortedKeys(env) {
 		out = append(out, k+"="+env[k])
 	}
-	return out
+	return out, nil
 }
 
 // logFile returns the shared, line-prefixed log file for a component.
@@ -600,10 +714,14 @@ func (c *Cluster) Invoke(ctx context.Context, fn string, payload []byte) ([]byte
 // Schedule delivers a "Scheduled Event" to fn (reconcile or snapshot) and
 // waits for the invocation.
 func (c *Cluster) Schedule(ctx context.Context, fn string) ([]byte, error) {
+	rule := c.Wiring.ScheduleRule(fn)
+	if rule == "" {
+		return nil, fmt.Errorf("the template schedules no rule for %s", fn)
+	}
 	ev := events.Envelope{
 		Version: "0", ID: lambdaruntime.NewRequestID(), DetailType: events.DetailTypeSchedule, Source: events.SourceSchedule,
 		Account: Account, Time: time.Now().UTC().Truncate(time.Second), Region: Region,
-		Resources: []string{fmt.Sprintf("arn:aws:events:%s:%s:rule/volsd-%s-%s", Region, Account, c.Opts.Pool, fn)},
+		Resources: []string{fmt.Sprintf("arn:aws:events:%s:%s:rule/%s", Region, Account, rule)},
 		Detail:    json.RawMessage(`{}`),
 	}
 	payload, _ := json.Marshal(ev)

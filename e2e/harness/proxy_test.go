@@ -668,7 +668,7 @@ func TestSQSSourceDeletesSuccessesAndRedrivesFailures(t *testing.T) {
 		}
 	}
 	src := &SQSSource{SQS: q, QueueURL: aws.ToString(main.QueueUrl), QueueARN: "arn:aws:sqs:us-east-1:123456789012:q",
-		Region: Region, Fn: sqsTestFunction(t), BatchSize: 10, Window: 300 * time.Millisecond, Pollers: 1,
+		Region: Region, Fn: sqsTestFunction(t), ReportBatchItemFailures: true, BatchSize: 10, Window: 300 * time.Millisecond, Pollers: 1,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	src.Start(ctx)
 	defer src.Stop()

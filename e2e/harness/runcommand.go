@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
-	"gopkg.in/yaml.v3"
 
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/internal/awsfake"
@@ -64,8 +62,9 @@ type DocStep struct {
 	Timeout  time.Duration
 }
 
-// LoadDocuments parses volsd's SSM documents (infra/documents), named
-// volsd-<Kind> as in docs/contracts.md.
+// LoadDocuments parses volsd's SSM documents as infra/documents holds them,
+// named volsd-<Kind> as in docs/contracts.md (the whole-system run takes
+// them from the synthesized template instead: Wiring.Documents).
 func LoadDocuments() (map[string]Document, error) {
 	docs := map[string]Document{}
 	for _, kind := range documents.Kinds {
@@ -73,48 +72,9 @@ func LoadDocuments() (map[string]Document, error) {
 		if err != nil {
 			return nil, err
 		}
-		var raw struct {
-			Parameters map[string]struct {
-				Default        string `yaml:"default"`
-				AllowedPattern string `yaml:"allowedPattern"`
-			} `yaml:"parameters"`
-			MainSteps []struct {
-				Action string `yaml:"action"`
-				Name   string `yaml:"name"`
-				Inputs struct {
-					TimeoutSeconds string   `yaml:"timeoutSeconds"`
-					RunCommand     []string `yaml:"runCommand"`
-				} `yaml:"inputs"`
-			} `yaml:"mainSteps"`
-		}
-		if err := yaml.Unmarshal(src, &raw); err != nil {
-			return nil, fmt.Errorf("document %s: %w", kind, err)
-		}
-		d := Document{Name: "volsd-" + kind, Params: map[string]DocParam{}}
-		for name, p := range raw.Parameters {
-			dp := DocParam{Default: p.Default}
-			if p.AllowedPattern != "" {
-				re, err := regexp.Compile(p.AllowedPattern)
-				if err != nil {
-					return nil, fmt.Errorf("document %s parameter %s: %w", kind, name, err)
-				}
-				dp.AllowedPattern = re
-			}
-			d.Params[name] = dp
-		}
-		for _, s := range raw.MainSteps {
-			if s.Action != "aws:runShellScript" {
-				return nil, fmt.Errorf("document %s step %s: action %s is not simulated", kind, s.Name, s.Action)
-			}
-			t := 3600 * time.Second
-			if s.Inputs.TimeoutSeconds != "" {
-				n, err := strconv.Atoi(s.Inputs.TimeoutSeconds)
-				if err != nil {
-					return nil, fmt.Errorf("document %s step %s: timeoutSeconds: %w", kind, s.Name, err)
-				}
-				t = time.Duration(n) * time.Second
-			}
-			d.Steps = append(d.Steps, DocStep{Name: s.Name, Commands: s.Inputs.RunCommand, Timeout: t})
+		d, err := ParseDocument("volsd-"+kind, src)
+		if err != nil {
+			return nil, err
 		}
 		docs[d.Name] = d
 	}

@@ -32,7 +32,11 @@ type SQSSource struct {
 	BatchSize int
 	Window    time.Duration
 	Pollers   int
-	Log       *slog.Logger
+	// ReportBatchItemFailures is the mapping's FunctionResponseTypes: with
+	// it the function's batchItemFailures return only those messages;
+	// without it Lambda ignores the response and deletes the whole batch.
+	ReportBatchItemFailures bool
+	Log                     *slog.Logger
 
 	mu       sync.Mutex
 	inflight int
@@ -197,7 +201,7 @@ func (s *SQSSource) deliver(ctx context.Context, msgs []types.Message) {
 	}
 	failed := map[string]bool{}
 	var out events.SQSEventResponse
-	if len(resp) > 0 && string(resp) != "null" {
+	if s.ReportBatchItemFailures && len(resp) > 0 && string(resp) != "null" {
 		if err := json.Unmarshal(resp, &out); err != nil {
 			s.Log.Warn("sqs batch: response is not an SQSEventResponse; the whole batch failed", "response", string(resp))
 			return

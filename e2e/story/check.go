@@ -2,6 +2,7 @@ package story
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -254,3 +255,50 @@ func orDash(s string) string {
 
 // mib formats bytes as MiB.
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// StatusTells checks `volsd --json status` (js) against the system: every
+// instance in service — newest among them, which entered service through
+// its launch hook and Auto Scaling's "EC2 Instance Launch Successful"
+// event, no later command — is ready at the head; each in-use volume
+// record carries its instance's seq.
+func StatusTells(ctx context.Context, c *harness.Cluster, js string, head int64, newest string) error {
+	var st struct {
+		Head      int64 `json:"head"`
+		Instances []struct {
+			InstanceID string `json:"instanceId"`
+			State      string `json:"state"`
+			Seq        int64  `json:"seq"`
+		} `json:"instances"`
+	}
+	if err := json.Unmarshal([]byte(js), &st); err != nil {
+		return fmt.Errorf("status JSON: %w", err)
+	}
+	if st.Head != head {
+		return fmt.Errorf("status head %d, journal head %d", st.Head, head)
+	}
+	seqs := map[string]int64{}
+	for _, in := range st.Instances {
+		seqs[in.InstanceID] = in.Seq
+		if in.InstanceID == newest || slices.Contains(c.Group.InService(), in.InstanceID) {
+			if in.State != "ready" || in.Seq != head {
+				return fmt.Errorf("%s is %s at seq %d in status; it is in service with the content of seq %d", in.InstanceID, in.State, in.Seq, head)
+			}
+		}
+	}
+	if _, ok := seqs[newest]; !ok {
+		return fmt.Errorf("the newest instance %s is not in status", newest)
+	}
+	vols, err := c.Store.ListVolumes(ctx, c.Opts.Pool)
+	if err != nil {
+		return err
+	}
+	for _, v := range vols {
+		if v.State != store.VolumeInUse {
+			continue
+		}
+		if want, ok := seqs[v.InstanceID]; ok && v.Seq != want {
+			return fmt.Errorf("in-use volume %s of %s records seq %d; its instance is at %d", v.VolumeID, v.InstanceID, v.Seq, want)
+		}
+	}
+	return nil
+}

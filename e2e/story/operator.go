@@ -49,3 +49,8 @@ func (o *Operator) Delete(ctx context.Context, remote string) (string, error) {
 func (o *Operator) Status(ctx context.Context) (string, error) {
 	return o.run(ctx, "status")
 }
+
+// StatusJSON is `volsd --json status`.
+func (o *Operator) StatusJSON(ctx context.Context) (string, error) {
+	return o.run(ctx, "--json", "status")
+}

@@ -350,6 +350,14 @@ func Run(ctx context.Context, c *harness.Cluster, n *Narrator, sz Sizes) (*Resul
 	if errs := c.AsyncErrors(); len(errs) > 0 {
 		return res, fmt.Errorf("asynchronous invocations failed after retries: %w", errors.Join(errs...))
 	}
+	js, err := op.StatusJSON(ctx)
+	if err != nil {
+		return res, err
+	}
+	if err := StatusTells(ctx, c, js, head, id); err != nil {
+		return res, fmt.Errorf("volsd status does not tell the truth: %w", err)
+	}
+	n.Note("status truth: %s (the newest) and every instance in service ready at seq %d; each in-use volume record at its instance's seq", id, head)
 	res.Head = head
 	done("%d instances, journal head %d, every instance byte-identical", len(c.Group.InService()), head)
 	return res, nil

@@ -56,11 +56,14 @@ func (s *Store) RecordReport(ctx context.Context, pool, instanceID string, rep I
 	return in, changed, err
 }
 
-// RaiseVolumeSeq raises the seq of the in-use volume bound to instanceID
-// to seq, the watermark its agent reported on it, and records space when
-// it is newer than the volume's; a volume in another state or bound to
-// another instance is left alone, and seq never falls. Conflicting
-// writers are retried.
+// RaiseVolumeSeq raises the seq of the volume bound to instanceID, in use
+// or still attaching, to seq, the watermark its agent reported on it, and
+// records space when it is newer than the volume's; a volume in another
+// state or bound to another instance is left alone, and seq never falls.
+// Attaching counts: the agent can mount the volume, catch up and complete
+// the launch hook, and the instance can enter service and report, before
+// the lifecycle Lambda records the attachment (attaching → in-use keeps
+// the raised seq). Conflicting writers are retried.
 func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID string, seq int64, space *Space) error {
 	for try := 0; ; try++ {
 		v, err := s.GetVolume(ctx, pool, volumeID)
@@ -70,7 +73,7 @@ func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID s
 		if err != nil {
 			return err
 		}
-		if v.State != VolumeInUse || v.InstanceID != instanceID {
+		if (v.State != VolumeInUse && v.State != VolumeAttaching) || v.InstanceID != instanceID {
 			return nil
 		}
 		newerSpace := space != nil && (v.Space == nil || space.At.After(v.Space.At))
@@ -83,7 +86,7 @@ func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID s
 			sp := *space
 			next.Space = &sp
 		}
-		_, err = s.TransitionVolume(ctx, next, VolumeInUse)
+		_, err = s.TransitionVolume(ctx, next, v.State)
 		if !errors.Is(err, ErrConflict) {
 			return err
 		}

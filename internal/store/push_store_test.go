@@ -331,3 +331,36 @@ func TestRecordReportRaisesInUseVolumeSeq(t *testing.T) {
 		t.Fatalf("another instance's volume took seq %d from %s's report", got.Seq, inst)
 	}
 }
+
+// TestRecordReportRaisesAttachingVolumeSeq: an instance can enter service
+// and report (its agent mounted the volume and caught up) before the
+// lifecycle Lambda records the attachment; the report raises the attaching
+// volume bound to it, and the later attaching → in-use keeps that seq.
+func TestRecordReportRaisesAttachingVolumeSeq(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	const inst = "i-0abcdefabcdefabc4"
+	v := idleVolume("web", "eu-west-1a", 3)
+	v.State, v.InstanceID = store.VolumeAttaching, inst
+	v, err := s.PutVolume(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutInstance(ctx, store.Instance{Pool: "web", InstanceID: inst, AZ: "eu-west-1a", State: store.InstanceLaunching, VolumeID: v.VolumeID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.RecordReport(ctx, "web", inst, store.InstanceReport{Seq: 4, Status: "Success", At: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVolume(ctx, "web", v.VolumeID)
+	if err != nil || got.Seq != 4 || got.State != store.VolumeAttaching {
+		t.Fatalf("attaching volume after the report of seq 4: %+v %v", got, err)
+	}
+	got.State, got.Device = store.VolumeInUse, "/dev/sdf"
+	if got, err = s.TransitionVolume(ctx, got, store.VolumeAttaching); err != nil || got.Seq != 4 {
+		t.Fatalf("in use: %+v %v", got, err)
+	}
+	if _, err := s.TransitionVolume(ctx, v, store.VolumeAttaching); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a write of the volume as read before the report (seq %d) went through: %v", v.Seq, err)
+	}
+}
