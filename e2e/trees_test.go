@@ -161,6 +161,25 @@ func TestRealTrees(t *testing.T) {
 	verifyFleet(t, c, pushed)
 }
 
+// pusher returns the trees pushed so far (DEST → local directory, for
+// verifyFleet) and a push that runs `volsd push --wait` with flags.
+func pusher(ctx context.Context, t *testing.T, c *harness.Cluster) (map[string]string, func(local, dest string, flags ...string)) {
+	t.Helper()
+	outputs, err := c.OutputsFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushed := map[string]string{}
+	return pushed, func(local, dest string, flags ...string) {
+		t.Helper()
+		args := append([]string{"push", "--outputs", outputs, "--wait", "--timeout", "2m"}, flags...)
+		if _, err := c.CLI(ctx, append(args, local, dest)...); err != nil {
+			t.Fatal(err)
+		}
+		pushed[dest] = local
+	}
+}
+
 func launch(ctx context.Context, t *testing.T, c *harness.Cluster, n int) {
 	t.Helper()
 	ls, err := c.Group.ScaleOut(ctx, n)

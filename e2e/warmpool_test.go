@@ -26,20 +26,8 @@ func TestWarmPool(t *testing.T) {
 	c := startCluster(t, harness.Options{IdlePerAZ: 1, VolumeSizeGiB: 1, ReleasePolicy: "delete", ApplyInterval: 0})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	outputs, err := c.OutputsFile()
-	if err != nil {
-		t.Fatal(err)
-	}
 	work := filepath.Join(c.WorkDir(), "trees")
-	pushed := map[string]string{}
-	push := func(local, dest string, flags ...string) {
-		t.Helper()
-		args := append([]string{"push", "--outputs", outputs, "--wait", "--timeout", "2m"}, flags...)
-		if _, err := c.CLI(ctx, append(args, local, dest)...); err != nil {
-			t.Fatal(err)
-		}
-		pushed[dest] = local
-	}
+	pushed, push := pusher(ctx, t, c)
 	if _, err := c.Schedule(ctx, "reconcile"); err != nil {
 		t.Fatal(err)
 	}

@@ -702,6 +702,23 @@ func (c *Cluster) powerOff(ctx context.Context, id string) error {
 	return c.EBS.ForceDetachAll(ctx, id)
 }
 
+// SetLambdaEnv changes variables of function fn, as a deploy of a new
+// setting does: invocations after it start in sandboxes with the new
+// environment.
+func (c *Cluster) SetLambdaEnv(fn string, set map[string]string) {
+	f := c.Functions[fn]
+	var env []string
+	for _, kv := range f.Env {
+		if k, _, _ := strings.Cut(kv, "="); set[k] == "" {
+			env = append(env, kv)
+		}
+	}
+	for k, v := range set {
+		env = append(env, k+"="+v)
+	}
+	f.Reconfigure(env)
+}
+
 // Invoke runs function fn synchronously with payload.
 func (c *Cluster) Invoke(ctx context.Context, fn string, payload []byte) ([]byte, error) {
 	f, ok := c.Functions[fn]

@@ -112,6 +112,29 @@ func (d *Disks) CreateVolume(volumeID string, sizeGiB int64, fromSnapshot string
 	return os.Rename(tmp, dst)
 }
 
+// GrowVolume makes a volume's image sizeGiB large (EBS's ModifyVolume)
+// and, when it is attached, tells its loop device the new size (losetup
+// -c), so the instance sees a larger block device as on EC2.
+func (d *Disks) GrowVolume(volumeID string, sizeGiB int64) error {
+	path := d.volumePath(volumeID)
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if st.Size() >= sizeGiB<<30 {
+		return nil
+	}
+	if err := os.Truncate(path, sizeGiB<<30); err != nil {
+		return err
+	}
+	if loop, ok := d.Loop(volumeID); ok {
+		if out, err := exec.Command("losetup", "-c", loop).CombinedOutput(); err != nil {
+			return fmt.Errorf("losetup -c %s: %v: %s", loop, err, strings.TrimSpace(string(out)))
+		}
+	}
+	return nil
+}
+
 // DeleteVolume removes a volume's image. An attached volume cannot be
 // deleted.
 func (d *Disks) DeleteVolume(volumeID string) error {

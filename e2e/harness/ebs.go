@@ -63,6 +63,7 @@ func NewEBS(p *Proxy, ec2c *ec2.Client, disks *Disks, fleet InstanceDevices, log
 	p.HandleQuery("ec2", "CreateSnapshot", e.createSnapshot)
 	p.HandleQuery("ec2", "DeleteSnapshot", e.deleteSnapshot)
 	p.HandleQuery("ec2", "DescribeVolumes", e.describeVolumes)
+	p.HandleQuery("ec2", "ModifyVolume", e.modifyVolume)
 	return e
 }
 
@@ -167,6 +168,32 @@ func (e *EBS) deleteVolume(w http.ResponseWriter, r *http.Request, form url.Valu
 		if err := e.disks.DeleteVolume(id); err != nil {
 			e.log.Warn("delete volume image", "volume", id, "err", err)
 		}
+	}
+	f.write(w, f.Body)
+}
+
+// modifyVolume lets moto record the modification (it completes at once),
+// then grows the volume's image to the target size.
+func (e *EBS) modifyVolume(w http.ResponseWriter, r *http.Request, form url.Values, body []byte) {
+	id := form.Get("VolumeId")
+	f, err := e.p.forward(r, body)
+	if err != nil {
+		writeEC2Error(w, http.StatusServiceUnavailable, "ServiceUnavailable", err.Error())
+		return
+	}
+	if f.Status == http.StatusOK && form.Get("DryRun") != "true" && e.disks.HasVolume(id) {
+		var res struct {
+			Target int64 `xml:"volumeModification>targetSize"`
+		}
+		if err := xml.Unmarshal(f.Body, &res); err != nil || res.Target <= 0 {
+			writeEC2Error(w, http.StatusInternalServerError, "InternalError", fmt.Sprintf("proxy: cannot read moto's ModifyVolume answer: %v", err))
+			return
+		}
+		if err := e.disks.GrowVolume(id, res.Target); err != nil {
+			writeEC2Error(w, http.StatusInternalServerError, "InternalError", "proxy: grow volume image: "+err.Error())
+			return
+		}
+		e.log.Info("volume grown", "volume", id, "sizeGiB", res.Target)
 	}
 	f.write(w, f.Body)
 }

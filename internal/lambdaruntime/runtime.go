@@ -65,6 +65,23 @@ type Function struct {
 	stats    FunctionStats
 	asyncWG  sync.WaitGroup
 	sandboxN int
+	gen      int // configuration generation (Reconfigure)
+}
+
+// Reconfigure replaces the function's environment, as a deploy that
+// updates its configuration does: idle sandboxes are stopped, busy ones
+// finish their invocation and are then thrown away, and every invocation
+// after it starts in a sandbox with env.
+func (f *Function) Reconfigure(env []string) {
+	f.mu.Lock()
+	f.Env = append([]string{}, env...)
+	f.gen++
+	idle := f.idle
+	f.idle = nil
+	f.mu.Unlock()
+	for _, sb := range idle {
+		f.discard(sb)
+	}
 }
 
 // Observation is one thing a sandbox did.
@@ -342,6 +359,11 @@ func (f *Function) release(sb *sandbox) {
 		sb.stop()
 		return
 	}
+	if sb.gen != f.gen {
+		f.mu.Unlock()
+		f.discard(sb) // started before Reconfigure
+		return
+	}
 	f.idle = append(f.idle, sb)
 	f.mu.Unlock()
 	f.wake()
@@ -375,6 +397,7 @@ func (f *Function) Close() {
 type sandbox struct {
 	fn     *Function
 	n      int
+	gen    int // the function's configuration generation it started with
 	cmd    *exec.Cmd
 	srv    *http.Server
 	next   chan *invocation
@@ -391,12 +414,15 @@ func (f *Function) start(n int) (*sandbox, error) {
 	if err != nil {
 		return nil, err
 	}
-	sb := &sandbox{fn: f, n: n, next: make(chan *invocation), exited: make(chan struct{})}
+	f.mu.Lock()
+	env, gen := append([]string{}, f.Env...), f.gen
+	f.mu.Unlock()
+	sb := &sandbox{fn: f, n: n, gen: gen, next: make(chan *invocation), exited: make(chan struct{})}
 	sb.srv = &http.Server{Handler: sb, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = sb.srv.Serve(ln) }()
 
 	cmd := exec.Command(f.Bootstrap)
-	cmd.Env = append(append([]string{}, f.Env...),
+	cmd.Env = append(env,
 		"AWS_LAMBDA_RUNTIME_API="+ln.Addr().String(),
 		"AWS_LAMBDA_FUNCTION_NAME="+f.Name,
 		"AWS_LAMBDA_FUNCTION_VERSION=$LATEST",

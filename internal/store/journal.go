@@ -239,11 +239,24 @@ func (s *Store) Entries(ctx context.Context, pool string, after, upTo int64) ([]
 	if upTo <= 0 {
 		upTo = 1<<63 - 1
 	}
-	if upTo <= after {
-		return nil, nil
-	}
 	var out []events.JournalEntry
-	err := s.queryAll(ctx, &dynamodb.QueryInput{
+	err := s.queryEntries(ctx, pool, after, upTo, func(e events.JournalEntry) error {
+		if want := after + int64(len(out)) + 1; e.Seq != want {
+			return fmt.Errorf("journal of %s has a gap: want seq %d, found %d", pool, want, e.Seq)
+		}
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}
+
+// queryEntries reads the stored journal entries in (after, upTo] in order
+// (consistent), calling fn for each.
+func (s *Store) queryEntries(ctx context.Context, pool string, after, upTo int64, fn func(events.JournalEntry) error) error {
+	if upTo <= after {
+		return nil
+	}
+	return s.queryAll(ctx, &dynamodb.QueryInput{
 		KeyConditionExpression:   aws.String("#pk = :pk AND #sk BETWEEN :lo AND :hi"),
 		ExpressionAttributeNames: map[string]string{"#pk": AttrPK, "#sk": AttrSK},
 		ExpressionAttributeValues: map[string]types.AttributeValue{
@@ -255,11 +268,6 @@ func (s *Store) Entries(ctx context.Context, pool string, after, upTo int64) ([]
 		if err := unmarshal(item, &e); err != nil {
 			return fmt.Errorf("journal entry %v: %w", item[AttrSK], err)
 		}
-		if want := after + int64(len(out)) + 1; e.Seq != want {
-			return fmt.Errorf("journal of %s has a gap: want seq %d, found %d", pool, want, e.Seq)
-		}
-		out = append(out, e)
-		return nil
+		return fn(e)
 	})
-	return out, err
 }

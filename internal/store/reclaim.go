@@ -106,22 +106,8 @@ func (s *Store) DeleteTreesBelow(ctx context.Context, pool string, seq int64) er
 // still stored, in order; unlike Entries, entries DynamoDB's TTL removed
 // leave gaps instead of an error.
 func (s *Store) PresentEntries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error) {
-	if upTo <= after {
-		return nil, nil
-	}
 	var out []events.JournalEntry
-	err := s.queryAll(ctx, &dynamodb.QueryInput{
-		KeyConditionExpression:   aws.String("#pk = :pk AND #sk BETWEEN :lo AND :hi"),
-		ExpressionAttributeNames: map[string]string{"#pk": AttrPK, "#sk": AttrSK},
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":pk": str(journalPK(pool)), ":lo": str(SeqKey(after + 1)), ":hi": str(SeqKey(upTo)),
-		},
-		ConsistentRead: aws.Bool(true),
-	}, func(item map[string]types.AttributeValue) error {
-		var e events.JournalEntry
-		if err := unmarshal(item, &e); err != nil {
-			return fmt.Errorf("journal entry %v: %w", item[AttrSK], err)
-		}
+	err := s.queryEntries(ctx, pool, after, upTo, func(e events.JournalEntry) error {
 		out = append(out, e)
 		return nil
 	})
