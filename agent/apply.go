@@ -278,15 +278,9 @@ func (a *Agent) recoverLeftovers() error {
 // Until place starts nothing in the live tree changes, so bad input and a
 // full disk leave it intact.
 func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync) (fetched int64, desc string, err error) {
-	ctx, dl := newEntryDeadline(ctx, e, a.entryBase)
-	a.deadline = dl
+	ctx, end := a.entryDeadline(ctx, e)
 	defer func() {
-		dl.stop()
-		a.deadline = nil
-		if err != nil {
-			if c := dl.passed(ctx); c != nil {
-				err = c
-			}
+		if err = end(err); err != nil {
 			var mp *mountPointError
 			if errors.As(err, &mp) {
 				err = localBadInput("%s is the mount point of another filesystem inside the volume: volsd never places or deletes across a mount (like rsync -x); unmount it, or mount it outside %s, and apply again", filepath.Join(a.cfg.MountPath, mp.rel), a.cfg.MountPath)
@@ -316,6 +310,24 @@ func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync)
 	a.updateIndex(root, e, pe)
 	ph.mark("index")
 	return pe.fetched, pe.desc, nil
+}
+
+// entryDeadline starts e's deadline (a.deadline while the agent works on
+// it); end stops it and returns err, or the deadline's own error when the
+// deadline is what ended the work.
+func (a *Agent) entryDeadline(ctx context.Context, e events.JournalEntry) (context.Context, func(err error) error) {
+	ctx, dl := newEntryDeadline(ctx, e, a.entryBase)
+	a.deadline = dl
+	return ctx, func(err error) error {
+		dl.stop()
+		a.deadline = nil
+		if err != nil {
+			if c := dl.passed(ctx); c != nil {
+				return c
+			}
+		}
+		return err
+	}
 }
 
 // FoldPuts bounds how many consecutive put entries one apply places
@@ -353,18 +365,9 @@ func (a *Agent) applyPuts(ctx context.Context, es []events.JournalEntry, rs rsyn
 	for _, e := range es {
 		size += e.Blob.Size
 	}
-	ctx, dl := newEntryDeadline(ctx, first, a.entryBase)
-	dl.extend(size)
-	a.deadline = dl
-	defer func() {
-		dl.stop()
-		a.deadline = nil
-		if err != nil {
-			if c := dl.passed(ctx); c != nil {
-				err = c
-			}
-		}
-	}()
+	ctx, end := a.entryDeadline(ctx, first)
+	a.deadline.extend(size)
+	defer func() { err = end(err) }()
 	root, err := openDir(a.cfg.MountPath)
 	if err != nil {
 		return 0, retryable("%v", err)

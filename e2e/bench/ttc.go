@@ -248,18 +248,25 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	if err := os.MkdirAll(news, 0o755); err != nil {
 		return nil, err
 	}
-	for i := 1; i <= o.Entries; i++ {
-		name := fmt.Sprintf("item-%02d.html", i)
-		if err := os.WriteFile(filepath.Join(news, name), []byte(fmt.Sprintf("<article>news %d, after the snapshot</article>\n", i)), 0o644); err != nil {
-			return nil, err
+	// pushNews pushes o.Entries one-file entries (the last with --wait).
+	pushNews := func(when string) error {
+		for i := 1; i <= o.Entries; i++ {
+			name := fmt.Sprintf("item-%02d.html", i)
+			if err := os.WriteFile(filepath.Join(news, name), []byte(fmt.Sprintf("<article>news %d, %s</article>\n", i, when)), 0o644); err != nil {
+				return err
+			}
+			args := []string{"push", filepath.Join(news, name), "site/news/" + name}
+			if i == o.Entries {
+				args = []string{"push", "--wait", filepath.Join(news, name), "site/news/" + name}
+			}
+			if err := cli(args...); err != nil {
+				return fail("push entry %d %s: %v", i, when, err)
+			}
 		}
-		args := []string{"push", filepath.Join(news, name), "site/news/" + name}
-		if i == o.Entries {
-			args = []string{"push", "--wait", filepath.Join(news, name), "site/news/" + name}
-		}
-		if err := cli(args...); err != nil {
-			return nil, fail("push entry %d: %v", i, err)
-		}
+		return nil
+	}
+	if err := pushNews("after the snapshot"); err != nil {
+		return nil, err
 	}
 	head := snap.Seq + int64(o.Entries)
 	if err := waitHead(ctx, c, head, 5*time.Minute); err != nil {
@@ -317,18 +324,8 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	if err := c.SettleEvents(ctx); err != nil {
 		return nil, err
 	}
-	for i := 1; i <= o.Entries; i++ {
-		name := fmt.Sprintf("item-%02d.html", i)
-		if err := os.WriteFile(filepath.Join(news, name), []byte(fmt.Sprintf("<article>news %d, while the warm pool was stopped</article>\n", i)), 0o644); err != nil {
-			return nil, err
-		}
-		args := []string{"push", filepath.Join(news, name), "site/news/" + name}
-		if i == o.Entries {
-			args = []string{"push", "--wait", filepath.Join(news, name), "site/news/" + name}
-		}
-		if err := cli(args...); err != nil {
-			return nil, fail("push entry %d while the warm pool was stopped: %v", i, err)
-		}
+	if err := pushNews("while the warm pool was stopped"); err != nil {
+		return nil, err
 	}
 	if err := waitHead(ctx, c, head+int64(o.Entries), 5*time.Minute); err != nil {
 		return nil, fail("%v", err)

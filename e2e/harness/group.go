@@ -133,8 +133,10 @@ func (g *Group) azCounts() map[string]int {
 }
 
 // pickAZ returns the AZ with the fewest instances (balanced launches).
-func (g *Group) pickAZ() string {
-	counts := g.azCounts()
+func (g *Group) pickAZ() string { return fewest(g.azCounts()) }
+
+// fewest returns the AZ with the lowest count (the first by name on a tie).
+func fewest(counts map[string]int) string {
 	azs := sortedKeys(counts)
 	best := azs[0]
 	for _, az := range azs {
@@ -169,7 +171,9 @@ func (g *Group) ScaleOut(ctx context.Context, n int) ([]*Launch, error) {
 	return out, nil
 }
 
-func (g *Group) launch(ctx context.Context, az string) (*Launch, error) {
+// runInstance starts one instance of the launch template in az, tagged as
+// the group tags its instances, and returns its ID.
+func (g *Group) runInstance(ctx context.Context, az string) (string, error) {
 	run, err := g.EC2.RunInstances(ctx, &ec2.RunInstancesInput{
 		MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
 		LaunchTemplate: &ec2types.LaunchTemplateSpecification{LaunchTemplateName: &g.LaunchTemplate, Version: aws.String("$Latest")},
@@ -183,9 +187,16 @@ func (g *Group) launch(ctx context.Context, az string) (*Launch, error) {
 		}},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("launch in %s: %w", az, err)
+		return "", fmt.Errorf("launch in %s: %w", az, err)
 	}
-	id := aws.ToString(run.Instances[0].InstanceId)
+	return aws.ToString(run.Instances[0].InstanceId), nil
+}
+
+func (g *Group) launch(ctx context.Context, az string) (*Launch, error) {
+	id, err := g.runInstance(ctx, az)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := g.ASG.AttachInstances(ctx, &autoscaling.AttachInstancesInput{AutoScalingGroupName: &g.Name, InstanceIds: []string{id}}); err != nil {
 		return nil, fmt.Errorf("attach %s to group %s: %w", id, g.Name, err)
 	}

@@ -9,10 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
-	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
 
 // WarmPool plays the group's warm pool (a pool state of Stopped), the
@@ -64,22 +62,10 @@ func (w *WarmPool) Fill(ctx context.Context, n int) ([]LaunchResult, error) {
 		}
 		az := w.pickAZ(g)
 		w.mu.Unlock()
-		run, err := g.EC2.RunInstances(ctx, &ec2.RunInstancesInput{
-			MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
-			LaunchTemplate: &ec2types.LaunchTemplateSpecification{LaunchTemplateName: &g.LaunchTemplate, Version: aws.String("$Latest")},
-			SubnetId:       aws.String(g.Subnets[az]),
-			TagSpecifications: []ec2types.TagSpecification{{
-				ResourceType: ec2types.ResourceTypeInstance,
-				Tags: []ec2types.Tag{
-					{Key: aws.String("volsd:pool"), Value: &g.Pool},
-					{Key: aws.String("Name"), Value: aws.String("volsd-" + g.Pool + "-web")},
-				},
-			}},
-		})
+		id, err := g.runInstance(ctx, az)
 		if err != nil {
-			return nil, fmt.Errorf("launch into the warm pool in %s: %w", az, err)
+			return nil, fmt.Errorf("into the warm pool: %w", err)
 		}
-		id := aws.ToString(run.Instances[0].InstanceId)
 		action, err := g.Lifecycle.StartIntoWarmPool(ctx, g.Name, id, az)
 		if err != nil {
 			return nil, err
@@ -149,14 +135,7 @@ func (w *WarmPool) pickAZ(g *Group) string {
 	for _, m := range w.warmed {
 		counts[m.az]++
 	}
-	azs := sortedKeys(counts)
-	best := azs[0]
-	for _, az := range azs {
-		if counts[az] < counts[best] {
-			best = az
-		}
-	}
-	return best
+	return fewest(counts)
 }
 
 // ScaleOut moves n warmed instances (oldest first) into the group and

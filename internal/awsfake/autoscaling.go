@@ -230,24 +230,34 @@ func (a *AutoScaling) PutWarmPool(group string, spec WarmPoolSpec) error {
 // lifecycle event (Origin EC2, Destination WarmPool; nil without a launch
 // hook: the instance is warmed at once).
 func (a *AutoScaling) LaunchIntoWarmPool(group, az string) (string, json.RawMessage, error) {
+	id, az, err := a.runInstance("LaunchIntoWarmPool", group, az, func(g *fakeGroup) int { return len(g.warmed) })
+	if err != nil {
+		return "", nil, err
+	}
+	ev, err := a.AddToWarmPool(group, id, az)
+	return id, ev, err
+}
+
+// runInstance creates an instance of group in the linked EC2, in az (""
+// = the next of the group's AZs after count of its instances), tagged as
+// Auto Scaling tags its instances; it returns its ID and AZ.
+func (a *AutoScaling) runInstance(op, group, az string, count func(*fakeGroup) int) (string, string, error) {
 	if a.cfg.EC2 == nil {
-		return "", nil, fmt.Errorf("awsfake: LaunchIntoWarmPool needs AutoScalingConfig.EC2")
+		return "", "", fmt.Errorf("awsfake: %s needs AutoScalingConfig.EC2", op)
 	}
 	a.mu.Lock()
 	g := a.groups[group]
 	if g == nil {
 		a.mu.Unlock()
-		return "", nil, fmt.Errorf("awsfake: no group %q", group)
+		return "", "", fmt.Errorf("awsfake: no group %q", group)
 	}
 	if az == "" {
-		az = g.spec.AZs[len(g.warmed)%len(g.spec.AZs)]
+		az = g.spec.AZs[count(g)%len(g.spec.AZs)]
 	}
 	tags := copyTags(g.spec.Tags)
 	tags["aws:autoscaling:groupName"] = group
 	a.mu.Unlock()
-	id := a.cfg.EC2.AddInstance(InstanceSpec{AZ: az, Tags: tags})
-	ev, err := a.AddToWarmPool(group, id, az)
-	return id, ev, err
+	return a.cfg.EC2.AddInstance(InstanceSpec{AZ: az, Tags: tags}), az, nil
 }
 
 // AddToWarmPool puts an instance created elsewhere (e.g. in moto) into
@@ -321,12 +331,18 @@ func (a *AutoScaling) LeaveWarmPool(group, instanceID string) (json.RawMessage, 
 // WarmPoolInstances returns the instance IDs in group's warm pool with
 // their lifecycle states.
 func (a *AutoScaling) WarmPoolInstances(group string) map[string]types.LifecycleState {
+	return a.states(group, func(g *fakeGroup) map[string]*groupInstance { return g.warmed })
+}
+
+// states maps the instances of one of group's sets to their lifecycle
+// states.
+func (a *AutoScaling) states(group string, set func(*fakeGroup) map[string]*groupInstance) map[string]types.LifecycleState {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.advance()
 	out := map[string]types.LifecycleState{}
 	if g := a.groups[group]; g != nil {
-		for id, gi := range g.warmed {
+		for id, gi := range set(g) {
 			out[id] = gi.state
 		}
 	}
@@ -351,22 +367,10 @@ func (a *AutoScaling) groupARN(name string) string {
 // returns its ID and the launch lifecycle event (nil when the group has no
 // launch hook: the instance is InService at once).
 func (a *AutoScaling) Launch(group, az string) (string, json.RawMessage, error) {
-	if a.cfg.EC2 == nil {
-		return "", nil, fmt.Errorf("awsfake: Launch needs AutoScalingConfig.EC2")
+	id, az, err := a.runInstance("Launch", group, az, func(g *fakeGroup) int { return len(g.instances) })
+	if err != nil {
+		return "", nil, err
 	}
-	a.mu.Lock()
-	g := a.groups[group]
-	if g == nil {
-		a.mu.Unlock()
-		return "", nil, fmt.Errorf("awsfake: no group %q", group)
-	}
-	if az == "" {
-		az = g.spec.AZs[len(g.instances)%len(g.spec.AZs)]
-	}
-	tags := copyTags(g.spec.Tags)
-	tags["aws:autoscaling:groupName"] = group
-	a.mu.Unlock()
-	id := a.cfg.EC2.AddInstance(InstanceSpec{AZ: az, Tags: tags})
 	ev, err := a.LaunchExisting(group, id, az, "")
 	return id, ev, err
 }
@@ -648,16 +652,7 @@ func (a *AutoScaling) Action(token string) (ActionView, bool) {
 
 // GroupInstances returns the group's instance IDs with their lifecycle states.
 func (a *AutoScaling) GroupInstances(group string) map[string]types.LifecycleState {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.advance()
-	out := map[string]types.LifecycleState{}
-	if g := a.groups[group]; g != nil {
-		for id, gi := range g.instances {
-			out[id] = gi.state
-		}
-	}
-	return out
+	return a.states(group, func(g *fakeGroup) map[string]*groupInstance { return g.instances })
 }
 
 // find returns the pending action a Complete/Heartbeat call addresses, or

@@ -356,15 +356,24 @@ func (l *launch) attach(ctx context.Context, v store.Volume, first bool) (outcom
 	p := l.p
 	log := l.log.With("volume", v.VolumeID)
 	var since time.Time
-	if first {
-		res, err := l.attachFree(ctx, v)
+	// try attaches the volume; done is false when EC2 refused (the caller
+	// reads EC2's view again).
+	try := func() (res outcome, done bool, err error) {
+		res, err = l.attachFree(ctx, v)
 		switch {
 		case err != nil:
-			return again, err
+			return again, true, err
 		case res == gone:
-			return gone, nil
+			return gone, true, nil
 		case res == attached:
-			return l.waitAttached(ctx, v, p.t.Now())
+			res, err = l.waitAttached(ctx, v, p.t.Now())
+			return res, true, err
+		}
+		return again, false, nil
+	}
+	if first {
+		if res, done, err := try(); done {
+			return res, err
 		}
 		// Refused: EC2's view says why.
 	}
@@ -390,15 +399,8 @@ func (l *launch) attach(ctx context.Context, v store.Volume, first bool) (outcom
 		case ev.State == types.VolumeStateError:
 			return again, l.markFailed(ctx, v, "volume is in state error")
 		case ev.free():
-			res, err := l.attachFree(ctx, v)
-			switch {
-			case err != nil:
-				return again, err
-			case res == gone:
-				return gone, nil
-			case res == attached:
-				since = p.t.Now()
-				return l.waitAttached(ctx, v, since)
+			if res, done, err := try(); done {
+				return res, err
 			}
 		}
 		busy++
