@@ -391,3 +391,20 @@ func TestLambdasCannotTouchUntaggedVolumes(t *testing.T) {
 		}
 	}
 }
+
+// TestNoReclaimNoOriginDelete: with reclaim off the snapshot Lambda may
+// not delete (nor list or read) origin objects, and its environment says 0.
+func TestNoReclaimNoOriginDelete(t *testing.T) {
+	tmpl := template(t, noReclaim)
+	origin := "<" + one(t, tmpl, "AWS::S3::Bucket", "Origin").ID + ".Arn>"
+	checkPermissions(t, "Snapshot", roleStatements(t, tmpl, "PoolSnapshotRole"), []permission{
+		{"s3:DeleteObject", origin + "/blobs/abc", nil, false},
+		{"s3:DeleteObject", origin + "/manifests/abc.json", nil, false},
+		{"s3:ListBucket", origin, nil, false},
+		{"ec2:CreateSnapshot", volumeArn, map[string][]string{"aws:ResourceTag/volsd:pool": {"archive"}}, true},
+	})
+	fn := one(t, tmpl, "AWS::Lambda::Function", "Snapshot")
+	if got := fmt.Sprint(fn.Properties["Environment"]); !strings.Contains(got, "VOLSD_RECLAIM_GRACE:0s") {
+		t.Fatalf("snapshot environment %s", got)
+	}
+}

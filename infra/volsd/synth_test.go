@@ -28,6 +28,7 @@ const (
 	testSnap    = "snap-0123456789abcdef0"
 	stackName   = "VolsdTest"
 	defaultName = "VolsdDefaults"
+	noReclaim   = "VolsdNoReclaim"
 )
 
 func TestMain(m *testing.M) {
@@ -110,6 +111,13 @@ func synthesize(dir string) error {
 		AutoScalingGroup: awsautoscaling.AutoScalingGroup_FromAutoScalingGroupName(defaults, jsii.String("Group"), jsii.String("media-asg")),
 		DocumentPrefix:   "volsd-media-",
 		LambdaAssetDir:   assets,
+	})
+
+	// A pool with the origin's reclaim off.
+	off := awscdk.NewStack(app, jsii.String(noReclaim), nil)
+	volsd.NewPool(off, "Pool", &volsd.PoolProps{
+		PoolName: "archive", AutoScalingGroupName: "archive-asg", DocumentPrefix: "volsd-archive-",
+		ReclaimGrace: volsd.NoReclaim, LambdaAssetDir: assets,
 	})
 
 	app.Synth(nil)
