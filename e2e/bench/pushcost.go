@@ -52,8 +52,8 @@ type PushCostResult struct {
 	Files int   `json:"files"`
 	Bytes int64 `json:"bytes"`
 	// First, Unchanged and OneFile are the CLI's wall time beside aws s3
-	// sync's for the first push, an unchanged re-push and a one-file
-	// change.
+	// sync's for the first push (each run into fresh buckets), an
+	// unchanged re-push and a one-file change.
 	FirstVolsd      Sample `json:"first_volsd_seconds"`
 	FirstS3Sync     Sample `json:"first_s3sync_seconds"`
 	UnchangedVolsd  Sample `json:"unchanged_volsd_seconds"`
@@ -222,8 +222,8 @@ func RunPushCost(ctx context.Context, o PushCostOptions) (*PushCostResult, error
 		s, err := app.Push(ctx, tree, "site")
 		return time.Since(t0), s, err
 	}
-	s3sync := func() (time.Duration, error) {
-		cmd := exec.CommandContext(ctx, "aws", "s3", "sync", "--only-show-errors", "--endpoint-url", o.MotoURL, tree, "s3://"+name+"-sync/site")
+	s3syncTo := func(bucket string) (time.Duration, error) {
+		cmd := exec.CommandContext(ctx, "aws", "s3", "sync", "--only-show-errors", "--endpoint-url", o.MotoURL, tree, "s3://"+bucket+"/site")
 		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_DEFAULT_REGION="+region, "AWS_PAGER=")
 		t0 := time.Now()
 		out, err := cmd.CombinedOutput()
@@ -232,21 +232,57 @@ func RunPushCost(ctx context.Context, o PushCostOptions) (*PushCostResult, error
 		}
 		return time.Since(t0), nil
 	}
+	s3sync := func() (time.Duration, error) { return s3syncTo(name + "-sync") }
 
-	// First push of the tree, once each (they take the longest).
-	d, _, err := pushOnce()
-	if err != nil {
-		return nil, err
+	// First push of the tree, o.Runs times each, sides alternating: the
+	// first run pushes into the origin the re-pushes below use; each
+	// further run pushes to fresh buckets with an empty hash index and no
+	// journal (nothing to vouch for any blob), as a first push does.
+	var fv, fs []time.Duration
+	for run := range o.Runs {
+		bucket, a := name, app
+		if run > 0 {
+			bucket = fmt.Sprintf("%s-first%d", name, run)
+			for _, b := range []string{bucket, bucket + "-sync"} {
+				if _, err := raw.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(b)}); err != nil {
+					return nil, err
+				}
+			}
+			first, err := sq.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String(bucket)})
+			if err != nil {
+				return nil, err
+			}
+			a = &cli.App{Cfg: cli.Config{Bucket: bucket, QueueURL: aws.ToString(first.QueueUrl), Region: region},
+				S3: raw, SQS: sq, IndexDir: filepath.Join(o.WorkDir, fmt.Sprintf("hash-index-first%d", run))}
+		}
+		volsdSide := func() error {
+			t0 := time.Now()
+			if _, err := a.Push(ctx, tree, "site"); err != nil {
+				return err
+			}
+			fv = append(fv, time.Since(t0))
+			if run == 0 {
+				return deliver()
+			}
+			return nil
+		}
+		syncSide := func() error {
+			d, err := s3syncTo(bucket + "-sync")
+			fs = append(fs, d)
+			return err
+		}
+		sides := []func() error{volsdSide, syncSide}
+		if run%2 == 1 {
+			sides[0], sides[1] = sides[1], sides[0]
+		}
+		for _, side := range sides {
+			if err := side(); err != nil {
+				return nil, err
+			}
+		}
+		o.Log("first push %d: volsd %.1fs, aws s3 sync %.1fs", run, fv[len(fv)-1].Seconds(), fs[len(fs)-1].Seconds())
 	}
-	if err := deliver(); err != nil {
-		return nil, err
-	}
-	res.FirstVolsd = Seconds([]time.Duration{d})
-	if d, err = s3sync(); err != nil {
-		return nil, err
-	}
-	res.FirstS3Sync = Seconds([]time.Duration{d})
-	o.Log("first push: volsd %.1fs, aws s3 sync %.1fs", res.FirstVolsd.Median, res.FirstS3Sync.Median)
+	res.FirstVolsd, res.FirstS3Sync = Seconds(fv), Seconds(fs)
 	time.Sleep(2500 * time.Millisecond) // out of the hash index's racy window
 
 	var uv, us, ov, os3 []time.Duration

@@ -412,7 +412,7 @@ func writeScaleOut(w writer, so *ScaleOutResult) {
 func writePushCost(w writer, r *Results, pc *PushCostResult) {
 	w("## Push cost (issue 23)\n\n")
 	w("`volsd push` (the CLI in process, with its hash index and the previous sync of the target from the journal; the push Lambda in process appends each push) ")
-	w("against `aws s3 sync` of the same tree to another bucket of the same moto: %d files, %s. The first push ran once each; the re-pushes %d times each.\n\n", pc.Files, mib(pc.Bytes), len(pc.OneFileVolsd.Values))
+	w("against `aws s3 sync` of the same tree to another bucket of the same moto: %d files, %s. The first push ran %d times each (sides alternating; after the first run into fresh buckets with an empty hash index and no journal); the re-pushes %d times each.\n\n", pc.Files, mib(pc.Bytes), len(pc.FirstVolsd.Values), len(pc.OneFileVolsd.Values))
 	w("| push | volsd | aws s3 sync | ratio |\n| --- | --- | --- | --- |\n")
 	w("| first | %s | %s | **%s** |\n", withSpread(pc.FirstVolsd, 2, "s"), withSpread(pc.FirstS3Sync, 2, "s"), ratio(r.PushFirstVsS3Sync))
 	w("| unchanged | %s | %s | **%s** |\n", withSpread(pc.UnchangedVolsd, 2, "s"), withSpread(pc.UnchangedS3Sync, 2, "s"), ratio(r.PushUnchangedVsS3Sync))
@@ -421,6 +421,6 @@ func writePushCost(w writer, r *Results, pc *PushCostResult) {
 	if l := pc.Lambda; l.Entries > 0 {
 		w("Push Lambda, in process, on a one-file change to a manifest of %d entries (%s) against an S3 fake holding %d blobs: %s, peak Go heap above the start %s, %s S3 calls (no listing). ",
 			l.Entries, mib(l.ManifestBytes), l.OriginBlobs, withSpread(l.Seconds, 2, "s"), withSpread(l.PeakHeapMiB, 0, "MiB"), withSpread(l.S3Calls, 0, ""))
-		w("The Lambda has 60 s and 256 MiB less the runtime (docs/push.md, *Limits*).\n\n")
+		w("The check ran under the Go memory limit the function sets (90%% of its %d MiB, `lambdamain.MemoryLimit`) above what the process held before; the function has 60 s (docs/push.md, *Memory*).\n\n", l.FunctionMemoryMiB)
 	}
 }
