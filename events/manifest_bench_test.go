@@ -71,7 +71,6 @@ func BenchmarkPushLambdaLiveSet1M(b *testing.B) {
 		b.ReportMetric(live()-base, "live-MiB")
 		runtime.KeepAlive(prev)
 		runtime.KeepAlive(owned)
-		owned, next = Manifest{}, nil
 		base = live()
 		copied, err := ParseManifestBytes(raw)
 		if err != nil {
