@@ -2,8 +2,11 @@ package harness
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -349,8 +352,9 @@ const (
 // Synthesize runs the CDK app (infra) as `cdk synth` runs it (CDK_OUTDIR,
 // CDK_CONTEXT_JSON) and returns the pool stack's template for the pool and
 // group of in.Context. The app is built once per process; a synth is made
-// once per distinct set of other settings (one at a time: each is a
-// Node.js process), with placeholder names that are then filled in.
+// once per distinct set of other settings and build of the app (one at a
+// time: each is a Node.js process; kept under build/harness), with
+// placeholder names that are then filled in.
 func Synthesize(ctx context.Context, in SynthInput) (*assembly.Template, error) {
 	cctx := map[string]string{}
 	for k, v := range in.Context {
@@ -364,17 +368,11 @@ func Synthesize(ctx context.Context, in SynthInput) (*assembly.Template, error) 
 	key, _ := json.Marshal(cctx) // sorted keys
 	cctx["lambdaDir"] = in.LambdaDir
 	synthMu.Lock()
-	raw, ok := synthCache[string(key)]
-	if !ok {
-		var err error
-		raw, err = synthesize(ctx, in.Root, filepath.Join(in.Dir, "cdk.out"), cctx)
-		if err != nil {
-			synthMu.Unlock()
-			return nil, err
-		}
-		synthCache[string(key)] = raw
-	}
+	raw, err := cachedSynth(ctx, in, string(key), cctx)
 	synthMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	quote := func(s string) string { b, _ := json.Marshal(s); return string(b[1 : len(b)-1]) }
 	filled := strings.NewReplacer(placeholderGroup, quote(group), placeholderPool, quote(pool)).Replace(string(raw))
 	path := filepath.Join(in.Dir, "volsd-"+pool+".template.json")
@@ -387,6 +385,44 @@ func Synthesize(ctx context.Context, in SynthInput) (*assembly.Template, error) 
 	}
 	t.Name = "volsd-" + pool
 	return t, nil
+}
+
+// cachedSynth returns the template for the settings key: from this
+// process's cache, from the one under build/harness (named by the hash of
+// the built CDK app and the settings, so a change to the app or the
+// construct synthesizes again), or from a new synth. synthMu is held.
+func cachedSynth(ctx context.Context, in SynthInput, key string, cctx map[string]string) ([]byte, error) {
+	if raw, ok := synthCache[key]; ok {
+		return raw, nil
+	}
+	bin, err := buildInfra(ctx, in.Root)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(bin)
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	h.Write([]byte(key))
+	file := filepath.Join(filepath.Dir(bin), "synth-"+hex.EncodeToString(h.Sum(nil))[:32]+".template.json")
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		if raw, err = synthesize(ctx, in.Root, filepath.Join(in.Dir, "cdk.out"), cctx); err != nil {
+			return nil, err
+		}
+		tmp := file + ".tmp" + strconv.Itoa(os.Getpid())
+		if err := os.WriteFile(tmp, raw, 0o644); err == nil {
+			_ = os.Rename(tmp, file)
+		}
+	}
+	synthCache[key] = raw
+	return raw, nil
 }
 
 // synthesize runs the app into out and returns the pool stack's template.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,13 +110,40 @@ func TestWiringFollowsTheTemplate(t *testing.T) {
 		{"terminate.json", []string{"lifecycle"}},
 		{"launch-successful.json", []string{"lifecycle"}},
 		{"foreign-hook-launch.json", nil}, // another group's hook
-		{"ssm-status.json", []string{"report"}},
 		{"scheduled.json", nil}, // schedules are not patterns
 	} {
 		got, err := w.Route(testEvent(t, c.event))
 		if err != nil || !slices.Equal(got, c.want) {
 			t.Errorf("%s routed to %v (%v), want %v", c.event, got, err, c.want)
 		}
+	}
+	// SSM status events: the template's rules decide which reach the
+	// report Lambda; the wiring routes exactly what the patterns match.
+	ssmEvent := string(testEvent(t, "ssm-status.json"))
+	failed := strings.ReplaceAll(ssmEvent, `"Success"`, `"Failed"`)
+	command := strings.Replace(ssmEvent, "EC2 Command Invocation Status-change Notification", "EC2 Command Status-change Notification", 1)
+	for _, ev := range []string{ssmEvent, failed, command, strings.ReplaceAll(failed, "volsd-Apply", "AWS-RunShellScript")} {
+		var want []string
+		for _, r := range w.Rules {
+			if r.Pattern == nil {
+				continue
+			}
+			if ok, err := assembly.MatchPattern(r.Pattern, []byte(ev)); err != nil || ok {
+				want = append(want, r.Target)
+			}
+		}
+		got, err := w.Route([]byte(ev))
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("routed to %v (%v), the rules match %v: %s", got, err, want, ev)
+		}
+	}
+	for _, ev := range []string{failed, command} {
+		if got, _ := w.Route([]byte(ev)); !slices.Equal(got, []string{"report"}) {
+			t.Errorf("routed to %v, want the report Lambda: %s", got, ev)
+		}
+	}
+	if got, _ := w.Route([]byte(strings.ReplaceAll(failed, "volsd-Apply", "AWS-RunShellScript"))); len(got) != 0 {
+		t.Errorf("another document's status reached %v", got)
 	}
 	if w.ScheduleRule("reconcile") == "" || w.ScheduleRule("snapshot") == "" || w.ScheduleRule("push") != "" {
 		t.Errorf("schedules: reconcile %q snapshot %q push %q", w.ScheduleRule("reconcile"), w.ScheduleRule("snapshot"), w.ScheduleRule("push"))
