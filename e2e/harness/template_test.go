@@ -110,7 +110,7 @@ func TestWiringFollowsTheTemplate(t *testing.T) {
 		{"terminate.json", []string{"lifecycle"}},
 		{"launch-successful.json", []string{"lifecycle"}},
 		{"foreign-hook-launch.json", nil}, // another group's hook
-		{"scheduled.json", nil}, // schedules are not patterns
+		{"scheduled.json", nil},           // schedules are not patterns
 	} {
 		got, err := w.Route(testEvent(t, c.event))
 		if err != nil || !slices.Equal(got, c.want) {
