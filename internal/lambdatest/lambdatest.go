@@ -5,7 +5,6 @@
 package lambdatest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,11 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/volsd/volsd/internal/lambdaruntime"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // Build compiles the main package in the test's working directory as a
@@ -43,7 +42,7 @@ type Result struct {
 // answer does not come within timeout or the runtime crashes.
 func Invoke(t testing.TB, bin string, env []string, timeout time.Duration, events ...[]byte) Result {
 	t.Helper()
-	var outBuf, errBuf syncBuffer
+	var outBuf, errBuf testenv.Buffer
 	f := &lambdaruntime.Function{
 		Name: "volsd-test", Bootstrap: bin, Env: append([]string{"PATH=" + os.Getenv("PATH")}, env...),
 		Timeout: timeout, MaxConcurrency: 1, Region: "us-east-1", Account: "123456789012",
@@ -67,22 +66,4 @@ func Invoke(t testing.TB, bin string, env []string, timeout time.Duration, event
 	}
 	f.Close()
 	return Result{Answers: answers, Stdout: outBuf.String(), Stderr: errBuf.String()}
-}
-
-// syncBuffer is a bytes.Buffer safe for the runtime's writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

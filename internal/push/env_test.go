@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"testing"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
@@ -35,7 +34,7 @@ type rig struct {
 	s3     objectStore
 	ssm    *awsfake.SSM
 	cfg    push.Config
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 	p      *push.Pusher
 }
 
@@ -44,23 +43,6 @@ type objectStore interface {
 	push.S3Origin
 	PutObject(ctx context.Context, in *s3.PutObjectInput, optFns ...func(*s3.Options)) (*s3.PutObjectOutput, error)
 	CreateBucket(ctx context.Context, in *s3.CreateBucketInput, optFns ...func(*s3.Options)) (*s3.CreateBucketOutput, error)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newStore(t testing.TB) *store.Store {
@@ -84,7 +66,7 @@ func newRig(t testing.TB, origin objectStore) *rig {
 	if origin == nil {
 		origin = motoS3(t)
 	}
-	r := &rig{t: t, pool: "web", bucket: testenv.UniqueName(t, "origin"), st: newStore(t), s3: origin, ssm: awsfake.NewSSM(), logs: &syncBuffer{}}
+	r := &rig{t: t, pool: "web", bucket: testenv.UniqueName(t, "origin"), st: newStore(t), s3: origin, ssm: awsfake.NewSSM(), logs: &testenv.Buffer{}}
 	if _, err := origin.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &r.bucket}); err != nil {
 		t.Fatal(err)
 	}

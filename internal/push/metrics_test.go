@@ -12,6 +12,7 @@ import (
 
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestPushLagSecondsIsEmitted: a batch that appends requests emits
@@ -20,7 +21,7 @@ import (
 // append; a batch of duplicates appends nothing new and emits none.
 func TestPushLagSecondsIsEmitted(t *testing.T) {
 	r := newRig(t, nil)
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	r.p = push.NewPusher(r.cfg, r.st, r.s3, r.ssm, nil, metrics.New(out))
 	sent := func(id, reqID string, ago time.Duration) lambdaevents.SQSMessage {
 		m := sqsMessage(id, body(t, deleteReq(reqID, "p/"+reqID)), 1)

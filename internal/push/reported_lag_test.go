@@ -15,6 +15,7 @@ import (
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // reportedLags returns the ReportedLagSeconds values in out, checking each
@@ -70,7 +71,7 @@ func TestReportedLagSecondsWhenTheLastInstanceReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	rr.ssm.AddInstance(c, map[string]string{"volsd:pool": "web"})
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	rr.r = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, metrics.New(out))
 	es := appendEntries(t, rr.st, 3)
 	handle := func(ev json.RawMessage) {
@@ -115,7 +116,7 @@ func TestReportedLagSecondsOnceUnderConcurrentReports(t *testing.T) {
 		ids = append(ids, fmt.Sprintf("i-0%015d", i+1))
 	}
 	rr := newReportRig(t, ids...)
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	rr.r = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, metrics.New(out))
 	es := appendEntries(t, rr.st, 1)
 	var evs []json.RawMessage

@@ -1,11 +1,9 @@
 package snapshot_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,25 +37,6 @@ func newStore(t testing.TB) *store.Store {
 	return store.New(db, name)
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger and metrics of
-// concurrent runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is one pool with a real store, a fake SSM agent fleet, a fake group
 // and EC2 (fake or moto).
 type env struct {
@@ -68,14 +47,14 @@ type env struct {
 	asg     *fakeASG
 	ec2     snapshot.EC2
 	cfg     snapshot.Config
-	logs    *syncBuffer
-	metrics *syncBuffer
+	logs    *testenv.Buffer
+	metrics *testenv.Buffer
 }
 
 func newEnv(t testing.TB, ec2c snapshot.EC2, mod func(*snapshot.Config)) *env {
 	t.Helper()
 	e := &env{t: t, pool: testenv.UniqueName(t, "web"), st: newStore(t), ssm: newFakeSSM(), asg: newFakeASG(testGroup), ec2: ec2c,
-		logs: &syncBuffer{}, metrics: &syncBuffer{}}
+		logs: &testenv.Buffer{}, metrics: &testenv.Buffer{}}
 	e.cfg = snapshot.Config{
 		Pool: e.pool, Group: testGroup, Keep: 3, FreezeSeconds: 30,
 		DocFreeze: "volsd-Freeze", DocThaw: "volsd-Thaw", CompactGrace: time.Hour,

@@ -9,11 +9,13 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -113,4 +115,24 @@ func RequireRoot(t testing.TB, why string) {
 		t.Fatalf("%s needs root, and %s=1 says this test must run: run it as root (sudo make test)", why, EnvRequired)
 	}
 	t.Skipf("%s needs root", why)
+}
+
+// Buffer is a bytes.Buffer safe for concurrent writers (loggers, metrics,
+// a Lambda sandbox's output) and readers.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// String returns what was written so far.
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
