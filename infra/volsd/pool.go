@@ -493,6 +493,9 @@ var OutputNames = []string{"PoolName", "TableName", "BucketName", "QueueUrl", "D
 
 // rulesOutput is "ID=<rule name>,…" for doctor.RuleIDs.
 func (p *Pool) rulesOutput() *string {
+	if len(p.rules) != len(doctor.RuleIDs) {
+		panic(fmt.Sprintf("volsd: the pool has %d rules, doctor.RuleIDs lists %d (newRules and doctor.RuleIDs disagree)", len(p.rules), len(doctor.RuleIDs)))
+	}
 	var parts []*string
 	for i, id := range doctor.RuleIDs {
 		r, ok := p.rules[id]

@@ -63,7 +63,7 @@ func (denied) SimulatePrincipalPolicy(context.Context, *iam.SimulatePrincipalPol
 func TestDoctorCommand(t *testing.T) {
 	dir := t.TempDir()
 	outputs := filepath.Join(dir, "cdk-outputs.json")
-	rules := "LifecycleRule=r1,LaunchSuccessfulRule=r2,ReconcileSchedule=r3,SnapshotSchedule=r4,CommandStatusRule=r5"
+	rules := "LifecycleRule=r1,LaunchSuccessfulRule=r2,ReconcileSchedule=r3,SnapshotSchedule=r4,CommandStatusRule=r5,InvocationFailureRule=r6"
 	if err := os.WriteFile(outputs, []byte(`{"volsd-web": {"PoolName": "web", "TableName": "volsd-web", "BucketName": "origin", "QueueUrl": "q",
 		"DeadLetterQueueUrl": "dlq", "Region": "eu-west-1", "AutoScalingGroupName": "web-asg", "EventDeadLetterQueueUrl": "edlq",
 		"DocumentPrefix": "volsd-", "Rules": "`+rules+`"}}`), 0o600); err != nil {

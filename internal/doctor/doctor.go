@@ -104,7 +104,7 @@ type Config struct {
 
 // RuleIDs are the construct IDs of the pool's EventBridge rules, in the
 // order the stack's Rules output lists them ("ID=name,…").
-var RuleIDs = []string{"LifecycleRule", "LaunchSuccessfulRule", "ReconcileSchedule", "SnapshotSchedule", "CommandStatusRule"}
+var RuleIDs = []string{"LifecycleRule", "LaunchSuccessfulRule", "ReconcileSchedule", "SnapshotSchedule", "CommandStatusRule", "InvocationFailureRule"}
 
 // ParseRules reads the Rules output ("LifecycleRule=name,…").
 func ParseRules(s string) (map[string]string, error) {
@@ -405,7 +405,9 @@ func ruleEffect(id string) string {
 	case "SnapshotSchedule":
 		return "no new snapshots: new volumes replay ever more of the journal"
 	case "CommandStatusRule":
-		return "agent reports are not recorded: volsd push --wait and volsd status never see progress"
+		return "finished commands' reports are not recorded: volsd push --wait and volsd status never see progress"
+	case "InvocationFailureRule":
+		return "an instance's failed apply is seen only when the whole command ends: push --wait fails late and the stall alarm waits for the slowest instance"
 	}
 	return ""
 }

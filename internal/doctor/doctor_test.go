@@ -268,7 +268,7 @@ func TestEachBrokenSettingIsNamedWithItsFix(t *testing.T) {
 		}, []string{events.TerminateHookName, "heartbeat timeout of 5m0s", pool.TerminateHeartbeatMin().String()}, []string{"cdk deploy"}, 0},
 		{"rule disabled", doctor.CheckRules, func(t *testing.T, d *deployed) {
 			must(d.eb.DisableRule(bg, &eventbridge.DisableRuleInput{Name: aws.String(d.cfg.Rules["CommandStatusRule"])}))
-		}, []string{"%RULE%", "DISABLED", "agent reports are not recorded"}, []string{"aws events enable-rule --name %RULE%"}, 0},
+		}, []string{"%RULE%", "DISABLED", "reports are not recorded"}, []string{"aws events enable-rule --name %RULE%"}, 0},
 		{"rule deleted", doctor.CheckRules, func(t *testing.T, d *deployed) {
 			must(d.eb.DeleteRule(bg, &eventbridge.DeleteRuleInput{Name: aws.String(d.cfg.Rules["CommandStatusRule"])}))
 		}, []string{"%RULE%", "does not exist"}, []string{"cdk deploy"}, 0},
