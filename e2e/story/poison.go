@@ -17,6 +17,7 @@ import (
 	"github.com/volsd/volsd/e2e/harness"
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/checksum"
+	"github.com/volsd/volsd/internal/cli"
 )
 
 // Poison plays a poisoned journal entry with the real agents: a blob whose
@@ -51,7 +52,11 @@ func Poison(ctx context.Context, c *harness.Cluster, n *Narrator, converge time.
 	done("pushed")
 
 	done = n.Step("a blob with other bytes under its name gets past the checks into the journal")
-	right := []byte("<p>the right bytes of the poisoned page</p>\n")
+	// At least cli.DefaultDirectPutBelow: smaller blobs the CLI uploads
+	// without asking S3 first, which would overwrite the planted bytes; a
+	// blob this size it checks with a checksum-aware HeadObject, and the
+	// damaged object passes that check as a real damaged origin would.
+	right := []byte("<p>the right bytes of the poisoned page</p>\n" + strings.Repeat("<!-- padding -->\n", (cli.DefaultDirectPutBelow+1023)/17))
 	page := filepath.Join(src, "poisoned.html")
 	if err := os.WriteFile(page, right, 0o644); err != nil {
 		return err
