@@ -30,6 +30,7 @@ import (
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/doctor"
 	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -272,7 +273,7 @@ func wantEnv(tmpl *assembly.Template, t *testing.T) map[string]map[string]any {
 			"VOLSD_AUTOGROW_FREE_PERCENT": "0", "VOLSD_AUTOGROW_STEP_GIB": "10", "VOLSD_AUTOGROW_MAX_GIB": "0", "VOLSD_FILL_ALARM_PERCENT": "90"}),
 		"snapshot": merge(common, docs, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_KMS_KEY_ID": key,
 			"VOLSD_SNAPSHOT_KEEP": "3", "VOLSD_FREEZE_SECONDS": "30", "VOLSD_BUCKET": bucket, "VOLSD_RECLAIM_GRACE": "168h0m0s"}),
-		"push":   merge(common, docs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "25%"}),
+		"push":   merge(common, docs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "100%"}),
 		"report": merge(common, docs),
 	}
 }
@@ -789,6 +790,10 @@ func TestSSMStatusEventsReachReport(t *testing.T) {
 	_, err := fake.SendCommand(context.Background(), &ssm.SendCommandInput{
 		DocumentName: aws.String("volsd-Apply"), Parameters: map[string][]string{"upTo": {"7"}},
 		Targets: []ssmtypes.Target{{Key: aws.String("tag:volsd:pool"), Values: []string{"web"}}},
+		// The push's default: with SSM's own default (0) the failure
+		// cancels whichever invocations have not started yet, a race that
+		// adds Cancelled events on InvocationFailureRule.
+		MaxErrors: aws.String(push.DefaultMaxErrors),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/pool"
+	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/reclaim"
 	"github.com/volsd/volsd/internal/snapshot"
 )
@@ -152,7 +153,7 @@ type PoolProps struct {
 
 	// LogLevel is VOLSD_LOG_LEVEL. Default info.
 	LogLevel string
-	// SSMMaxConcurrency and SSMMaxErrors for push's SendCommand. Defaults 50% and 25%.
+	// SSMMaxConcurrency and SSMMaxErrors for push's SendCommand. Defaults push.DefaultMaxConcurrency and push.DefaultMaxErrors (50% and 100%).
 	SSMMaxConcurrency string
 	SSMMaxErrors      string
 }
@@ -244,10 +245,10 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 		p.LogLevel = "info"
 	}
 	if p.SSMMaxConcurrency == "" {
-		p.SSMMaxConcurrency = "50%"
+		p.SSMMaxConcurrency = push.DefaultMaxConcurrency
 	}
 	if p.SSMMaxErrors == "" {
-		p.SSMMaxErrors = "25%"
+		p.SSMMaxErrors = push.DefaultMaxErrors
 	}
 	if err := checkFunctionSettings(p); err != nil {
 		return p, err

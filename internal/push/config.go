@@ -19,6 +19,19 @@ const TagPool = "volsd:pool"
 // last delivery before SQS moves the message to the dead-letter queue.
 const MissingReceives = 5
 
+// DefaultMaxConcurrency and DefaultMaxErrors are the push command's rate
+// controls when the pool sets none (the construct uses the same values).
+// MaxErrors is 100%: an instance that cannot apply (a full or failing
+// disk, a refused blob) must not stop the command reaching the others. A
+// failed apply changes nothing on its instance (docs/agent.md), so there is
+// nothing a lower threshold protects, while Run Command's rounding makes
+// "25%" of fewer than 4 targets allow no error at all: one bad instance
+// would cancel the command on every instance not yet reached.
+const (
+	DefaultMaxConcurrency = "50%"
+	DefaultMaxErrors      = "100%"
+)
+
 // SendCommand's MaxConcurrency and MaxErrors patterns (the SSM API's).
 var (
 	maxConcurrencyPattern = regexp.MustCompile(`^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$`)
@@ -82,8 +95,8 @@ func LoadEnv(r *envconfig.Reader, function string) (Env, error) {
 			Pool:            pool,
 			Bucket:          r.String("VOLSD_BUCKET", "", true),
 			DocApply:        r.Match("VOLSD_DOC_APPLY", "volsd-Apply", false, documentNamePattern, "an SSM document name"),
-			MaxConcurrency:  r.Match("VOLSD_SSM_MAX_CONCURRENCY", "50%", false, maxConcurrencyPattern, `a count like 10 or a percentage like 50% (SSM MaxConcurrency)`),
-			MaxErrors:       r.Match("VOLSD_SSM_MAX_ERRORS", "25%", false, maxErrorsPattern, `a count like 0 or 5, or a percentage like 25% (SSM MaxErrors)`),
+			MaxConcurrency:  r.Match("VOLSD_SSM_MAX_CONCURRENCY", DefaultMaxConcurrency, false, maxConcurrencyPattern, `a count like 10 or a percentage like 50% (SSM MaxConcurrency)`),
+			MaxErrors:       r.Match("VOLSD_SSM_MAX_ERRORS", DefaultMaxErrors, false, maxErrorsPattern, `a count like 0 or 5, or a percentage like 25% (SSM MaxErrors)`),
 			MissingReceives: MissingReceives,
 			Margin:          5 * time.Second,
 		}

@@ -228,7 +228,7 @@ func TestLoadEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if env.Push.DocApply != "volsd-Apply" || env.Push.MaxConcurrency != "50%" || env.Push.MaxErrors != "25%" || env.Push.MissingReceives != push.MissingReceives {
+	if env.Push.DocApply != "volsd-Apply" || env.Push.MaxConcurrency != "50%" || env.Push.MaxErrors != push.DefaultMaxErrors || env.Push.MissingReceives != push.MissingReceives {
 		t.Fatalf("defaults %+v", env.Push)
 	}
 	_, err = push.LoadEnv(envFrom(map[string]string{"VOLSD_POOL": "web/x", "VOLSD_SSM_MAX_CONCURRENCY": "0", "VOLSD_SSM_MAX_ERRORS": "all", "VOLSD_LOG_LEVEL": "loud"}), "push")
