@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -221,4 +222,34 @@ func TestCallCounts(t *testing.T) {
 		}
 	}
 	t.Log("calls per operation:\n" + strings.Join(table, "\n"))
+}
+
+// TestLaunchAttachWaitLooksOnce counts the Describe calls of a claim launch
+// whose attachment takes 5 s, on a virtual clock (the fake's and the
+// pool's; sleeps advance it): DescribeInstances once for the zone, and one
+// DescribeVolumes look at the attachment, made when it is done. The attach
+// wait looked first after 1–2 s, then 2–4 s, 4–8 s: two or three looks per
+// launch, ≈ 2.7 in the 500-instance scale-out (docs/benchmarks.md §6).
+func TestLaunchAttachWaitLooksOnce(t *testing.T) {
+	clock := awsfake.NewClock(time.Now())
+	c := &calls{n: map[string]int{}}
+	e := newEnv(t, awsfake.EC2Config{Now: clock.Now, AttachDelay: 5 * time.Second}, withTiming(func(tm *pool.Timing) {
+		*tm = pool.DefaultTiming() // production waits, on the virtual clock
+		tm.Now = clock.Now
+		tm.Sleep = func(ctx context.Context, d time.Duration) error { clock.Advance(d); return ctx.Err() }
+	}))
+	e.seedIdle()
+	for i := 0; i < 10; i++ { // the jitter varies the looks' times
+		e.pool = pool.New(e.cfg, pool.Deps{Store: e.store, EC2: countEC2{e.ec2, c}, AutoScaling: e.asg, SSM: e.ssm, Log: e.logger(0), Timing: e.timing})
+		id, raw := e.launch(testAZs[i%len(testAZs)])
+		c.take()
+		e.mustHandle(raw)
+		got := c.take()
+		want := map[string]int{"EC2.DescribeInstances": 1, "EC2.DescribeVolumes": 1, "EC2.AttachVolume": 1}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Fatalf("launch %d: EC2 calls (-want +got):\n%s", i, diff)
+		}
+		checkAttached(t, e, id)
+		e.seedIdle()
+	}
 }

@@ -59,7 +59,7 @@ func (v ec2Volume) going() bool {
 // describeVolume reads one volume; found is false when EC2 says it does
 // not exist.
 func (p *Pool) describeVolume(ctx context.Context, id string) (v ec2Volume, found bool, err error) {
-	return p.readVolume(ctx, id, p.retry)
+	return p.readVolume(ctx, id, p.read)
 }
 
 // lookVolume is describeVolume without retries: a poll's next look is
@@ -92,7 +92,7 @@ func (p *Pool) describeVolumes(ctx context.Context, filters []types.Filter) (map
 	in := &ec2.DescribeVolumesInput{Filters: filters, MaxResults: aws.Int32(500)}
 	for {
 		var page *ec2.DescribeVolumesOutput
-		err := p.retry(ctx, func(ctx context.Context) error {
+		err := p.read(ctx, func(ctx context.Context) error {
 			var err error
 			page, err = p.ec2.DescribeVolumes(ctx, in)
 			return err
@@ -138,7 +138,7 @@ func (p *Pool) volumesByID(ctx context.Context, ids []string) (map[string]ec2Vol
 // know it.
 func (p *Pool) describeInstance(ctx context.Context, id string) (types.Instance, bool, error) {
 	var out *ec2.DescribeInstancesOutput
-	err := p.retry(ctx, func(ctx context.Context) error {
+	err := p.read(ctx, func(ctx context.Context) error {
 		var err error
 		out, err = p.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{id}})
 		return err
@@ -170,7 +170,7 @@ func (p *Pool) instancesByID(ctx context.Context, ids []string) (map[string]type
 		}
 		for {
 			var page *ec2.DescribeInstancesOutput
-			err := p.retry(ctx, func(ctx context.Context) error {
+			err := p.read(ctx, func(ctx context.Context) error {
 				var err error
 				page, err = p.ec2.DescribeInstances(ctx, in)
 				return err

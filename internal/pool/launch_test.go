@@ -513,3 +513,26 @@ func TestAttachWaitOutlastsThrottling(t *testing.T) {
 		t.Fatal("no DescribeVolumes call was throttled; the test did not exercise the wait under throttling")
 	}
 }
+
+// TestLaunchOutlastsAThrottledDescribeInstances: in a mass scale-out EC2's
+// Describe bucket stays empty for longer than the API backoff's 8 tries.
+// The launch's DescribeInstances waits for it (within the invocation's
+// deadline) instead of failing the invocation, and the launch ends
+// attached. Before, the read gave up after 8 throttled tries and the
+// invocation failed (Lambda retries it minutes later).
+func TestLaunchOutlastsAThrottledDescribeInstances(t *testing.T) {
+	e := newEnv(t, awsfake.EC2Config{})
+	e.seedIdle()
+	id, raw := e.launch("us-east-1a")
+	for i := 0; i < 3*e.timing.API.Attempts; i++ {
+		e.ec2.FailNext("DescribeInstances", awsfake.EC2Throttle())
+	}
+	before := e.ec2.Calls("DescribeInstances")
+	if err := e.handle(raw); err != nil {
+		t.Fatalf("a throttled DescribeInstances failed the launch: %v", err)
+	}
+	checkAttached(t, e, id)
+	if n := e.ec2.Calls("DescribeInstances") - before; n <= 3*e.timing.API.Attempts {
+		t.Fatalf("%d DescribeInstances calls; the throttles were not exercised", n)
+	}
+}

@@ -68,11 +68,22 @@ type Timing struct {
 	Now func() time.Time
 	// API retries one throttled or failed AWS/DynamoDB call.
 	API awserr.Backoff
+	// Throttled paces an EC2 read (Describe*) the account's request limit
+	// refused (1 s × 2, at most 20 s, jittered), with no bound on the
+	// tries: the read waits for the bucket until the invocation's deadline
+	// instead of failing the launch after API's tries. In a mass scale-out
+	// EC2's Describe bucket (100, refilled 20/s) stays empty for minutes;
+	// failing then only makes Lambda retry the whole launch later.
+	Throttled awserr.Backoff
 	// Poll paces waits for EC2 state changes (1 s × 1.8).
 	Poll awserr.Backoff
-	// AttachPoll paces the launch's wait for its attachment (2 s × 2, at
-	// most 15 s, jittered): an EBS attachment takes seconds, and 500
-	// launches at once must not crowd EC2's Describe limit.
+	// AttachPoll paces the launch's wait for its attachment (10 s × 2, at
+	// most 30 s, jittered: the first look 5–10 s after AttachVolume): an
+	// EBS attachment takes seconds, and 500 launches at once must not
+	// crowd EC2's Describe limit. Nothing on the boot path waits for this
+	// look — the agent learns of the attachment from its device — so it
+	// looks once, when the attachment is most likely done, rather than
+	// early and often.
 	AttachPoll awserr.Backoff
 	// InstanceVisible is how long a launch waits for a new instance to show
 	// in DescribeInstances (eventual consistency) before taking it as gone.
@@ -111,7 +122,8 @@ func DefaultTiming() Timing {
 		Now:               time.Now,
 		API:               awserr.DefaultBackoff,
 		Poll:              awserr.Backoff{Initial: time.Second, Factor: 1.8, Max: 10 * time.Second},
-		AttachPoll:        awserr.Backoff{Initial: 2 * time.Second, Factor: 2, Max: 15 * time.Second},
+		Throttled:         awserr.Backoff{Initial: time.Second, Factor: 2, Max: 20 * time.Second},
+		AttachPoll:        awserr.Backoff{Initial: 10 * time.Second, Factor: 2, Max: 30 * time.Second},
 		InstanceVisible:   30 * time.Second,
 		AttachStuck:       90 * time.Second,
 		AttachTries:       3,
@@ -181,6 +193,33 @@ func (p *Pool) retry(ctx context.Context, fn func(context.Context) error) error 
 			return err
 		}
 		if serr := p.t.Sleep(ctx, b.Delay(n)); serr != nil {
+			return errors.Join(err, serr)
+		}
+	}
+}
+
+// read calls an EC2 read (Describe*) like retry, except that a throttled
+// call waits on the Throttled backoff, without a bound on the tries unless
+// Throttled sets one: until the read gets through or ctx (the invocation's
+// deadline) ends. Other retryable failures keep the API backoff and its
+// bound.
+func (p *Pool) read(ctx context.Context, fn func(context.Context) error) error {
+	api, throttled := 0, 0
+	for {
+		err := fn(ctx)
+		if err == nil || !awserr.IsRetryable(err) {
+			return err
+		}
+		b, n := p.t.API, &api
+		if awserr.IsThrottle(err) {
+			b, n = p.t.Throttled, &throttled
+		}
+		if b.Attempts > 0 && *n+1 >= b.Attempts {
+			return err
+		}
+		d := b.Delay(*n)
+		*n++
+		if serr := p.t.Sleep(ctx, d); serr != nil {
 			return errors.Join(err, serr)
 		}
 	}
