@@ -208,7 +208,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			if err == nil {
 				r.ScaleOutDescribePerSecond = map[string]Num{}
 				for _, run := range r.ScaleOut.Runs {
-					if run.Limited {
+					if run.Limited || run.Lambda == lambdaBefore {
 						continue
 					}
 					r.ScaleOutDescribePerSecond[run.Design] = run.MeanPerSecond

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,9 +37,15 @@ type ScaleOutOptions struct {
 	Log         func(format string, args ...any)
 }
 
-// ScaleOutRun is one design under one EC2 request limit.
+// ScaleOutRun is one agent design and one lifecycle Lambda under one EC2
+// request limit.
 type ScaleOutRun struct {
-	Design string `json:"design"` // "device watch" or "2 s polling (before issue 17)"
+	Design string `json:"design"` // agents: "device watch" or "2 s polling (before issue 17)"
+	// Lambda is the lifecycle Lambda's Describe pacing: lambdaNow (this
+	// commit's) or lambdaBefore (the attach wait's looks after 1–2 s, 2–4 s,
+	// 4–8 s …, and reads that gave up after the API backoff's 8 throttled
+	// tries), by pool.Timing.
+	Lambda string `json:"lambda,omitempty"`
 	// Limited: EC2's default Describe* bucket (100, 20/s) was in force.
 	Limited bool `json:"limited"`
 	// Describe* calls (DescribeVolumes, DescribeInstances), throttled
@@ -46,7 +53,9 @@ type ScaleOutRun struct {
 	AgentCalls  int `json:"agentDescribeCalls"`
 	LambdaCalls int `json:"lambdaDescribeCalls"`
 	Throttled   int `json:"throttled"`
-	// Per boot: the agent's DescribeVolumes calls.
+	// LambdaCallsPerLaunch is LambdaCalls over the launches.
+	LambdaCallsPerLaunch Num `json:"lambdaDescribeCallsPerLaunch"`
+	// Per boot: the agent's DescribeVolumes calls (booted instances).
 	AgentCallsPerBoot Sample `json:"agentCallsPerBoot"`
 	// Calls per second: the busiest one-second window and the mean over
 	// the scale-out (first event → last agent with its device).
@@ -54,10 +63,14 @@ type ScaleOutRun struct {
 	MeanPerSecond Num `json:"meanDescribePerSecond"`
 	AllReady      Num `json:"allReadySeconds"`
 	// LambdaSeconds: event → the lifecycle Lambda recorded the volume
-	// in use, median over the launches.
+	// in use, median over the launches that did.
 	LambdaSeconds Num `json:"lambdaAttachSecondsMedian"`
 	// LambdaErrors: lifecycle invocations that failed (and were retried).
 	LambdaErrors int `json:"lambdaErrors"`
+	// FailedLaunches: launches whose every invocation failed (Lambda's two
+	// asynchronous retries included): on AWS the hook times out, the
+	// instance is abandoned. Their agents are stopped.
+	FailedLaunches int `json:"failedLaunches"`
 }
 
 // ScaleOutResult is the mass scale-out benchmark.
@@ -128,14 +141,22 @@ func RunScaleOut(ctx context.Context, o ScaleOutOptions) (*ScaleOutResult, error
 			o.Log("runs under EC2's default Describe* bucket skipped (-scaleout-limited=false)")
 			continue
 		}
-		for _, design := range []string{designWatch, designPolling} {
-			r, err := scaleOutRun(ctx, o, raw, design, limited)
+		// The device watch with the lifecycle Lambda before and now, side
+		// by side; the polling agents (unlimited only: under the limit
+		// they only throttle) with this Lambda.
+		type row struct{ design, lambda string }
+		rows := []row{{designWatch, lambdaBefore}, {designWatch, lambdaNow}}
+		if !limited {
+			rows = append(rows, row{designPolling, lambdaNow})
+		}
+		for _, rw := range rows {
+			r, err := scaleOutRun(ctx, o, raw, rw.design, rw.lambda, limited)
 			if err != nil {
-				return nil, fmt.Errorf("%s (limited %v): %w", design, limited, err)
+				return nil, fmt.Errorf("%s, lambda %s (limited %v): %w", rw.design, rw.lambda, limited, err)
 			}
 			res.Runs = append(res.Runs, *r)
-			o.Log("%-30s limit=%-5v agents %5d Describe calls (%.1f per boot, max %.0f), lambda %5d (%d failed invocations), throttled %5d; peak %4.0f/s, mean %5.1f/s; all ready after %.1f s, attached after %.1f s (median)",
-				design, limited, r.AgentCalls, float64(r.AgentCallsPerBoot.Median), float64(r.AgentCallsPerBoot.Max), r.LambdaCalls, r.LambdaErrors, r.Throttled,
+			o.Log("%-30s lambda %-6s limit=%-5v agents %5d Describe calls (%.1f per boot, max %.0f), lambda %5d (%.2f per launch, %d failed invocations, %d failed launches), throttled %5d; peak %4.0f/s, mean %5.1f/s; all ready after %.1f s, attached after %.1f s (median)",
+				rw.design, rw.lambda, limited, r.AgentCalls, float64(r.AgentCallsPerBoot.Median), float64(r.AgentCallsPerBoot.Max), r.LambdaCalls, float64(r.LambdaCallsPerLaunch), r.LambdaErrors, r.FailedLaunches, r.Throttled,
 				float64(r.PeakPerSecond), float64(r.MeanPerSecond), float64(r.AllReady), float64(r.LambdaSeconds))
 		}
 	}
@@ -145,9 +166,24 @@ func RunScaleOut(ctx context.Context, o ScaleOutOptions) (*ScaleOutResult, error
 const (
 	designWatch   = "device watch"
 	designPolling = "2 s polling (before issue 17)"
+	lambdaNow     = "now"
+	lambdaBefore  = "before"
 )
 
-func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, design string, limited bool) (*ScaleOutRun, error) {
+// lambdaTiming is the lifecycle Lambda's timing of a row: this commit's
+// (pool.DefaultTiming) or the one before it (lambdaBefore): the attach
+// wait looked first after 1–2 s, then 2 s × 2 up to 15 s, and a throttled
+// read gave up after the API backoff's tries.
+func lambdaTiming(lambda string) pool.Timing {
+	t := pool.DefaultTiming()
+	if lambda == lambdaBefore {
+		t.AttachPoll = awserr.Backoff{Initial: 2 * time.Second, Factor: 2, Max: 15 * time.Second}
+		t.Throttled = t.API
+	}
+	return t
+}
+
+func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, design, lambda string, limited bool) (*ScaleOutRun, error) {
 	const poolName = "scaleout"
 	n := o.Instances
 	table := "volsd-bench-scaleout-" + randomName()
@@ -209,14 +245,14 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 	}
 
 	calls := &callLog{start: time.Now(), at: map[string][]time.Duration{}}
-	t := pool.DefaultTiming()
+	t := lambdaTiming(lambda)
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p := pool.New(pool.Config{
 		Pool: poolName, Table: table, Group: group, IdlePerAZ: 0, SizeGiB: 8, VolumeType: "gp3",
 		ReleasePolicy: pool.PolicyRecycle, DocRelease: "volsd-Release", RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
 	}, pool.Deps{Store: st, EC2: describeLog{fake, calls, "lambda"}, AutoScaling: fakeASG, Log: discard, Timing: &t})
 
-	o.Log("%s (limited %v): %d volumes, records and instances ready; launching", design, limited, n)
+	o.Log("%s, lambda %s (limited %v): %d volumes, records and instances ready; launching", design, lambda, limited, n)
 	runCtx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	published := make(chan struct{})
@@ -233,10 +269,13 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 		mu.Unlock()
 	}
 	perBoot := make([]float64, n)
-	lambdaErrors := 0
+	booted := make([]bool, n)
+	lambdaErrors, failedLaunches := 0, 0
 	var ready, attached []time.Duration
 	for i, id := range ids {
 		wg.Add(2)
+		agentCtx, stopAgent := context.WithCancel(runCtx)
+		launchFailed := false
 		go func() {
 			defer wg.Done()
 			a := events.LifecycleAction{
@@ -245,16 +284,28 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 			}
 			// A failed invocation is retried as Lambda retries an
 			// asynchronous one (twice; after 5 s here instead of 1–2 min).
+			// Each has the function's deadline, less the handler's margin.
 			for try := 0; ; try++ {
-				err := p.Launch(runCtx, a)
+				ictx, cancel := context.WithTimeout(runCtx, pool.FunctionTimeout-t.DeadlineMargin)
+				err := p.Launch(ictx, a)
+				cancel()
 				if err == nil {
 					break
 				}
 				mu.Lock()
 				lambdaErrors++
 				mu.Unlock()
-				if try == 2 || awserr.Sleep(runCtx, 5*time.Second) != nil {
+				if runCtx.Err() != nil {
 					fail(fmt.Errorf("launch %s: %w", id, err))
+					return
+				}
+				if try == 2 || awserr.Sleep(runCtx, 5*time.Second) != nil {
+					// Abandoned: its agent waits for nothing.
+					mu.Lock()
+					failedLaunches++
+					launchFailed = true
+					mu.Unlock()
+					stopAgent()
 					return
 				}
 			}
@@ -264,6 +315,7 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 		}()
 		go func() {
 			defer wg.Done()
+			defer stopAgent()
 			agentEC2 := describeLog{fake, calls, "agent"}
 			var got int
 			var err error
@@ -274,41 +326,64 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 			for {
 				n := 0
 				if design == designWatch {
-					_, _, n, err = ag.WaitForVolume(runCtx, id)
+					_, _, n, err = ag.WaitForVolume(agentCtx, id)
 				} else {
-					n, err = legacyAgentWait(runCtx, agentEC2, poolName, id)
+					n, err = legacyAgentWait(agentCtx, agentEC2, poolName, id)
 				}
 				got += n
-				if err == nil || !awserr.IsThrottle(err) || runCtx.Err() != nil {
+				if err == nil || !awserr.IsThrottle(err) || agentCtx.Err() != nil {
 					break
 				}
-				if awserr.Sleep(runCtx, 10*time.Second) != nil {
+				if awserr.Sleep(agentCtx, 10*time.Second) != nil {
 					break
 				}
+			}
+			mu.Lock()
+			stopped := launchFailed
+			mu.Unlock()
+			if err != nil && stopped {
+				return // the launch was abandoned
 			}
 			if err != nil {
 				fail(fmt.Errorf("agent of %s: %w", id, err))
 				return
 			}
 			mu.Lock()
+			booted[i] = true
 			perBoot[i] = float64(got)
 			ready = append(ready, time.Since(calls.start))
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
+	end := time.Since(calls.start)
 	cancel()
 	<-published
 	if firstErr != nil {
 		return nil, firstErr
 	}
-	r := &ScaleOutRun{Design: design, Limited: limited, AgentCalls: len(calls.at["agent"]), LambdaCalls: len(calls.at["lambda"]),
-		Throttled: fake.Throttled("DescribeVolumes") + fake.Throttled("DescribeInstances"), AgentCallsPerBoot: Counts(intsOf(perBoot)), LambdaErrors: lambdaErrors}
+	var bootCalls []float64
+	for i, b := range booted {
+		if b {
+			bootCalls = append(bootCalls, perBoot[i])
+		}
+	}
+	r := &ScaleOutRun{Design: design, Lambda: lambda, Limited: limited, AgentCalls: len(calls.at["agent"]), LambdaCalls: len(calls.at["lambda"]),
+		Throttled: fake.Throttled("DescribeVolumes") + fake.Throttled("DescribeInstances"), AgentCallsPerBoot: Counts(intsOf(bootCalls)),
+		LambdaErrors: lambdaErrors, FailedLaunches: failedLaunches}
+	r.LambdaCallsPerLaunch = Num(float64(r.LambdaCalls) / float64(n))
 	sort.Slice(ready, func(i, j int) bool { return ready[i] < ready[j] })
 	sort.Slice(attached, func(i, j int) bool { return attached[i] < attached[j] })
-	end := ready[len(ready)-1]
-	r.AllReady = Num(end.Seconds())
-	r.LambdaSeconds = Num(attached[len(attached)/2].Seconds())
+	if len(ready) > 0 {
+		end = ready[len(ready)-1]
+		r.AllReady = Num(end.Seconds())
+	} else {
+		r.AllReady = Num(math.NaN())
+	}
+	r.LambdaSeconds = Num(math.NaN())
+	if len(attached) > 0 {
+		r.LambdaSeconds = Num(attached[len(attached)/2].Seconds())
+	}
 	perSecond := map[int]int{}
 	for _, ts := range calls.at {
 		for _, at := range ts {
