@@ -214,7 +214,7 @@ func (p *Pool) detach(ctx context.Context, volumeID, instanceID string, force bo
 		_, err := p.ec2.DetachVolume(ctx, in)
 		return err
 	})
-	if err == nil || awserr.IsNotFound(err) || awserr.Code(err) == "IncorrectState" {
+	if err == nil || awserr.IsNotFound(err) || awserr.IsAlreadyDetached(err) {
 		return nil
 	}
 	return fmt.Errorf("detach %s from %s: %w", volumeID, instanceID, err)

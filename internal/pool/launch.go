@@ -206,11 +206,11 @@ func (l *launch) create(ctx context.Context) (store.Volume, error) {
 			return err
 		})
 		switch {
-		case awserr.Code(err) == "InvalidSnapshot.NotFound":
+		case awserr.IsSnapshotNotFound(err):
 			l.log.Warn("base snapshot does not exist; trying the next", "snapshot", base.SnapshotID)
 			b++
 			continue
-		case awserr.Code(err) == "IdempotentParameterMismatch":
+		case awserr.IsClientTokenReused(err):
 			l.token++
 			continue
 		case err != nil && (awserr.Classify(err) == awserr.Invalid || awserr.Classify(err) == awserr.NotFound):
@@ -437,7 +437,7 @@ func (l *launch) attachFree(ctx context.Context, v store.Volume) (outcome, error
 		case awserr.IsDeviceInUse(err):
 			l.used[deviceSlot(dev)] = true
 			continue
-		case awserr.Code(err) == "InvalidInstanceID.NotFound" || awserr.Code(err) == "IncorrectInstanceState":
+		case awserr.IsInstanceNotFound(err) || awserr.IsIncorrectInstanceState(err):
 			inst, found, derr := p.describeInstance(ctx, l.id)
 			if derr != nil {
 				return again, derr
@@ -455,7 +455,7 @@ func (l *launch) attachFree(ctx context.Context, v store.Volume) (outcome, error
 				return again, serr
 			}
 			return again, nil
-		case awserr.IsIncorrectState(err), awserr.Code(err) == "InvalidVolume.NotFound":
+		case awserr.IsIncorrectState(err), awserr.IsVolumeNotFound(err):
 			return again, nil // the caller re-reads EC2's view
 		case awserr.IsRetryable(err):
 			return again, fmt.Errorf("attach %s to %s: %w", v.VolumeID, l.id, err)

@@ -674,7 +674,7 @@ func (r *recon) createIdle(ctx context.Context, az string, refresh bool) bool {
 			out, err = p.ec2.CreateVolume(ctx, in)
 			return err
 		})
-		if awserr.Code(err) == "InvalidSnapshot.NotFound" && len(r.bases) > 1 {
+		if awserr.IsSnapshotNotFound(err) && len(r.bases) > 1 {
 			log.Warn("base snapshot does not exist; using the next", "snapshot", b.SnapshotID)
 			r.bases = r.bases[1:]
 			continue

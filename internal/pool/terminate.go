@@ -213,7 +213,7 @@ func (p *Pool) askRelease(ctx context.Context, id, volumeID string, log *slog.Lo
 		}
 		inv, err := p.ssm.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(cmd), InstanceId: aws.String(id)})
 		switch {
-		case awserr.Code(err) == "InvocationDoesNotExist" || awserr.IsRetryable(err):
+		case awserr.IsInvocationMissing(err) || awserr.IsRetryable(err):
 			continue
 		case err != nil:
 			log.Warn("could not read the release command; detaching anyway", "command", cmd, "error", err)

@@ -344,7 +344,7 @@ func (r *Reporter) readInvocation(ctx context.Context, cs events.CommandStatus) 
 			return out, nil
 		case err == nil:
 			why = fmt.Errorf("invocation still %s", out.Status)
-		case awserr.Code(err) == "InvocationDoesNotExist" || awserr.IsRetryable(err):
+		case awserr.IsInvocationMissing(err) || awserr.IsRetryable(err):
 			why = err
 		default:
 			return nil, fmt.Errorf("get command invocation %s on %s: %w", cs.CommandID, cs.InstanceID, err)

@@ -73,7 +73,7 @@ func (r *Runner) waitCommand(ctx context.Context, doc, id, instanceID string) (*
 				return out, fmt.Errorf("%s (command %s) on %s ended %s (%s, exit code %d): %s",
 					doc, id, instanceID, out.Status, aws.ToString(out.StatusDetails), out.ResponseCode, failureText(out))
 			}
-		case awserr.Code(err) == "InvocationDoesNotExist", awserr.IsRetryable(err):
+		case awserr.IsInvocationMissing(err), awserr.IsRetryable(err):
 		default:
 			return nil, fmt.Errorf("get invocation of %s (command %s) on %s: %w", doc, id, instanceID, err)
 		}

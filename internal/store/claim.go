@@ -72,9 +72,8 @@ rounds:
 			if err == nil {
 				return v, nil
 			}
-			reasons := awserr.CancellationReasons(err)
 			switch {
-			case len(reasons) == 2 && reasons[1] == "ConditionalCheckFailed":
+			case len(awserr.CancellationReasons(err)) == 2 && awserr.IsItemConditionFailed(err, 1):
 				// The instance's binding changed under us: re-read it.
 				continue rounds
 			case awserr.Classify(err) == awserr.Conflict, awserr.IsRetryable(err):

@@ -207,15 +207,14 @@ func (s *Store) expireBatch(ctx context.Context, pool string, seqs []int64, at i
 		if err == nil {
 			return len(seqs), nil
 		}
-		reasons := awserr.CancellationReasons(err)
-		if len(reasons) > 0 && reasons[0] == "ConditionalCheckFailed" {
+		if awserr.IsItemConditionFailed(err, 0) {
 			return 0, fmt.Errorf("expire entries of %s: compaction marker is no longer at rev %d: %w", pool, fence.Rev, ErrConflict)
 		}
 		if awserr.IsConditionFailed(err) {
 			// Entries DynamoDB removed since the query: nothing to mark.
 			var keep []int64
 			for i, seq := range seqs {
-				if r := i + 1; r >= len(reasons) || reasons[r] != "ConditionalCheckFailed" {
+				if !awserr.IsItemConditionFailed(err, i+1) {
 					keep = append(keep, seq)
 				}
 			}

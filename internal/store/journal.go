@@ -168,9 +168,8 @@ func (s *Store) AppendBatch(ctx context.Context, pool string, entries []events.J
 			continue // more than MaxAppendBatch: the next chunk
 		}
 		check = nil
-		reasons := awserr.CancellationReasons(err)
 		for k, id := range pending {
-			if r := 2 + 2*k; r < len(reasons) && reasons[r] == "ConditionalCheckFailed" {
+			if awserr.IsItemConditionFailed(err, 2+2*k) {
 				check = append(check, id) // the request got in meanwhile
 			}
 		}

@@ -231,7 +231,7 @@ type TableAdmin interface {
 // and the local run.
 func CreateTable(ctx context.Context, db TableAdmin, name string) error {
 	_, err := db.CreateTable(ctx, TableDefinition(name))
-	if err != nil && awserr.Code(err) != "ResourceInUseException" {
+	if err != nil && !awserr.IsTableExists(err) {
 		return fmt.Errorf("create table %s: %w", name, err)
 	}
 	w := dynamodb.NewTableExistsWaiter(db, func(o *dynamodb.TableExistsWaiterOptions) {
@@ -247,7 +247,7 @@ func CreateTable(ctx context.Context, db TableAdmin, name string) error {
 			AttributeName: aws.String(AttrTTL), Enabled: aws.Bool(true),
 		},
 	})
-	if err != nil && awserr.Code(err) != "ValidationException" { // already enabled
+	if err != nil && !awserr.IsTTLUnchanged(err) { // already enabled
 		return fmt.Errorf("enable TTL on %s: %w", name, err)
 	}
 	return nil
