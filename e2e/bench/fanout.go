@@ -23,6 +23,7 @@ import (
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -84,7 +85,7 @@ const reportConcurrency = 8
 // RunFanout pushes one file at a time to pools of different sizes through
 // the push Lambda's handler (push.Pusher.HandleSQS, one SQS message per
 // batch) and handles every resulting status event with the report
-// Lambda's handler (push.Reporter.HandleEvent). The store is over DynamoDB
+// Lambda's handler (report.Reporter.HandleEvent). The store is over DynamoDB
 // Local; S3 (the origin holding the blob) and SSM Run Command are the
 // awsfake fakes; each instance's agent is stubbed: its invocation ends at
 // once with the agent's JSON report of the new seq. Every call is counted
@@ -153,7 +154,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 
 	pusher := push.NewPusher(push.Config{Pool: poolName, Bucket: bucket, DocApply: doc, MaxConcurrency: "50%", MaxErrors: "25%", MissingReceives: push.MissingReceives},
 		pushStore, CountingS3{Inner: origin, Calls: pushS3}, CountingSSM{Inner: fakeSSM, Calls: pushSSM}, nil, nil)
-	reporter := push.NewReporter(push.ReportConfig{Pool: poolName, Documents: []string{doc}, InvocationWait: 20 * time.Second},
+	reporter := report.NewReporter(report.Config{Pool: poolName, Documents: []string{doc}, InvocationWait: 20 * time.Second},
 		reportStore, CountingSSM{Inner: fakeSSM, Calls: reportSSM}, nil, nil)
 
 	// Report invocations: a pool of workers fed by SSM's status events.
@@ -163,7 +164,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 	cmdEvs := make(chan []byte, 16)
 	fakeSSM.OnCommandEvent = func(raw []byte) { cmdEvs <- raw }
 	pagedSSM := &Calls{}
-	paged := push.NewReporter(push.ReportConfig{Pool: poolName, Documents: []string{doc}, InvocationWait: 20 * time.Second},
+	paged := report.NewReporter(report.Config{Pool: poolName, Documents: []string{doc}, InvocationWait: 20 * time.Second},
 		reportStore, CountingSSM{Inner: fakeSSM, Calls: pagedSSM}, nil, nil)
 	var ssmReads, ssmReadsPaged []int
 	var repMu sync.Mutex

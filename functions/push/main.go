@@ -21,9 +21,9 @@ import (
 )
 
 func main() {
-	env, err := push.LoadEnv(envconfig.New(os.LookupEnv), "push")
+	env, err := push.LoadEnv(envconfig.New(os.LookupEnv))
 	log, cfg := lambdamain.Setup("push", env.LogLevel, err)
 	st := store.New(dynamodb.NewFromConfig(cfg), env.Table)
-	p := push.NewPusher(env.Push, st, s3.NewFromConfig(cfg), ssm.NewFromConfig(cfg), log, metrics.New(os.Stdout))
+	p := push.NewPusher(env.Config, st, s3.NewFromConfig(cfg), ssm.NewFromConfig(cfg), log, metrics.New(os.Stdout))
 	lambda.Start(p.HandleSQS)
 }

@@ -1,7 +1,7 @@
 // Command report is the report Lambda (EventBridge "EC2 Command Invocation
 // Status-change Notification" of volsd documents): it reads each agent's
 // report from the invocation output and records it on the instance. The
-// logic is in internal/push; this only wires clients and configuration.
+// logic is in internal/report; this only wires clients and configuration.
 package main
 
 import (
@@ -14,14 +14,14 @@ import (
 	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
-	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
 )
 
 func main() {
-	env, err := push.LoadEnv(envconfig.New(os.LookupEnv), "report")
+	env, err := report.LoadEnv(envconfig.New(os.LookupEnv))
 	log, cfg := lambdamain.Setup("report", env.LogLevel, err)
 	st := store.New(dynamodb.NewFromConfig(cfg), env.Table)
-	r := push.NewReporter(env.Report, st, ssm.NewFromConfig(cfg), log, metrics.New(os.Stdout))
+	r := report.NewReporter(env.Config, st, ssm.NewFromConfig(cfg), log, metrics.New(os.Stdout))
 	lambda.Start(r.HandleEvent)
 }

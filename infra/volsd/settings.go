@@ -11,6 +11,7 @@ import (
 	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/snapshot"
 )
 
@@ -25,8 +26,10 @@ func LoadFunctionConfig(name string, r *envconfig.Reader) error {
 		_, err = pool.LoadConfig(r)
 	case "snapshot":
 		_, err = snapshot.LoadEnv(r)
-	case "push", "report":
-		_, err = push.LoadEnv(r, name)
+	case "push":
+		_, err = push.LoadEnv(r)
+	case "report":
+		_, err = report.LoadEnv(r)
 	default:
 		err = fmt.Errorf("volsd: no function %q", name)
 	}

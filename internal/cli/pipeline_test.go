@@ -28,6 +28,7 @@ import (
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/cli"
 	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
 	"github.com/volsd/volsd/internal/testenv"
 )
@@ -81,7 +82,7 @@ type world struct {
 	st     *store.Store
 	ssm    *awsfake.SSM
 	pusher *push.Pusher
-	rep    *push.Reporter
+	rep    *report.Reporter
 	// agent decides what an instance's agent reports for upTo.
 	agentMu sync.Mutex
 	agent   func(instance string, upTo int64) (ssmtypes.CommandInvocationStatus, events.AgentReport)
@@ -117,7 +118,7 @@ func newWorld(t testing.TB) *world {
 	// allows 0 errors: the first failure cancels the invocations not yet
 	// sent), which would turn one failing agent into three failed ones.
 	w.pusher = push.NewPusher(push.Config{Pool: "web", Bucket: w.cfg.Bucket, DocApply: "volsd-Apply", MaxConcurrency: "50%", MaxErrors: "100%", MissingReceives: 1}, w.st, w.s3, w.ssm, nil, nil)
-	w.rep = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 10 * time.Second}, w.st, w.ssm, nil, nil)
+	w.rep = report.NewReporter(report.Config{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 10 * time.Second}, w.st, w.ssm, nil, nil)
 	w.agent = func(instance string, upTo int64) (ssmtypes.CommandInvocationStatus, events.AgentReport) {
 		return ssmtypes.CommandInvocationStatusSuccess, events.AgentReport{Command: "apply", Instance: instance, Seq: upTo, Head: upTo}
 	}

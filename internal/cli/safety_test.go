@@ -25,7 +25,7 @@ import (
 	"github.com/volsd/volsd/internal/checksum"
 	"github.com/volsd/volsd/internal/cli"
 	"github.com/volsd/volsd/internal/metrics"
-	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -367,7 +367,7 @@ func (l *lockedBuffer) String() string {
 func TestStalledPoolStatusAndRepair(t *testing.T) {
 	w := newWorld(t)
 	var emf lockedBuffer
-	w.rep = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 10 * time.Second}, w.st, w.ssm, nil, metrics.New(&emf))
+	w.rep = report.NewReporter(report.Config{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 10 * time.Second}, w.st, w.ssm, nil, metrics.New(&emf))
 	ids := []string{"i-0bbbbbbbbbbbbbbb1", "i-0bbbbbbbbbbbbbbb2"}
 	for _, id := range ids {
 		w.instance(id, store.InstanceReady, true)

@@ -167,6 +167,14 @@ func (r *Reader) Err() error {
 // PoolName is the rule for pool names: letters, digits, - and _, 1..64.
 var PoolName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
+// DocumentName is the rule for SSM document names (the SSM API's).
+var DocumentName = regexp.MustCompile(`^[a-zA-Z0-9_\-.]{3,128}$`)
+
+// Document reads the name of an SSM document (optional, default def).
+func (r *Reader) Document(name, def string) string {
+	return r.Match(name, def, false, DocumentName, "an SSM document name")
+}
+
 // LogLevel reads a log level (debug, info, warn, error; default info).
 func (r *Reader) LogLevel(name string) slog.Level {
 	switch r.OneOf(name, "info", false, "debug", "info", "warn", "error") {

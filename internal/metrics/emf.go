@@ -154,3 +154,19 @@ func ParseLines(out []byte) []Line {
 	}
 	return lines
 }
+
+// Values returns the values of metric name in the EMF lines of out, in
+// order.
+func Values(out []byte, name string) []float64 {
+	var vals []float64
+	for _, raw := range bytes.Split(out, []byte("\n")) {
+		var m map[string]any
+		if json.Unmarshal(raw, &m) != nil {
+			continue
+		}
+		if v, ok := m[name].(float64); ok {
+			vals = append(vals, v)
+		}
+	}
+	return vals
+}

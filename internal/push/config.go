@@ -36,7 +36,6 @@ const (
 var (
 	maxConcurrencyPattern = regexp.MustCompile(`^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$`)
 	maxErrorsPattern      = regexp.MustCompile(`^([1-9][0-9]*|[0]|[1-9][0-9]%|[0-9]%|100%)$`)
-	documentNamePattern   = regexp.MustCompile(`^[a-zA-Z0-9_\-.]{3,128}$`)
 )
 
 // Config is the push Lambda's configuration.
@@ -53,64 +52,25 @@ type Config struct {
 	Margin time.Duration
 }
 
-// ReportConfig is the report Lambda's configuration.
-type ReportConfig struct {
-	Pool string // VOLSD_POOL
-	// Documents are the volsd SSM document names (VOLSD_DOC_*); events of
-	// other documents are ignored.
-	Documents []string
-	// InvocationWait bounds how long the handler waits for an invocation
-	// to become readable and finished in GetCommandInvocation.
-	InvocationWait time.Duration
-	Margin         time.Duration
-}
-
-// Env is what a push or report main reads from the environment.
+// Env is what the push main reads from the environment.
 type Env struct {
-	Push     Config
-	Report   ReportConfig
+	Config
 	Table    string     // VOLSD_TABLE
 	LogLevel slog.Level // VOLSD_LOG_LEVEL
 }
 
-// DocumentKinds are the volsd SSM documents and their default names.
-var DocumentKinds = []struct{ Env, Default string }{
-	{"VOLSD_DOC_APPLY", "volsd-Apply"},
-	{"VOLSD_DOC_FREEZE", "volsd-Freeze"},
-	{"VOLSD_DOC_THAW", "volsd-Thaw"},
-	{"VOLSD_DOC_RELEASE", "volsd-Release"},
-	{"VOLSD_DOC_STATUS", "volsd-Status"},
-}
-
-// LoadEnv reads the configuration of function "push" or "report" and
-// returns every problem at once.
-func LoadEnv(r *envconfig.Reader, function string) (Env, error) {
+// LoadEnv reads the push Lambda's configuration and returns every problem
+// at once.
+func LoadEnv(r *envconfig.Reader) (Env, error) {
 	var e Env
-	pool := r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
+	e.Pool = r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
 	e.Table = r.String("VOLSD_TABLE", "", true)
 	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
-	switch function {
-	case "push":
-		e.Push = Config{
-			Pool:            pool,
-			Bucket:          r.String("VOLSD_BUCKET", "", true),
-			DocApply:        r.Match("VOLSD_DOC_APPLY", "volsd-Apply", false, documentNamePattern, "an SSM document name"),
-			MaxConcurrency:  r.Match("VOLSD_SSM_MAX_CONCURRENCY", DefaultMaxConcurrency, false, maxConcurrencyPattern, `a count like 10 or a percentage like 50% (SSM MaxConcurrency)`),
-			MaxErrors:       r.Match("VOLSD_SSM_MAX_ERRORS", DefaultMaxErrors, false, maxErrorsPattern, `a count like 0 or 5, or a percentage like 25% (SSM MaxErrors)`),
-			MissingReceives: MissingReceives,
-			Margin:          5 * time.Second,
-		}
-	case "report":
-		e.Report = ReportConfig{Pool: pool, InvocationWait: 20 * time.Second, Margin: 3 * time.Second}
-		for _, d := range DocumentKinds {
-			e.Report.Documents = append(e.Report.Documents, r.Match(d.Env, d.Default, false, documentNamePattern, "an SSM document name"))
-		}
-	default:
-		return e, errUnknownFunction(function)
-	}
+	e.Bucket = r.String("VOLSD_BUCKET", "", true)
+	e.DocApply = r.Document("VOLSD_DOC_APPLY", "volsd-Apply")
+	e.MaxConcurrency = r.Match("VOLSD_SSM_MAX_CONCURRENCY", DefaultMaxConcurrency, false, maxConcurrencyPattern, `a count like 10 or a percentage like 50% (SSM MaxConcurrency)`)
+	e.MaxErrors = r.Match("VOLSD_SSM_MAX_ERRORS", DefaultMaxErrors, false, maxErrorsPattern, `a count like 0 or 5, or a percentage like 25% (SSM MaxErrors)`)
+	e.MissingReceives = MissingReceives
+	e.Margin = 5 * time.Second
 	return e, r.Err()
 }
-
-type errUnknownFunction string
-
-func (e errUnknownFunction) Error() string { return "push: unknown function " + string(e) }

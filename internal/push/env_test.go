@@ -13,7 +13,6 @@ import (
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -45,17 +45,6 @@ type objectStore interface {
 	CreateBucket(ctx context.Context, in *s3.CreateBucketInput, optFns ...func(*s3.Options)) (*s3.CreateBucketOutput, error)
 }
 
-func newStore(t testing.TB) *store.Store {
-	t.Helper()
-	db := testenv.DynamoDBClient(t)
-	name := testenv.UniqueName(t, "volsd")
-	if err := store.CreateTable(context.Background(), db, name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &name}) })
-	return store.New(db, name)
-}
-
 func motoS3(t testing.TB) *s3.Client {
 	return s3.NewFromConfig(testenv.Moto(t), func(o *s3.Options) { o.UsePathStyle = true })
 }
@@ -66,7 +55,7 @@ func newRig(t testing.TB, origin objectStore) *rig {
 	if origin == nil {
 		origin = motoS3(t)
 	}
-	r := &rig{t: t, pool: "web", bucket: testenv.UniqueName(t, "origin"), st: newStore(t), s3: origin, ssm: awsfake.NewSSM(), logs: &testenv.Buffer{}}
+	r := &rig{t: t, pool: "web", bucket: testenv.UniqueName(t, "origin"), st: storetest.New(t), s3: origin, ssm: awsfake.NewSSM(), logs: &testenv.Buffer{}}
 	if _, err := origin.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &r.bucket}); err != nil {
 		t.Fatal(err)
 	}

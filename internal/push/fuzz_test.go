@@ -14,12 +14,9 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
-	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/store"
 )
-
-func envFrom(m map[string]string) *envconfig.Reader { return envconfig.FromMap(m) }
 
 // memJournal is an in-memory push.Journal for the fuzz target: request
 // records and a gapless journal, with the store's rules (first record

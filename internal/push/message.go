@@ -1,8 +1,8 @@
-// Package push is the logic of the push and report Lambdas (DESIGN.md §3
-// "Push" and "Report"): validate SQS push requests against the schema and
-// the S3 origin, append them to the journal, fan volsd-Apply out to the
-// pool's instances with one SendCommand per batch, and fold the agents'
-// reports back into the instance records.
+// Package push is the logic of the push Lambda (DESIGN.md §3 "Push"):
+// validate SQS push requests against the schema and the S3 origin, append
+// them to the journal and fan volsd-Apply out to the pool's instances with
+// one SendCommand per batch. The report Lambda, which folds the agents'
+// reports back into the instance records, is internal/report.
 package push
 
 import (

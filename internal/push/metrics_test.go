@@ -1,10 +1,8 @@
 package push_test
 
 import (
-	"encoding/json"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -48,19 +46,6 @@ func TestPushLagSecondsIsEmitted(t *testing.T) {
 	}
 }
 
-func lagValues(t *testing.T, out string) []float64 { return metricValues(out, metrics.PushLagSeconds) }
-
-// metricValues returns the values of metric name in the EMF lines of out.
-func metricValues(out, name string) []float64 {
-	var vals []float64
-	for _, line := range strings.Split(out, "\n") {
-		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil {
-			continue
-		}
-		if v, ok := m[name].(float64); ok {
-			vals = append(vals, v)
-		}
-	}
-	return vals
+func lagValues(t *testing.T, out string) []float64 {
+	return metrics.Values([]byte(out), metrics.PushLagSeconds)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 )
 
 // treeFiles is a tree of n small files (path → content).
@@ -128,7 +129,7 @@ func TestResyncStillFindsANewBlobMissing(t *testing.T) {
 // finds the newest unmarked one, or none.
 func TestPreviousSyncSkipsEntriesMarkedToExpire(t *testing.T) {
 	ctx := context.Background()
-	st := newStore(t)
+	st := storetest.New(t)
 	ref := func(s string) *events.ManifestRef { return &events.ManifestRef{SHA256: strings.Repeat(s, 64)} }
 	for i, e := range []events.JournalEntry{
 		{Op: events.OpSync, Path: "www", Manifest: ref("a"), RequestID: "r1"},

@@ -1,4 +1,4 @@
-package push_test
+package report_test
 
 import (
 	"context"
@@ -17,8 +17,10 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
-	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/envconfig"
+	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 )
 
 const inst = "i-0b1c2d3e4f5a6b7c8"
@@ -26,12 +28,12 @@ const inst = "i-0b1c2d3e4f5a6b7c8"
 type reportRig struct {
 	st  *store.Store
 	ssm *awsfake.SSM
-	r   *push.Reporter
+	r   *report.Reporter
 }
 
 func newReportRig(t *testing.T, instances ...string) *reportRig {
 	t.Helper()
-	rr := &reportRig{st: newStore(t), ssm: awsfake.NewSSM()}
+	rr := &reportRig{st: storetest.New(t), ssm: awsfake.NewSSM()}
 	for _, d := range []string{"volsd-Apply", "volsd-Status", "Other-Doc"} {
 		rr.ssm.AddDocument(d, map[string]string{"upTo": ""})
 	}
@@ -41,7 +43,7 @@ func newReportRig(t *testing.T, instances ...string) *reportRig {
 			t.Fatal(err)
 		}
 	}
-	rr.r = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply", "volsd-Status"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, nil)
+	rr.r = report.NewReporter(report.Config{Pool: "web", Documents: []string{"volsd-Apply", "volsd-Status"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, nil)
 	return rr
 }
 
@@ -70,7 +72,7 @@ func (rr *reportRig) run(t *testing.T, doc, instance string, status ssmtypes.Com
 	return final
 }
 
-func report(seq int64, errText, kind string) string {
+func agentReport(seq int64, errText, kind string) string {
 	b, _ := json.Marshal(events.AgentReport{Command: "apply", Instance: inst, Seq: seq, Head: seq, Error: errText, ErrorKind: kind})
 	return "applying 3 entries\nrsync ok\n" + string(b) + "\n"
 }
@@ -95,9 +97,9 @@ func TestReportsOutOfOrderNeverLowerSeq(t *testing.T) {
 	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
 	var evs []json.RawMessage
 	for seq := int64(1); seq <= 10; seq++ {
-		status, stdout := ssmtypes.CommandInvocationStatusSuccess, report(seq, "", "")
+		status, stdout := ssmtypes.CommandInvocationStatusSuccess, agentReport(seq, "", "")
 		if seq == 4 {
-			status, stdout = ssmtypes.CommandInvocationStatusFailed, report(3, "entry 4: blob abc…: sha256 mismatch", "bad-input")
+			status, stdout = ssmtypes.CommandInvocationStatusFailed, agentReport(3, "entry 4: blob abc…: sha256 mismatch", "bad-input")
 		}
 		raw := rr.run(t, "volsd-Apply", inst, status, stdout, "")
 		ev := withTime(t, raw, t0.Add(time.Duration(seq)*time.Second))
@@ -135,7 +137,7 @@ func TestReportRecordsErrorsAndIgnoresWhatIsNotOurs(t *testing.T) {
 	rr := newReportRig(t, inst)
 
 	// An agent error: seq as reported, lastError with its kind.
-	raw := rr.run(t, "volsd-Apply", inst, ssmtypes.CommandInvocationStatusFailed, report(7, "rsync: exit 23", "retryable"), "")
+	raw := rr.run(t, "volsd-Apply", inst, ssmtypes.CommandInvocationStatusFailed, agentReport(7, "rsync: exit 23", "retryable"), "")
 	if err := rr.r.HandleEvent(ctx, raw); err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +169,7 @@ func TestReportRecordsErrorsAndIgnoresWhatIsNotOurs(t *testing.T) {
 
 	// Another document, a status that is not final, another event kind: ignored without reading SSM.
 	reads := rr.ssm.Calls("GetCommandInvocation")
-	other := rr.run(t, "Other-Doc", inst, ssmtypes.CommandInvocationStatusSuccess, report(50, "", ""), "")
+	other := rr.run(t, "Other-Doc", inst, ssmtypes.CommandInvocationStatusSuccess, agentReport(50, "", ""), "")
 	inProgress := strings.Replace(string(raw), `"status":"Success"`, `"status":"InProgress"`, 1)
 	launch := `{"version":"0","id":"x","detail-type":"EC2 Instance-launch Lifecycle Action","source":"aws.autoscaling","time":"2026-11-21T10:00:00Z","detail":{}}`
 	for _, ev := range []string{string(other), inProgress, launch} {
@@ -191,7 +193,7 @@ func TestReportRecordsErrorsAndIgnoresWhatIsNotOurs(t *testing.T) {
 
 	// An instance the pool does not know: dropped without error.
 	rr.ssm.AddInstance("i-0aaaaaaaaaaaaaaa0", nil)
-	raw = rr.run(t, "volsd-Apply", "i-0aaaaaaaaaaaaaaa0", ssmtypes.CommandInvocationStatusSuccess, report(3, "", ""), "")
+	raw = rr.run(t, "volsd-Apply", "i-0aaaaaaaaaaaaaaa0", ssmtypes.CommandInvocationStatusSuccess, agentReport(3, "", ""), "")
 	if err := rr.r.HandleEvent(ctx, raw); err != nil {
 		t.Fatalf("unknown instance: %v", err)
 	}
@@ -204,7 +206,7 @@ func TestReportWaitsForTheInvocation(t *testing.T) {
 	ctx := context.Background()
 	rr := newReportRig(t, inst)
 	rr.ssm.InvisibleReads = 2
-	raw := rr.run(t, "volsd-Apply", inst, ssmtypes.CommandInvocationStatusSuccess, report(5, "", ""), "")
+	raw := rr.run(t, "volsd-Apply", inst, ssmtypes.CommandInvocationStatusSuccess, agentReport(5, "", ""), "")
 	rr.ssm.FailNext("GetCommandInvocation", 1, &smithy.GenericAPIError{Code: "ThrottlingException", Message: "Rate exceeded"})
 	if err := rr.r.HandleEvent(ctx, raw); err != nil {
 		t.Fatal(err)
@@ -216,7 +218,7 @@ func TestReportWaitsForTheInvocation(t *testing.T) {
 		t.Fatalf("seq %d", got.Seq)
 	}
 
-	short := push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 600 * time.Millisecond}, rr.st, rr.ssm, nil, nil)
+	short := report.NewReporter(report.Config{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 600 * time.Millisecond}, rr.st, rr.ssm, nil, nil)
 	ghost := strings.Replace(string(raw), `"command-id":"`, `"command-id":"0`, 1)
 	if err := short.HandleEvent(ctx, json.RawMessage(ghost)); err == nil || !strings.Contains(err.Error(), "not readable") {
 		t.Fatalf("never readable: %v", err)
@@ -224,21 +226,8 @@ func TestReportWaitsForTheInvocation(t *testing.T) {
 }
 
 func TestLoadEnv(t *testing.T) {
-	env, err := push.LoadEnv(envFrom(map[string]string{"VOLSD_POOL": "web", "VOLSD_TABLE": "t", "VOLSD_BUCKET": "b"}), "push")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if env.Push.DocApply != "volsd-Apply" || env.Push.MaxConcurrency != "50%" || env.Push.MaxErrors != push.DefaultMaxErrors || env.Push.MissingReceives != push.MissingReceives {
-		t.Fatalf("defaults %+v", env.Push)
-	}
-	_, err = push.LoadEnv(envFrom(map[string]string{"VOLSD_POOL": "web/x", "VOLSD_SSM_MAX_CONCURRENCY": "0", "VOLSD_SSM_MAX_ERRORS": "all", "VOLSD_LOG_LEVEL": "loud"}), "push")
-	for _, want := range []string{"VOLSD_POOL", "VOLSD_TABLE", "VOLSD_BUCKET", "VOLSD_SSM_MAX_CONCURRENCY", "VOLSD_SSM_MAX_ERRORS", "VOLSD_LOG_LEVEL"} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("error %v does not name %s", err, want)
-		}
-	}
-	env, err = push.LoadEnv(envFrom(map[string]string{"VOLSD_POOL": "web", "VOLSD_TABLE": "t", "VOLSD_DOC_APPLY": "web-Apply"}), "report")
-	if err != nil || fmt.Sprint(env.Report.Documents) != "[web-Apply volsd-Freeze volsd-Thaw volsd-Release volsd-Status]" {
-		t.Fatalf("report env %+v %v", env.Report, err)
+	env, err := report.LoadEnv(envconfig.FromMap(map[string]string{"VOLSD_POOL": "web", "VOLSD_TABLE": "t", "VOLSD_DOC_APPLY": "web-Apply"}))
+	if err != nil || fmt.Sprint(env.Documents) != "[web-Apply volsd-Freeze volsd-Thaw volsd-Release volsd-Status]" {
+		t.Fatalf("report env %+v %v", env.Config, err)
 	}
 }

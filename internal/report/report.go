@@ -1,4 +1,7 @@
-package push
+// Package report is the logic of the report Lambda: it reads the result of
+// every volsd SSM command (its final status events) and folds the agents'
+// reports into the instance records (docs/push.md, "functions/report").
+package report
 
 import (
 	"context"
@@ -30,11 +33,11 @@ type InvocationReader interface {
 	ListCommandInvocations(ctx context.Context, in *ssm.ListCommandInvocationsInput, optFns ...func(*ssm.Options)) (*ssm.ListCommandInvocationsOutput, error)
 }
 
-// ReportRecorder is the part of the store the report Lambda uses: it folds
+// Recorder is the part of the store the report Lambda uses: it folds
 // a report into the instance record, then reads the pool's instances, raises
 // the pool's reported watermark and reads the append time of the entry it
 // measures (ReportedLagSeconds).
-type ReportRecorder interface {
+type Recorder interface {
 	RecordReport(ctx context.Context, pool, instanceID string, rep store.InstanceReport) (store.Instance, bool, error)
 	ListInstances(ctx context.Context, pool string) ([]store.Instance, error)
 	RaiseReported(ctx context.Context, pool string, seq int64) (int64, bool, error)
@@ -43,9 +46,9 @@ type ReportRecorder interface {
 
 // Reporter handles SSM command status-change events.
 type Reporter struct {
-	cfg     ReportConfig
+	cfg     Config
 	docs    map[string]bool
-	store   ReportRecorder
+	store   Recorder
 	ssm     InvocationReader
 	log     *slog.Logger
 	metrics *metrics.Emitter
@@ -53,7 +56,7 @@ type Reporter struct {
 }
 
 // NewReporter returns a Reporter; log and m may be nil (discard).
-func NewReporter(cfg ReportConfig, st ReportRecorder, ssm InvocationReader, log *slog.Logger, m *metrics.Emitter) *Reporter {
+func NewReporter(cfg Config, st Recorder, ssm InvocationReader, log *slog.Logger, m *metrics.Emitter) *Reporter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

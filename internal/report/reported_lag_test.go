@@ -1,4 +1,4 @@
-package push_test
+package report_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/metrics"
-	"github.com/volsd/volsd/internal/push"
+	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
 	"github.com/volsd/volsd/internal/testenv"
 )
@@ -30,7 +30,7 @@ func reportedLags(t *testing.T, out string) []float64 {
 			t.Fatalf("ReportedLagSeconds line %+v, want namespace %s, dimensions %v, Pool web", l, metrics.Namespace, metrics.Read[metrics.ReportedLagSeconds])
 		}
 	}
-	return metricValues(out, metrics.ReportedLagSeconds)
+	return metrics.Values([]byte(out), metrics.ReportedLagSeconds)
 }
 
 func appendEntries(t *testing.T, st *store.Store, n int) []events.JournalEntry {
@@ -72,7 +72,7 @@ func TestReportedLagSecondsWhenTheLastInstanceReports(t *testing.T) {
 	}
 	rr.ssm.AddInstance(c, map[string]string{"volsd:pool": "web"})
 	out := &testenv.Buffer{}
-	rr.r = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, metrics.New(out))
+	rr.r = report.NewReporter(report.Config{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, metrics.New(out))
 	es := appendEntries(t, rr.st, 3)
 	handle := func(ev json.RawMessage) {
 		t.Helper()
@@ -117,7 +117,7 @@ func TestReportedLagSecondsOnceUnderConcurrentReports(t *testing.T) {
 	}
 	rr := newReportRig(t, ids...)
 	out := &testenv.Buffer{}
-	rr.r = push.NewReporter(push.ReportConfig{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, metrics.New(out))
+	rr.r = report.NewReporter(report.Config{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 5 * time.Second}, rr.st, rr.ssm, nil, metrics.New(out))
 	es := appendEntries(t, rr.st, 1)
 	var evs []json.RawMessage
 	for _, id := range ids {

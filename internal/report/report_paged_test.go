@@ -1,4 +1,4 @@
-package push_test
+package report_test
 
 import (
 	"context"

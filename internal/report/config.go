@@ -1,0 +1,51 @@
+package report
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/volsd/volsd/internal/envconfig"
+)
+
+// Config is the report Lambda's configuration.
+type Config struct {
+	Pool string // VOLSD_POOL
+	// Documents are the volsd SSM document names (VOLSD_DOC_*); events of
+	// other documents are ignored.
+	Documents []string
+	// InvocationWait bounds how long the handler waits for an invocation
+	// to become readable and finished in GetCommandInvocation.
+	InvocationWait time.Duration
+	Margin         time.Duration
+}
+
+// Env is what the report main reads from the environment.
+type Env struct {
+	Config
+	Table    string     // VOLSD_TABLE
+	LogLevel slog.Level // VOLSD_LOG_LEVEL
+}
+
+// DocumentKinds are the volsd SSM documents and their default names.
+var DocumentKinds = []struct{ Env, Default string }{
+	{"VOLSD_DOC_APPLY", "volsd-Apply"},
+	{"VOLSD_DOC_FREEZE", "volsd-Freeze"},
+	{"VOLSD_DOC_THAW", "volsd-Thaw"},
+	{"VOLSD_DOC_RELEASE", "volsd-Release"},
+	{"VOLSD_DOC_STATUS", "volsd-Status"},
+}
+
+// LoadEnv reads the report Lambda's configuration and returns every
+// problem at once.
+func LoadEnv(r *envconfig.Reader) (Env, error) {
+	var e Env
+	e.Pool = r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
+	e.Table = r.String("VOLSD_TABLE", "", true)
+	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
+	e.InvocationWait = 20 * time.Second
+	e.Margin = 3 * time.Second
+	for _, d := range DocumentKinds {
+		e.Documents = append(e.Documents, r.Document(d.Env, d.Default))
+	}
+	return e, r.Err()
+}
