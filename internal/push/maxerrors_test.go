@@ -8,6 +8,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
+	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/push"
 )
 
@@ -18,12 +19,12 @@ import (
 // "25%" of 3 targets allowed no error, so the first failure cancelled the
 // command on every instance not yet reached.
 func TestOneFailingInstanceDoesNotStopThePush(t *testing.T) {
-	env, err := push.LoadEnv(envFrom(map[string]string{"VOLSD_POOL": "web", "VOLSD_TABLE": "t", "VOLSD_BUCKET": "b"}), "push")
+	env, err := push.LoadEnv(envconfig.FromMap(map[string]string{"VOLSD_POOL": "web", "VOLSD_TABLE": "t", "VOLSD_BUCKET": "b"}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := newRig(t, nil)
-	r.cfg.MaxConcurrency, r.cfg.MaxErrors = env.Push.MaxConcurrency, env.Push.MaxErrors
+	r.cfg.MaxConcurrency, r.cfg.MaxErrors = env.MaxConcurrency, env.MaxErrors
 	r.reset()
 	for _, id := range []string{"i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"} {
 		r.ssm.AddInstance(id, map[string]string{push.TagPool: "web"})
@@ -53,6 +54,6 @@ func TestOneFailingInstanceDoesNotStopThePush(t *testing.T) {
 	}
 	if n[ssmtypes.CommandInvocationStatusFailed] != 1 || n[ssmtypes.CommandInvocationStatusSuccess] != 2 {
 		t.Fatalf("MaxConcurrency %s, MaxErrors %s: invocations %v; want 1 Failed and 2 Success (the failure of %s must not cancel the others)",
-			env.Push.MaxConcurrency, env.Push.MaxErrors, got, <-first)
+			env.MaxConcurrency, env.MaxErrors, got, <-first)
 	}
 }
