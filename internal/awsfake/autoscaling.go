@@ -169,6 +169,21 @@ func (a *AutoScaling) Calls(op string) int {
 	return a.calls[op]
 }
 
+// start opens an API call: it fails with ctx's error when ctx has ended,
+// else takes a.mu and begins op. On success a.mu is held (the caller
+// unlocks it); on error it is not.
+func (a *AutoScaling) start(ctx context.Context, op string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	if err := a.begin(op); err != nil {
+		a.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 func (a *AutoScaling) begin(op string) error {
 	a.calls[op]++
 	a.advance()
@@ -267,24 +282,45 @@ func (a *AutoScaling) runInstance(op, group, az string, count func(*fakeGroup) i
 // (Warmed:Stopped, stopped in the linked EC2, or the pool's other state).
 // It returns the event (nil without a launch hook).
 func (a *AutoScaling) AddToWarmPool(group, instanceID, az string) (json.RawMessage, error) {
+	return a.enter(group, instanceID, az, events.LocationEC2, events.LocationWarmPool)
+}
+
+// enter starts the launch transition of an instance from origin into dest:
+// the group (Pending, Pending:Wait while the launch hook's action is open,
+// then InService) or its warm pool (Warmed:Pending, Warmed:Pending:Wait,
+// then warmed). Without a launch hook it is at once InService or warmed.
+// It returns the event (nil without a launch hook).
+func (a *AutoScaling) enter(group, instanceID, az, origin, dest string) (json.RawMessage, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	g := a.groups[group]
 	if g == nil {
 		return nil, fmt.Errorf("awsfake: no group %q", group)
 	}
-	if g.warm == nil {
+	intoPool := dest == events.LocationWarmPool
+	if intoPool && g.warm == nil {
 		return nil, ASGError("ValidationError", "The group %s has no warm pool.", group)
 	}
-	gi := &groupInstance{id: instanceID, az: az, state: types.LifecycleStateWarmedPending}
-	g.warmed[instanceID] = gi
-	act := a.startAction(g, instanceID, events.TransitionLaunching, events.LocationEC2, events.LocationWarmPool)
-	if act == nil {
-		a.warm(g, gi)
-		return nil, nil
+	gi := &groupInstance{id: instanceID, az: az, state: types.LifecycleStatePending}
+	waiting := types.LifecycleStatePendingWait
+	if intoPool {
+		gi.state, waiting = types.LifecycleStateWarmedPending, types.LifecycleStateWarmedPendingWait
+		g.warmed[instanceID] = gi
+	} else {
+		g.instances[instanceID] = gi
+		delete(g.warmed, instanceID)
 	}
-	gi.state = types.LifecycleStateWarmedPendingWait
-	return a.event(act)
+	act := a.startAction(g, instanceID, events.TransitionLaunching, origin, dest)
+	switch {
+	case act != nil:
+		gi.state = waiting
+		return a.event(act)
+	case intoPool:
+		a.warm(g, gi)
+	default:
+		gi.state = types.LifecycleStateInService
+	}
+	return nil, nil
 }
 
 // warm puts a warm-pool instance in its waiting state (stopping it in the
@@ -380,26 +416,11 @@ func (a *AutoScaling) Launch(group, az string) (string, json.RawMessage, error) 
 // events.LocationWarmPool for one leaving the warm pool. It returns the
 // event (nil without a launch hook).
 func (a *AutoScaling) LaunchExisting(group, instanceID, az, from string) (json.RawMessage, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	g := a.groups[group]
-	if g == nil {
-		return nil, fmt.Errorf("awsfake: no group %q", group)
-	}
-	gi := &groupInstance{id: instanceID, az: az, state: types.LifecycleStatePending}
-	g.instances[instanceID] = gi
-	delete(g.warmed, instanceID)
 	origin := events.LocationEC2
 	if from != "" {
 		origin = from
 	}
-	act := a.startAction(g, instanceID, events.TransitionLaunching, origin, events.LocationASG)
-	if act == nil {
-		gi.state = types.LifecycleStateInService
-		return nil, nil
-	}
-	gi.state = types.LifecycleStatePendingWait
-	return a.event(act)
+	return a.enter(group, instanceID, az, origin, events.LocationASG)
 }
 
 // LaunchSuccessful returns the "EC2 Instance Launch Successful" event Auto
@@ -686,14 +707,10 @@ func (a *AutoScaling) find(group, hook, token, instance string) (*fakeAction, er
 // ValidationError "No active Lifecycle Action found with …".
 func (a *AutoScaling) CompleteLifecycleAction(ctx context.Context, in *autoscaling.CompleteLifecycleActionInput, _ ...func(*autoscaling.Options)) (*autoscaling.CompleteLifecycleActionOutput, error) {
 	const op = "CompleteLifecycleAction"
-	if err := ctx.Err(); err != nil {
+	if err := a.start(ctx, op); err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.begin(op); err != nil {
-		return nil, err
-	}
 	res := aws.ToString(in.LifecycleActionResult)
 	if res != "CONTINUE" && res != "ABANDON" {
 		return nil, ASGError("ValidationError", "Invalid lifecycle action result %q: must be CONTINUE or ABANDON", res)
@@ -712,14 +729,10 @@ func (a *AutoScaling) CompleteLifecycleAction(ctx context.Context, in *autoscali
 // timeout (never past the global timeout).
 func (a *AutoScaling) RecordLifecycleActionHeartbeat(ctx context.Context, in *autoscaling.RecordLifecycleActionHeartbeatInput, _ ...func(*autoscaling.Options)) (*autoscaling.RecordLifecycleActionHeartbeatOutput, error) {
 	const op = "RecordLifecycleActionHeartbeat"
-	if err := ctx.Err(); err != nil {
+	if err := a.start(ctx, op); err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.begin(op); err != nil {
-		return nil, err
-	}
 	act, err := a.find(aws.ToString(in.AutoScalingGroupName), aws.ToString(in.LifecycleHookName),
 		aws.ToString(in.LifecycleActionToken), aws.ToString(in.InstanceId))
 	if err != nil {
@@ -737,14 +750,10 @@ func (a *AutoScaling) RecordLifecycleActionHeartbeat(ctx context.Context, in *au
 // names); unknown names are left out, as in AWS.
 func (a *AutoScaling) DescribeAutoScalingGroups(ctx context.Context, in *autoscaling.DescribeAutoScalingGroupsInput, _ ...func(*autoscaling.Options)) (*autoscaling.DescribeAutoScalingGroupsOutput, error) {
 	const op = "DescribeAutoScalingGroups"
-	if err := ctx.Err(); err != nil {
+	if err := a.start(ctx, op); err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.begin(op); err != nil {
-		return nil, err
-	}
 	names := make([]string, 0, len(a.groups))
 	for n := range a.groups {
 		if len(in.AutoScalingGroupNames) == 0 || slices.Contains(in.AutoScalingGroupNames, n) {
@@ -795,14 +804,10 @@ func (w *WarmPoolSpec) configuration() *types.WarmPoolConfiguration {
 // instances, as in AWS; an unknown group is a ValidationError.
 func (a *AutoScaling) DescribeWarmPool(ctx context.Context, in *autoscaling.DescribeWarmPoolInput, _ ...func(*autoscaling.Options)) (*autoscaling.DescribeWarmPoolOutput, error) {
 	const op = "DescribeWarmPool"
-	if err := ctx.Err(); err != nil {
+	if err := a.start(ctx, op); err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err := a.begin(op); err != nil {
-		return nil, err
-	}
 	name := aws.ToString(in.AutoScalingGroupName)
 	g := a.groups[name]
 	if g == nil {

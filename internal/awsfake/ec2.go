@@ -225,6 +225,21 @@ func (f *EC2) FailNextCreate() {
 	f.failNext["*"] = true
 }
 
+// start opens an API call: it fails with ctx's error when ctx has ended,
+// else takes f.mu and begins op. On success f.mu is held (the caller
+// unlocks it); on error it is not.
+func (f *EC2) start(ctx context.Context, op string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	if err := f.begin(op); err != nil {
+		f.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 // begin counts the call, brings every resource up to date, and returns an
 // injected error if any. f.mu must be held.
 func (f *EC2) begin(op string) error {
@@ -592,14 +607,10 @@ var volumeTypes = map[string]bool{"gp2": true, "gp3": true, "io1": true, "io2": 
 // IdempotentParameterMismatch.
 func (f *EC2) CreateVolume(ctx context.Context, in *ec2.CreateVolumeInput, _ ...func(*ec2.Options)) (*ec2.CreateVolumeOutput, error) {
 	const op = "CreateVolume"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	az, vt := aws.ToString(in.AvailabilityZone), string(in.VolumeType)
 	if vt == "" {
 		vt = "gp2"
@@ -746,41 +757,17 @@ func (v *fakeVolume) describe() types.Volume {
 // tag-key.
 func (f *EC2) DescribeVolumes(ctx context.Context, in *ec2.DescribeVolumesInput, _ ...func(*ec2.Options)) (*ec2.DescribeVolumesOutput, error) {
 	const op = "DescribeVolumes"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	if len(in.VolumeIds) > 0 && in.MaxResults != nil {
 		return nil, EC2Error("InvalidParameterCombination", "The parameter volumeSet cannot be used with the parameter maxResults")
 	}
-	var missing []string
-	for _, id := range in.VolumeIds {
-		if f.volumes[id] == nil {
-			missing = append(missing, id)
-		}
-	}
-	if len(missing) > 0 {
-		return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", strings.Join(missing, ","))
-	}
-	var match []types.Volume
-	for _, v := range f.volumes {
-		if len(in.VolumeIds) > 0 && !slices.Contains(in.VolumeIds, v.id) {
-			continue
-		}
-		ok, err := matchFilters(in.Filters, func(name string) ([]string, bool) { return v.filterValues(name) })
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			match = append(match, v.describe())
-		}
-	}
-	sort.Slice(match, func(i, j int) bool { return *match[i].VolumeId < *match[j].VolumeId })
-	page, next, err := paginate(match, in.MaxResults, in.NextToken)
+	page, next, err := list(f.volumes, in.VolumeIds, in.Filters, in.MaxResults, in.NextToken, (*fakeVolume).filterValues, (*fakeVolume).describe,
+		func(missing []string) error {
+			return EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", strings.Join(missing, ","))
+		})
 	if err != nil {
 		return nil, err
 	}
@@ -788,34 +775,14 @@ func (f *EC2) DescribeVolumes(ctx context.Context, in *ec2.DescribeVolumesInput,
 }
 
 func (v *fakeVolume) filterValues(name string) ([]string, bool) {
-	switch name {
-	case "volume-id":
-		return []string{v.id}, true
-	case "status":
-		return []string{string(v.state)}, true
-	case "availability-zone":
-		return []string{v.az}, true
-	case "snapshot-id":
-		return []string{v.snapshot}, true
-	case "volume-type":
-		return []string{v.volType}, true
-	case "attachment.instance-id":
-		if v.att == nil {
-			return nil, true
-		}
-		return []string{v.att.instance}, true
-	case "attachment.status":
-		if v.att == nil {
-			return nil, true
-		}
-		return []string{string(v.att.state)}, true
-	case "attachment.device":
-		if v.att == nil {
-			return nil, true
-		}
-		return []string{v.att.device}, true
+	var inst, state, dev []string // no attachment: no values
+	if v.att != nil {
+		inst, state, dev = []string{v.att.instance}, []string{string(v.att.state)}, []string{v.att.device}
 	}
-	return tagFilterValues(v.tags, name)
+	return fieldValues(name, map[string][]string{
+		"volume-id": {v.id}, "status": {string(v.state)}, "availability-zone": {v.az}, "snapshot-id": {v.snapshot},
+		"volume-type": {v.volType}, "attachment.instance-id": inst, "attachment.status": state, "attachment.device": dev,
+	}, v.tags)
 }
 
 // validDevice reports whether name is a device name EC2 accepts for an EBS
@@ -847,14 +814,10 @@ func sameDevice(a, b string) bool {
 // attached after AttachDelay (unless StickAttachments).
 func (f *EC2) AttachVolume(ctx context.Context, in *ec2.AttachVolumeInput, _ ...func(*ec2.Options)) (*ec2.AttachVolumeOutput, error) {
 	const op = "AttachVolume"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	vid, iid, dev := aws.ToString(in.VolumeId), aws.ToString(in.InstanceId), aws.ToString(in.Device)
 	v := f.volumes[vid]
 	inst := f.instances[iid]
@@ -910,14 +873,10 @@ func (f *EC2) deviceTaken(inst *fakeInstance, dev string) bool {
 // IncorrectState; naming another instance is InvalidAttachment.NotFound.
 func (f *EC2) DetachVolume(ctx context.Context, in *ec2.DetachVolumeInput, _ ...func(*ec2.Options)) (*ec2.DetachVolumeOutput, error) {
 	const op = "DetachVolume"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	vid, iid := aws.ToString(in.VolumeId), aws.ToString(in.InstanceId)
 	v := f.volumes[vid]
 	switch {
@@ -947,14 +906,10 @@ func (f *EC2) DetachVolume(ctx context.Context, in *ec2.DetachVolumeInput, _ ...
 // creating is IncorrectState; deleting twice is fine.
 func (f *EC2) DeleteVolume(ctx context.Context, in *ec2.DeleteVolumeInput, _ ...func(*ec2.Options)) (*ec2.DeleteVolumeOutput, error) {
 	const op = "DeleteVolume"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	vid := aws.ToString(in.VolumeId)
 	v := f.volumes[vid]
 	switch {
@@ -979,14 +934,10 @@ func (f *EC2) DeleteVolume(ctx context.Context, in *ec2.DeleteVolumeInput, _ ...
 // The new size shows once the modification reaches optimizing.
 func (f *EC2) ModifyVolume(ctx context.Context, in *ec2.ModifyVolumeInput, _ ...func(*ec2.Options)) (*ec2.ModifyVolumeOutput, error) {
 	const op = "ModifyVolume"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	vid := aws.ToString(in.VolumeId)
 	v := f.volumes[vid]
 	switch {
@@ -1020,14 +971,10 @@ func (f *EC2) ModifyVolume(ctx context.Context, in *ec2.ModifyVolumeInput, _ ...
 // volumes (an unknown ID fails the call with InvalidVolume.NotFound).
 func (f *EC2) DescribeVolumesModifications(ctx context.Context, in *ec2.DescribeVolumesModificationsInput, _ ...func(*ec2.Options)) (*ec2.DescribeVolumesModificationsOutput, error) {
 	const op = "DescribeVolumesModifications"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	out := &ec2.DescribeVolumesModificationsOutput{}
 	for _, id := range in.VolumeIds {
 		v := f.volumes[id]
@@ -1061,51 +1008,30 @@ var instanceCodes = map[types.InstanceStateName]int32{
 // comes in its own reservation, with its block device mappings.
 func (f *EC2) DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, _ ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error) {
 	const op = "DescribeInstances"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	if len(in.InstanceIds) > 0 && in.MaxResults != nil {
 		return nil, EC2Error("InvalidParameterCombination", "The parameter instancesSet cannot be used with the parameter maxResults")
 	}
-	for _, id := range in.InstanceIds {
-		if f.instances[id] == nil {
-			return nil, EC2Error("InvalidInstanceID.NotFound", "The instance ID '%s' does not exist", id)
-		}
-	}
-	var match []types.Reservation
-	for _, inst := range f.instances {
-		if len(in.InstanceIds) > 0 && !slices.Contains(in.InstanceIds, inst.id) {
-			continue
-		}
-		ok, err := matchFilters(in.Filters, func(name string) ([]string, bool) {
-			switch name {
-			case "instance-id":
-				return []string{inst.id}, true
-			case "instance-state-name":
-				return []string{string(inst.state)}, true
-			case "availability-zone":
-				return []string{inst.az}, true
-			}
-			return tagFilterValues(inst.tags, name)
+	page, next, err := list(f.instances, in.InstanceIds, in.Filters, in.MaxResults, in.NextToken, (*fakeInstance).filterValues,
+		func(inst *fakeInstance) types.Reservation {
+			return types.Reservation{ReservationId: aws.String("r-" + inst.id[2:]), Instances: []types.Instance{f.describeInstance(inst)}}
+		},
+		func(missing []string) error {
+			return EC2Error("InvalidInstanceID.NotFound", "The instance ID '%s' does not exist", missing[0])
 		})
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			match = append(match, types.Reservation{ReservationId: aws.String("r-" + inst.id[2:]), Instances: []types.Instance{f.describeInstance(inst)}})
-		}
-	}
-	sort.Slice(match, func(i, j int) bool { return *match[i].Instances[0].InstanceId < *match[j].Instances[0].InstanceId })
-	page, next, err := paginate(match, in.MaxResults, in.NextToken)
 	if err != nil {
 		return nil, err
 	}
 	return &ec2.DescribeInstancesOutput{Reservations: page, NextToken: next}, f.end(op)
+}
+
+func (inst *fakeInstance) filterValues(name string) ([]string, bool) {
+	return fieldValues(name, map[string][]string{
+		"instance-id": {inst.id}, "instance-state-name": {string(inst.state)}, "availability-zone": {inst.az},
+	}, inst.tags)
 }
 
 func (f *EC2) describeInstance(inst *fakeInstance) types.Instance {
@@ -1151,14 +1077,10 @@ func (f *EC2) describeInstance(inst *fakeInstance) types.Instance {
 // SnapshotDelay).
 func (f *EC2) CreateSnapshot(ctx context.Context, in *ec2.CreateSnapshotInput, _ ...func(*ec2.Options)) (*ec2.CreateSnapshotOutput, error) {
 	const op = "CreateSnapshot"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	vid := aws.ToString(in.VolumeId)
 	v := f.volumes[vid]
 	switch {
@@ -1203,62 +1125,34 @@ func (s *fakeSnapshot) describe() types.Snapshot {
 // and/or filters: snapshot-id, status, volume-id, tag:<key>, tag-key.
 func (f *EC2) DescribeSnapshots(ctx context.Context, in *ec2.DescribeSnapshotsInput, _ ...func(*ec2.Options)) (*ec2.DescribeSnapshotsOutput, error) {
 	const op = "DescribeSnapshots"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
-	for _, id := range in.SnapshotIds {
-		if f.snapshots[id] == nil {
-			return nil, EC2Error("InvalidSnapshot.NotFound", "The snapshot '%s' does not exist.", id)
-		}
-	}
-	var match []types.Snapshot
-	for _, s := range f.snapshots {
-		if len(in.SnapshotIds) > 0 && !slices.Contains(in.SnapshotIds, s.id) {
-			continue
-		}
-		ok, err := matchFilters(in.Filters, func(name string) ([]string, bool) {
-			switch name {
-			case "snapshot-id":
-				return []string{s.id}, true
-			case "status":
-				return []string{string(s.state)}, true
-			case "volume-id":
-				return []string{s.volume}, true
-			}
-			return tagFilterValues(s.tags, name)
+	page, next, err := list(f.snapshots, in.SnapshotIds, in.Filters, in.MaxResults, in.NextToken, (*fakeSnapshot).filterValues, (*fakeSnapshot).describe,
+		func(missing []string) error {
+			return EC2Error("InvalidSnapshot.NotFound", "The snapshot '%s' does not exist.", missing[0])
 		})
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			match = append(match, s.describe())
-		}
-	}
-	sort.Slice(match, func(i, j int) bool { return *match[i].SnapshotId < *match[j].SnapshotId })
-	page, next, err := paginate(match, in.MaxResults, in.NextToken)
 	if err != nil {
 		return nil, err
 	}
 	return &ec2.DescribeSnapshotsOutput{Snapshots: page, NextToken: next}, f.end(op)
 }
 
+func (s *fakeSnapshot) filterValues(name string) ([]string, bool) {
+	return fieldValues(name, map[string][]string{
+		"snapshot-id": {s.id}, "status": {string(s.state)}, "volume-id": {s.volume},
+	}, s.tags)
+}
+
 // DeleteSnapshot deletes a snapshot; one that a creating volume is being
 // restored from is InvalidSnapshot.InUse.
 func (f *EC2) DeleteSnapshot(ctx context.Context, in *ec2.DeleteSnapshotInput, _ ...func(*ec2.Options)) (*ec2.DeleteSnapshotOutput, error) {
 	const op = "DeleteSnapshot"
-	if err := ctx.Err(); err != nil {
+	if err := f.start(ctx, op); err != nil {
 		return nil, err
 	}
-	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.begin(op); err != nil {
-		return nil, err
-	}
 	sid := aws.ToString(in.SnapshotId)
 	if f.snapshots[sid] == nil {
 		return nil, EC2Error("InvalidSnapshot.NotFound", "The snapshot '%s' does not exist.", sid)
@@ -1298,6 +1192,15 @@ func matchFilters(filters []types.Filter, values func(string) ([]string, bool)) 
 		}
 	}
 	return true, nil
+}
+
+// fieldValues answers a filter name from a resource's fields (filter name →
+// its values; nil: none) and its tags (tagFilterValues).
+func fieldValues(name string, fields map[string][]string, tags map[string]string) ([]string, bool) {
+	if v, ok := fields[name]; ok {
+		return v, true
+	}
+	return tagFilterValues(tags, name)
 }
 
 func tagFilterValues(tags map[string]string, name string) ([]string, bool) {
@@ -1341,6 +1244,42 @@ func wildcard(pattern, s string) bool {
 
 // paginate cuts items into a page of maxResults (5..1000, default all)
 // starting at the offset that next encodes.
+// list is the selection of a Describe* call over resources keyed by ID:
+// every ID of ids must exist (else notFound of the missing ones, in ids'
+// order); the resources named by ids (all when none are) that match
+// filters (by values), described, ordered by ID, one page of them.
+func list[R, T any](all map[string]*R, ids []string, filters []types.Filter, maxResults *int32, nextToken *string,
+	values func(*R, string) ([]string, bool), describe func(*R) T, notFound func(missing []string) error) ([]T, *string, error) {
+	var missing []string
+	for _, id := range ids {
+		if all[id] == nil {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, nil, notFound(missing)
+	}
+	var keys []string
+	for id, r := range all {
+		if len(ids) > 0 && !slices.Contains(ids, id) {
+			continue
+		}
+		ok, err := matchFilters(filters, func(name string) ([]string, bool) { return values(r, name) })
+		if err != nil {
+			return nil, nil, err
+		}
+		if ok {
+			keys = append(keys, id)
+		}
+	}
+	sort.Strings(keys)
+	var match []T
+	for _, id := range keys {
+		match = append(match, describe(all[id]))
+	}
+	return paginate(match, maxResults, nextToken)
+}
+
 func paginate[T any](items []T, maxResults *int32, next *string) ([]T, *string, error) {
 	start := 0
 	if next != nil && *next != "" {
