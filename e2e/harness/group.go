@@ -98,9 +98,14 @@ func (g *Group) record(id, az, what string) {
 func (g *Group) InService() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	return inState(g.members, "InService")
+}
+
+// inState lists the IDs of members in state, sorted.
+func inState(members map[string]*member, state string) []string {
 	var ids []string
-	for id, m := range g.members {
-		if m.state == "InService" {
+	for id, m := range members {
+		if m.state == state {
 			ids = append(ids, id)
 		}
 	}
@@ -204,18 +209,34 @@ func (g *Group) launch(ctx context.Context, az string) (*Launch, error) {
 	if err != nil {
 		return nil, err
 	}
-	g.mu.Lock()
+	m := g.join(id, az, action)
+	return g.boot(ctx, m, action, "Launching a new EC2 instance", g.Boot)
+}
+
+// join adds an instance to the group: in Pending:Wait while its launch
+// action is open, else InService.
+func (g *Group) join(id, az string, action *LifecycleAction) *member {
 	m := &member{id: id, az: az, launched: time.Now(), state: "InService"}
 	if action != nil {
 		m.state = "Pending:Wait"
 	}
+	g.mu.Lock()
+	if g.members == nil {
+		g.members = map[string]*member{}
+	}
 	g.members[id] = m
 	g.mu.Unlock()
-	g.record(id, az, "Launching a new EC2 instance")
-	if err := g.Boot(ctx, id, az); err != nil {
-		return nil, fmt.Errorf("boot %s: %w", id, err)
+	return m
+}
+
+// boot records the launch activity what, boots the instance's machine
+// (with start) and sends its launch event when an action holds it.
+func (g *Group) boot(ctx context.Context, m *member, action *LifecycleAction, what string, start func(ctx context.Context, id, az string) error) (*Launch, error) {
+	g.record(m.id, m.az, what)
+	if err := start(ctx, m.id, m.az); err != nil {
+		return nil, fmt.Errorf("boot %s: %w", m.id, err)
 	}
-	l := &Launch{InstanceID: id, AZ: az, Action: action}
+	l := &Launch{InstanceID: m.id, AZ: m.az, Action: action}
 	if action != nil {
 		l.Event = action.Event
 		m.event = l.Event
@@ -270,15 +291,9 @@ func (g *Group) WaitInService(ctx context.Context, launches []*Launch) ([]Launch
 	for len(queue) > 0 {
 		l := queue[0]
 		queue = queue[1:]
-		res := LaunchResult{InstanceID: l.InstanceID, AZ: l.AZ, Result: "CONTINUE"}
-		if l.Action != nil {
-			r, err := g.waitAction(ctx, l)
-			if err != nil {
-				return results, err
-			}
-			_, res.TimedOut = l.Action.Result()
-			res.Result = r
-			res.Took = time.Since(l.Action.Started)
+		res, err := g.result(ctx, l)
+		if err != nil {
+			return results, err
 		}
 		results = append(results, res)
 		if res.Result == "CONTINUE" {
@@ -304,6 +319,22 @@ func (g *Group) WaitInService(ctx context.Context, launches []*Launch) ([]Launch
 		queue = append(queue, repl)
 	}
 	return results, nil
+}
+
+// result waits for a launch's action to complete (CONTINUE at once
+// without one) and says how it ended.
+func (g *Group) result(ctx context.Context, l *Launch) (LaunchResult, error) {
+	res := LaunchResult{InstanceID: l.InstanceID, AZ: l.AZ, Result: "CONTINUE"}
+	if l.Action == nil {
+		return res, nil
+	}
+	r, err := g.waitAction(ctx, l)
+	if err != nil {
+		return res, err
+	}
+	_, res.TimedOut = l.Action.Result()
+	res.Result, res.Took = r, time.Since(l.Action.Started)
+	return res, nil
 }
 
 // waitAction waits for a launch's hook to complete, or fails as soon as

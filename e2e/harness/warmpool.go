@@ -40,14 +40,7 @@ type WarmPool struct {
 func (w *WarmPool) Warmed() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var ids []string
-	for id, m := range w.warmed {
-		if m.state == "Warmed:Stopped" {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	return ids
+	return inState(w.warmed, "Warmed:Stopped")
 }
 
 // Fill launches n instances into the warm pool and returns once each is
@@ -74,28 +67,17 @@ func (w *WarmPool) Fill(ctx context.Context, n int) ([]LaunchResult, error) {
 		w.mu.Lock()
 		w.warmed[id] = m
 		w.mu.Unlock()
-		g.record(id, az, "Launching a new EC2 instance into the warm pool")
-		if err := g.Boot(ctx, id, az); err != nil {
-			return nil, fmt.Errorf("boot %s: %w", id, err)
-		}
-		l := &Launch{InstanceID: id, AZ: az, Action: action}
-		if action != nil {
-			l.Event = action.Event
-			m.event = l.Event
-			g.deliver(ctx, l.Event)
+		l, err := g.boot(ctx, m, action, "Launching a new EC2 instance into the warm pool", g.Boot)
+		if err != nil {
+			return nil, err
 		}
 		launches = append(launches, l)
 	}
 	var out []LaunchResult
 	for _, l := range launches {
-		res := LaunchResult{InstanceID: l.InstanceID, AZ: l.AZ, Result: "CONTINUE"}
-		if l.Action != nil {
-			r, err := g.waitAction(ctx, l)
-			if err != nil {
-				return out, err
-			}
-			_, res.TimedOut = l.Action.Result()
-			res.Result, res.Took = r, time.Since(l.Action.Started)
+		res, err := g.result(ctx, l)
+		if err != nil {
+			return out, err
 		}
 		out = append(out, res)
 		if res.Result != "CONTINUE" {
@@ -174,25 +156,9 @@ func (w *WarmPool) ScaleOut(ctx context.Context, n int) ([]*Launch, error) {
 		if err != nil {
 			return out, err
 		}
-		gm := &member{id: m.id, az: m.az, launched: time.Now(), state: "InService"}
-		if action != nil {
-			gm.state = "Pending:Wait"
-		}
-		g.mu.Lock()
-		if g.members == nil {
-			g.members = map[string]*member{}
-		}
-		g.members[m.id] = gm
-		g.mu.Unlock()
-		g.record(m.id, m.az, "Starting an EC2 instance from the warm pool")
-		if err := w.Start(ctx, m.id, m.az); err != nil {
-			return out, fmt.Errorf("boot %s: %w", m.id, err)
-		}
-		l := &Launch{InstanceID: m.id, AZ: m.az, Action: action}
-		if action != nil {
-			l.Event = action.Event
-			gm.event = l.Event
-			g.deliver(ctx, l.Event)
+		l, err := g.boot(ctx, g.join(m.id, m.az, action), action, "Starting an EC2 instance from the warm pool", w.Start)
+		if err != nil {
+			return out, err
 		}
 		out = append(out, l)
 	}
