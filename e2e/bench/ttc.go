@@ -277,37 +277,23 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	}
 
 	// 5. volsd: idle volumes from the snapshot.
-	var took []time.Duration
-	var applied []int
-	steps := map[string][]float64{}
-	for run := 0; run < o.Runs; run++ {
-		d, n, st, err := ttcLaunch(ctx, c, snap.SnapshotID, want)
-		if err != nil {
-			return nil, fail("launch %d: %v", run+1, err)
-		}
-		if n != o.Entries {
-			return nil, fail("launch %d: the agent applied %d entries at start; %d were due after snapshot %s", run+1, n, o.Entries, snap.SnapshotID)
-		}
-		took, applied = append(took, d), append(applied, n)
-		for k, v := range st {
-			steps[k] = append(steps[k], v)
-		}
-		o.Log("%s: volsd, run %d/%d: %.2f s (%d entries applied); up steps %v", content.Label, run+1, o.Runs, d.Seconds(), n, st)
+	took, applied, steps, err := ttcSeries(o, fail, content.Label, "volsd", "launch", "were due after snapshot "+snap.SnapshotID,
+		func() (time.Duration, int, map[string]float64, error) {
+			return ttcLaunch(ctx, c, snap.SnapshotID, want)
+		})
+	if err != nil {
+		return nil, err
 	}
 	res.Volsd, res.Applied = Seconds(took), Counts(applied)
-	res.UpSteps = map[string]Sample{}
-	for k, v := range steps {
-		if k == "describeVolumesCalls" {
-			res.DescribeVolumes = NewSample("calls", v)
-			continue
-		}
-		res.UpSteps[k] = NewSample("s", v)
+	if s, ok := steps[describeCallsStep]; ok {
+		res.DescribeVolumes = s
+		delete(steps, describeCallsStep)
 	}
+	res.UpSteps = steps
 
 	// 6. Warm pool: Runs instances launched into the pool (each on an idle
 	// volume from the snapshot), caught up and stopped; Entries entries
 	// pushed meanwhile; then each started from the pool in turn.
-	var warmed []string
 	for run := 0; run < o.Runs; run++ {
 		if err := refillIdle(ctx, c, snap.SnapshotID); err != nil {
 			return nil, fail("warm pool %d: %v", run+1, err)
@@ -319,7 +305,6 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 		if rs[0].Result != "CONTINUE" {
 			return nil, fail("launch into the warm pool %d: %+v", run+1, rs[0])
 		}
-		warmed = append(warmed, rs[0].InstanceID)
 	}
 	if err := c.SettleEvents(ctx); err != nil {
 		return nil, err
@@ -333,35 +318,21 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	if want, err = harness.Digest(src); err != nil {
 		return nil, err
 	}
-	var warmTook []time.Duration
-	var warmApplied []int
-	warmSteps := map[string][]float64{}
-	for run := range warmed {
-		settle()
-		ls, err := c.WarmPool.ScaleOut(ctx, 1)
-		if err != nil {
-			return nil, fail("scale out from the warm pool %d: %v", run+1, err)
-		}
-		d, n, st, err := ttcInService(ctx, c, ls, "", want)
-		if err != nil {
-			return nil, fail("scale out from the warm pool %d: %v", run+1, err)
-		}
-		if n != o.Entries {
-			return nil, fail("scale out from the warm pool %d: the agent applied %d entries at start; %d were pushed while it was stopped", run+1, n, o.Entries)
-		}
-		warmTook, warmApplied = append(warmTook, d), append(warmApplied, n)
-		for k, v := range st {
-			warmSteps[k] = append(warmSteps[k], v)
-		}
-		o.Log("%s: warm pool, run %d/%d: %.2f s (%d entries applied); up steps %v", content.Label, run+1, o.Runs, d.Seconds(), n, st)
+	warmTook, warmApplied, warmSteps, err := ttcSeries(o, fail, content.Label, "warm pool", "scale out from the warm pool", "were pushed while it was stopped",
+		func() (time.Duration, int, map[string]float64, error) {
+			settle()
+			ls, err := c.WarmPool.ScaleOut(ctx, 1)
+			if err != nil {
+				return 0, 0, nil, err
+			}
+			return ttcInService(ctx, c, ls, "", want)
+		})
+	if err != nil {
+		return nil, err
 	}
 	res.WarmPool, res.WarmPoolApplied = Seconds(warmTook), Counts(warmApplied)
-	res.WarmPoolUpSteps = map[string]Sample{}
-	for k, v := range warmSteps {
-		if k != "describeVolumesCalls" {
-			res.WarmPoolUpSteps[k] = NewSample("s", v)
-		}
-	}
+	delete(warmSteps, describeCallsStep)
+	res.WarmPoolUpSteps = warmSteps
 
 	// 7. Copy everything at boot.
 	var copies, mkfs []time.Duration
@@ -390,6 +361,45 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 		return nil, fail("asynchronous invocations failed: %v", errors.Join(errs...))
 	}
 	return res, nil
+}
+
+// describeCallsStep is the up step that counts DescribeVolumes calls (the
+// others are seconds).
+const describeCallsStep = "describeVolumesCalls"
+
+// ttcSeries measures o.Runs launches (launch makes one and returns its
+// time-to-content, the entries its agent applied at start and its up
+// steps); each must have applied o.Entries entries (due says which). It
+// returns the times, the entries applied and a sample of each up step.
+// what names the series in the log, failAs a launch in errors.
+func ttcSeries(o TTCOptions, fail func(format string, args ...any) error, label, what, failAs, due string,
+	launch func() (time.Duration, int, map[string]float64, error)) ([]time.Duration, []int, map[string]Sample, error) {
+	var took []time.Duration
+	var applied []int
+	steps := map[string][]float64{}
+	for run := 0; run < o.Runs; run++ {
+		d, n, st, err := launch()
+		if err != nil {
+			return nil, nil, nil, fail("%s %d: %v", failAs, run+1, err)
+		}
+		if n != o.Entries {
+			return nil, nil, nil, fail("%s %d: the agent applied %d entries at start; %d %s", failAs, run+1, n, o.Entries, due)
+		}
+		took, applied = append(took, d), append(applied, n)
+		for k, v := range st {
+			steps[k] = append(steps[k], v)
+		}
+		o.Log("%s: %s, run %d/%d: %.2f s (%d entries applied); up steps %v", label, what, run+1, o.Runs, d.Seconds(), n, st)
+	}
+	samples := map[string]Sample{}
+	for k, v := range steps {
+		unit := "s"
+		if k == describeCallsStep {
+			unit = "calls"
+		}
+		samples[k] = NewSample(unit, v)
+	}
+	return took, applied, samples, nil
 }
 
 // ttcLaunch refills the idle pool (reconcile), checks that every idle
