@@ -213,7 +213,7 @@ func (a *Agent) Status(ctx context.Context, r *Report) error {
 	r.Seq = st.Seq
 	head, err := a.journal.Head(ctx, a.cfg.Pool)
 	if err != nil {
-		return &Error{Kind: KindRetryable, Err: err}
+		return awsFailure(err, "read journal head of pool %s", a.cfg.Pool)
 	}
 	r.Head = head
 	a.log.Info("status", "seq", r.Seq, "head", head, "behind", head-r.Seq, "updatedAt", st.UpdatedAt)

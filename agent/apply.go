@@ -234,7 +234,7 @@ func (a *Agent) readJournal(ctx context.Context, seq, upTo int64) (int64, []even
 	entries, err := a.journal.Entries(ctx, a.cfg.Pool, seq, upTo)
 	<-read
 	if headErr != nil {
-		return 0, nil, &Error{Kind: KindRetryable, Err: fmt.Errorf("read journal head of pool %s: %w", a.cfg.Pool, headErr)}
+		return 0, nil, awsFailure(headErr, "read journal head of pool %s", a.cfg.Pool)
 	}
 	target := head
 	if upTo > 0 && upTo < head {
@@ -246,7 +246,7 @@ func (a *Agent) readJournal(ctx context.Context, seq, upTo int64) (int64, []even
 		entries = append(entries, more...)
 	}
 	if err != nil {
-		return 0, nil, &Error{Kind: KindRetryable, Err: fmt.Errorf("read journal entries %d..%d of pool %s: %w", seq+1, target, a.cfg.Pool, err)}
+		return 0, nil, awsFailure(err, "read journal entries %d..%d of pool %s", seq+1, target, a.cfg.Pool)
 	}
 	if n := target - seq; n >= 0 && int64(len(entries)) > n {
 		entries = entries[:n]

@@ -170,12 +170,12 @@ func (b *idleBody) Close() error {
 
 // getErr turns a failed GetObject into an agent error: a missing object is
 // bad input (the journal names content the origin does not have), anything
-// else is retryable.
+// else is as awsKind says (a denied GET: bad input naming the permission).
 func (o origin) getErr(what, key string, err error) error {
-	if awsKind(err, KindBadInput) == KindBadInput {
+	if awserr.IsNotFound(err) {
 		return &Error{Kind: KindBadInput, Err: fmt.Errorf("%s is missing from the origin (%s): %s", what, o.where(key), awserr.Message(err))}
 	}
-	return &Error{Kind: KindRetryable, Err: fmt.Errorf("get %s (%s): %w", what, o.where(key), err)}
+	return awsFailure(err, "get %s (%s)", what, o.where(key))
 }
 
 // manifest downloads, verifies and parses the manifest ref names.

@@ -86,8 +86,8 @@ func retryable(format string, args ...any) error {
 }
 
 // KindOf returns the kind of err: the kind of the outermost *Error in its
-// chain; a ValidationError from events is bad input; anything else,
-// including AWS errors, is retryable.
+// chain; a ValidationError from events is bad input; an AWS error is as
+// awsKind says; anything else is retryable.
 func KindOf(err error) Kind {
 	var e *Error
 	if errors.As(err, &e) {
@@ -97,16 +97,45 @@ func KindOf(err error) Kind {
 	if errors.As(err, &ve) {
 		return KindBadInput
 	}
+	return awsKind(err, KindRetryable)
+}
+
+// awsKind is the kind of a failed AWS call, as internal/awserr classifies
+// it: the caller decides what a missing resource means; a refused call
+// (access denied, a request no retry changes) is bad configuration, exit 2
+// — retrying it would fail the same way forever; everything else
+// (throttling, server errors, timeouts) can be retried.
+func awsKind(err error, notFound Kind) Kind {
+	switch {
+	case awserr.IsNotFound(err):
+		return notFound
+	case awserr.IsRefused(err):
+		return KindBadInput
+	}
 	return KindRetryable
 }
 
-// awsKind is the kind of a failed AWS call: the caller decides what a
-// missing resource means; everything else can be retried.
-func awsKind(err error, notFound Kind) Kind {
-	if awserr.IsNotFound(err) {
-		return notFound
+// awsFailure is the agent error of a failed AWS call: err wrapped with what
+// the call was for, of the kind awsKind says (a missing resource is
+// retryable). A refused call is this instance's own configuration (its
+// role, its settings), not a journal entry's fault: Local, it does not
+// stall the pool.
+func awsFailure(err error, format string, args ...any) error {
+	k := awsKind(err, KindRetryable)
+	return &Error{Kind: k, Err: fmt.Errorf(format+": %w", append(args, err)...), Local: k == KindBadInput}
+}
+
+// describe is the report's message for err: its text, and for a call the
+// instance's role may not make, which permission to grant.
+func describe(err error) string {
+	msg := err.Error()
+	if !awserr.IsAccessDenied(err) {
+		return msg
 	}
-	return KindRetryable
+	if p := awserr.Permission(err); p != "" {
+		return msg + " (the instance role lacks " + p + ": grant it in the role's policy, then run the command again)"
+	}
+	return msg + " (the instance role lacks a permission: grant it in the role's policy, then run the command again)"
 }
 
 // Report is the events.AgentReport a command prints.
@@ -128,7 +157,7 @@ func finish(r *Report, err error) int {
 		return ExitOK
 	}
 	k := KindOf(err)
-	r.Error = err.Error()
+	r.Error = describe(err)
 	r.ErrorKind = string(k)
 	return k.ExitCode()
 }

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -224,5 +223,5 @@ func (a *Agent) completeLaunch(ctx context.Context, instance string) error {
 		a.log.Warn("lifecycle action already completed or expired; nothing to complete", "instance", instance, "group", a.cfg.ASG, "hook", a.cfg.LifecycleHook, "msg", awserr.Message(err))
 		return nil
 	}
-	return &Error{Kind: KindRetryable, Err: fmt.Errorf("complete lifecycle action of %s (group %s, hook %s): %w", instance, a.cfg.ASG, a.cfg.LifecycleHook, err)}
+	return awsFailure(err, "complete lifecycle action of %s (group %s, hook %s)", instance, a.cfg.ASG, a.cfg.LifecycleHook)
 }

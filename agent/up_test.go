@@ -443,16 +443,20 @@ func TestUpLifecycleActionOutcomes(t *testing.T) {
 			t.Fatalf("completions: %d", len(in.asg.completed))
 		}
 	})
-	t.Run("denied completion is a retryable failure", func(t *testing.T) {
+	t.Run("denied completion is bad input naming the permission", func(t *testing.T) {
 		in := newInstance(t, w, "")
-		in.asg.failNext = &smithy.GenericAPIError{Code: "AccessDenied", Message: "not authorized to perform autoscaling:CompleteLifecycleAction"}
+		in.asg.failNext = &smithy.OperationError{ServiceID: "Auto Scaling", OperationName: "CompleteLifecycleAction",
+			Err: &smithy.GenericAPIError{Code: "AccessDenied", Message: "User: arn:aws:sts::1:assumed-role/r/i-1 is not authorized to perform: autoscaling:CompleteLifecycleAction"}}
 		var r Report
 		err := in.agent.Up(context.Background(), &r)
 		var ae *Error
-		if !errors.As(err, &ae) || ae.Kind != KindRetryable || !strings.Contains(err.Error(), "AccessDenied") {
+		if !errors.As(err, &ae) || ae.Kind != KindBadInput || !strings.Contains(err.Error(), "AccessDenied") {
 			t.Fatalf("up: %v", err)
 		}
-		// The content is in place; a second up (systemd restarts it)
+		if code := finish(&r, err); code != ExitBadInput || !strings.Contains(r.Error, "instance role lacks autoscaling:CompleteLifecycleAction") {
+			t.Fatalf("up: exit %d: %s", code, r.Error)
+		}
+		// The content is in place; once the role is fixed, a second up
 		// completes the hook.
 		in.up(t)
 		if len(in.asg.completed) != 1 {

@@ -295,7 +295,7 @@ func (w *volumeWait) askAttached(ctx context.Context) error {
 		{Name: aws.String("attachment.instance-id"), Values: []string{w.instance}},
 	}})
 	if err != nil {
-		return &Error{Kind: KindRetryable, Err: fmt.Errorf("describe volumes attached to %s: %w", w.instance, err)}
+		return awsFailure(err, "describe volumes attached to %s", w.instance)
 	}
 	var attached, other []string
 	w.target = ""
@@ -338,7 +338,7 @@ func (w *volumeWait) askByID(ctx context.Context, ids []string) (missing bool, e
 		{Name: aws.String("volume-id"), Values: ids},
 	}})
 	if err != nil {
-		return false, &Error{Kind: KindRetryable, Err: fmt.Errorf("describe volumes %s: %w", strings.Join(ids, ", "), err)}
+		return false, awsFailure(err, "describe volumes %s", strings.Join(ids, ", "))
 	}
 	seen := map[string]bool{}
 	for _, v := range vols {

@@ -1,5 +1,12 @@
 package awserr
 
+import (
+	"errors"
+	"strings"
+
+	"github.com/aws/smithy-go"
+)
+
 // Named predicates for the AWS error codes a caller decides on. Every
 // comparison of an error code lives here (TestNoCodeComparisonsOutside
 // keeps it so); callers ask by meaning.
@@ -51,4 +58,53 @@ func IsTTLUnchanged(err error) bool { return Code(err) == "ValidationException" 
 func IsItemConditionFailed(err error, i int) bool {
 	reasons := CancellationReasons(err)
 	return i >= 0 && i < len(reasons) && reasons[i] == "ConditionalCheckFailed"
+}
+
+// credentialCodes say the request's credentials or signature were not
+// accepted. Instance-role and Lambda credentials rotate and clocks get
+// corrected, so though retrying the same request will not help, the next
+// run may well succeed: they are not IsRefused.
+var credentialCodes = set(
+	"ExpiredToken", "ExpiredTokenException", "RequestExpired", "InvalidSignatureException",
+	"SignatureDoesNotMatch", "RequestTimeTooSkewed", "InvalidClientTokenId",
+	"UnrecognizedClientException", "IncompleteSignature",
+)
+
+// IsRefused reports whether the service refused the call for what it asks
+// or who asks: access denied (IsAccessDenied), or another client error
+// that no retry changes (a bad parameter, a resource in the wrong
+// configuration) — Classify's Invalid, except credentials that may still
+// refresh. For a caller run again and again (the agent), that is bad
+// configuration: stop and say so instead of retrying forever.
+func IsRefused(err error) bool {
+	if IsAccessDenied(err) {
+		return true
+	}
+	if Classify(err) != Invalid || credentialCodes[Code(err)] {
+		return false
+	}
+	var ae smithy.APIError
+	return errors.As(err, &ae) && ae.ErrorFault() != smithy.FaultServer
+}
+
+// iamPrefix maps an SDK service ID to its IAM action prefix.
+var iamPrefix = map[string]string{
+	"Auto Scaling": "autoscaling", "DynamoDB": "dynamodb", "EC2": "ec2", "S3": "s3",
+	"SSM": "ssm", "SQS": "sqs", "Lambda": "lambda", "EventBridge": "events", "IAM": "iam",
+	"CloudWatch": "cloudwatch", "STS": "sts",
+}
+
+// Permission returns the IAM action of the failed call err is of, as
+// "dynamodb:Query", from the SDK's operation error ("" when err carries
+// none): what a role lacks when the call is denied.
+func Permission(err error) string {
+	var oe *smithy.OperationError
+	if !errors.As(err, &oe) || oe.OperationName == "" {
+		return ""
+	}
+	p, ok := iamPrefix[oe.ServiceID]
+	if !ok {
+		p = strings.ToLower(strings.ReplaceAll(oe.ServiceID, " ", ""))
+	}
+	return p + ":" + oe.OperationName
 }

@@ -163,10 +163,31 @@ func knownCodes(t *testing.T) map[string]bool {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ast.Inspect(af, func(n ast.Node) bool {
-			if lit, ok := n.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+		add := func(e ast.Expr) {
+			if lit, ok := e.(*ast.BasicLit); ok && lit.Kind == token.STRING {
 				if s, err := strconv.Unquote(lit.Value); err == nil && codeLike.MatchString(s) && s != "None" {
 					codes[s] = true
+				}
+			}
+		}
+		// The literals awserr matches codes against: set(…)'s
+		// arguments, comparisons and cases.
+		ast.Inspect(af, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.CallExpr:
+				if id, ok := n.Fun.(*ast.Ident); ok && (id.Name == "set" || id.Name == "hasAny") {
+					for _, a := range n.Args {
+						add(a)
+					}
+				}
+			case *ast.BinaryExpr:
+				if n.Op == token.EQL || n.Op == token.NEQ {
+					add(n.X)
+					add(n.Y)
+				}
+			case *ast.CaseClause:
+				for _, e := range n.List {
+					add(e)
 				}
 			}
 			return true
@@ -278,5 +299,39 @@ func TestNoCodeComparisonsOutside(t *testing.T) {
 	}
 	for _, f := range found {
 		t.Errorf("%s: ask a named predicate of internal/awserr instead", f)
+	}
+}
+
+func TestIsRefusedAndPermission(t *testing.T) {
+	denied := ddbError(t, `{"__type":"com.amazon.coral.service#AccessDeniedException","Message":"User: arn:aws:sts::1:assumed-role/r/i-1 is not authorized to perform: dynamodb:Query on resource: arn:aws:dynamodb:eu-west-1:1:table/volsd"}`)
+	unauthorized := ec2Error(t, "UnauthorizedOperation", "You are not authorized to perform this operation.")
+	expired := ddbError(t, `{"__type":"com.amazon.coral.service#ExpiredTokenException","message":"The security token included in the request is expired"}`)
+	validation := ddbError(t, `{"__type":"com.amazon.coral.validate#ValidationException","message":"1 validation error detected"}`)
+	throttled := ddbError(t, `{"__type":"com.amazonaws.dynamodb.v20120810#ThrottlingException","message":"Rate exceeded"}`)
+	for _, tc := range []struct {
+		name    string
+		err     error
+		refused bool
+		perm    string
+	}{
+		{"dynamodb denied", denied, true, "dynamodb:TransactWriteItems"},
+		{"ec2 unauthorized", unauthorized, true, "ec2:DescribeVolumes"},
+		{"bad request", validation, true, "dynamodb:TransactWriteItems"},
+		{"expired credentials", expired, false, "dynamodb:TransactWriteItems"},
+		{"throttled", throttled, false, "dynamodb:TransactWriteItems"},
+		{"not found", ssmError(t, "InvocationDoesNotExist", ""), false, "ssm:GetCommandInvocation"},
+		{"condition", ddbCancelled(t, "ConditionalCheckFailed"), false, "dynamodb:TransactWriteItems"},
+		{"no AWS error", context.DeadlineExceeded, false, ""},
+		{"nil", nil, false, ""},
+	} {
+		if got := IsRefused(tc.err); got != tc.refused {
+			t.Errorf("%s: IsRefused(%v) = %v", tc.name, tc.err, got)
+		}
+		if got := Permission(tc.err); got != tc.perm {
+			t.Errorf("%s: Permission = %q, want %q", tc.name, got, tc.perm)
+		}
+	}
+	if !IsAccessDenied(denied) || !IsAccessDenied(unauthorized) || IsAccessDenied(validation) {
+		t.Error("IsAccessDenied")
 	}
 }
