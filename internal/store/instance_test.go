@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/volsd/volsd/internal/store"
 )
@@ -72,5 +73,36 @@ func TestDeleteInstanceOnlyWithoutVolumeAtRev(t *testing.T) {
 	}
 	if _, err := s.GetInstance(ctx, "web", iid); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("after delete: %v", err)
+	}
+}
+
+func TestInstanceSeqNeverDecreases(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	in, err := s.PutInstance(ctx, store.Instance{Pool: "web", InstanceID: "i-0ddddddddddddddd1", AZ: "eu-west-1a", State: store.InstanceReady, Seq: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lower := in
+	lower.Seq = 4
+	if _, err := s.UpdateInstance(ctx, lower); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("lowering seq: %v, want ErrConflict", err)
+	}
+	higher := in
+	higher.Seq, higher.LastReportAt = 9, time.Now().UTC()
+	up, err := s.UpdateInstance(ctx, higher)
+	if err != nil || up.Rev != 2 {
+		t.Fatalf("raise seq: %+v %v", up, err)
+	}
+	if _, err := s.UpdateInstance(ctx, higher); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("stale rev: %v", err)
+	}
+	got, _ := s.GetInstance(ctx, "web", in.InstanceID)
+	if got.Seq != 9 || got.LastReportAt.IsZero() {
+		t.Errorf("stored %+v", got)
+	}
+	list, _ := s.ListInstances(ctx, "web")
+	if len(list) != 1 {
+		t.Errorf("ListInstances = %d", len(list))
 	}
 }

@@ -14,31 +14,6 @@ import (
 	"github.com/volsd/volsd/internal/awserr"
 )
 
-// RequestTTL is how long a request record answers retries (DESIGN.md §2).
-const RequestTTL = 7 * 24 * time.Hour
-
-// RequestState says what became of a push request.
-type RequestState string
-
-// Request states.
-const (
-	RequestAppended RequestState = "appended"
-	RequestRejected RequestState = "rejected"
-)
-
-// Request is the idempotency record of one push request.
-type Request struct {
-	Pool      string       `json:"pool"`
-	RequestID string       `json:"requestId"`
-	State     RequestState `json:"state"`
-	Seq       int64        `json:"seq,omitempty"`
-	Op        events.Op    `json:"op,omitempty"`
-	Path      string       `json:"path,omitempty"`
-	Reason    string       `json:"reason,omitempty"`
-	CreatedAt time.Time    `json:"createdAt"`
-	ExpiresAt int64        `json:"expiresAt"`
-}
-
 // Head is the journal head of a pool.
 type Head struct {
 	Seq       int64     `json:"seq"`
@@ -51,8 +26,6 @@ func journalPK(pool string) string { return prefixJournal + pool }
 // that string order is numeric order.
 func SeqKey(seq int64) string { return fmt.Sprintf("%020d", seq) }
 
-func requestSK(id string) string { return prefixRequest + id }
-
 // Head returns the last assigned sequence number (0 for an empty journal).
 func (s *Store) Head(ctx context.Context, pool string) (int64, error) {
 	var h Head
@@ -61,13 +34,6 @@ func (s *Store) Head(ctx context.Context, pool string) (int64, error) {
 		return 0, nil
 	}
 	return h.Seq, err
-}
-
-// GetRequest reads the record of one request.
-func (s *Store) GetRequest(ctx context.Context, pool, requestID string) (Request, error) {
-	var r Request
-	err := s.get(ctx, poolPK(pool), requestSK(requestID), &r)
-	return r, err
 }
 
 // appendBackoff spaces out appenders that lost the race for the head.
@@ -270,3 +236,64 @@ func (s *Store) queryEntries(ctx context.Context, pool string, after, upTo int64
 		return fn(e)
 	})
 }
+
+// JournalReadAPI is the part of DynamoDB that reading a journal needs: the
+// instance role of volsd-agent allows nothing more.
+type JournalReadAPI interface {
+	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
+	Query(ctx context.Context, in *dynamodb.QueryInput, optFns ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
+}
+
+// JournalReader reads a pool's journal head and entries with consistent
+// reads, with the same code as Store, over a client that can only read.
+type JournalReader struct{ s *Store }
+
+// NewJournalReader returns a JournalReader over table.
+func NewJournalReader(db JournalReadAPI, table string) *JournalReader {
+	return &JournalReader{s: New(readOnlyDB{db}, table)}
+}
+
+// Head returns the last assigned sequence number (0 for an empty journal).
+func (r *JournalReader) Head(ctx context.Context, pool string) (int64, error) {
+	return r.s.Head(ctx, pool)
+}
+
+// Entries returns the entries after `after` up to and including upTo
+// (upTo <= 0: to the end), in order, without gaps; see Store.Entries.
+func (r *JournalReader) Entries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error) {
+	return r.s.Entries(ctx, pool, after, upTo)
+}
+
+type readOnlyDB struct{ JournalReadAPI }
+
+func (readOnlyDB) PutItem(context.Context, *dynamodb.PutItemInput, ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error) {
+	return nil, errReadOnly
+}
+
+func (readOnlyDB) UpdateItem(context.Context, *dynamodb.UpdateItemInput, ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error) {
+	return nil, errReadOnly
+}
+
+func (readOnlyDB) DeleteItem(context.Context, *dynamodb.DeleteItemInput, ...func(*dynamodb.Options)) (*dynamodb.DeleteItemOutput, error) {
+	return nil, errReadOnly
+}
+
+func (readOnlyDB) TransactWriteItems(context.Context, *dynamodb.TransactWriteItemsInput, ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error) {
+	return nil, errReadOnly
+}
+
+// PresentEntries returns the journal entries in (after, upTo] that are
+// still stored, in order; unlike Entries, entries DynamoDB's TTL removed
+// leave gaps instead of an error.
+func (s *Store) PresentEntries(ctx context.Context, pool string, after, upTo int64) ([]events.JournalEntry, error) {
+	var out []events.JournalEntry
+	err := s.queryEntries(ctx, pool, after, upTo, func(e events.JournalEntry) error {
+		out = append(out, e)
+		return nil
+	})
+	return out, err
+}
+
+// errReadOnly is what a write through a JournalReader's client returns; no
+// JournalReader method writes, so it is never seen.
+var errReadOnly = errors.New("store: journal reader is read-only")

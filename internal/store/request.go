@@ -147,3 +147,37 @@ func sanitizeRecorded(s string, max int) string {
 	}
 	return s[:cut] + "…"
 }
+
+// RequestTTL is how long a request record answers retries (DESIGN.md §2).
+const RequestTTL = 7 * 24 * time.Hour
+
+// RequestState says what became of a push request.
+type RequestState string
+
+// Request states.
+const (
+	RequestAppended RequestState = "appended"
+	RequestRejected RequestState = "rejected"
+)
+
+// Request is the idempotency record of one push request.
+type Request struct {
+	Pool      string       `json:"pool"`
+	RequestID string       `json:"requestId"`
+	State     RequestState `json:"state"`
+	Seq       int64        `json:"seq,omitempty"`
+	Op        events.Op    `json:"op,omitempty"`
+	Path      string       `json:"path,omitempty"`
+	Reason    string       `json:"reason,omitempty"`
+	CreatedAt time.Time    `json:"createdAt"`
+	ExpiresAt int64        `json:"expiresAt"`
+}
+
+func requestSK(id string) string { return prefixRequest + id }
+
+// GetRequest reads the record of one request.
+func (s *Store) GetRequest(ctx context.Context, pool, requestID string) (Request, error) {
+	var r Request
+	err := s.get(ctx, poolPK(pool), requestSK(requestID), &r)
+	return r, err
+}

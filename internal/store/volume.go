@@ -2,12 +2,15 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 // VolumeState is where a pool volume is in its life (DESIGN.md §2).
@@ -161,4 +164,47 @@ func gsiQuery(pool, az string, state VolumeState, limit int32) *dynamodb.QueryIn
 		in.Limit = aws.Int32(limit)
 	}
 	return in
+}
+
+// RaiseVolumeSeq raises the seq of the volume bound to instanceID, in use
+// or still attaching, to seq, the watermark its agent reported on it, and
+// records space when it is newer than the volume's; a volume in another
+// state or bound to another instance is left alone, and seq never falls.
+// Attaching counts: the agent can mount the volume, catch up and complete
+// the launch hook, and the instance can enter service and report, before
+// the lifecycle Lambda records the attachment (attaching → in-use keeps
+// the raised seq). Conflicting writers are retried.
+func (s *Store) RaiseVolumeSeq(ctx context.Context, pool, volumeID, instanceID string, seq int64, space *Space) error {
+	for try := 0; ; try++ {
+		v, err := s.GetVolume(ctx, pool, volumeID)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if (v.State != VolumeInUse && v.State != VolumeAttaching) || v.InstanceID != instanceID {
+			return nil
+		}
+		newerSpace := space != nil && (v.Space == nil || space.At.After(v.Space.At))
+		if v.Seq >= seq && !newerSpace {
+			return nil
+		}
+		next := v
+		next.Seq = max(v.Seq, seq)
+		if newerSpace {
+			sp := *space
+			next.Space = &sp
+		}
+		_, err = s.TransitionVolume(ctx, next, v.State)
+		if !errors.Is(err, ErrConflict) {
+			return err
+		}
+		if try+1 >= maxReportTries {
+			return fmt.Errorf("raise seq of volume %s: gave up after %d tries: %w", volumeID, maxReportTries, err)
+		}
+		if err := awserr.Sleep(ctx, time.Duration(rand.IntN(10)+1)*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }
