@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 // Deps are the clients and settings main wires into an Agent.
@@ -41,7 +43,18 @@ type Deps struct {
 	// EntryTimeout is the base of each entry's deadline (default
 	// EntryBaseTimeout; its size adds to it).
 	EntryTimeout time.Duration
+	// ThrottleWait paces the volume wait's DescribeVolumes calls that
+	// EC2's request limit refused (default DefaultThrottleWait: until the
+	// wait's deadline); Attempts > 0 bounds them.
+	ThrottleWait awserr.Backoff
 }
+
+// DefaultThrottleWait paces throttled DescribeVolumes calls of up's
+// volume wait: 1 s × 2, at most 30 s, jittered, as often as it takes
+// within DeviceWait. A mass scale-out empties EC2's Describe bucket for
+// minutes; a wait that gave up after a few quick tries only restarted
+// (RestartSec) into the same throttling.
+var DefaultThrottleWait = awserr.Backoff{Initial: time.Second, Factor: 2, Max: 30 * time.Second}
 
 // Agent runs the volsd-agent commands for one configuration.
 type Agent struct {
@@ -60,6 +73,7 @@ type Agent struct {
 	lockWait        time.Duration
 	stallRetry      time.Duration
 	entryBase       time.Duration
+	throttleWait    awserr.Backoff
 	rsyncBin        string
 	rsyncErr        error
 
@@ -83,6 +97,10 @@ func New(cfg Config, d Deps) *Agent {
 		origin: origin{s3: d.S3, bucket: cfg.Bucket},
 		self:   d.Self, now: d.Now,
 		heartbeatEvery: d.HeartbeatEvery, checkpointEvery: d.CheckpointEvery, lockWait: d.LockWait, stallRetry: d.StallRetry,
+		throttleWait: d.ThrottleWait,
+	}
+	if a.throttleWait.Initial <= 0 {
+		a.throttleWait = DefaultThrottleWait
 	}
 	if a.stallRetry <= 0 {
 		a.stallRetry = DefaultStallRetry

@@ -169,6 +169,8 @@ type volumeWait struct {
 	// why is what EC2 showed last, for the log and the timeout error.
 	why   string
 	calls int
+	// deadline ends the wait (DeviceWait after its start).
+	deadline time.Time
 }
 
 // waitVolume returns the pool volume attached to this instance and its
@@ -176,7 +178,7 @@ type volumeWait struct {
 // it and for the device to appear.
 func (a *Agent) waitVolume(ctx context.Context, instance string) (volume, device string, calls int, err error) {
 	deadline := time.Now().Add(time.Duration(a.cfg.DeviceWait))
-	w := &volumeWait{a: a, instance: instance, pool: map[string]bool{}}
+	w := &volumeWait{a: a, instance: instance, pool: map[string]bool{}, deadline: deadline}
 	watch := a.watchDevices()
 	defer watch.close()
 	rescan := deviceRescan
@@ -259,10 +261,18 @@ func (w *volumeWait) unknown(devs map[string]string) []string {
 	return out
 }
 
-// describe runs one DescribeVolumes (all pages, retried on throttling).
+// describe runs one DescribeVolumes (all pages, retried). A throttled
+// call waits on the agent's throttleWait as often as it takes until the
+// wait's deadline, so a mass scale-out's agents spread out instead of
+// failing and starting over.
 func (w *volumeWait) describe(ctx context.Context, in *ec2.DescribeVolumesInput) ([]ec2types.Volume, error) {
 	var vols []ec2types.Volume
-	err := awserr.Retry(ctx, awserr.DefaultBackoff, func(ctx context.Context) error {
+	if !w.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, w.deadline)
+		defer cancel()
+	}
+	err := awserr.RetryThrottled(ctx, awserr.DefaultBackoff, w.a.throttleWait, nil, func(ctx context.Context) error {
 		vols = nil
 		p := ec2.NewDescribeVolumesPaginator(w.a.ec2, in)
 		for p.HasMorePages() {

@@ -13,6 +13,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 // countingEC2 counts the DescribeVolumes calls the agent makes.
@@ -186,4 +189,44 @@ func TestUpLearnsOfItsVolumeFromTheMachine(t *testing.T) {
 			t.Fatalf("up: %v; want not ready naming the serial mismatch", err)
 		}
 	})
+}
+
+// throttlingEC2 refuses the first n DescribeVolumes calls as EC2's request
+// limit does (RequestLimitExceeded).
+type throttlingEC2 struct {
+	EC2
+	n atomic.Int64
+}
+
+func (c *throttlingEC2) DescribeVolumes(ctx context.Context, in *ec2.DescribeVolumesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeVolumesOutput, error) {
+	if c.n.Add(-1) >= 0 {
+		return nil, &smithy.GenericAPIError{Code: "RequestLimitExceeded", Message: "Request limit exceeded."}
+	}
+	return c.EC2.DescribeVolumes(ctx, in, optFns...)
+}
+
+// TestVolumeWaitOutlastsThrottling: in a mass scale-out EC2's Describe
+// bucket stays empty for longer than the API backoff's 8 tries. up's wait
+// for its volume keeps asking, spaced by the throttle backoff, within
+// DeviceWait, and finds its volume; before, it gave up after 8 throttled
+// tries and up exited retryable (systemd restarted it into the same
+// throttling).
+func TestVolumeWaitOutlastsThrottling(t *testing.T) {
+	requireRoot(t)
+	w := newWorld(t)
+	ec := &throttlingEC2{EC2: motoEC2(t)}
+	ec.n.Store(20)
+	in := launchInstance(t, w, "", ec, true)
+	in.agent.throttleWait = awserr.Backoff{Initial: time.Millisecond, Factor: 2, Max: 10 * time.Millisecond}
+	in.plugDevice(t)
+	vol, dev, calls, err := in.agent.WaitForVolume(context.Background(), in.id)
+	if err != nil {
+		t.Fatalf("wait for the volume under throttling: %v", err)
+	}
+	if vol != in.volume || dev != in.dev {
+		t.Fatalf("found %s on %s; want %s on %s", vol, dev, in.volume, in.dev)
+	}
+	if calls <= 20 {
+		t.Fatalf("%d DescribeVolumes calls; the 20 throttled ones were not made", calls)
+	}
 }

@@ -398,7 +398,7 @@ func writeMachine(w writer, r *Results) {
 func writeScaleOut(w writer, so *ScaleOutResult) {
 	w("## 6. EC2 API load of a mass scale-out\n\n")
 	w("%s\n\n", so.Setup)
-	w("| agent design | lifecycle Lambda | EC2 request limit | agents: Describe calls | per boot (median, max) | lifecycle Lambda: Describe calls | per launch | failed Lambda invocations | failed launches | throttled | busiest second | mean per second | last agent with its device | volume attached (median launch) |\n")
+	w("| agent design | volsd (Lambda, agent throttling) | EC2 request limit | agents: Describe calls | per boot (median, max) | lifecycle Lambda: Describe calls | per launch | failed Lambda invocations | failed launches | throttled | busiest second | mean per second | last agent with its device | volume attached (median launch) |\n")
 	w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, r := range so.Runs {
 		limit := "none"
@@ -412,7 +412,7 @@ func writeScaleOut(w writer, so *ScaleOutResult) {
 		w("| %s | %s | %s | %d | %s, %s | %d | %s | %d | %d | %d | %s/s | %s/s | %s s | %s s |\n", r.Design, lambda, limit, r.AgentCalls, f(r.AgentCallsPerBoot.Median, 0), f(r.AgentCallsPerBoot.Max, 0),
 			r.LambdaCalls, f(r.LambdaCallsPerLaunch, 2), r.LambdaErrors, r.FailedLaunches, r.Throttled, f(r.PeakPerSecond, 0), f(r.MeanPerSecond, 1), f(r.AllReady, 1), f(r.LambdaSeconds, 1))
 	}
-	w("\nOne run per row, on a shared 2-core machine (DynamoDB Local's claims under %d concurrent launches set the pace). Lifecycle Lambda *before*: the attach wait looked first after 1–2 s, then 2 s × 2 up to 15 s, and a throttled read gave up after the API backoff's 8 tries; *now*: one look 5–10 s after AttachVolume (10 s × 2 up to 30 s), and a throttled read waits (1 s × 2 up to 20 s, jittered) until the invocation's deadline. Throttled calls are counted in the calls; a throttled agent wait that gives up exits retryable and starts again after systemd's RestartSec (10 s); a failed Lambda invocation (each with the function's %s less the handler's margin) is retried twice, 5 s apart here (Lambda's asynchronous retries wait 1–2 minutes); a launch whose three invocations failed is abandoned and its agent stopped.\n\n", so.Instances, pool.FunctionTimeout)
+	w("\nOne run per row, on a shared 2-core machine (DynamoDB Local's claims under %d concurrent launches set the pace). *Before*: the lifecycle Lambda's attach wait looked first after 1–2 s, then 2 s × 2 up to 15 s, and a throttled read, in the Lambda and in the agent's wait, gave up after the API backoff's 8 tries; *now*: one look 5–10 s after AttachVolume (10 s × 2 up to 30 s), and a throttled read waits, jittered, as often as it takes — the Lambda's 1 s × 2 up to 20 s until the invocation's deadline, the agent's 1 s × 2 up to 30 s within its DeviceWait. Throttled calls are counted in the calls; a throttled agent wait that gives up exits retryable and starts again after systemd's RestartSec (10 s); a failed Lambda invocation (each with the function's %s less the handler's margin) is retried twice, 5 s apart here (Lambda's asynchronous retries wait 1–2 minutes); a launch whose three invocations failed is abandoned and its agent stopped.\n\n", so.Instances, pool.FunctionTimeout)
 }
 
 func writePushCost(w writer, r *Results, pc *PushCostResult) {

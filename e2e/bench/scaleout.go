@@ -41,10 +41,11 @@ type ScaleOutOptions struct {
 // request limit.
 type ScaleOutRun struct {
 	Design string `json:"design"` // agents: "device watch" or "2 s polling (before issue 17)"
-	// Lambda is the lifecycle Lambda's Describe pacing: lambdaNow (this
-	// commit's) or lambdaBefore (the attach wait's looks after 1–2 s, 2–4 s,
-	// 4–8 s …, and reads that gave up after the API backoff's 8 throttled
-	// tries), by pool.Timing.
+	// Lambda is the Describe pacing of the lifecycle Lambda and of the
+	// agents' throttled calls: lambdaNow (this commit's) or lambdaBefore
+	// (the attach wait's looks after 1–2 s, 2–4 s, 4–8 s …, and Lambda
+	// reads and agent waits that gave up after the API backoff's 8
+	// throttled tries), by pool.Timing and agent.Deps.ThrottleWait.
 	Lambda string `json:"lambda,omitempty"`
 	// Limited: EC2's default Describe* bucket (100, 20/s) was in force.
 	Limited bool `json:"limited"`
@@ -170,17 +171,20 @@ const (
 	lambdaBefore  = "before"
 )
 
-// lambdaTiming is the lifecycle Lambda's timing of a row: this commit's
-// (pool.DefaultTiming) or the one before it (lambdaBefore): the attach
-// wait looked first after 1–2 s, then 2 s × 2 up to 15 s, and a throttled
-// read gave up after the API backoff's tries.
-func lambdaTiming(lambda string) pool.Timing {
+// lambdaTiming is the lifecycle Lambda's timing of a row and the agents'
+// pacing of throttled calls: this commit's (pool.DefaultTiming,
+// agent.DefaultThrottleWait) or the one before it (lambdaBefore): the
+// attach wait looked first after 1–2 s, then 2 s × 2 up to 15 s, and a
+// throttled read gave up after the API backoff's tries, in the Lambda and
+// in the agent.
+func lambdaTiming(lambda string) (pool.Timing, awserr.Backoff) {
 	t := pool.DefaultTiming()
 	if lambda == lambdaBefore {
 		t.AttachPoll = awserr.Backoff{Initial: 2 * time.Second, Factor: 2, Max: 15 * time.Second}
 		t.Throttled = t.API
+		return t, awserr.DefaultBackoff
 	}
-	return t
+	return t, agent.DefaultThrottleWait
 }
 
 func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, design, lambda string, limited bool) (*ScaleOutRun, error) {
@@ -245,7 +249,7 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 	}
 
 	calls := &callLog{start: time.Now(), at: map[string][]time.Duration{}}
-	t := lambdaTiming(lambda)
+	t, agentThrottle := lambdaTiming(lambda)
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p := pool.New(pool.Config{
 		Pool: poolName, Table: table, Group: group, IdlePerAZ: 0, SizeGiB: 8, VolumeType: "gp3",
@@ -320,7 +324,7 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 			var got int
 			var err error
 			ag := agent.New(agent.Config{Pool: poolName, DeviceRoot: filepath.Join(trees[id], "disk", "by-id"), SysfsRoot: filepath.Join(filepath.Dir(trees[id]), "sys"),
-				DeviceWait: agent.Duration(9 * time.Minute)}, agent.Deps{EC2: agentEC2, Logger: discard})
+				DeviceWait: agent.Duration(9 * time.Minute)}, agent.Deps{EC2: agentEC2, Logger: discard, ThrottleWait: agentThrottle})
 			// A wait that gives up on throttling exits retryable; systemd
 			// starts up again (RestartSec=10 in the unit).
 			for {

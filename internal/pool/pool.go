@@ -204,25 +204,7 @@ func (p *Pool) retry(ctx context.Context, fn func(context.Context) error) error 
 // deadline) ends. Other retryable failures keep the API backoff and its
 // bound.
 func (p *Pool) read(ctx context.Context, fn func(context.Context) error) error {
-	api, throttled := 0, 0
-	for {
-		err := fn(ctx)
-		if err == nil || !awserr.IsRetryable(err) {
-			return err
-		}
-		b, n := p.t.API, &api
-		if awserr.IsThrottle(err) {
-			b, n = p.t.Throttled, &throttled
-		}
-		if b.Attempts > 0 && *n+1 >= b.Attempts {
-			return err
-		}
-		d := b.Delay(*n)
-		*n++
-		if serr := p.t.Sleep(ctx, d); serr != nil {
-			return errors.Join(err, serr)
-		}
-	}
+	return awserr.RetryThrottled(ctx, p.t.API, p.t.Throttled, p.t.Sleep, fn)
 }
 
 // withMargin returns ctx ending DeadlineMargin before its deadline (half
