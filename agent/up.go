@@ -16,9 +16,6 @@ import (
 	"github.com/volsd/volsd/internal/awserr"
 )
 
-// PoolTag is the tag that marks volumes of a pool (docs/contracts.md).
-const PoolTag = "volsd:pool"
-
 // Up is the boot command (DESIGN.md §3 "Agent start"): find the pool
 // volume attached to this instance, wait for its device, format it only
 // when blank, mount it, grow it when the volume is larger, catch up with

@@ -17,6 +17,7 @@ import (
 	"github.com/aws/smithy-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -61,7 +62,7 @@ func launchInstance(t testing.TB, w *world, img string, agentEC2 EC2, attach boo
 	in := &instance{id: aws.ToString(run.Instances[0].InstanceId)}
 	vol, err := c.CreateVolume(ctx, &ec2.CreateVolumeInput{
 		AvailabilityZone: aws.String("us-east-1a"), Size: aws.Int32(1),
-		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{{Key: aws.String(PoolTag), Value: aws.String(w.pool)}}}},
+		TagSpecifications: []ec2types.TagSpecification{{ResourceType: ec2types.ResourceTypeVolume, Tags: []ec2types.Tag{{Key: aws.String(events.TagPool), Value: aws.String(w.pool)}}}},
 	})
 	if err != nil {
 		t.Fatal(err)

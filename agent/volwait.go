@@ -15,6 +15,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"golang.org/x/sys/unix"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
 )
 
@@ -290,7 +291,7 @@ func (w *volumeWait) describe(ctx context.Context, in *ec2.DescribeVolumesInput)
 
 func (w *volumeWait) isPool(v ec2types.Volume) bool {
 	for _, t := range v.Tags {
-		if aws.ToString(t.Key) == PoolTag {
+		if aws.ToString(t.Key) == events.TagPool {
 			return aws.ToString(t.Value) == w.a.cfg.Pool
 		}
 	}

@@ -117,7 +117,8 @@ func RunFanout(ctx context.Context, o FanoutOptions) (*FanoutResult, error) {
 }
 
 func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOptions) (*FanoutCase, error) {
-	const poolName, bucket, doc = "bench", "volsd-bench-origin", "volsd-Apply"
+	const poolName, bucket = "bench", "volsd-bench-origin"
+	doc := events.DefaultDocumentName(events.DocApply)
 	table := "volsd-bench-fanout-" + randomName()
 	if err := store.CreateTable(ctx, raw, table); err != nil {
 		return nil, err
@@ -134,7 +135,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("i-%017x", 0xbe0000+i)
-		fakeSSM.AddInstance(ids[i], map[string]string{push.TagPool: poolName})
+		fakeSSM.AddInstance(ids[i], map[string]string{events.TagPool: poolName})
 	}
 	if err := parallel(ctx, 16, len(ids), func(i int) error {
 		_, err := plain.PutInstance(ctx, store.Instance{Pool: poolName, InstanceID: ids[i], AZ: benchAZs[i%2], State: store.InstanceReady})
@@ -152,7 +153,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 	origin := awsfake.NewS3(bucket)
 	pushS3 := &Calls{}
 
-	pusher := push.NewPusher(push.Config{Pool: poolName, Bucket: bucket, DocApply: doc, MaxConcurrency: "50%", MaxErrors: "25%", MissingReceives: push.MissingReceives},
+	pusher := push.NewPusher(push.Config{Pool: poolName, Bucket: bucket, DocApply: doc, MaxConcurrency: "50%", MaxErrors: "25%", MissingReceives: events.PushMaxReceiveCount},
 		pushStore, CountingS3{Inner: origin, Calls: pushS3}, CountingSSM{Inner: fakeSSM, Calls: pushSSM}, nil, nil)
 	reporter := report.NewReporter(report.Config{Pool: poolName, Documents: []string{doc}, InvocationWait: 20 * time.Second},
 		reportStore, CountingSSM{Inner: fakeSSM, Calls: reportSSM}, nil, nil)
@@ -200,7 +201,7 @@ func fanoutCase(ctx context.Context, raw *dynamodb.Client, n int, o FanoutOption
 	baseSSM := awsfake.NewSSM()
 	baseSSM.AddDocument(doc, map[string]string{"upTo": `^[0-9]{1,20}$`})
 	for _, id := range ids {
-		baseSSM.AddInstance(id, map[string]string{push.TagPool: poolName})
+		baseSSM.AddInstance(id, map[string]string{events.TagPool: poolName})
 	}
 	baseUse := &DynamoDBUse{}
 	baseStore := store.New(CountingDynamoDB{Inner: raw, Use: baseUse}, table)

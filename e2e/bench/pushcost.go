@@ -193,8 +193,8 @@ func RunPushCost(ctx context.Context, o PushCostOptions) (*PushCostResult, error
 	}
 	cliS3, lambdaS3 := &countingS3{Client: raw}, &countingS3{Client: raw}
 	ssmFake := awsfake.NewSSM()
-	ssmFake.AddDocument("volsd-Apply", map[string]string{"upTo": `^[0-9]{1,20}$`})
-	pusher := push.NewPusher(push.Config{Pool: "bench", Bucket: name, DocApply: "volsd-Apply", MaxConcurrency: "50%", MaxErrors: "25%", MissingReceives: 1}, st, lambdaS3, ssmFake, nil, nil)
+	ssmFake.AddDocument(events.DefaultDocumentName(events.DocApply), map[string]string{"upTo": `^[0-9]{1,20}$`})
+	pusher := push.NewPusher(push.Config{Pool: "bench", Bucket: name, DocApply: events.DefaultDocumentName(events.DocApply), MaxConcurrency: "50%", MaxErrors: "25%", MissingReceives: 1}, st, lambdaS3, ssmFake, nil, nil)
 	app := &cli.App{Cfg: cli.Config{Pool: "bench", Table: table, Bucket: name, QueueURL: aws.ToString(q.QueueUrl), Region: region},
 		S3: cliS3, SQS: sq, State: st, IndexDir: filepath.Join(o.WorkDir, "hash-index")}
 	deliver := func() error {
@@ -448,8 +448,8 @@ func runLambdaManifest(ctx context.Context, n, runs int, logf func(string, ...an
 		return res, err
 	}
 	ssmFake := awsfake.NewSSM()
-	ssmFake.AddDocument("volsd-Apply", map[string]string{"upTo": `^[0-9]{1,20}$`})
-	p := push.NewPusher(push.Config{Pool: "bench", Bucket: "origin", DocApply: "volsd-Apply", MaxConcurrency: "50%", MaxErrors: "25%", MissingReceives: 1}, j, fake, ssmFake, nil, nil)
+	ssmFake.AddDocument(events.DefaultDocumentName(events.DocApply), map[string]string{"upTo": `^[0-9]{1,20}$`})
+	p := push.NewPusher(push.Config{Pool: "bench", Bucket: "origin", DocApply: events.DefaultDocumentName(events.DocApply), MaxConcurrency: "50%", MaxErrors: "25%", MissingReceives: 1}, j, fake, ssmFake, nil, nil)
 	var secs []time.Duration
 	var heap, calls []float64
 	for run := range runs {

@@ -122,7 +122,7 @@ func reconcileCase(ctx context.Context, raw *dynamodb.Client, n int, o Reconcile
 	fakeASG := awsfake.NewAutoScaling(awsfake.AutoScalingConfig{Region: region, Account: "123456789012"})
 	group := "volsd-bench-web"
 	fakeASG.AddGroup(awsfake.GroupSpec{Name: group, AZs: benchAZs, MinSize: 0, MaxSize: int32(n + 10), Desired: int32(n - idle)})
-	tags := map[string]string{pool.TagPool: poolName, pool.TagName: "volsd-" + poolName}
+	tags := map[string]string{events.TagPool: poolName, events.TagName: "volsd-" + poolName}
 
 	// EC2 first, then the records, many at once.
 	type rec struct {
@@ -189,7 +189,7 @@ func reconcileCase(ctx context.Context, raw *dynamodb.Client, n int, o Reconcile
 	t := pool.DefaultTiming()
 	p := pool.New(pool.Config{
 		Pool: poolName, Table: table, Group: group, IdlePerAZ: reconcileIdlePerAZ, SizeGiB: 8, VolumeType: "gp3",
-		ReleasePolicy: pool.PolicyRecycle, DocRelease: "volsd-Release",
+		ReleasePolicy: pool.PolicyRecycle, DocRelease: events.DefaultDocumentName(events.DocRelease),
 		RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
 	}, pool.Deps{
 		Store: counted, EC2: CountingEC2{Inner: fleet, Calls: ec2Calls}, AutoScaling: CountingAutoScaling{Inner: fakeASG, Calls: asgCalls},

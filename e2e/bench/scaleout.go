@@ -205,14 +205,14 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 	fakeASG.AddGroup(awsfake.GroupSpec{Name: group, AZs: benchAZs, MinSize: 0, MaxSize: int32(2 * n), Desired: int32(n)})
 
 	// The pool: n idle volumes, n instances (half per AZ).
-	tags := map[string]string{pool.TagPool: poolName, pool.TagName: "volsd-" + poolName}
+	tags := map[string]string{events.TagPool: poolName, events.TagName: "volsd-" + poolName}
 	ids := make([]string, n)
 	recs := make(chan store.Volume, n)
 	for i := 0; i < n; i++ {
 		az := benchAZs[i%len(benchAZs)]
 		vol := fake.AddVolume(awsfake.VolumeSpec{AZ: az, SizeGiB: 8, Tags: tags})
 		recs <- store.Volume{Pool: poolName, VolumeID: vol, State: store.VolumeIdle, AZ: az, SizeGiB: 8, CreatedAt: time.Now().Add(-time.Hour).UTC()}
-		ids[i] = fake.AddInstance(awsfake.InstanceSpec{AZ: az, Tags: map[string]string{pool.TagPool: poolName}})
+		ids[i] = fake.AddInstance(awsfake.InstanceSpec{AZ: az, Tags: map[string]string{events.TagPool: poolName}})
 	}
 	close(recs)
 	var seedErr error
@@ -253,7 +253,7 @@ func scaleOutRun(ctx context.Context, o ScaleOutOptions, raw *dynamodb.Client, d
 	discard := slog.New(slog.NewTextHandler(io.Discard, nil))
 	p := pool.New(pool.Config{
 		Pool: poolName, Table: table, Group: group, IdlePerAZ: 0, SizeGiB: 8, VolumeType: "gp3",
-		ReleasePolicy: pool.PolicyRecycle, DocRelease: "volsd-Release", RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
+		ReleasePolicy: pool.PolicyRecycle, DocRelease: events.DefaultDocumentName(events.DocRelease), RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
 	}, pool.Deps{Store: st, EC2: describeLog{fake, calls, "lambda"}, AutoScaling: fakeASG, Log: discard, Timing: &t})
 
 	o.Log("%s, lambda %s (limited %v): %d volumes, records and instances ready; launching", design, lambda, limited, n)
@@ -449,7 +449,7 @@ func publishAttached(ctx context.Context, fake *awsfake.EC2, trees map[string]st
 func legacyAgentWait(ctx context.Context, c describeLog, poolName, instance string) (int, error) {
 	in := &ec2.DescribeVolumesInput{Filters: []ec2types.Filter{
 		{Name: aws.String("attachment.instance-id"), Values: []string{instance}},
-		{Name: aws.String("tag:" + pool.TagPool), Values: []string{poolName}},
+		{Name: aws.String("tag:" + events.TagPool), Values: []string{poolName}},
 	}}
 	calls := 0
 	for {

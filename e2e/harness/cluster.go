@@ -420,7 +420,7 @@ func (c *Cluster) createResources(ctx context.Context) error {
 		MinSize:              aws.Int32(0), MaxSize: aws.Int32(20), DesiredCapacity: aws.Int32(0),
 		VPCZoneIdentifier: aws.String(strings.Join(subnetIDs, ",")),
 		Tags: []asgtypes.Tag{
-			{Key: aws.String("volsd:pool"), Value: &c.Opts.Pool, PropagateAtLaunch: aws.Bool(true)},
+			{Key: aws.String(events.TagPool), Value: &c.Opts.Pool, PropagateAtLaunch: aws.Bool(true)},
 			{Key: aws.String("Name"), Value: aws.String("volsd-" + c.Opts.Pool + "-web"), PropagateAtLaunch: aws.Bool(true)},
 		},
 	}); err != nil {

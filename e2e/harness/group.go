@@ -186,7 +186,7 @@ func (g *Group) runInstance(ctx context.Context, az string) (string, error) {
 		TagSpecifications: []ec2types.TagSpecification{{
 			ResourceType: ec2types.ResourceTypeInstance,
 			Tags: []ec2types.Tag{
-				{Key: aws.String("volsd:pool"), Value: &g.Pool},
+				{Key: aws.String(events.TagPool), Value: &g.Pool},
 				{Key: aws.String("Name"), Value: aws.String("volsd-" + g.Pool + "-web")},
 			},
 		}},

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/internal/awsfake"
 )
@@ -67,12 +68,12 @@ type DocStep struct {
 // them from the synthesized template instead: Wiring.Documents).
 func LoadDocuments() (map[string]Document, error) {
 	docs := map[string]Document{}
-	for _, kind := range documents.Kinds {
+	for _, kind := range events.DocumentKinds {
 		src, err := documents.Source(kind)
 		if err != nil {
 			return nil, err
 		}
-		d, err := ParseDocument("volsd-"+kind, src)
+		d, err := ParseDocument(events.DefaultDocumentName(kind), src)
 		if err != nil {
 			return nil, err
 		}

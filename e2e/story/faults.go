@@ -343,7 +343,7 @@ func killDuringApply(c *harness.Cluster, in *harness.Instance) <-chan killRecord
 		if prev != nil {
 			ctx = prev(ctx, commandID, instanceID, document)
 		}
-		if instanceID != in.ID || document != "volsd-Apply" || fired.Load() {
+		if instanceID != in.ID || document != events.DefaultDocumentName(events.DocApply) || fired.Load() {
 			return ctx
 		}
 		ctx, cancel := context.WithCancel(ctx)

@@ -16,6 +16,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/volsd/volsd/e2e/harness"
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -477,7 +478,7 @@ func checkSnapshotTags(ctx context.Context, c *harness.Cluster, s store.Snapshot
 	for _, t := range out.Snapshots[0].Tags {
 		tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
 	}
-	if tags["volsd:pool"] != c.Opts.Pool || tags["volsd:seq"] != fmt.Sprint(s.Seq) {
+	if tags[events.TagPool] != c.Opts.Pool || tags[events.TagSeq] != fmt.Sprint(s.Seq) {
 		return fmt.Errorf("snapshot %s tags %v; want volsd:pool=%s volsd:seq=%d", s.SnapshotID, tags, c.Opts.Pool, s.Seq)
 	}
 	return nil

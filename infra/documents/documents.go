@@ -1,6 +1,8 @@
 // Package documents holds volsd's SSM Command documents as reviewable YAML
 // files (schema 2.2, aws:runShellScript calling /usr/bin/volsd-agent with
 // allowedPattern on every parameter) and parses them for the CDK construct.
+// The kinds are events.DocumentKinds; each kind's file is <kind>.yaml, its
+// default SSM name events.DefaultDocumentName(kind) (docs/contracts.md).
 package documents
 
 import (
@@ -12,10 +14,6 @@ import (
 
 //go:embed *.yaml
 var files embed.FS
-
-// Kinds lists the documents in a fixed order. Each kind's file is <kind>.yaml;
-// its default SSM name is "volsd-<kind>" (docs/contracts.md).
-var Kinds = []string{"Apply", "Freeze", "Thaw", "Release", "Status"}
 
 // Source returns the YAML text of the document of kind.
 func Source(kind string) ([]byte, error) {

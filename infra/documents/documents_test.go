@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/volsd/volsd/events"
 )
 
 // The documents' parameters and commands as docs/contracts.md fixes them.
@@ -20,10 +22,10 @@ var contract = map[string]struct {
 }
 
 func TestDocumentsFollowContract(t *testing.T) {
-	if len(Kinds) != len(contract) {
-		t.Fatalf("%d kinds, contract has %d", len(Kinds), len(contract))
+	if len(events.DocumentKinds) != len(contract) {
+		t.Fatalf("%d kinds, contract has %d", len(events.DocumentKinds), len(contract))
 	}
-	for _, kind := range Kinds {
+	for _, kind := range events.DocumentKinds {
 		want, ok := contract[kind]
 		if !ok {
 			t.Fatalf("kind %s not in the contract", kind)
@@ -73,7 +75,7 @@ func TestDocumentsFollowContract(t *testing.T) {
 }
 
 func TestAllowedPatternsRejectHostileInput(t *testing.T) {
-	for _, kind := range Kinds {
+	for _, kind := range events.DocumentKinds {
 		doc, err := Content(kind)
 		if err != nil {
 			t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/aws/aws-cdk-go/awscdk/v2"
 	"github.com/aws/jsii-runtime-go"
+
+	"github.com/volsd/volsd/events"
 )
 
 // Config is what the app deploys; ConfigFromContext reads it from `-c key=value`.
@@ -100,7 +102,7 @@ func ConfigFromContext(app awscdk.App) (Config, error) {
 		SnapshotKeep:         num("snapshotKeep", 3),
 		SnapshotHours:        num("snapshotIntervalHours", 6),
 		ReclaimGraceDays:     num("reclaimGraceDays", 7),
-		DocumentPrefix:       str("documentPrefix", "volsd-"),
+		DocumentPrefix:       str("documentPrefix", events.DefaultDocumentPrefix),
 		LogLevel:             str("logLevel", "info"),
 		LambdaAssetDir:       str("lambdaDir", "build/lambda"),
 		AgentPackage:         str("agentPackage", "build/pkg/volsd-agent-*.aarch64.rpm"),

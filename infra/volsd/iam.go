@@ -7,6 +7,7 @@ import (
 	"github.com/aws/aws-cdk-go/awscdk/v2/awsiam"
 	"github.com/aws/jsii-runtime-go"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -90,21 +91,15 @@ func (p *Pool) documentArns(kinds ...string) []*string {
 }
 
 func (p *Pool) tagged(key string) map[string]interface{} {
-	return map[string]interface{}{"StringEquals": map[string]interface{}{key + "/" + TagPool: p.props.PoolName}}
+	return map[string]interface{}{"StringEquals": map[string]interface{}{key + "/" + events.TagPool: p.props.PoolName}}
 }
-
-// TagGroup is the tag Auto Scaling puts on every instance of a group. Only
-// Auto Scaling can set a tag with the aws: prefix, so it is the trust
-// anchor for instances: the volsd:pool tag alone can be put on any
-// instance by whoever may tag it.
-const TagGroup = "aws:autoscaling:groupName"
 
 // poolInstance is the condition on instance resources: tagged with the
 // pool and a member of the pool's group.
 func (p *Pool) poolInstance(key string) map[string]interface{} {
 	return map[string]interface{}{"StringEquals": map[string]interface{}{
-		key + "/" + TagPool:  p.props.PoolName,
-		key + "/" + TagGroup: p.groupName,
+		key + "/" + events.TagPool:  p.props.PoolName,
+		key + "/" + events.TagGroup: p.groupName,
 	}}
 }
 
@@ -131,8 +126,8 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		// Only encrypted volumes of the pool's type and at most its size.
 		add(statement("CreatePoolVolumes", []string{"ec2:CreateVolume"}, []*string{p.volumeArns()}, map[string]interface{}{
 			"StringEquals": map[string]interface{}{
-				"aws:RequestTag/" + TagPool: p.props.PoolName,
-				"ec2:VolumeType":            p.props.VolumeType,
+				"aws:RequestTag/" + events.TagPool: p.props.PoolName,
+				"ec2:VolumeType":                   p.props.VolumeType,
 			},
 			"Bool":                  map[string]interface{}{"ec2:Encrypted": "true"},
 			"NumericLessThanEquals": map[string]interface{}{"ec2:VolumeSize": strconv.Itoa(p.props.VolumeSizeGiB)},
@@ -144,7 +139,7 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 				[]*string{p.arn("ec2", "snapshot", p.props.SourceSnapshotID, jsii.String(""))}, nil))
 		}
 		add(statement("TagVolumesOnCreate", []string{"ec2:CreateTags"}, []*string{p.volumeArns()}, map[string]interface{}{
-			"StringEquals": map[string]interface{}{"ec2:CreateAction": "CreateVolume", "aws:RequestTag/" + TagPool: p.props.PoolName},
+			"StringEquals": map[string]interface{}{"ec2:CreateAction": "CreateVolume", "aws:RequestTag/" + events.TagPool: p.props.PoolName},
 		}))
 		if p.props.KmsKey != nil {
 			add(statement("UseEbsKey", ebsKeyActions[1:], []*string{p.props.KmsKey.KeyArn()}, nil))
@@ -172,7 +167,7 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		createVolumes()
 		onPoolVolumes("AttachDetachDeletePoolVolumes", "ec2:AttachVolume", "ec2:DetachVolume", "ec2:DeleteVolume")
 		onPoolInstances("AttachDetachOnPoolInstances", "ec2:AttachVolume", "ec2:DetachVolume")
-		sendCommands("Release", "Status")
+		sendCommands(documentsSent[name]...)
 		add(statement("CompletePoolLifecycleActions", []string{"autoscaling:CompleteLifecycleAction"}, []*string{p.groupArn()}, nil))
 		allowed = append(allowed, groupWildcard)
 	case "reconcile":
@@ -186,10 +181,10 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		onPoolVolumes("SnapshotPoolVolumes", "ec2:CreateSnapshot")
 		add(statement("CreatePoolSnapshots", []string{"ec2:CreateSnapshot"}, []*string{p.snapshotArns()}, p.tagged("aws:RequestTag")))
 		add(statement("TagSnapshotsOnCreate", []string{"ec2:CreateTags"}, []*string{p.snapshotArns()}, map[string]interface{}{
-			"StringEquals": map[string]interface{}{"ec2:CreateAction": "CreateSnapshot", "aws:RequestTag/" + TagPool: p.props.PoolName},
+			"StringEquals": map[string]interface{}{"ec2:CreateAction": "CreateSnapshot", "aws:RequestTag/" + events.TagPool: p.props.PoolName},
 		}))
 		add(statement("DeletePoolSnapshots", []string{"ec2:DeleteSnapshot"}, []*string{p.snapshotArns()}, p.tagged("aws:ResourceTag")))
-		sendCommands("Freeze", "Thaw")
+		sendCommands(documentsSent[name]...)
 		if p.props.ReclaimGrace > 0 {
 			// Origin reclaim: list and read to mark, delete what nothing
 			// references — blobs and manifests only, and only this role.
@@ -202,7 +197,7 @@ func (p *Pool) grantFunction(name string, role awsiam.Role) {
 		add(statement("ReadOrigin", []string{"s3:GetObject"}, p.originObjectArns(), nil))
 		add(statement("ListOrigin", []string{"s3:ListBucket"}, []*string{p.Bucket.BucketArn()}, nil))
 		allowed = append(allowed, originObjectsWildcard)
-		sendCommands("Apply")
+		sendCommands(documentsSent[name]...)
 		// The SQS event source grants receive/delete on the push queue.
 	case "report":
 		// ListCommandInvocations: the report fan-in reads a command's

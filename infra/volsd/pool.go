@@ -58,9 +58,6 @@ func TerminateHeartbeatMinSeconds() float64 { return pool.TerminateHeartbeatMin(
 // PushQueueVisibilityFactor times the push timeout is the push queue's visibility timeout.
 const PushQueueVisibilityFactor = 6
 
-// PushMaxReceiveCount is how often a push message is received before it goes to the DLQ.
-const PushMaxReceiveCount = 5
-
 // Pool is the volsd backend for one pool. Create it with NewPool.
 type Pool struct {
 	constructs.Construct
@@ -73,7 +70,7 @@ type Pool struct {
 	// Bucket is the S3 origin (blobs/<sha256>, manifests/<sha256>.json).
 	Bucket awss3.Bucket
 	// Queue receives push requests; DeadLetterQueue takes those that failed
-	// PushMaxReceiveCount times.
+	// events.PushMaxReceiveCount times.
 	Queue           awssqs.Queue
 	DeadLetterQueue awssqs.Queue
 	// EventDeadLetterQueue takes EventBridge events that could not be
@@ -81,7 +78,7 @@ type Pool struct {
 	EventDeadLetterQueue awssqs.Queue
 	// Functions by name (FunctionNames).
 	Functions map[string]awslambda.Function
-	// Documents by kind (documents.Kinds).
+	// Documents by kind (events.DocumentKinds).
 	Documents map[string]awsssm.CfnDocument
 	// rules are the EventBridge rules by construct ID (doctor.RuleIDs).
 	rules map[string]awsevents.Rule
@@ -106,7 +103,7 @@ func NewPool(scope constructs.Construct, id string, props *PoolProps) *Pool {
 	} else {
 		pool.groupName = jsii.String(p.AutoScalingGroupName)
 	}
-	awscdk.Tags_Of(pool.Construct).Add(jsii.String(TagPool), jsii.String(p.PoolName), &awscdk.TagProps{
+	awscdk.Tags_Of(pool.Construct).Add(jsii.String(events.TagPool), jsii.String(p.PoolName), &awscdk.TagProps{
 		// CloudFormation's dashboard has no Tags in cfn-lint's schema yet.
 		ExcludeResourceTypes: jsii.Strings("AWS::CloudWatch::Dashboard"),
 	})
@@ -183,14 +180,14 @@ func (p *Pool) newQueues() {
 		RetentionPeriod:   awscdk.Duration_Seconds(f(reclaim.MaxPushInFlight.Seconds())),
 		DeadLetterQueue: &awssqs.DeadLetterQueue{
 			Queue:           p.DeadLetterQueue,
-			MaxReceiveCount: jsii.Number(PushMaxReceiveCount),
+			MaxReceiveCount: jsii.Number(events.PushMaxReceiveCount),
 		},
 	})
 }
 
 func (p *Pool) newDocuments() {
 	p.Documents = map[string]awsssm.CfnDocument{}
-	for _, kind := range documents.Kinds {
+	for _, kind := range events.DocumentKinds {
 		content, err := documents.Content(kind)
 		if err != nil {
 			panic(err.Error())
@@ -204,6 +201,15 @@ func (p *Pool) newDocuments() {
 			UpdateMethod: jsii.String("NewVersion"),
 		})
 	}
+}
+
+// documentsSent lists the SSM documents each function sends: its IAM
+// grant (ssm:SendCommand on these documents) and the names its
+// environment carries (events.DocumentVariable).
+var documentsSent = map[string][]string{
+	"lifecycle": {events.DocRelease, events.DocStatus},
+	"snapshot":  {events.DocFreeze, events.DocThaw},
+	"push":      {events.DocApply},
 }
 
 // envRefs are the values of a Lambda environment that other resources
@@ -241,16 +247,16 @@ func functionEnvironment(pp PoolProps, refs envRefs, name string) map[string]*st
 		env["VOLSD_SOURCE_SNAPSHOT"] = jsii.String(pp.SourceSnapshotID)
 		env["VOLSD_RELEASE_POLICY"] = jsii.String(pp.ReleasePolicy)
 	}
-	docs := func() {
-		for _, kind := range documents.Kinds {
-			env["VOLSD_DOC_"+strings.ToUpper(kind)] = jsii.String(pp.DocumentPrefix + kind)
+	docs := func(kinds ...string) {
+		for _, kind := range kinds {
+			env[events.DocumentVariable(kind)] = jsii.String(pp.DocumentPrefix + kind)
 		}
 	}
 	switch name {
 	case "lifecycle":
 		env["VOLSD_ASG"] = refs.group
 		volume()
-		docs()
+		docs(documentsSent[name]...)
 	case "reconcile":
 		env["VOLSD_ASG"] = refs.group
 		env["VOLSD_AZS"] = jsii.String(strings.Join(pp.AvailabilityZones, ","))
@@ -266,14 +272,15 @@ func functionEnvironment(pp PoolProps, refs envRefs, name string) map[string]*st
 		env["VOLSD_FREEZE_SECONDS"] = jsii.String(strconv.Itoa(pp.FreezeSeconds))
 		env["VOLSD_BUCKET"] = refs.bucket
 		env["VOLSD_RECLAIM_GRACE"] = jsii.String(max(pp.ReclaimGrace, 0).String()) // NoReclaim: 0s, off
-		docs()
+		docs(documentsSent[name]...)
 	case "push":
 		env["VOLSD_BUCKET"] = refs.bucket
 		env["VOLSD_SSM_MAX_CONCURRENCY"] = jsii.String(pp.SSMMaxConcurrency)
 		env["VOLSD_SSM_MAX_ERRORS"] = jsii.String(pp.SSMMaxErrors)
-		docs()
+		docs(documentsSent[name]...)
 	case "report":
-		docs()
+		// The report Lambda takes the status of every volsd document.
+		docs(events.DocumentKinds...)
 	}
 	return env
 }
@@ -385,7 +392,7 @@ func (p *Pool) newRules() {
 	snapshot.AddTarget(p.target("snapshot", awscdk.Duration_Hours(f(1))))
 
 	var names []*string
-	for _, kind := range documents.Kinds {
+	for _, kind := range events.DocumentKinds {
 		names = append(names, jsii.String(p.DocumentName(kind)))
 	}
 	// A finished command's results are read in pages of 50 invocations
@@ -438,7 +445,7 @@ func (p *Pool) newLifecycleHooks() {
 		})
 		// A hook without its rule and Lambda would hold launches until the
 		// heartbeat timeout: create the hooks last.
-		hook.Node().AddDependency(p.Functions["lifecycle"], p.Node().FindChild(jsii.String("LifecycleRule")), p.Documents["Release"])
+		hook.Node().AddDependency(p.Functions["lifecycle"], p.Node().FindChild(jsii.String("LifecycleRule")), p.Documents[events.DocRelease])
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/infra/assembly"
 	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/infra/volsd"
@@ -214,7 +215,7 @@ func TestQueues(t *testing.T) {
 	if pt := functionTimeout(t, tmpl, "push"); vis < 6*pt {
 		t.Errorf("push queue visibility timeout %v s < 6 × push timeout %v s", vis, pt)
 	}
-	wantRedrive := map[string]any{"deadLetterTargetArn": getAtt(dlq.ID, "Arn"), "maxReceiveCount": float64(volsd.PushMaxReceiveCount)}
+	wantRedrive := map[string]any{"deadLetterTargetArn": getAtt(dlq.ID, "Arn"), "maxReceiveCount": float64(events.PushMaxReceiveCount)}
 	if d := cmp.Diff(wantRedrive, push.Properties["RedrivePolicy"]); d != "" {
 		t.Errorf("push queue redrive policy (-want +got):\n%s", d)
 	}
@@ -256,8 +257,13 @@ func wantEnv(tmpl *assembly.Template, t *testing.T) map[string]map[string]any {
 		"VOLSD_VOLUME_THROUGHPUT": "250", "VOLSD_VOLUME_INIT_RATE": "300", "VOLSD_KMS_KEY_ID": key,
 		"VOLSD_SOURCE_SNAPSHOT": testSnap, "VOLSD_RELEASE_POLICY": "delete",
 	}
+	// Each function is told the names of the documents it sends; report
+	// those of all documents (it takes their status).
 	docs := map[string]any{"VOLSD_DOC_APPLY": "volsd-Apply", "VOLSD_DOC_FREEZE": "volsd-Freeze", "VOLSD_DOC_THAW": "volsd-Thaw",
 		"VOLSD_DOC_RELEASE": "volsd-Release", "VOLSD_DOC_STATUS": "volsd-Status"}
+	lifecycleDocs := map[string]any{"VOLSD_DOC_RELEASE": "volsd-Release", "VOLSD_DOC_STATUS": "volsd-Status"}
+	snapshotDocs := map[string]any{"VOLSD_DOC_FREEZE": "volsd-Freeze", "VOLSD_DOC_THAW": "volsd-Thaw"}
+	pushDocs := map[string]any{"VOLSD_DOC_APPLY": "volsd-Apply"}
 	merge := func(ms ...map[string]any) map[string]any {
 		out := map[string]any{}
 		for _, m := range ms {
@@ -268,12 +274,12 @@ func wantEnv(tmpl *assembly.Template, t *testing.T) map[string]map[string]any {
 		return out
 	}
 	return map[string]map[string]any{
-		"lifecycle": merge(common, volume, docs, map[string]any{"VOLSD_ASG": testGroup}),
+		"lifecycle": merge(common, volume, lifecycleDocs, map[string]any{"VOLSD_ASG": testGroup}),
 		"reconcile": merge(common, volume, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_AZS": "eu-west-1a,eu-west-1b",
 			"VOLSD_AUTOGROW_FREE_PERCENT": "0", "VOLSD_AUTOGROW_STEP_GIB": "10", "VOLSD_AUTOGROW_MAX_GIB": "0", "VOLSD_FILL_ALARM_PERCENT": "90"}),
-		"snapshot": merge(common, docs, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_KMS_KEY_ID": key,
+		"snapshot": merge(common, snapshotDocs, map[string]any{"VOLSD_ASG": testGroup, "VOLSD_KMS_KEY_ID": key,
 			"VOLSD_SNAPSHOT_KEEP": "3", "VOLSD_FREEZE_SECONDS": "30", "VOLSD_BUCKET": bucket, "VOLSD_RECLAIM_GRACE": "168h0m0s"}),
-		"push":   merge(common, docs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "100%"}),
+		"push":   merge(common, pushDocs, map[string]any{"VOLSD_BUCKET": bucket, "VOLSD_SSM_MAX_CONCURRENCY": "50%", "VOLSD_SSM_MAX_ERRORS": "100%"}),
 		"report": merge(common, docs),
 	}
 }
@@ -552,10 +558,10 @@ func TestTerminateHookOutlastsLifecycleRetries(t *testing.T) {
 func TestDocuments(t *testing.T) {
 	tmpl := template(t, stackName)
 	docs := tmpl.OfType("AWS::SSM::Document")
-	if len(docs) != len(documents.Kinds) {
-		t.Fatalf("%d documents, want %d", len(docs), len(documents.Kinds))
+	if len(docs) != len(events.DocumentKinds) {
+		t.Fatalf("%d documents, want %d", len(docs), len(events.DocumentKinds))
 	}
-	for _, kind := range documents.Kinds {
+	for _, kind := range events.DocumentKinds {
 		d := one(t, tmpl, "AWS::SSM::Document", "Document"+kind)
 		want, err := documents.Content(kind)
 		if err != nil {
@@ -698,7 +704,7 @@ func TestPoolTagOnResources(t *testing.T) {
 func TestSecondPoolWithOwnDocumentPrefix(t *testing.T) {
 	tmpl := template(t, defaultName)
 	var names []any
-	for _, kind := range documents.Kinds {
+	for _, kind := range events.DocumentKinds {
 		d := one(t, tmpl, "AWS::SSM::Document", "Document"+kind)
 		if d.Properties["Name"] != "volsd-media-"+kind {
 			t.Errorf("document %s named %v", kind, d.Properties["Name"])

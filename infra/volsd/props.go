@@ -40,8 +40,9 @@ const (
 	ReleaseDelete  = pool.PolicyDelete  // delete the volume
 )
 
-// TagPool is the tag on every volume, snapshot and instance of a pool.
-const TagPool = "volsd:pool"
+// TagPool is the tag on every volume, snapshot and instance of a pool
+// (events.TagPool, for users of the construct).
+const TagPool = events.TagPool
 
 // Lifecycle hook names on the group. The agent completes the launch hook by
 // name; the rule and the handler take only these two.
@@ -230,7 +231,7 @@ func (p PoolProps) withDefaults() (PoolProps, error) {
 			TerminateHeartbeatMinSeconds(), 1+AsyncRetryAttempts)
 	}
 	if p.DocumentPrefix == "" {
-		p.DocumentPrefix = "volsd-"
+		p.DocumentPrefix = events.DefaultDocumentPrefix
 	}
 	if !regexp.MustCompile(`^[A-Za-z0-9_.-]{3,100}$`).MatchString(p.DocumentPrefix) || hasReservedPrefix(p.DocumentPrefix) {
 		return p, fmt.Errorf("volsd: pool %s: DocumentPrefix %q: must be 3-100 of letters, digits, '_', '-', '.' and not start with aws, amazon or amzn", p.PoolName, p.DocumentPrefix)

@@ -270,7 +270,7 @@ func (a *AutoScaling) runInstance(op, group, az string, count func(*fakeGroup) i
 		az = g.spec.AZs[count(g)%len(g.spec.AZs)]
 	}
 	tags := copyTags(g.spec.Tags)
-	tags["aws:autoscaling:groupName"] = group
+	tags[events.TagGroup] = group
 	a.mu.Unlock()
 	return a.cfg.EC2.AddInstance(InstanceSpec{AZ: az, Tags: tags}), az, nil
 }

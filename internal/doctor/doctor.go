@@ -32,7 +32,6 @@ import (
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/volsd/volsd/events"
-	"github.com/volsd/volsd/infra/documents"
 	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/snapshot"
@@ -177,7 +176,7 @@ type Doctor struct {
 // New returns a Doctor for cfg over c.
 func New(cfg Config, c Clients) *Doctor {
 	if cfg.DocumentPrefix == "" {
-		cfg.DocumentPrefix = "volsd-"
+		cfg.DocumentPrefix = events.DefaultDocumentPrefix
 	}
 	return &Doctor{cfg: cfg, c: c}
 }
@@ -235,7 +234,7 @@ func (d *Doctor) Run(ctx context.Context) (Report, error) {
 func (d *Doctor) tagFix() string {
 	return fmt.Sprintf("aws autoscaling create-or-update-tags --tags ResourceId=%s,ResourceType=auto-scaling-group,Key=%s,Value=%s,PropagateAtLaunch=true"+
 		" (then replace the instances launched without it: aws autoscaling start-instance-refresh --auto-scaling-group-name %s)",
-		d.cfg.Group, pool.TagPool, d.cfg.Pool, d.cfg.Group)
+		d.cfg.Group, events.TagPool, d.cfg.Pool, d.cfg.Group)
 }
 
 // group checks the group's volsd:pool tag and that its in-service
@@ -255,17 +254,17 @@ func (d *Doctor) group(ctx context.Context) (*astypes.AutoScalingGroup, Check) {
 	g := &out.AutoScalingGroups[0]
 	var tag *astypes.TagDescription
 	for i := range g.Tags {
-		if aws.ToString(g.Tags[i].Key) == pool.TagPool {
+		if aws.ToString(g.Tags[i].Key) == events.TagPool {
 			tag = &g.Tags[i]
 		}
 	}
 	switch {
 	case tag == nil:
-		c.problem(d.tagFix(), "group %s has no tag %s: its instances are neither attach nor command targets of pool %s", d.cfg.Group, pool.TagPool, d.cfg.Pool)
+		c.problem(d.tagFix(), "group %s has no tag %s: its instances are neither attach nor command targets of pool %s", d.cfg.Group, events.TagPool, d.cfg.Pool)
 	case aws.ToString(tag.Value) != d.cfg.Pool:
-		c.problem(d.tagFix(), "group %s has %s=%s, not %s: the pool's Lambdas may not attach to or command its instances", d.cfg.Group, pool.TagPool, aws.ToString(tag.Value), d.cfg.Pool)
+		c.problem(d.tagFix(), "group %s has %s=%s, not %s: the pool's Lambdas may not attach to or command its instances", d.cfg.Group, events.TagPool, aws.ToString(tag.Value), d.cfg.Pool)
 	case !aws.ToBool(tag.PropagateAtLaunch):
-		c.problem(d.tagFix(), "group %s's tag %s is not PropagateAtLaunch: new instances do not carry it, so no volume is attached to them", d.cfg.Group, pool.TagPool)
+		c.problem(d.tagFix(), "group %s's tag %s is not PropagateAtLaunch: new instances do not carry it, so no volume is attached to them", d.cfg.Group, events.TagPool)
 	}
 	var ids []string
 	for _, in := range g.Instances {
@@ -279,13 +278,13 @@ func (d *Doctor) group(ctx context.Context) (*astypes.AutoScalingGroup, Check) {
 			c.failed("describe the group's instances", err)
 		}
 		for _, in := range insts {
-			if tagValue(in.Tags, pool.TagPool) != d.cfg.Pool {
+			if tagValue(in.Tags, events.TagPool) != d.cfg.Pool {
 				c.problem(fmt.Sprintf("replace it (aws autoscaling start-instance-refresh --auto-scaling-group-name %s) once the group's tag propagates", d.cfg.Group),
-					"instance %s has no %s=%s tag (launched before the group's tag was set or propagated)", aws.ToString(in.InstanceId), pool.TagPool, d.cfg.Pool)
+					"instance %s has no %s=%s tag (launched before the group's tag was set or propagated)", aws.ToString(in.InstanceId), events.TagPool, d.cfg.Pool)
 			}
 		}
 	}
-	return g, c.done(fmt.Sprintf("%s=%s, PropagateAtLaunch; %d instances in service carry it", pool.TagPool, d.cfg.Pool, len(ids)))
+	return g, c.done(fmt.Sprintf("%s=%s, PropagateAtLaunch; %d instances in service carry it", events.TagPool, d.cfg.Pool, len(ids)))
 }
 
 func tagValue(tags []ec2types.Tag, key string) string {
@@ -575,7 +574,7 @@ func (d *Doctor) simulate(ctx context.Context, role string, p Permission) (iamty
 // documents checks that every document the Lambdas send exists.
 func (d *Doctor) documents(ctx context.Context) Check {
 	c := checker{Check: Check{Name: CheckDocuments}}
-	for _, kind := range documents.Kinds {
+	for _, kind := range events.DocumentKinds {
 		name := d.cfg.DocumentPrefix + kind
 		out, err := d.c.Managed.DescribeDocument(ctx, &ssm.DescribeDocumentInput{Name: aws.String(name)})
 		switch {
@@ -590,7 +589,7 @@ func (d *Doctor) documents(ctx context.Context) Check {
 			c.problem("wait for it, or cdk deploy the pool's stack again", "SSM document %s is %s, not Active", name, out.Document.Status)
 		}
 	}
-	return c.done(fmt.Sprintf("%d documents %s%s", len(documents.Kinds), d.cfg.DocumentPrefix, strings.Join(documents.Kinds, "/")))
+	return c.done(fmt.Sprintf("%d documents %s%s", len(events.DocumentKinds), d.cfg.DocumentPrefix, strings.Join(events.DocumentKinds, "/")))
 }
 
 // queues checks that both dead-letter queues are empty.

@@ -133,7 +133,7 @@ func deploy(t *testing.T) *deployed {
 	must(d.asg.CreateAutoScalingGroup(bg, &autoscaling.CreateAutoScalingGroupInput{
 		AutoScalingGroupName: &d.cfg.Group, MinSize: aws.Int32(2), MaxSize: aws.Int32(4), DesiredCapacity: aws.Int32(2),
 		AvailabilityZones: []string{testenv.Region + "a"}, LaunchTemplate: &astypes.LaunchTemplateSpecification{LaunchTemplateName: &lt},
-		Tags: []astypes.Tag{{Key: aws.String(pool.TagPool), Value: &d.cfg.Pool, PropagateAtLaunch: aws.Bool(true)}},
+		Tags: []astypes.Tag{{Key: aws.String(events.TagPool), Value: &d.cfg.Pool, PropagateAtLaunch: aws.Bool(true)}},
 	}))
 	g := must(d.asg.DescribeAutoScalingGroups(bg, &autoscaling.DescribeAutoScalingGroupsInput{AutoScalingGroupNames: []string{d.cfg.Group}}))
 	groupARN := aws.ToString(g.AutoScalingGroups[0].AutoScalingGroupARN)
@@ -142,7 +142,7 @@ func deploy(t *testing.T) *deployed {
 		d.instances = append(d.instances, id)
 		must(d.ec2.AssociateIamInstanceProfile(bg, &ec2.AssociateIamInstanceProfileInput{InstanceId: &id,
 			IamInstanceProfile: &ec2types.IamInstanceProfileSpecification{Arn: prof.InstanceProfile.Arn}}))
-		d.ssmFake.AddInstance(id, map[string]string{pool.TagPool: d.cfg.Pool})
+		d.ssmFake.AddInstance(id, map[string]string{events.TagPool: d.cfg.Pool})
 	}
 	if len(d.instances) != 2 {
 		t.Fatalf("group instances %v", g.AutoScalingGroups[0].Instances)
@@ -176,7 +176,7 @@ func deploy(t *testing.T) *deployed {
 		t.Cleanup(func() { _, _ = d.eb.DeleteRule(bg, &eventbridge.DeleteRuleInput{Name: &name}) })
 	}
 	// The documents.
-	for _, kind := range documents.Kinds {
+	for _, kind := range events.DocumentKinds {
 		src := must(documents.Source(kind))
 		must(d.ssm.CreateDocument(bg, &ssm.CreateDocumentInput{Name: aws.String(d.cfg.DocumentPrefix + kind), Content: aws.String(string(src)),
 			DocumentType: ssmtypes.DocumentTypeCommand, DocumentFormat: ssmtypes.DocumentFormatYaml}))
@@ -251,12 +251,12 @@ func TestEachBrokenSettingIsNamedWithItsFix(t *testing.T) {
 	}{
 		{"tag not propagated", doctor.CheckGroupTag, func(t *testing.T, d *deployed) {
 			must(d.asg.CreateOrUpdateTags(bg, &autoscaling.CreateOrUpdateTagsInput{Tags: []astypes.Tag{{ResourceId: &d.cfg.Group,
-				ResourceType: aws.String("auto-scaling-group"), Key: aws.String(pool.TagPool), Value: &d.cfg.Pool, PropagateAtLaunch: aws.Bool(false)}}}))
+				ResourceType: aws.String("auto-scaling-group"), Key: aws.String(events.TagPool), Value: &d.cfg.Pool, PropagateAtLaunch: aws.Bool(false)}}}))
 		}, []string{"not PropagateAtLaunch"}, []string{"create-or-update-tags", "PropagateAtLaunch=true"}, 0},
 		{"tag of another pool", doctor.CheckGroupTag, func(t *testing.T, d *deployed) {
 			must(d.asg.CreateOrUpdateTags(bg, &autoscaling.CreateOrUpdateTagsInput{Tags: []astypes.Tag{{ResourceId: &d.cfg.Group,
-				ResourceType: aws.String("auto-scaling-group"), Key: aws.String(pool.TagPool), Value: aws.String("other"), PropagateAtLaunch: aws.Bool(true)}}}))
-		}, []string{pool.TagPool + "=other"}, []string{"Value=" + "%POOL%"}, 0},
+				ResourceType: aws.String("auto-scaling-group"), Key: aws.String(events.TagPool), Value: aws.String("other"), PropagateAtLaunch: aws.Bool(true)}}}))
+		}, []string{events.TagPool + "=other"}, []string{"Value=" + "%POOL%"}, 0},
 		{"terminate hook missing", doctor.CheckHooks, func(t *testing.T, d *deployed) {
 			must(d.asg.DeleteLifecycleHook(bg, &autoscaling.DeleteLifecycleHookInput{AutoScalingGroupName: &d.cfg.Group, LifecycleHookName: aws.String(events.TerminateHookName)}))
 		}, []string{"no lifecycle hook " + events.TerminateHookName}, []string{"cdk deploy"}, 0},

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/volsd/volsd/events"
 )
 
 // Reader reads variables through lookup (os.LookupEnv in mains, a map in
@@ -167,12 +169,12 @@ func (r *Reader) Err() error {
 // PoolName is the rule for pool names: letters, digits, - and _, 1..64.
 var PoolName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
-// DocumentName is the rule for SSM document names (the SSM API's).
-var DocumentName = regexp.MustCompile(`^[a-zA-Z0-9_\-.]{3,128}$`)
-
-// Document reads the name of an SSM document (optional, default def).
-func (r *Reader) Document(name, def string) string {
-	return r.Match(name, def, false, DocumentName, "an SSM document name")
+// Document reads the name of the SSM document of kind (events.DocApply
+// …) from events.DocumentVariable(kind), by default
+// events.DefaultDocumentName(kind), and checks it against SSM's rule
+// (events.DocumentNamePattern).
+func (r *Reader) Document(kind string) string {
+	return r.Match(events.DocumentVariable(kind), events.DefaultDocumentName(kind), false, events.DocumentNamePattern, "an SSM document name")
 }
 
 // LogLevel reads a log level (debug, info, warn, error; default info).

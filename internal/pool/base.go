@@ -9,6 +9,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -65,8 +66,8 @@ func (p *Pool) createInput(az string, b base, token string) *ec2.CreateVolumeInp
 		TagSpecifications: []types.TagSpecification{{
 			ResourceType: types.ResourceTypeVolume,
 			Tags: []types.Tag{
-				{Key: aws.String(TagPool), Value: aws.String(p.cfg.Pool)},
-				{Key: aws.String(TagName), Value: aws.String("volsd-" + p.cfg.Pool)},
+				{Key: aws.String(events.TagPool), Value: aws.String(p.cfg.Pool)},
+				{Key: aws.String(events.TagName), Value: aws.String("volsd-" + p.cfg.Pool)},
 			},
 		}},
 	}

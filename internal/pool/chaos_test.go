@@ -555,7 +555,7 @@ func checkInvariants(t *testing.T, e *env, decided map[string]bool) {
 		}
 	}
 	for id, ev := range ec2v {
-		if ev.Tags[pool.TagPool] != e.cfg.Pool || ev.State == types.VolumeStateDeleting {
+		if ev.Tags[events.TagPool] != e.cfg.Pool || ev.State == types.VolumeStateDeleting {
 			continue
 		}
 		if _, ok := recs[id]; !ok {

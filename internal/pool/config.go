@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/envconfig"
 )
@@ -66,7 +67,6 @@ var (
 	snapshotID = regexp.MustCompile(`^snap-[0-9a-f]{8,17}$`)
 	groupName  = regexp.MustCompile(`^[\x20-\x7e]{1,255}$`)
 	azName     = regexp.MustCompile(`^[a-z]{2}(-[a-z0-9]+)+-[0-9][a-z]$`)
-	docName    = regexp.MustCompile(`^[a-zA-Z0-9_.\-]{3,128}$`)
 	kmsKey     = regexp.MustCompile(`^[\x21-\x7e]{1,1000}$`)
 )
 
@@ -86,8 +86,8 @@ func LoadConfig(r *envconfig.Reader) (Config, error) {
 		KMSKeyID:       r.Match("VOLSD_KMS_KEY_ID", "", false, kmsKey, "a KMS key ID, alias or ARN"),
 		SourceSnapshot: r.Match("VOLSD_SOURCE_SNAPSHOT", "", false, snapshotID, "a snapshot ID like snap-0123456789abcdef0"),
 		ReleasePolicy:  r.OneOf("VOLSD_RELEASE_POLICY", "", true, PolicyRecycle, PolicyDelete),
-		DocRelease:     r.Match("VOLSD_DOC_RELEASE", "volsd-Release", false, docName, "an SSM document name"),
-		DocStatus:      r.Match("VOLSD_DOC_STATUS", "volsd-Status", false, docName, "an SSM document name"),
+		DocRelease:     r.Document(events.DocRelease),
+		DocStatus:      r.Document(events.DocStatus),
 		RefreshBehind:  r.Int("VOLSD_REFRESH_BEHIND", 500, false, 1, 1<<40),
 		RefreshAge:     r.Duration("VOLSD_REFRESH_AGE", 168*time.Hour, false, time.Minute, 10*365*24*time.Hour),
 		RefreshMax:     int(r.Int("VOLSD_REFRESH_MAX", 2, false, 0, 100)),

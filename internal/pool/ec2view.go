@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
 )
 
@@ -113,7 +114,7 @@ func (p *Pool) describeVolumes(ctx context.Context, filters []types.Filter) (map
 
 // poolVolumes lists every volume tagged with the pool.
 func (p *Pool) poolVolumes(ctx context.Context) (map[string]ec2Volume, error) {
-	return p.describeVolumes(ctx, []types.Filter{{Name: aws.String("tag:" + TagPool), Values: []string{p.cfg.Pool}}})
+	return p.describeVolumes(ctx, []types.Filter{{Name: aws.String("tag:" + events.TagPool), Values: []string{p.cfg.Pool}}})
 }
 
 // volumesByID lists the volumes of ids that exist (a filter, so missing

@@ -125,7 +125,7 @@ func newEnv(t testing.TB, ec2cfg awsfake.EC2Config, opts ...envOpt) *env {
 		o(e)
 	}
 	e.asg.AddGroup(awsfake.GroupSpec{
-		Name: e.cfg.Group, AZs: testAZs, MaxSize: 40, Tags: map[string]string{pool.TagPool: e.cfg.Pool},
+		Name: e.cfg.Group, AZs: testAZs, MaxSize: 40, Tags: map[string]string{events.TagPool: e.cfg.Pool},
 		Hooks: []awsfake.HookSpec{
 			{Name: "volsd-launch", Transition: events.TransitionLaunching, HeartbeatTimeout: time.Hour, DefaultResult: "ABANDON"},
 			{Name: "volsd-terminate", Transition: events.TransitionTerminating, HeartbeatTimeout: time.Hour, DefaultResult: "CONTINUE"},

@@ -8,6 +8,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/metrics"
@@ -19,7 +20,7 @@ import (
 func (e *env) sizes() (ec2Sizes, recordSizes map[string]int32) {
 	ec2Sizes, recordSizes = map[string]int32{}, map[string]int32{}
 	for _, v := range e.ec2.Volumes() {
-		if v.Tags[pool.TagPool] == e.cfg.Pool {
+		if v.Tags[events.TagPool] == e.cfg.Pool {
 			ec2Sizes[v.ID] = v.SizeGiB
 		}
 	}

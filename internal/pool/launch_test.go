@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/store"
@@ -102,7 +103,7 @@ func TestLaunchCreatesOnDemandFromNewestSnapshot(t *testing.T) {
 		t.Fatalf("volume from %s at seq %d (EC2 %s); want %s at 90", v.SnapshotID, v.Seq, ev.SnapshotID, newest)
 	}
 	if !ev.Encrypted || ev.KmsKeyID != e.cfg.KMSKeyID || ev.IOPS != 4000 || ev.Throughput != 250 || ev.InitRate != 200 ||
-		ev.SizeGiB != 10 || ev.Type != "gp3" || ev.Tags[pool.TagPool] != "web" || ev.Tags["Name"] != "volsd-web" {
+		ev.SizeGiB != 10 || ev.Type != "gp3" || ev.Tags[events.TagPool] != "web" || ev.Tags["Name"] != "volsd-web" {
 		t.Fatalf("created volume %+v", ev)
 	}
 	if !strings.Contains(e.metrics.String(), `"PoolMiss":1`) {

@@ -89,7 +89,7 @@ func (m *motoPool) run(az string) (string, []byte) {
 	out, err := m.mec2.RunInstances(bg, &ec2.RunInstancesInput{ImageId: &m.ami, MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
 		InstanceType: types.InstanceTypeT3Micro, Placement: &types.Placement{AvailabilityZone: &az},
 		TagSpecifications: []types.TagSpecification{{ResourceType: types.ResourceTypeInstance,
-			Tags: []types.Tag{{Key: aws.String(pool.TagPool), Value: &m.cfg.Pool}}}}})
+			Tags: []types.Tag{{Key: aws.String(events.TagPool), Value: &m.cfg.Pool}}}}})
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -105,7 +105,7 @@ func (m *motoPool) run(az string) (string, []byte) {
 func (m *motoPool) view() map[string]types.Volume {
 	m.t.Helper()
 	out, err := m.mec2.DescribeVolumes(bg, &ec2.DescribeVolumesInput{Filters: []types.Filter{
-		{Name: aws.String("tag:" + pool.TagPool), Values: []string{m.cfg.Pool}}}})
+		{Name: aws.String("tag:" + events.TagPool), Values: []string{m.cfg.Pool}}}})
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestAgainstMoto(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		out, err := m.mec2.CreateVolume(bg, &ec2.CreateVolumeInput{AvailabilityZone: aws.String("us-east-1c"), Size: aws.Int32(e.cfg.SizeGiB),
 			VolumeType: types.VolumeTypeGp3, Encrypted: aws.Bool(true), TagSpecifications: []types.TagSpecification{{ResourceType: types.ResourceTypeVolume,
-				Tags: []types.Tag{{Key: aws.String(pool.TagPool), Value: &e.cfg.Pool}}}}})
+				Tags: []types.Tag{{Key: aws.String(events.TagPool), Value: &e.cfg.Pool}}}}})
 		if err != nil {
 			t.Fatal(err)
 		}

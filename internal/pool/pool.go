@@ -28,12 +28,6 @@ import (
 	"github.com/volsd/volsd/internal/store"
 )
 
-// Tags volsd puts on the volumes it creates (docs/contracts.md).
-const (
-	TagPool = "volsd:pool"
-	TagName = "Name"
-)
-
 // EC2 is the part of the EC2 API the control plane calls.
 type EC2 interface {
 	DescribeInstances(ctx context.Context, in *ec2.DescribeInstancesInput, optFns ...func(*ec2.Options)) (*ec2.DescribeInstancesOutput, error)

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/store"
@@ -470,7 +471,7 @@ func (r *recon) orphans(ctx context.Context) {
 	p := r.p
 	for _, id := range sortedKeys(r.ec2v) {
 		ev := r.ec2v[id]
-		if r.known[id] || ev.Tags[TagPool] != p.cfg.Pool || ev.going() || ev.State == types.VolumeStateCreating {
+		if r.known[id] || ev.Tags[events.TagPool] != p.cfg.Pool || ev.going() || ev.State == types.VolumeStateCreating {
 			continue
 		}
 		if r.now.Sub(ev.Created) < p.t.OrphanGrace || !r.more(ctx) {

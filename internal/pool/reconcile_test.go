@@ -35,7 +35,7 @@ func TestReconcileTopsUpToTargetWithinMaxSize(t *testing.T) {
 		}
 	}
 	for _, ev := range e.ec2.Volumes() {
-		if ev.Tags[pool.TagPool] != "web" || ev.Tags["Name"] != "volsd-web" || !ev.Encrypted || ev.SizeGiB != 10 {
+		if ev.Tags[events.TagPool] != "web" || ev.Tags["Name"] != "volsd-web" || !ev.Encrypted || ev.SizeGiB != 10 {
 			t.Fatalf("volume %+v", ev)
 		}
 	}
@@ -80,7 +80,7 @@ func TestReconcileTopsUpToTargetWithinMaxSize(t *testing.T) {
 func TestReconcileDeletesSurplusLowestSeqFirst(t *testing.T) {
 	e := newEnv(t, awsfake.EC2Config{}, withConfig(func(c *pool.Config) { c.IdlePerAZ = 1 }))
 	for i, seq := range []int64{7, 3, 9} {
-		id := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1a", SizeGiB: 10, Tags: map[string]string{pool.TagPool: "web"}})
+		id := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1a", SizeGiB: 10, Tags: map[string]string{events.TagPool: "web"}})
 		if _, err := e.store.PutVolume(bg, store.Volume{Pool: "web", VolumeID: id, State: store.VolumeIdle, AZ: "us-east-1a",
 			Seq: seq, SizeGiB: 10, CreatedAt: time.Now().Add(time.Duration(i) * time.Second)}); err != nil {
 			t.Fatal(err)
@@ -107,13 +107,13 @@ func TestReconcileAdoptsOrDeletesOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := time.Now().Add(-time.Hour)
-	tags := map[string]string{pool.TagPool: "web"}
+	tags := map[string]string{events.TagPool: "web"}
 	adopt := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1a", SizeGiB: 10, SnapshotID: snap, Tags: tags, Created: old})
 	surplus := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1a", SizeGiB: 10, SnapshotID: snap, Tags: tags, Created: old})
 	wrongSize := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1b", SizeGiB: 20, SnapshotID: snap, Tags: tags, Created: old})
 	unknownBase := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1c", SizeGiB: 10, SnapshotID: oldSnap, Tags: tags, Created: old})
 	young := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1c", SizeGiB: 10, SnapshotID: snap, Tags: tags})
-	otherPool := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1c", SizeGiB: 10, Tags: map[string]string{pool.TagPool: "other"}, Created: old})
+	otherPool := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1c", SizeGiB: 10, Tags: map[string]string{events.TagPool: "other"}, Created: old})
 	inst := e.ec2.AddInstance(awsfake.InstanceSpec{AZ: "us-east-1b"})
 	attached := e.ec2.AddVolume(awsfake.VolumeSpec{AZ: "us-east-1b", SizeGiB: 10, SnapshotID: snap, Tags: tags, Created: old})
 	if _, err := e.ec2.AttachVolume(bg, &ec2.AttachVolumeInput{VolumeId: &attached, InstanceId: &inst, Device: aws.String("/dev/sdf")}); err != nil {

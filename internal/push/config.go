@@ -5,19 +5,9 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/envconfig"
 )
-
-// TagPool is the EC2 tag that names an instance's pool; Run Command targets
-// it (docs/contracts.md).
-const TagPool = "volsd:pool"
-
-// MissingReceives is the receive count (SQS ApproximateReceiveCount) at
-// which a request whose blob or manifest is still missing from the origin
-// is rejected. It equals the push queue's maxReceiveCount
-// (infra/volsd.PushMaxReceiveCount), so the rejection is recorded on the
-// last delivery before SQS moves the message to the dead-letter queue.
-const MissingReceives = 5
 
 // DefaultMaxConcurrency and DefaultMaxErrors are the push command's rate
 // controls when the pool sets none (the construct uses the same values).
@@ -45,7 +35,8 @@ type Config struct {
 	DocApply       string // VOLSD_DOC_APPLY
 	MaxConcurrency string // VOLSD_SSM_MAX_CONCURRENCY
 	MaxErrors      string // VOLSD_SSM_MAX_ERRORS
-	// MissingReceives: see the constant; tests lower it.
+	// MissingReceives is the receive count at which a request whose content
+	// is still missing is rejected (events.PushMaxReceiveCount); tests lower it.
 	MissingReceives int
 	// Margin is how long before the Lambda's deadline the handler stops
 	// starting work; unfinished messages are reported as failures.
@@ -67,10 +58,10 @@ func LoadEnv(r *envconfig.Reader) (Env, error) {
 	e.Table = r.String("VOLSD_TABLE", "", true)
 	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
 	e.Bucket = r.String("VOLSD_BUCKET", "", true)
-	e.DocApply = r.Document("VOLSD_DOC_APPLY", "volsd-Apply")
+	e.DocApply = r.Document(events.DocApply)
 	e.MaxConcurrency = r.Match("VOLSD_SSM_MAX_CONCURRENCY", DefaultMaxConcurrency, false, maxConcurrencyPattern, `a count like 10 or a percentage like 50% (SSM MaxConcurrency)`)
 	e.MaxErrors = r.Match("VOLSD_SSM_MAX_ERRORS", DefaultMaxErrors, false, maxErrorsPattern, `a count like 0 or 5, or a percentage like 25% (SSM MaxErrors)`)
-	e.MissingReceives = MissingReceives
+	e.MissingReceives = events.PushMaxReceiveCount
 	e.Margin = 5 * time.Second
 	return e, r.Err()
 }

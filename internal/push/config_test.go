@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/push"
 )
@@ -13,7 +14,7 @@ func TestLoadEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if env.DocApply != "volsd-Apply" || env.MaxConcurrency != "50%" || env.MaxErrors != push.DefaultMaxErrors || env.MissingReceives != push.MissingReceives {
+	if env.DocApply != "volsd-Apply" || env.MaxConcurrency != "50%" || env.MaxErrors != push.DefaultMaxErrors || env.MissingReceives != events.PushMaxReceiveCount {
 		t.Fatalf("defaults %+v", env.Config)
 	}
 	_, err = push.LoadEnv(envconfig.FromMap(map[string]string{"VOLSD_POOL": "web/x", "VOLSD_SSM_MAX_CONCURRENCY": "0", "VOLSD_SSM_MAX_ERRORS": "all", "VOLSD_LOG_LEVEL": "loud"}))

@@ -27,7 +27,7 @@ func TestOneFailingInstanceDoesNotStopThePush(t *testing.T) {
 	r.cfg.MaxConcurrency, r.cfg.MaxErrors = env.MaxConcurrency, env.MaxErrors
 	r.reset()
 	for _, id := range []string{"i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"} {
-		r.ssm.AddInstance(id, map[string]string{push.TagPool: "web"})
+		r.ssm.AddInstance(id, map[string]string{events.TagPool: "web"})
 	}
 	first := make(chan string, 1)
 	r.ssm.Runner = func(_ context.Context, inv awsfake.SSMInvocation) awsfake.SSMResult {

@@ -52,7 +52,7 @@ func NewPusher(cfg Config, journal Journal, s3 S3Origin, ssm CommandSender, log 
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.MissingReceives <= 0 {
-		cfg.MissingReceives = MissingReceives
+		cfg.MissingReceives = events.PushMaxReceiveCount
 	}
 	return &Pusher{
 		cfg: cfg, journal: journal, origin: origin{s3: s3, bucket: cfg.Bucket, pool: cfg.Pool, previous: journal, log: log.With("pool", cfg.Pool), manifests: semaphore.NewWeighted(MaxCheckedManifestBytes)}, ssm: ssm,
@@ -312,7 +312,7 @@ func (p *Pusher) fanOut(ctx context.Context, items []*item) {
 	}
 	in := &ssm.SendCommandInput{
 		DocumentName:   aws.String(p.cfg.DocApply),
-		Targets:        []ssmtypes.Target{{Key: aws.String("tag:" + TagPool), Values: []string{p.cfg.Pool}}},
+		Targets:        []ssmtypes.Target{{Key: aws.String("tag:" + events.TagPool), Values: []string{p.cfg.Pool}}},
 		Parameters:     map[string][]string{"upTo": {strconv.FormatInt(upTo, 10)}},
 		MaxConcurrency: aws.String(p.cfg.MaxConcurrency),
 		MaxErrors:      aws.String(p.cfg.MaxErrors),

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/envconfig"
 )
 
@@ -26,15 +27,6 @@ type Env struct {
 	LogLevel slog.Level // VOLSD_LOG_LEVEL
 }
 
-// DocumentKinds are the volsd SSM documents and their default names.
-var DocumentKinds = []struct{ Env, Default string }{
-	{"VOLSD_DOC_APPLY", "volsd-Apply"},
-	{"VOLSD_DOC_FREEZE", "volsd-Freeze"},
-	{"VOLSD_DOC_THAW", "volsd-Thaw"},
-	{"VOLSD_DOC_RELEASE", "volsd-Release"},
-	{"VOLSD_DOC_STATUS", "volsd-Status"},
-}
-
 // LoadEnv reads the report Lambda's configuration and returns every
 // problem at once.
 func LoadEnv(r *envconfig.Reader) (Env, error) {
@@ -44,8 +36,8 @@ func LoadEnv(r *envconfig.Reader) (Env, error) {
 	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
 	e.InvocationWait = 20 * time.Second
 	e.Margin = 3 * time.Second
-	for _, d := range DocumentKinds {
-		e.Documents = append(e.Documents, r.Document(d.Env, d.Default))
+	for _, kind := range events.DocumentKinds {
+		e.Documents = append(e.Documents, r.Document(kind))
 	}
 	return e, r.Err()
 }

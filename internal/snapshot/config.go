@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/envconfig"
 	"github.com/volsd/volsd/internal/reclaim"
 )
@@ -34,8 +35,8 @@ func LoadEnv(r *envconfig.Reader) (Env, error) {
 	e.Group = r.String("VOLSD_ASG", "", true)
 	e.Keep = int(r.Int("VOLSD_SNAPSHOT_KEEP", 3, false, 1, 1000))
 	e.FreezeSeconds = int(r.Int("VOLSD_FREEZE_SECONDS", 30, false, 5, 900))
-	e.DocFreeze = r.String("VOLSD_DOC_FREEZE", "volsd-Freeze", false)
-	e.DocThaw = r.String("VOLSD_DOC_THAW", "volsd-Thaw", false)
+	e.DocFreeze = r.Document(events.DocFreeze)
+	e.DocThaw = r.Document(events.DocThaw)
 	e.KMSKeyID = r.String("VOLSD_KMS_KEY_ID", "", false)
 	e.CompactGrace = r.Duration("VOLSD_COMPACT_GRACE", 24*time.Hour, false, 0, 720*time.Hour)
 	e.ReclaimGrace = r.Duration("VOLSD_RECLAIM_GRACE", reclaim.DefaultGrace, false, 0, 365*24*time.Hour)

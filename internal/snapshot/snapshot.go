@@ -60,13 +60,6 @@ type AutoScaling interface {
 	DescribeAutoScalingGroups(ctx context.Context, in *autoscaling.DescribeAutoScalingGroupsInput, optFns ...func(*autoscaling.Options)) (*autoscaling.DescribeAutoScalingGroupsOutput, error)
 }
 
-// Tags on every pool snapshot (docs/contracts.md).
-const (
-	TagPool = "volsd:pool"
-	TagSeq  = "volsd:seq"
-	TagName = "Name"
-)
-
 // LeaseName is the per-pool lease a run holds while it freezes, snapshots
 // and thaws, so two runs never freeze at once.
 const LeaseName = "snapshot"

@@ -13,6 +13,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
+	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -35,7 +36,7 @@ type poolSnapshot struct {
 func (r *Runner) describePool(ctx context.Context, extra ...ec2types.Filter) ([]poolSnapshot, error) {
 	in := &ec2.DescribeSnapshotsInput{
 		OwnerIds: []string{"self"},
-		Filters:  append([]ec2types.Filter{{Name: aws.String("tag:" + TagPool), Values: []string{r.cfg.Pool}}}, extra...),
+		Filters:  append([]ec2types.Filter{{Name: aws.String("tag:" + events.TagPool), Values: []string{r.cfg.Pool}}}, extra...),
 	}
 	var out []poolSnapshot
 	p := ec2.NewDescribeSnapshotsPaginator(r.ec2, in)
@@ -51,7 +52,7 @@ func (r *Runner) describePool(ctx context.Context, extra ...ec2types.Filter) ([]
 				KMSKeyID: aws.ToString(s.KmsKeyId), Crypted: aws.ToBool(s.Encrypted),
 			}
 			for _, t := range s.Tags {
-				if aws.ToString(t.Key) == TagSeq {
+				if aws.ToString(t.Key) == events.TagSeq {
 					ps.SeqTag = aws.ToString(t.Value)
 					n, err := strconv.ParseInt(ps.SeqTag, 10, 64)
 					ps.Seq, ps.SeqOK = n, err == nil && n >= 0

@@ -233,7 +233,7 @@ func (r *Runner) takeFrom(ctx context.Context, c candidate, newest store.Snapsho
 
 	existing, err := r.describePool(ctx,
 		ec2types.Filter{Name: aws.String("volume-id"), Values: []string{vol}},
-		ec2types.Filter{Name: aws.String("tag:" + TagSeq), Values: []string{strconv.FormatInt(rep.Seq, 10)}})
+		ec2types.Filter{Name: aws.String("tag:" + events.TagSeq), Values: []string{strconv.FormatInt(rep.Seq, 10)}})
 	if err != nil {
 		return res, false, err
 	}
@@ -266,9 +266,9 @@ func (r *Runner) takeFrom(ctx context.Context, c candidate, newest store.Snapsho
 			TagSpecifications: []ec2types.TagSpecification{{
 				ResourceType: ec2types.ResourceTypeSnapshot,
 				Tags: []ec2types.Tag{
-					{Key: aws.String(TagPool), Value: aws.String(r.cfg.Pool)},
-					{Key: aws.String(TagSeq), Value: aws.String(strconv.FormatInt(rep.Seq, 10))},
-					{Key: aws.String(TagName), Value: aws.String("volsd-" + r.cfg.Pool)},
+					{Key: aws.String(events.TagPool), Value: aws.String(r.cfg.Pool)},
+					{Key: aws.String(events.TagSeq), Value: aws.String(strconv.FormatInt(rep.Seq, 10))},
+					{Key: aws.String(events.TagName), Value: aws.String("volsd-" + r.cfg.Pool)},
 				},
 			}},
 		})
