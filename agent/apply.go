@@ -23,7 +23,7 @@ import (
 )
 
 // Apply applies the journal entries above the watermark up to upTo (0: the
-// head), in order, under the apply lock (DESIGN.md §3 "Apply"). periodic
+// head), in order, under the apply lock (docs/design.md §3 "Apply"). periodic
 // (the systemd timer) returns at once unless applyInterval has passed since
 // the last apply that reached the head.
 func (a *Agent) Apply(ctx context.Context, upTo int64, periodic bool, r *Report) error {

@@ -1,7 +1,7 @@
 // Package agent is volsd-agent: on each instance of a pool it mounts the
 // pool volume, catches up with the journal, applies journal entries with
 // rsync, freezes the filesystem for snapshots and releases the volume
-// (DESIGN.md §3). Every command ends with one JSON events.AgentReport as
+// (docs/design.md §3). Every command ends with one JSON events.AgentReport as
 // its last stdout line and an exit code from docs/contracts.md.
 package agent
 

@@ -16,7 +16,7 @@ import (
 	"github.com/volsd/volsd/internal/awserr"
 )
 
-// Up is the boot command (DESIGN.md §3 "Agent start"): find the pool
+// Up is the boot command (docs/design.md §3 "Agent start"): find the pool
 // volume attached to this instance, wait for its device, format it only
 // when blank, mount it, grow it when the volume is larger, catch up with
 // the journal while heartbeating the launch hook, then complete the hook

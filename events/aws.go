@@ -289,7 +289,7 @@ type AgentReport struct {
 // ErrorKindBadContent is the errorKind of an apply that refused a journal
 // entry as bad content (hash or size mismatch, blob or manifest missing,
 // an entry that breaks the rules): every agent refuses it the same way, so
-// the pool is stalled at that seq until an operator repairs it (DESIGN.md
+// the pool is stalled at that seq until an operator repairs it (docs/design.md
 // §5 "Content safety"; `volsd repair`).
 const ErrorKindBadContent = "bad-content"
 

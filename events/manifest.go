@@ -12,7 +12,7 @@ import (
 )
 
 // Manifest versions. The CLI writes ManifestVersion; agents and the push
-// Lambda still read ManifestV1, which journals may hold (DESIGN.md §5a).
+// Lambda still read ManifestV1, which journals may hold (docs/design.md §5a).
 const (
 	ManifestV1      = 1 // regular files only; directories implied by the paths
 	ManifestVersion = 2 // files with mtimes, directories with modes, relative symlinks

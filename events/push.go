@@ -73,7 +73,7 @@ func ParsePushRequest(body []byte) (PushRequest, error) {
 	return r, r.Validate()
 }
 
-// Validate checks the request against the v1 schema and DESIGN.md §4.
+// Validate checks the request against the v1 schema and docs/design.md §4.
 func (r PushRequest) Validate() error {
 	if r.Version != PushVersion {
 		return invalid("version", fmt.Sprintf("must be %d (unsupported schema version)", PushVersion), fmt.Sprint(r.Version))

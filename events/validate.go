@@ -6,7 +6,7 @@ import (
 	"unicode/utf8"
 )
 
-// MaxPathBytes is the longest content path volsd accepts (DESIGN.md §4).
+// MaxPathBytes is the longest content path volsd accepts (docs/design.md §4).
 const MaxPathBytes = 1024
 
 // maxNameBytes is the longest single path component (Linux NAME_MAX).
@@ -47,7 +47,7 @@ func invalid(field, rule, value string) error {
 	return &ValidationError{Field: field, Rule: rule, Value: value}
 }
 
-// ValidatePath checks a content path against DESIGN.md §4: relative, clean,
+// ValidatePath checks a content path against docs/design.md §4: relative, clean,
 // valid UTF-8, at most MaxPathBytes bytes, components at most 255 bytes, no
 // "..", NUL or control bytes, and not ".volsd" or under it. The root "." is
 // refused here; callers that accept the root (sync) check for RootPath first.

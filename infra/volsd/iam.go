@@ -11,7 +11,7 @@ import (
 	"github.com/volsd/volsd/internal/store"
 )
 
-// The IAM policies of DESIGN.md §4. Every statement names its actions (no
+// The IAM policies of docs/design.md §4. Every statement names its actions (no
 // wildcard actions) and scopes its resources as far as AWS allows: EC2
 // actions on volumes, snapshots and instances carry a volsd:pool tag
 // condition, SendCommand names the volsd documents, the table and the bucket

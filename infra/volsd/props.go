@@ -2,7 +2,7 @@
 // for one pool: the DynamoDB table, the S3 origin, the push queue and its
 // dead-letter queues, the five Lambdas, their EventBridge rules and schedules,
 // the lifecycle hooks on the Auto Scaling group, the SSM Command documents, the
-// IAM policies (least privilege, DESIGN.md §4), alarms and a dashboard.
+// IAM policies (least privilege, docs/design.md §4), alarms and a dashboard.
 //
 //	pool := volsd.NewPool(stack, "Pool", &volsd.PoolProps{
 //		PoolName:             "web",

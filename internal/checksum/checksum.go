@@ -1,5 +1,5 @@
 // Package checksum is how volsd proves that an object of the S3 origin
-// holds exactly the bytes its name says (DESIGN.md §5 "Content safety"):
+// holds exactly the bytes its name says (docs/design.md §5 "Content safety"):
 // blobs are uploaded with S3's SHA-256 checksum of the bytes sent, so S3
 // itself refuses a body that does not match, and presence is judged by the
 // stored checksum (HeadObject with ChecksumMode ENABLED), never by size.

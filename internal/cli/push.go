@@ -72,7 +72,7 @@ func NewRequestID(now time.Time) string {
 }
 
 // Push sends LOCAL to DEST: a file as a put of its blob, a directory as a
-// sync of its manifest. A push costs what changed (DESIGN.md §5a): files
+// sync of its manifest. A push costs what changed (docs/design.md §5a): files
 // the hash index vouches for are not read again; the previous manifest of
 // the same target, found in the journal, is the set of blobs already in
 // the origin; only the others are uploaded — small ones at once, larger

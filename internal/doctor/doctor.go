@@ -454,7 +454,7 @@ type Permission struct {
 }
 
 // AgentPermissions are the calls volsd-agent makes with its instance's
-// role (DESIGN.md §4, GrantAgent): read the pool's journal and instance
+// role (docs/design.md §4, GrantAgent): read the pool's journal and instance
 // records, read the origin, find its device, complete and heartbeat the
 // launch hook. The infra tests check that GrantAgent allows each.
 func AgentPermissions(partition, region, account, poolName, table, bucket, groupARN string) []Permission {

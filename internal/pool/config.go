@@ -50,7 +50,7 @@ type Config struct {
 	RefreshAge    time.Duration
 	RefreshMax    int
 
-	// Auto-grow (DESIGN.md §5b): a volume whose filesystem the agent
+	// Auto-grow (docs/design.md §5b): a volume whose filesystem the agent
 	// reports with less than AutoGrowFreePercent free (0: off) is grown by
 	// AutoGrowStepGiB, up to AutoGrowMaxGiB. FillAlarmPercent: a volume at
 	// least this full that cannot grow (auto-grow off or at its maximum)

@@ -29,7 +29,7 @@ func growable(v store.Volume, ev ec2Volume) bool {
 	return ev.State == types.VolumeStateAvailable || ev.State == types.VolumeStateInUse
 }
 
-// grow keeps pool volumes at the configured size (DESIGN.md §5b): every
+// grow keeps pool volumes at the configured size (docs/design.md §5b): every
 // volume smaller than SizeGiB — idle and in use alike — gets a ModifyVolume
 // to SizeGiB, from the run's action budget, unless EBS would refuse it (a
 // modification still modifying or optimizing, or one started less than 6

@@ -1,4 +1,4 @@
-// Package pool is volsd's control plane for pool volumes (DESIGN.md §3
+// Package pool is volsd's control plane for pool volumes (docs/design.md §3
 // "Launch", "Terminate", "Reconcile"): the lifecycle Lambda gives every new
 // instance of the group one volume in its zone and releases it when the
 // instance terminates; the reconcile Lambda keeps each zone's idle pool at

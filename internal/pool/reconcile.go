@@ -65,7 +65,7 @@ type recon struct {
 	rep    Report
 }
 
-// Reconcile brings the pool in line with its target and with EC2 (DESIGN.md
+// Reconcile brings the pool in line with its target and with EC2 (docs/design.md
 // §3 "Reconcile"): it heals records whose handler died, releases volumes of
 // instances that are gone, drops records of volumes that are gone, adopts or
 // deletes pool-tagged volumes the table does not know, tops each zone up to

@@ -1,4 +1,4 @@
-// Package push is the logic of the push Lambda (DESIGN.md §3 "Push"):
+// Package push is the logic of the push Lambda (docs/design.md §3 "Push"):
 // validate SQS push requests against the schema and the S3 origin, append
 // them to the journal and fan volsd-Apply out to the pool's instances with
 // one SendCommand per batch. The report Lambda, which folds the agents'

@@ -1,4 +1,4 @@
-// Package reclaim keeps the S3 origin from growing forever (DESIGN.md §5b):
+// Package reclaim keeps the S3 origin from growing forever (docs/design.md §5b):
 // a mark-and-sweep that deletes blobs and manifests nothing references any
 // more, after a grace period measured from their last reference.
 //

@@ -1,6 +1,6 @@
 // Package snapshot takes consistent scheduled snapshots of a pool's content,
 // keeps their records, applies retention and compacts the journal
-// (DESIGN.md §3 "Snapshot").
+// (docs/design.md §3 "Snapshot").
 //
 // Who calls what:
 //

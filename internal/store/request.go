@@ -148,7 +148,7 @@ func sanitizeRecorded(s string, max int) string {
 	return s[:cut] + "…"
 }
 
-// RequestTTL is how long a request record answers retries (DESIGN.md §2).
+// RequestTTL is how long a request record answers retries (docs/design.md §2).
 const RequestTTL = 7 * 24 * time.Hour
 
 // RequestState says what became of a push request.

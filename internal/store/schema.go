@@ -7,7 +7,7 @@ import (
 )
 
 // Attribute and index names of the volsd table. They are the single source of
-// truth for the table layout (DESIGN.md §2): the store, tests, the local run
+// truth for the table layout (docs/design.md §2): the store, tests, the local run
 // and the CDK construct all read them from here.
 const (
 	AttrPK     = "pk"        // partition key, string

@@ -1,4 +1,4 @@
-// Package store is volsd's state in one DynamoDB table (DESIGN.md §2):
+// Package store is volsd's state in one DynamoDB table (docs/design.md §2):
 // volumes, instances, snapshots, the journal and request records, with the
 // attribute names of schema.go so that the console view, the Lambdas, the
 // agent and the CLI all agree.
@@ -57,7 +57,7 @@ func New(db DynamoDB, table string) *Store {
 // Table returns the table name.
 func (s *Store) Table() string { return s.table }
 
-// Key prefixes (DESIGN.md §2).
+// Key prefixes (docs/design.md §2).
 const (
 	prefixPool     = "POOL#"
 	prefixJournal  = "JOURNAL#"

@@ -10,7 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
-// Items of the origin's reclaim (DESIGN.md §5b), all in POOL#<pool>:
+// Items of the origin's reclaim (docs/design.md §5b), all in POOL#<pool>:
 //
 //	TREE#<seq>#<part>   the base tree at seq, gzip'd JSON in parts (attribute data; this file)
 //	UNREF#<object key>  an origin object found unreferenced: since, size (unreferenced.go)

@@ -13,7 +13,7 @@ import (
 	"github.com/volsd/volsd/internal/awserr"
 )
 
-// VolumeState is where a pool volume is in its life (DESIGN.md §2).
+// VolumeState is where a pool volume is in its life (docs/design.md §2).
 type VolumeState string
 
 // Volume states: creating → idle → claimed → attaching → in-use →
