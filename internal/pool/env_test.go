@@ -274,10 +274,12 @@ type releaseSSM struct {
 	mu sync.Mutex
 	// Seq, when set, is what the agent reports after releasing; Status is
 	// the invocation's final status (default Success); Hang keeps it
-	// InProgress; SendErr fails SendCommand.
+	// InProgress; Before are the statuses read before the final one;
+	// SendErr fails SendCommand.
 	Seq      map[string]int64 // instance → seq
 	Volume   map[string]string
 	Status   ssmtypes.CommandInvocationStatus
+	Before   []ssmtypes.CommandInvocationStatus
 	Hang     bool
 	SendErr  error
 	sent     []string
@@ -325,6 +327,10 @@ func (s *releaseSSM) GetCommandInvocation(ctx context.Context, in *ssm.GetComman
 	}
 	out := &ssm.GetCommandInvocationOutput{CommandId: in.CommandId, InstanceId: in.InstanceId, Status: ssmtypes.CommandInvocationStatusInProgress}
 	if s.Hang {
+		return out, nil
+	}
+	if n := s.reads[cmd] - 2; n < len(s.Before) {
+		out.Status = s.Before[n]
 		return out, nil
 	}
 	out.Status = ssmtypes.CommandInvocationStatusSuccess

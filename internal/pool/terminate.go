@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
 
 	"github.com/volsd/volsd/events"
-	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/ssmcmd"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -206,34 +207,29 @@ func (p *Pool) askRelease(ctx context.Context, id, volumeID string, log *slog.Lo
 		return rep, false
 	}
 	cmd := aws.ToString(out.Command.CommandId)
-	for n := 0; ; n++ {
-		if err := p.t.Sleep(ctx, p.t.Poll.Delay(n)/2); err != nil {
-			log.Warn("agent did not release in time; detaching anyway", "command", cmd, "bound", p.t.ReleaseCommand.String())
+	w := ssmcmd.Waiter{SSM: p.ssm, WaitFirst: true, Sleep: p.t.Sleep, Delay: func(n int) time.Duration { return p.t.Poll.Delay(n) / 2 }}
+	inv, err := w.Wait(ctx, cmd, id)
+	var nf *ssmcmd.NotFinalError
+	switch {
+	case errors.As(err, &nf):
+		log.Warn("agent did not release in time; detaching anyway", "command", cmd, "bound", p.t.ReleaseCommand.String())
+		return rep, false
+	case err != nil:
+		log.Warn("could not read the release command; detaching anyway", "command", cmd, "error", err)
+		return rep, false
+	}
+	switch inv.Status {
+	case ssmtypes.CommandInvocationStatusSuccess:
+		r, perr := events.ParseAgentReport(aws.ToString(inv.StandardOutputContent))
+		if perr != nil || r.Volume != volumeID || r.Error != "" {
+			log.Warn("agent released without a usable report", "command", cmd, "error", perr, "reportVolume", r.Volume)
 			return rep, false
 		}
-		inv, err := p.ssm.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{CommandId: aws.String(cmd), InstanceId: aws.String(id)})
-		switch {
-		case awserr.IsInvocationMissing(err) || awserr.IsRetryable(err):
-			continue
-		case err != nil:
-			log.Warn("could not read the release command; detaching anyway", "command", cmd, "error", err)
-			return rep, false
-		}
-		switch inv.Status {
-		case ssmtypes.CommandInvocationStatusPending, ssmtypes.CommandInvocationStatusInProgress, ssmtypes.CommandInvocationStatusDelayed:
-			continue
-		case ssmtypes.CommandInvocationStatusSuccess:
-			r, perr := events.ParseAgentReport(aws.ToString(inv.StandardOutputContent))
-			if perr != nil || r.Volume != volumeID || r.Error != "" {
-				log.Warn("agent released without a usable report", "command", cmd, "error", perr, "reportVolume", r.Volume)
-				return rep, false
-			}
-			log.Info("agent released the volume", "command", cmd, "volume", volumeID, "seq", r.Seq)
-			return r, true
-		default:
-			log.Warn("agent release failed; detaching anyway", "command", cmd, "status", inv.Status,
-				"detail", aws.ToString(inv.StatusDetails), "stderr", aws.ToString(inv.StandardErrorContent))
-			return rep, false
-		}
+		log.Info("agent released the volume", "command", cmd, "volume", volumeID, "seq", r.Seq)
+		return r, true
+	default:
+		log.Warn("agent release failed; detaching anyway", "command", cmd, "status", inv.Status,
+			"detail", aws.ToString(inv.StatusDetails), "stderr", aws.ToString(inv.StandardErrorContent))
+		return rep, false
 	}
 }

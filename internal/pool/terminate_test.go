@@ -25,6 +25,12 @@ func TestTerminateReleasesPerPolicy(t *testing.T) {
 		{"recycle with the seq from the release", pool.PolicyRecycle, func(s *releaseSSM, inst, vol string) {
 			s.Seq, s.Volume = map[string]int64{inst: 17}, map[string]string{inst: vol}
 		}, 0, true, 17},
+		{"recycle with the seq from the release: Cancelling is not the end", pool.PolicyRecycle, func(s *releaseSSM, inst, vol string) {
+			// A cancel that came as the agent finished: Cancelling is
+			// read, then the agent's Success with its report.
+			s.Before = []ssmtypes.CommandInvocationStatus{ssmtypes.CommandInvocationStatusDelayed, ssmtypes.CommandInvocationStatusCancelling}
+			s.Seq, s.Volume = map[string]int64{inst: 17}, map[string]string{inst: vol}
+		}, 0, true, 17},
 		{"recycle with the last reported seq when the release fails", pool.PolicyRecycle, func(s *releaseSSM, _, _ string) {
 			s.Status = ssmtypes.CommandInvocationStatusFailed
 		}, 9, true, 9},

@@ -21,6 +21,7 @@ import (
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/metrics"
+	"github.com/volsd/volsd/internal/ssmcmd"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -332,39 +333,14 @@ func (r *Reporter) emitReportedLag(ctx context.Context, at time.Time) {
 	r.log.Info("every in-service instance reported", "seq", low, "instances", ready, "oldestNewSeq", oldest, "lagSeconds", lag.Seconds())
 }
 
-// readInvocation reads the invocation until it exists and is final: the
-// status event can overtake GetCommandInvocation.
+// readInvocation waits (ssmcmd.Waiter, at most InvocationWait) until the
+// invocation exists and is final: the status event can overtake
+// GetCommandInvocation.
 func (r *Reporter) readInvocation(ctx context.Context, cs events.CommandStatus) (*ssm.GetCommandInvocationOutput, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.InvocationWait)
 	defer cancel()
-	for try := 0; ; try++ {
-		out, err := r.ssm.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{
-			CommandId: aws.String(cs.CommandID), InstanceId: aws.String(cs.InstanceID),
-		})
-		var why error
-		switch {
-		case err == nil && finalInvocation(out.Status):
-			return out, nil
-		case err == nil:
-			why = fmt.Errorf("invocation still %s", out.Status)
-		case awserr.IsInvocationMissing(err) || awserr.IsRetryable(err):
-			why = err
-		default:
-			return nil, fmt.Errorf("get command invocation %s on %s: %w", cs.CommandID, cs.InstanceID, err)
-		}
-		if serr := awserr.Sleep(ctx, invocationBackoff.Delay(min(try, 8))); serr != nil {
-			return nil, fmt.Errorf("invocation %s on %s not readable after %d tries: %w", cs.CommandID, cs.InstanceID, try+1, why)
-		}
-	}
-}
-
-func finalInvocation(s ssmtypes.CommandInvocationStatus) bool {
-	switch s {
-	case ssmtypes.CommandInvocationStatusPending, ssmtypes.CommandInvocationStatusInProgress,
-		ssmtypes.CommandInvocationStatusDelayed, ssmtypes.CommandInvocationStatusCancelling, "":
-		return false
-	}
-	return true
+	w := ssmcmd.Waiter{SSM: r.ssm, Delay: func(n int) time.Duration { return invocationBackoff.Delay(min(n, 8)) }}
+	return w.Wait(ctx, cs.CommandID, cs.InstanceID)
 }
 
 // interpret turns an invocation into a report: the agent's own report

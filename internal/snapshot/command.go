@@ -12,6 +12,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/ssmcmd"
 )
 
 // Delivery timeouts (SendCommand TimeoutSeconds: how long SSM tries to
@@ -49,39 +50,25 @@ func (r *Runner) sendCommand(ctx context.Context, doc, instanceID string, params
 	return id, nil
 }
 
-// waitCommand polls the invocation of command id on instanceID until it
-// ends or ctx does. InvocationDoesNotExist right after SendCommand is normal
-// and polled through, as are throttling and server errors. A command that
-// ended other than Success is an error carrying its status, exit code and
-// the agent's report or stderr.
+// waitCommand waits (ssmcmd.Waiter) for the invocation of command id on
+// instanceID to end, or ctx to. A command that ended other than Success is
+// an error carrying its status, exit code and the agent's report or stderr.
 func (r *Runner) waitCommand(ctx context.Context, doc, id, instanceID string) (*ssm.GetCommandInvocationOutput, error) {
-	wait := r.cfg.PollInterval
-	last := "not yet visible"
-	for {
-		out, err := r.ssm.GetCommandInvocation(ctx, &ssm.GetCommandInvocationInput{
-			CommandId: aws.String(id), InstanceId: aws.String(instanceID),
-		})
-		switch {
-		case err == nil:
-			last = string(out.Status)
-			switch out.Status {
-			case ssmtypes.CommandInvocationStatusSuccess:
-				return out, nil
-			case ssmtypes.CommandInvocationStatusPending, ssmtypes.CommandInvocationStatusInProgress,
-				ssmtypes.CommandInvocationStatusDelayed, ssmtypes.CommandInvocationStatusCancelling:
-			default:
-				return out, fmt.Errorf("%s (command %s) on %s ended %s (%s, exit code %d): %s",
-					doc, id, instanceID, out.Status, aws.ToString(out.StatusDetails), out.ResponseCode, failureText(out))
-			}
-		case awserr.IsInvocationMissing(err), awserr.IsRetryable(err):
-		default:
-			return nil, fmt.Errorf("get invocation of %s (command %s) on %s: %w", doc, id, instanceID, err)
+	w := ssmcmd.Waiter{SSM: r.ssm, Delay: func(n int) time.Duration {
+		if n == 0 {
+			return r.cfg.PollInterval
 		}
-		if err := awserr.Sleep(ctx, wait); err != nil {
-			return nil, fmt.Errorf("%s (command %s) on %s: no result in time (last status: %s): %w", doc, id, instanceID, last, err)
-		}
-		wait = min(2*wait, 2*time.Second)
+		return min(r.cfg.PollInterval<<min(n, 16), 2*time.Second)
+	}}
+	out, err := w.Wait(ctx, id, instanceID)
+	if err != nil {
+		return nil, fmt.Errorf("%s (command %s) on %s: %w", doc, id, instanceID, err)
 	}
+	if out.Status != ssmtypes.CommandInvocationStatusSuccess {
+		return out, fmt.Errorf("%s (command %s) on %s ended %s (%s, exit code %d): %s",
+			doc, id, instanceID, out.Status, aws.ToString(out.StatusDetails), out.ResponseCode, failureText(out))
+	}
+	return out, nil
 }
 
 // failureText says why a command failed: the agent's report error if its
