@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // scriptedJournal writes a journal that exercises every op and the type
@@ -58,7 +59,7 @@ func scriptedJournal(w *world) {
 }
 
 func TestApplyFollowsTheJournalStepByStep(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 64)
@@ -86,7 +87,7 @@ func TestApplyFollowsTheJournalStepByStep(t *testing.T) {
 }
 
 func TestApplyIsIdempotent(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 64)
@@ -138,7 +139,7 @@ func inodesOf(t testing.TB, mount string) map[string]uint64 {
 // syncedTree returns an agent on a mounted volume that applied a sync of
 // n generated files in dirs directories, the tree, and the first report.
 func syncedTree(t *testing.T, n, dirs int) (*world, *Agent, map[string]file, Report) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 64)
@@ -185,7 +186,7 @@ func TestSyncFetchesOnlyWhatChanged(t *testing.T) {
 }
 
 func TestConcurrentAppliesSerialize(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})
@@ -220,7 +221,7 @@ func TestConcurrentAppliesSerialize(t *testing.T) {
 // the live tree, pointing out of the mount, are replaced or removed, and
 // what they point at is untouched.
 func TestSymlinksInTheTreeAreNeverFollowed(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 64)

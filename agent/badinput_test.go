@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestBadInputLosesNothing: each kind of bad content is refused with an
@@ -14,7 +15,7 @@ import (
 // stays as it was and the watermark does not move. Every case is entry 1
 // of its own pool on the same volume.
 func TestBadInputLosesNothing(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	base := w.config(t)
 	a := w.agent(t, base, Deps{})

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // Benchmark size knobs: VOLSD_BENCH_FILES files (default 10000) of mixed
@@ -389,7 +390,7 @@ func (f *figures) report(b *testing.B, bytes int64) {
 // places the tree with rsync; its time includes the syncfs of its
 // checkpoint, which rsync -a does not do: "rsync+syncfs" adds one.
 func BenchmarkSyncFull(b *testing.B) {
-	requireRoot(b)
+	testenv.RequireRoot(b, needsRoot)
 	files, total := benchSize()
 	bt := newBenchTree(b, files, total)
 	origin := originServer(b, bt.root)
@@ -450,7 +451,7 @@ func BenchmarkSyncDelta1Percent(b *testing.B) {
 // round), an agent on its own volume at version 1, and a blank volume for
 // the rsync baseline. It returns the bytes changed.
 func newDeltaBench(b *testing.B) (*benchTree, *memJournal, *Agent, *benchVolume, int64) {
-	requireRoot(b)
+	testenv.RequireRoot(b, needsRoot)
 	files, total := benchSize()
 	bt := newBenchTree(b, files, total)
 	origin := originServer(b, bt.root)
@@ -516,7 +517,7 @@ func benchLogger() *slog.Logger {
 // rsync passes and their checks), against rsync -a of the same tree onto
 // the same kind of blank ext4. Staging (fetch and verify) is not timed.
 func BenchmarkPlaceFull(b *testing.B) {
-	requireRoot(b)
+	testenv.RequireRoot(b, needsRoot)
 	files, total := benchSize()
 	bt := newBenchTree(b, files, total)
 	origin := originServer(b, bt.root)

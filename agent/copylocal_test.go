@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestLocalCopiesAreVerified: a live file the plan chose as the source of
@@ -16,7 +17,7 @@ import (
 // staged: the staged file is fetched from the origin instead, and holds
 // the entry's content.
 func TestLocalCopiesAreVerified(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})

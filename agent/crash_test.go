@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestReadersNeverSeeTornFiles: a reader hashes files continuously while
@@ -21,7 +23,7 @@ import (
 // are applied. Every read is a complete old or new content of that path,
 // and paths that only ever get replaced never go missing.
 func TestReadersNeverSeeTornFiles(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 128)
@@ -141,7 +143,7 @@ func TestReadersNeverSeeTornFiles(t *testing.T) {
 // the journal's tree, the head as watermark, and none of the agent's
 // leftovers.
 func TestKillNineAnywhere(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestDiskFullLosesNothing: an entry that does not fit is refused before
@@ -20,7 +21,7 @@ import (
 // full", are retryable, leave the live tree and the watermark as they were
 // and free the staging space.
 func TestDiskFullLosesNothing(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})
@@ -135,7 +136,7 @@ func itoa(i int) string {
 // unmount busy; release falls back to a lazy unmount, reports the final
 // seq, and applies stop until the next up.
 func TestReleaseUnmountsEvenWhenBusy(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("f", gen("f", 100), 0o644)
 	in := newInstance(t, w, "")

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // failingVolume mounts a fresh fstype filesystem at a's mount path on a
@@ -74,7 +76,7 @@ func run2(name string, args ...string) error {
 // syncfs, on a descriptor opened after it, returned 0: the watermark moved
 // past content that never reached the disk.)
 func TestFlushErrorKeepsWatermark(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	for _, fstype := range []string{"ext4", "xfs"} {
 		t.Run(fstype, func(t *testing.T) {
 			w := newWorld(t)

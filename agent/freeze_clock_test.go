@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // freezeByHand freezes a's mount and writes a marker with deadline, as
@@ -37,7 +39,7 @@ func freezeByHand(t *testing.T, a *Agent, deadline time.Time) string {
 // right after the watchdog starts; it still thaws at the bound (one
 // second), measured on the monotonic clock.
 func TestWatchdogIgnoresWallClockSteps(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	var calls atomic.Int64
@@ -68,7 +70,7 @@ func TestWatchdogIgnoresWallClockSteps(t *testing.T) {
 // thawed by the next periodic apply even when it skips for having applied
 // recently.
 func TestPeriodicApplyThawsAPassedFreeze(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})

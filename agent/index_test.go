@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 func testRecords(n int) []indexRecord {
@@ -252,7 +253,7 @@ func TestDamagedTreeIndexIsIgnoredAndRewritten(t *testing.T) {
 // on a filesystem with one-second timestamps, no record younger than a
 // second does.
 func TestRacyRecordsDoNotVouch(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	for _, tc := range []struct {
 		name      string
 		inodeSize string

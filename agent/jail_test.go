@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestRsyncCannotWriteOutsideTheMount: while copy and link passes run,
@@ -17,7 +19,7 @@ import (
 // mount, thousands of times. Confined in the jail, rsync never writes
 // there: whatever a link resolves to is the volume or read-only.
 func TestRsyncCannotWriteOutsideTheMount(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestNothingCrossesAMountInsideTheTree: a tmpfs mounted at site/uploads
@@ -18,7 +19,7 @@ import (
 // they were. (Before, the sync emptied the tmpfs and then stuck on the
 // rmdir's EBUSY as a retryable failure.)
 func TestNothingCrossesAMountInsideTheTree(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})

@@ -22,6 +22,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // badOrigin is an S3 origin on 127.0.0.1 that serves objects and
@@ -299,7 +300,7 @@ func (blockingS3) GetObject(ctx context.Context, _ *s3.GetObjectInput, _ ...func
 // deadline, naming it, instead of holding the apply lock; the watermark
 // stays.
 func TestApplyHasADeadline(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{EntryTimeout: time.Second})

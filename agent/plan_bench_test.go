@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // BenchmarkPlanSyncUnchanged times the plan of a sync whose 10,000 files
@@ -18,7 +19,7 @@ import (
 // small delta pays for, on a loop-mounted ext4. Files carry the content
 // records the agent writes when it places them.
 func BenchmarkPlanSyncUnchanged(b *testing.B) {
-	requireRoot(b)
+	testenv.RequireRoot(b, needsRoot)
 	files, _ := benchSize()
 	vol := newBenchVolume(b, 64<<20+int64(files)*8<<10)
 	vol.format(b)

@@ -144,7 +144,7 @@ func runAgent(t testing.TB, env []string, args ...string) (Report, int, string) 
 // instance life with only the standard endpoint variables and a fake IMDS,
 // as the end-to-end harness and SSM do.
 func TestProgramUpApplyStatusRelease(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("a", gen("a", 100), 0o644)
 	in := newInstance(t, w, "")
@@ -205,7 +205,7 @@ func TestProgramUpApplyStatusRelease(t *testing.T) {
 // thaws at the bound. Applies meanwhile are refused at once ("not ready"),
 // and thaw is idempotent.
 func TestProgramFreezeWithoutThawIsThawedAfterTheBound(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("a", gen("a", 100), 0o644)
 	cfg := w.config(t)

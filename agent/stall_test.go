@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/volsd/volsd/events"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestUpRetriesARefusedEntryUntilRepaired: a blob whose bytes differ from
@@ -18,7 +19,7 @@ import (
 // origin it converges, completes the hook and clears the stall. A periodic
 // apply inside the backoff is skipped.
 func TestUpRetriesARefusedEntryUntilRepaired(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("ok.txt", gen("ok", 10), 0o644)
 	good := gen("poison", 64)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/oracle"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // srcTree is a source tree on disk for the manifest v2 tests: what the
@@ -186,7 +187,7 @@ func applyAll(t *testing.T, a *Agent) Report {
 // mode and a file's mtime only, and costs no fetch but the new content.
 // The journal starts with a v1 manifest, which the agent still applies.
 func TestSyncV2CarriesDirsLinksModesAndMtimes(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 64)
@@ -279,7 +280,7 @@ func TestSyncV2CarriesDirsLinksModesAndMtimes(t *testing.T) {
 // A put carries the file's mtime; a delete of a directory removes the
 // links in it without following them.
 func TestPutMtimeAndDeleteOfLinks(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	a := w.agent(t, w.config(t), Deps{})
 	mountedVolume(t, a, 64)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/volsd/volsd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,7 +18,7 @@ import (
 // wrote, and what any writer of the file can set) never vouches, nor does
 // a record on a file group or others may write.
 func TestForgedContentRecordsDoNotVouch(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})
@@ -71,7 +72,7 @@ func TestForgedContentRecordsDoNotVouch(t *testing.T) {
 // only a user.* record; the walk hashes it (right content: kept and given
 // a trusted record) instead of trusting it.
 func TestOldUserRecordsAreReadSafely(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")
 	data := gen("old", 100)

@@ -144,7 +144,7 @@ func filesWithTimes(t testing.TB, mount string) map[string]string {
 // lifecycle action left), catches up too. All three end byte-identical to
 // the journal, mtimes included.
 func TestUpBlankAndSnapshotVolumesConverge(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	ctx := context.Background()
 	// Entries 1..k.
@@ -237,7 +237,7 @@ func hasMountOption(t testing.TB, dir, opt string) bool {
 }
 
 func TestUpNeverFormatsAVolumeWithData(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("from-journal", gen("j", 10), 0o644)
 
@@ -298,7 +298,7 @@ func TestUpNeverFormatsAVolumeWithData(t *testing.T) {
 }
 
 func TestUpGrowsTheFilesystem(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("f", gen("f", 10), 0o644)
 	in := newInstance(t, w, "")
@@ -336,7 +336,7 @@ func TestUpGrowsTheFilesystem(t *testing.T) {
 // CAP_SYS_RESOURCE, which this sandbox refuses, so ext4 is covered by the
 // offline grow at up (TestUpGrowsTheFilesystem).
 func TestApplyGrowsTheFilesystemOnline(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("f", gen("f", 10), 0o644)
 	img := filepath.Join(t.TempDir(), "vol.img")
@@ -379,7 +379,7 @@ func mustCreate(t testing.TB, path string) string {
 }
 
 func TestUpWhenTheDeviceNeverAppears(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cases := map[string]func(in *instance){
 		"no link, no serial": func(in *instance) {
@@ -425,7 +425,7 @@ func TestUpWhenTheDeviceNeverAppears(t *testing.T) {
 }
 
 func TestUpLifecycleActionOutcomes(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("f", gen("f", 10), 0o644)
 	t.Run("expired action is fine", func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // countingEC2 counts the DescribeVolumes calls the agent makes.
@@ -90,7 +91,7 @@ func (in *instance) attachNow(t testing.TB) {
 // the volume already there makes one; a volume of no pool arriving first
 // costs one more and is never mounted.
 func TestUpLearnsOfItsVolumeFromTheMachine(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	w.put("index.html", gen("index", 700), 0o644)
 	w.put("news/a.html", gen("a", 300), 0o644)
@@ -212,7 +213,7 @@ func (c *throttlingEC2) DescribeVolumes(ctx context.Context, in *ec2.DescribeVol
 // tries and up exited retryable (systemd restarted it into the same
 // throttling).
 func TestVolumeWaitOutlastsThrottling(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	ec := &throttlingEC2{EC2: motoEC2(t)}
 	ec.n.Store(20)

@@ -30,14 +30,9 @@ import (
 	"github.com/volsd/volsd/internal/testenv"
 )
 
-// requireRoot skips a test that needs loop devices and mounts when not
-// root; everything else about the environment must be there.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices, mkfs, mount, fsfreeze")
-	}
-}
+// needsRoot is what the agent tests that call testenv.RequireRoot need
+// root for.
+const needsRoot = "the agent's filesystem tests (loop devices, mkfs, mount, fsfreeze)"
 
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()

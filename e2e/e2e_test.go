@@ -63,19 +63,6 @@ func binaries(t *testing.T) *harness.Binaries {
 	return bins
 }
 
-// requireRoot: loop devices and mounts need root; with
-// VOLSD_TEST_EMULATORS=1 (make test) the test must run, not skip.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv(testenv.EnvRequired) == "1" {
-		t.Fatal("end-to-end tests need root (loop devices, mount) and VOLSD_TEST_EMULATORS=1 says they must run")
-	}
-	t.Skip("end-to-end tests need root (loop devices, mount)")
-}
-
 // tWriter sends narration lines to the test log.
 type tWriter struct{ t *testing.T }
 
@@ -86,7 +73,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 
 func startCluster(t *testing.T, opts harness.Options) *harness.Cluster {
 	t.Helper()
-	requireRoot(t)
+	testenv.RequireRoot(t, "the end-to-end tests (loop devices, mount)")
 	opts.DynamoDBURL = testenv.Endpoint(t, testenv.EnvDynamoDB)
 	opts.MotoURL = testenv.Endpoint(t, testenv.EnvMoto)
 	opts.Binaries = binaries(t)

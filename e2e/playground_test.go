@@ -58,7 +58,7 @@ func printedValue(t *testing.T, text, label string) string {
 // mounts, loop devices, processes, the work and state files.
 func TestPlayground(t *testing.T) {
 	t.Parallel()
-	requireRoot(t)
+	testenv.RequireRoot(t, "the end-to-end tests (loop devices, mount)")
 	testenv.Endpoint(t, testenv.EnvDynamoDB)
 	testenv.Endpoint(t, testenv.EnvMoto)
 	binaries(t)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/volsd/volsd/agent/systemd"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // The programs these tests need besides root; make deps installs them
@@ -22,9 +23,7 @@ var needed = []string{"dpkg", "dpkg-deb", "dpkg-query", "systemctl", "rpm"}
 
 func requireTools(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: installs the package with dpkg")
-	}
+	testenv.RequireRoot(t, "installing the package with dpkg")
 	for _, p := range needed {
 		if _, err := exec.LookPath(p); err != nil {
 			t.Fatalf("%s not found: this test needs %v (make deps installs them)", p, needed)

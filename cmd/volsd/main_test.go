@@ -128,9 +128,7 @@ func TestBinaryWiring(t *testing.T) {
 // input (exit 2) naming the path, whether it is LOCAL or inside a tree;
 // nothing is sent. The binary runs as nobody (root reads everything).
 func TestUnreadableFileIsBadInput(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run the CLI as another user")
-	}
+	testenv.RequireRoot(t, "running the CLI as another user")
 	dir, err := os.MkdirTemp("", "volsd-unreadable-")
 	if err != nil {
 		t.Fatal(err)

@@ -113,9 +113,7 @@ func TestQuickControlPlane(t *testing.T) {
 }
 
 func TestQuickApply(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loop devices, mkfs.ext4, mount")
-	}
+	testenv.RequireRoot(t, "the apply benchmark (loop devices, mkfs.ext4, mount)")
 	ddb := testenv.Endpoint(t, testenv.EnvDynamoDB)
 	sz := QuickSizes()
 	res, err := RunApply(context.Background(), ApplyOptions{

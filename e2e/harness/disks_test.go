@@ -8,21 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/volsd/volsd/internal/testenv"
 	"golang.org/x/sys/unix"
 )
-
-// requireRoot skips tests that need loop devices and mounts unless run as
-// root; with VOLSD_TEST_EMULATORS=1 (make test) they must run.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("VOLSD_TEST_EMULATORS") == "1" {
-		t.Fatal("this test needs root (loop devices, mount) and VOLSD_TEST_EMULATORS=1 says it must run")
-	}
-	t.Skip("needs root for loop devices and mount")
-}
 
 func run(t *testing.T, name string, args ...string) {
 	t.Helper()
@@ -32,7 +20,7 @@ func run(t *testing.T, name string, args ...string) {
 }
 
 func newDisks(t *testing.T) (*Disks, DeviceTree) {
-	requireRoot(t)
+	testenv.RequireRoot(t, "the harness's EBS volumes (loop devices, mount)")
 	dir := t.TempDir()
 	d, err := NewDisks(filepath.Join(dir, "ebs"))
 	if err != nil {

@@ -453,7 +453,7 @@ func TestProxyRunCommandMaxErrorsStopsTheRest(t *testing.T) {
 }
 
 func TestProxyEBSVolumesAreLoopDevices(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, "the harness's EBS volumes (loop devices, mount)")
 	e := newProxyEnv(t)
 	ctx := context.Background()
 	instA := e.runInstance(t, "us-east-1a", nil)

@@ -108,10 +108,17 @@ func DynamoDBClient(t testing.TB) *dynamodb.Client {
 // fails instead. why names what needs root.
 func RequireRoot(t testing.TB, why string) {
 	t.Helper()
-	if os.Geteuid() == 0 {
+	requireRoot(t, why, os.Geteuid(), os.Getenv(EnvRequired))
+}
+
+// requireRoot is RequireRoot's rule for effective user euid and the value
+// required of EnvRequired.
+func requireRoot(t testing.TB, why string, euid int, required string) {
+	t.Helper()
+	if euid == 0 {
 		return
 	}
-	if os.Getenv(EnvRequired) == "1" {
+	if required == "1" {
 		t.Fatalf("%s needs root, and %s=1 says this test must run: run it as root (sudo make test)", why, EnvRequired)
 	}
 	t.Skipf("%s needs root", why)
