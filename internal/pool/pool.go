@@ -24,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -201,19 +202,10 @@ func (p *Pool) read(ctx context.Context, fn func(context.Context) error) error {
 	return awserr.RetryThrottled(ctx, p.t.API, p.t.Throttled, p.t.Sleep, fn)
 }
 
-// withMargin returns ctx ending DeadlineMargin before its deadline (half
-// the remaining time when less than twice the margin is left).
+// withMargin returns ctx ending DeadlineMargin before its deadline
+// (lambdamain.WithDeadlineMargin).
 func (p *Pool) withMargin(ctx context.Context) (context.Context, context.CancelFunc) {
-	dl, ok := ctx.Deadline()
-	if !ok {
-		return context.WithCancel(ctx)
-	}
-	left := time.Until(dl)
-	m := p.t.DeadlineMargin
-	if left < 2*m {
-		m = left / 2
-	}
-	return context.WithDeadline(ctx, dl.Add(-m))
+	return lambdamain.WithDeadlineMargin(ctx, p.t.DeadlineMargin)
 }
 
 // clientToken is the EC2 idempotency token of the attempt-th on-demand

@@ -18,6 +18,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -110,11 +111,8 @@ const checkConcurrency = 10
 // in the dead-letter queue, where an operator can inspect it. Nothing is
 // dropped silently. The handler never returns an error.
 func (p *Pusher) HandleSQS(ctx context.Context, ev lambdaevents.SQSEvent) (lambdaevents.SQSEventResponse, error) {
-	if dl, ok := ctx.Deadline(); ok && p.cfg.Margin > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, dl.Add(-p.cfg.Margin))
-		defer cancel()
-	}
+	ctx, cancel := lambdamain.WithDeadlineMargin(ctx, p.cfg.Margin)
+	defer cancel()
 	items := make([]*item, len(ev.Records))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, checkConcurrency)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/ssmcmd"
 	"github.com/volsd/volsd/internal/store"
@@ -92,11 +93,8 @@ const maxErrorText = 1000
 // another kind, or for an instance the pool does not know, is logged and
 // dropped (nil): retrying cannot help.
 func (r *Reporter) HandleEvent(ctx context.Context, raw json.RawMessage) error {
-	if dl, ok := ctx.Deadline(); ok && r.cfg.Margin > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, dl.Add(-r.cfg.Margin))
-		defer cancel()
-	}
+	ctx, cancel := lambdamain.WithDeadlineMargin(ctx, r.cfg.Margin)
+	defer cancel()
 	var cs events.CommandStatus
 	env, err := events.DecodeDetail(raw, events.DetailTypeSSMStatus, &cs)
 	if errors.Is(err, events.ErrWrongDetailType) && env.DetailType == events.DetailTypeSSMCommand {

@@ -36,6 +36,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 
+	"github.com/volsd/volsd/internal/lambdamain"
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/reclaim"
 	"github.com/volsd/volsd/internal/store"
@@ -188,14 +189,11 @@ type Result struct {
 // Run does one scheduled run: sync records, take a snapshot, retention,
 // compaction, metric. A failing step does not stop the later ones (each
 // re-reads what it needs); the errors are joined. ctx is cut
-// DeadlineMargin before its deadline.
+// DeadlineMargin before its deadline (lambdamain.WithDeadlineMargin).
 func (r *Runner) Run(ctx context.Context) (Result, error) {
 	res := Result{AgeSeconds: -1}
-	if dl, ok := ctx.Deadline(); ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, dl.Add(-r.cfg.DeadlineMargin))
-		defer cancel()
-	}
+	ctx, cancel := lambdamain.WithDeadlineMargin(ctx, r.cfg.DeadlineMargin)
+	defer cancel()
 	var errs []error
 	step := func(name string, err error) {
 		if err != nil {
