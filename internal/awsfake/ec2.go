@@ -785,6 +785,15 @@ func (v *fakeVolume) filterValues(name string) ([]string, bool) {
 	}, v.tags)
 }
 
+// volume returns the volume vid, or EC2's InvalidVolume.NotFound. f.mu
+// must be held.
+func (f *EC2) volume(vid string) (*fakeVolume, error) {
+	if v := f.volumes[vid]; v != nil {
+		return v, nil
+	}
+	return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", vid)
+}
+
 // validDevice reports whether name is a device name EC2 accepts for an EBS
 // attachment on Nitro/HVM instances.
 func validDevice(name string) bool {
@@ -819,11 +828,12 @@ func (f *EC2) AttachVolume(ctx context.Context, in *ec2.AttachVolumeInput, _ ...
 	}
 	defer f.mu.Unlock()
 	vid, iid, dev := aws.ToString(in.VolumeId), aws.ToString(in.InstanceId), aws.ToString(in.Device)
-	v := f.volumes[vid]
+	v, err := f.volume(vid)
+	if err != nil {
+		return nil, err
+	}
 	inst := f.instances[iid]
 	switch {
-	case v == nil:
-		return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", vid)
 	case inst == nil:
 		return nil, EC2Error("InvalidInstanceID.NotFound", "The instance ID '%s' does not exist", iid)
 	case !validDevice(dev):
@@ -878,10 +888,11 @@ func (f *EC2) DetachVolume(ctx context.Context, in *ec2.DetachVolumeInput, _ ...
 	}
 	defer f.mu.Unlock()
 	vid, iid := aws.ToString(in.VolumeId), aws.ToString(in.InstanceId)
-	v := f.volumes[vid]
+	v, err := f.volume(vid)
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case v == nil:
-		return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", vid)
 	case v.att == nil:
 		return nil, EC2Error("IncorrectState", "Volume '%s' is in the '%s' state.", vid, v.state)
 	case iid != "" && v.att.instance != iid:
@@ -911,10 +922,11 @@ func (f *EC2) DeleteVolume(ctx context.Context, in *ec2.DeleteVolumeInput, _ ...
 	}
 	defer f.mu.Unlock()
 	vid := aws.ToString(in.VolumeId)
-	v := f.volumes[vid]
+	v, err := f.volume(vid)
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case v == nil:
-		return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", vid)
 	case v.att != nil:
 		return nil, EC2Error("VolumeInUse", "Volume %s is currently attached to %s", vid, v.att.instance)
 	case v.state == types.VolumeStateCreating:
@@ -939,10 +951,11 @@ func (f *EC2) ModifyVolume(ctx context.Context, in *ec2.ModifyVolumeInput, _ ...
 	}
 	defer f.mu.Unlock()
 	vid := aws.ToString(in.VolumeId)
-	v := f.volumes[vid]
+	v, err := f.volume(vid)
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case v == nil:
-		return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", vid)
 	case v.state != types.VolumeStateAvailable && v.state != types.VolumeStateInUse:
 		return nil, EC2Error("IncorrectState", "The volume '%s' is '%s'", vid, v.state)
 	case in.Size == nil || in.VolumeType != "" || in.Iops != nil || in.Throughput != nil:
@@ -977,9 +990,9 @@ func (f *EC2) DescribeVolumesModifications(ctx context.Context, in *ec2.Describe
 	defer f.mu.Unlock()
 	out := &ec2.DescribeVolumesModificationsOutput{}
 	for _, id := range in.VolumeIds {
-		v := f.volumes[id]
-		if v == nil {
-			return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", id)
+		v, err := f.volume(id)
+		if err != nil {
+			return nil, err
 		}
 		for _, m := range v.mods {
 			out.VolumesModifications = append(out.VolumesModifications, *m.view(id))
@@ -1082,10 +1095,11 @@ func (f *EC2) CreateSnapshot(ctx context.Context, in *ec2.CreateSnapshotInput, _
 	}
 	defer f.mu.Unlock()
 	vid := aws.ToString(in.VolumeId)
-	v := f.volumes[vid]
+	v, err := f.volume(vid)
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case v == nil:
-		return nil, EC2Error("InvalidVolume.NotFound", "The volume '%s' does not exist.", vid)
 	case v.state != types.VolumeStateAvailable && v.state != types.VolumeStateInUse:
 		return nil, EC2Error("IncorrectState", "The volume '%s' is '%s'", vid, v.state)
 	}
