@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/volsd/volsd/internal/testenv"
 	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestForgedContentRecordsDoNotVouch: whoever can write a served file

@@ -8,8 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/volsd/volsd/internal/testenv"
 	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 func run(t *testing.T, name string, args ...string) {

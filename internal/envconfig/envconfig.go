@@ -169,6 +169,22 @@ func (r *Reader) Err() error {
 // PoolName is the rule for pool names: letters, digits, - and _, 1..64.
 var PoolName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
+// Pool reads the pool's name from VOLSD_POOL (required, PoolName).
+func (r *Reader) Pool() string {
+	return r.Match("VOLSD_POOL", "", true, PoolName, "letters, digits, - and _, at most 64")
+}
+
+// Lambda is what a volsd Lambda reads besides its own settings.
+type Lambda struct {
+	Table    string     // VOLSD_TABLE
+	LogLevel slog.Level // VOLSD_LOG_LEVEL
+}
+
+// Lambda reads VOLSD_TABLE (required) and VOLSD_LOG_LEVEL.
+func (r *Reader) Lambda() Lambda {
+	return Lambda{Table: r.String("VOLSD_TABLE", "", true), LogLevel: r.LogLevel("VOLSD_LOG_LEVEL")}
+}
+
 // Document reads the name of the SSM document of kind (events.DocApply
 // …) from events.DocumentVariable(kind), by default
 // events.DefaultDocumentName(kind), and checks it against SSM's rule

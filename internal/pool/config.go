@@ -73,7 +73,7 @@ var (
 // LoadConfig reads the configuration, reporting every problem at once.
 func LoadConfig(r *envconfig.Reader) (Config, error) {
 	c := Config{
-		Pool:           r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64"),
+		Pool:           r.Pool(),
 		Table:          r.String("VOLSD_TABLE", "", true),
 		Group:          r.Match("VOLSD_ASG", "", true, groupName, "an Auto Scaling group name"),
 		IdlePerAZ:      int(r.Int("VOLSD_IDLE_PER_AZ", 0, true, 0, 1000)),

@@ -1,7 +1,6 @@
 package push
 
 import (
-	"log/slog"
 	"regexp"
 	"time"
 
@@ -46,17 +45,15 @@ type Config struct {
 // Env is what the push main reads from the environment.
 type Env struct {
 	Config
-	Table    string     // VOLSD_TABLE
-	LogLevel slog.Level // VOLSD_LOG_LEVEL
+	envconfig.Lambda
 }
 
 // LoadEnv reads the push Lambda's configuration and returns every problem
 // at once.
 func LoadEnv(r *envconfig.Reader) (Env, error) {
 	var e Env
-	e.Pool = r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
-	e.Table = r.String("VOLSD_TABLE", "", true)
-	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
+	e.Pool = r.Pool()
+	e.Lambda = r.Lambda()
 	e.Bucket = r.String("VOLSD_BUCKET", "", true)
 	e.DocApply = r.Document(events.DocApply)
 	e.MaxConcurrency = r.Match("VOLSD_SSM_MAX_CONCURRENCY", DefaultMaxConcurrency, false, maxConcurrencyPattern, `a count like 10 or a percentage like 50% (SSM MaxConcurrency)`)

@@ -1,7 +1,6 @@
 package report
 
 import (
-	"log/slog"
 	"time"
 
 	"github.com/volsd/volsd/events"
@@ -23,17 +22,15 @@ type Config struct {
 // Env is what the report main reads from the environment.
 type Env struct {
 	Config
-	Table    string     // VOLSD_TABLE
-	LogLevel slog.Level // VOLSD_LOG_LEVEL
+	envconfig.Lambda
 }
 
 // LoadEnv reads the report Lambda's configuration and returns every
 // problem at once.
 func LoadEnv(r *envconfig.Reader) (Env, error) {
 	var e Env
-	e.Pool = r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
-	e.Table = r.String("VOLSD_TABLE", "", true)
-	e.LogLevel = r.LogLevel("VOLSD_LOG_LEVEL")
+	e.Pool = r.Pool()
+	e.Lambda = r.Lambda()
 	e.InvocationWait = 20 * time.Second
 	e.Margin = 3 * time.Second
 	for _, kind := range events.DocumentKinds {

@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"log/slog"
 	"time"
 
 	"github.com/volsd/volsd/events"
@@ -12,8 +11,7 @@ import (
 // Env is the snapshot Lambda's environment (docs/contracts.md).
 type Env struct {
 	Config
-	Table    string     // VOLSD_TABLE
-	LogLevel slog.Level // VOLSD_LOG_LEVEL
+	envconfig.Lambda
 }
 
 // LoadEnv reads the snapshot Lambda's variables and reports every problem
@@ -30,7 +28,7 @@ type Env struct {
 //	VOLSD_LOG_LEVEL                           debug, info, warn, error (info)
 func LoadEnv(r *envconfig.Reader) (Env, error) {
 	var e Env
-	e.Pool = r.Match("VOLSD_POOL", "", true, envconfig.PoolName, "letters, digits, - and _, at most 64")
+	e.Pool = r.Pool()
 	e.Table = r.String("VOLSD_TABLE", "", true)
 	e.Group = r.String("VOLSD_ASG", "", true)
 	e.Keep = int(r.Int("VOLSD_SNAPSHOT_KEEP", 3, false, 1, 1000))
