@@ -77,17 +77,13 @@ type Agent struct {
 	rsyncBin        string
 	rsyncErr        error
 
-	// During an apply (under its lock): the tree index, once a sync
-	// needed it, and whether the volume keeps nanosecond timestamps.
-	index     *treeIndex
-	fineTimes bool
-	// flush is the apply's one descriptor for flushing the mount.
-	flush *flusher
 	// unconfined runs rsync outside the jail (only tests that wrap
 	// rsync in a script of their own).
 	unconfined bool
-	// deadline is the deadline of the entry being applied.
-	deadline *entryDeadline
+	// placeNativeMax is the most paths an entry may place for the agent
+	// to place them itself, without rsync (NativePlaceMax; tests lower it
+	// to run the rsync passes).
+	placeNativeMax int
 }
 
 // New returns an Agent.
@@ -128,6 +124,7 @@ func New(cfg Config, d Deps) *Agent {
 		a.entryBase = EntryBaseTimeout
 	}
 	a.rsyncBin, a.rsyncErr = findRsync()
+	a.placeNativeMax = NativePlaceMax
 	return a
 }
 

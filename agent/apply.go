@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/volsd/volsd/events"
-	"github.com/volsd/volsd/internal/awserr"
 )
 
 // Apply applies the journal entries above the watermark up to upTo (0: the
@@ -99,17 +98,11 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		return notReady("volume at %s has no watermark %s (run `volsd-agent up`)", a.cfg.MountPath, a.statePath())
 	}
 	r.Seq = st.Seq
-	// Opened before anything is written: it sees every writeback error
-	// of this apply.
-	if a.flush, err = openFlusher(a.cfg.MountPath); err != nil {
+	run, err := a.startRun(lock)
+	if err != nil {
 		return err
 	}
-	defer func() { a.flush.close(); a.flush = nil }()
-	// One retry budget for every GET of this apply.
-	a.origin.budget = awserr.NewBudget(fetchBackoff)
-	defer func() { a.origin.budget = nil }()
-	a.index = nil // loaded again by the first sync: files may have changed since the last apply
-	defer func() { a.index = nil }()
+	defer run.end()
 	if err := a.recoverLeftovers(); err != nil {
 		return err
 	}
@@ -130,21 +123,12 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 	a.log.Debug("journal read", "duration", time.Since(jstart).Round(time.Millisecond).String())
 	a.log.Info("applying", "from", st.Seq+1, "to", target, "head", head)
 
-	rs := rsync{bin: a.rsyncBin, lock: lock.f}
-	if !a.unconfined {
-		teardown, err := a.setUpJail()
-		if err != nil {
-			return err
-		}
-		defer teardown()
-		rs.jail, rs.mount = a.jailPath(), a.cfg.MountPath
-	}
 	done := st.Seq
 	lastCheckpoint := time.Now()
 	// stop keeps what is done (checkpoint) and returns err.
 	stop := func(err error) error {
 		if done > r.Seq {
-			if cerr := a.checkpoint(done); cerr == nil {
+			if cerr := run.checkpoint(done); cerr == nil {
 				r.Seq = done
 			}
 		}
@@ -159,7 +143,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		start := time.Now()
 		if k := foldablePuts(entries[i:]); k > 1 && i >= single {
 			group := entries[i : i+k]
-			n, err := a.applyPuts(ctx, group, rs)
+			n, err := run.applyPuts(ctx, group)
 			r.Bytes += n
 			if err == nil {
 				a.log.Info("applied together", "from", e.Seq, "to", group[k-1].Seq, "op", string(events.OpPut), "files", k,
@@ -171,7 +155,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 					progress()
 				}
 				if i == len(entries)-1 || time.Since(lastCheckpoint) >= a.checkpointEvery {
-					if err := a.checkpoint(done); err != nil {
+					if err := run.checkpoint(done); err != nil {
 						return err
 					}
 					r.Seq = done
@@ -187,7 +171,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 			a.log.Warn("entries placed together failed; applying them one by one", "from", e.Seq, "to", group[k-1].Seq, "err", err)
 			single = i + k
 		}
-		n, desc, err := a.applyEntry(ctx, e, rs)
+		n, desc, err := run.applyEntry(ctx, e)
 		r.Bytes += n
 		if err != nil {
 			k := KindOf(err)
@@ -205,7 +189,7 @@ func (a *Agent) applyLocked(ctx context.Context, upTo int64, lock *applyLock, r 
 		}
 		if i == len(entries)-1 || time.Since(lastCheckpoint) >= a.checkpointEvery {
 			cp := time.Now()
-			if err := a.checkpoint(done); err != nil {
+			if err := run.checkpoint(done); err != nil {
 				return err
 			}
 			a.log.Debug("checkpoint", "seq", done, "duration", time.Since(cp).Round(time.Millisecond).String())
@@ -277,7 +261,7 @@ func (a *Agent) recoverLeftovers() error {
 // returns the bytes fetched from the origin and a summary for the log.
 // Until place starts nothing in the live tree changes, so bad input and a
 // full disk leave it intact.
-func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync) (fetched int64, desc string, err error) {
+func (a *applyRun) applyEntry(ctx context.Context, e events.JournalEntry) (fetched int64, desc string, err error) {
 	ctx, end := a.entryDeadline(ctx, e)
 	defer func() {
 		if err = end(err); err != nil {
@@ -300,7 +284,7 @@ func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync)
 		return pe.fetched, pe.desc, err
 	}
 	if !pe.empty() {
-		if err := a.placeEntry(ctx, root, pe, rs, ph); err != nil {
+		if err := a.placeEntry(ctx, root, pe, ph); err != nil {
 			return pe.fetched, pe.desc, err
 		}
 		// Before the index captures the placed files: unlinking the
@@ -315,7 +299,7 @@ func (a *Agent) applyEntry(ctx context.Context, e events.JournalEntry, rs rsync)
 // entryDeadline starts e's deadline (a.deadline while the agent works on
 // it); end stops it and returns err, or the deadline's own error when the
 // deadline is what ended the work.
-func (a *Agent) entryDeadline(ctx context.Context, e events.JournalEntry) (context.Context, func(err error) error) {
+func (a *applyRun) entryDeadline(ctx context.Context, e events.JournalEntry) (context.Context, func(err error) error) {
 	ctx, dl := newEntryDeadline(ctx, e, a.entryBase)
 	a.deadline = dl
 	return ctx, func(err error) error {
@@ -359,7 +343,7 @@ func foldablePuts(entries []events.JournalEntry) int {
 // check and one flush, instead of a set of rsync runs and a flush per
 // entry. It changes the volume exactly as applying them in order would;
 // the caller moves the watermark past the last only when it succeeds.
-func (a *Agent) applyPuts(ctx context.Context, es []events.JournalEntry, rs rsync) (fetched int64, err error) {
+func (a *applyRun) applyPuts(ctx context.Context, es []events.JournalEntry) (fetched int64, err error) {
 	first := es[0]
 	var size int64
 	for _, e := range es {
@@ -404,7 +388,7 @@ func (a *Agent) applyPuts(ctx context.Context, es []events.JournalEntry, rs rsyn
 		return fetched, err
 	}
 	if !pe.empty() {
-		if err := a.placeEntry(ctx, root, pe, rs, ph); err != nil {
+		if err := a.placeEntry(ctx, root, pe, ph); err != nil {
 			return fetched, err
 		}
 		a.removeStaging()
@@ -415,7 +399,7 @@ func (a *Agent) applyPuts(ctx context.Context, es []events.JournalEntry, rs rsyn
 }
 
 // treeIndex returns the tree index, loaded on first use in an apply.
-func (a *Agent) treeIndex() *treeIndex {
+func (a *applyRun) treeIndex() *treeIndex {
 	if a.index == nil {
 		var err error
 		a.index, err = loadIndex(filepath.Join(a.stateDir(), indexFile))
@@ -431,7 +415,7 @@ func (a *Agent) treeIndex() *treeIndex {
 // date with the entry just applied: a sync's target gets the records of
 // its unchanged and placed files, a put's file its placed record, and
 // whatever was deleted loses its records.
-func (a *Agent) updateIndex(root int, e events.JournalEntry, pe *preparedEntry) {
+func (a *applyRun) updateIndex(root int, e events.JournalEntry, pe *preparedEntry) {
 	x, p := a.index, pe.plan
 	if x == nil || p == nil {
 		return
@@ -459,9 +443,9 @@ func (a *Agent) updateIndex(root int, e events.JournalEntry, pe *preparedEntry) 
 // index (encoded while the volume is made durable): the index describes
 // only what that syncfs made durable. A failed index write only costs
 // speed.
-func (a *Agent) checkpoint(seq int64) error {
+func (a *applyRun) checkpoint(seq int64) error {
 	encoded := a.index.encode()
-	if err := a.writeState(seq); err != nil {
+	if err := a.writeStateWith(seq, a.flush); err != nil {
 		return err
 	}
 	if encoded != nil {
@@ -502,7 +486,7 @@ func (pe *preparedEntry) empty() bool {
 
 // prepareEntry validates, plans and stages e. root is the mount's
 // directory descriptor; ph collects timings.
-func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntry, ph *phases) (*preparedEntry, error) {
+func (a *applyRun) prepareEntry(ctx context.Context, root int, e events.JournalEntry, ph *phases) (*preparedEntry, error) {
 	pe := &preparedEntry{}
 	if err := e.Validate(); err != nil {
 		return pe, badInput("%v", err)
@@ -550,7 +534,7 @@ func (a *Agent) prepareEntry(ctx context.Context, root int, e events.JournalEntr
 // prefetched (nil: nothing) is kept where the plan wants it, the rest is
 // fetched or copied locally, after a disk-space check. mtime is the
 // entry's (a staged item may carry its own).
-func (a *Agent) stagePlan(ctx context.Context, pe *preparedEntry, pf *prefetch, staging string, mtime int64, ph *phases) error {
+func (a *applyRun) stagePlan(ctx context.Context, pe *preparedEntry, pf *prefetch, staging string, mtime int64, ph *phases) error {
 	p := pe.plan
 	pe.desc = p.describe()
 	if err := a.checkNoMountInside(p); err != nil {
@@ -601,11 +585,45 @@ func (a *Agent) stagePlan(ctx context.Context, pe *preparedEntry, pf *prefetch, 
 	return err
 }
 
-// placeEntry runs the passes of a prepared entry: copy (changed files,
+// placeEntry puts a prepared entry in place: the agent itself when it
+// places few paths (placeNative), else the rsync passes (rsyncPasses);
+// then the chmods of existing directories.
+func (a *applyRun) placeEntry(ctx context.Context, root int, pe *preparedEntry, ph *phases) error {
+	p := pe.plan
+	place := a.rsyncPasses
+	if a.placesNatively(pe) {
+		place = func(_ context.Context, root int, pe *preparedEntry, ph *phases) error {
+			return a.placeNative(root, pe, ph)
+		}
+	}
+	if err := place(ctx, root, pe, ph); err != nil {
+		return err
+	}
+	for _, d := range p.chmods {
+		if err := chmodDir(root, d, p.dirModes[d]); err != nil {
+			return retryable("chmod %s: %v", d, err)
+		}
+	}
+	if len(p.chmods) > 0 {
+		if err := verifyPlaced(root, a.cfg.MountPath, p.chmods, pe.want, p); err != nil {
+			return err
+		}
+		ph.mark("chmod")
+	}
+	return nil
+}
+
+// rsyncPasses runs the passes of a prepared entry: copy (changed files,
 // --delay-updates), deletes (no symlink followed), link (new files), each
 // checked afterwards.
-func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs rsync, ph *phases) (err error) {
+func (a *applyRun) rsyncPasses(ctx context.Context, root int, pe *preparedEntry, ph *phases) (err error) {
 	p := pe.plan
+	var rs rsync
+	if len(p.copies)+len(p.links) > 0 {
+		if rs, err = a.rsync(); err != nil {
+			return err
+		}
+	}
 	stopFlush := a.flush.flushWhile("flush under the rsync passes")
 	defer func() {
 		if ferr := stopFlush(); err == nil {
@@ -650,17 +668,6 @@ func (a *Agent) placeEntry(ctx context.Context, root int, pe *preparedEntry, rs 
 		}
 		ph.mark("link")
 	}
-	for _, d := range p.chmods {
-		if err := chmodDir(root, d, p.dirModes[d]); err != nil {
-			return retryable("chmod %s: %v", d, err)
-		}
-	}
-	if len(p.chmods) > 0 {
-		if err := verifyPlaced(root, a.cfg.MountPath, p.chmods, pe.want, p); err != nil {
-			return err
-		}
-		ph.mark("chmod")
-	}
 	return nil
 }
 
@@ -677,7 +684,7 @@ const (
 
 // copyPasses runs the copy pass of paths, split by directory when large,
 // and returns the first error.
-func (a *Agent) copyPasses(ctx context.Context, rs rsync, staging, tmp string, paths []string) error {
+func (a *applyRun) copyPasses(ctx context.Context, rs rsync, staging, tmp string, paths []string) error {
 	groups := [][]string{paths}
 	if len(paths) >= SplitCopyFiles {
 		groups = splitByDir(paths, CopyProcesses)
@@ -777,7 +784,7 @@ func (a *Agent) removeStaging() {
 // unique blobs from the origin in parallel, duplicates copied from the
 // first staged copy; then each file gets its mode, mtime and content
 // record. It returns the bytes fetched from the origin.
-func (a *Agent) stage(ctx context.Context, staging string, p *entryPlan, mtime int64, prefetched map[string]events.Blob) (int64, error) {
+func (a *applyRun) stage(ctx context.Context, staging string, p *entryPlan, mtime int64, prefetched map[string]events.Blob) (int64, error) {
 	dirs := map[string]bool{staging: true}
 	files := make(map[string]bool, len(p.stage))
 	for _, s := range p.stage {

@@ -567,18 +567,19 @@ func timePlace(b *testing.B, a *Agent, e events.JournalEntry) time.Duration {
 	}
 	defer closeFD(root)
 	defer a.removeStaging()
-	if a.flush, err = openFlusher(a.cfg.MountPath); err != nil {
+	run, err := a.startRun(nil)
+	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() { a.flush.close(); a.flush = nil }()
-	pe, err := a.prepareEntry(context.Background(), root, e, newPhases())
+	defer run.end()
+	pe, err := run.prepareEntry(context.Background(), root, e, newPhases())
 	if err != nil {
 		b.Fatal(err)
 	}
 	settle(b)
 	start := time.Now()
 	b.StartTimer()
-	if err := a.placeEntry(context.Background(), root, pe, rsync{bin: a.rsyncBin}, newPhases()); err != nil {
+	if err := run.placeEntry(context.Background(), root, pe, newPhases()); err != nil {
 		b.Fatal(err)
 	}
 	b.StopTimer()

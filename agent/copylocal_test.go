@@ -67,13 +67,14 @@ func TestLocalCopiesAreVerified(t *testing.T) {
 				t.Fatalf("plan %+v: want a local copy (same content, new mode)", p)
 			}
 			tc.tamper(filepath.Join(cfg.MountPath, tc.path))
-			if a.flush, err = openFlusher(cfg.MountPath); err != nil {
+			run, err := a.startRun(nil)
+			if err != nil {
 				t.Fatal(err)
 			}
-			defer func() { a.flush.close(); a.flush = nil }()
+			defer run.end()
 			staging := filepath.Join(a.stateDir(), stagingDir, "9")
 			defer a.removeStaging()
-			fetched, err := a.stage(context.Background(), staging, p, mtimeOf(e), nil)
+			fetched, err := run.stage(context.Background(), staging, p, mtimeOf(e), nil)
 			if err != nil {
 				t.Fatal(err)
 			}

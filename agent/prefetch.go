@@ -83,7 +83,7 @@ func predictFetch(idx *treeIndex, target string, m events.Manifest) []stageItem 
 // startPrefetch starts predicting and fetching the files of a sync into
 // staging, next to the walk; nothing is fetched when the prediction is
 // empty or the volume has not room for it.
-func (a *Agent) startPrefetch(ctx context.Context, e events.JournalEntry, m events.Manifest, staging string) *prefetch {
+func (a *applyRun) startPrefetch(ctx context.Context, e events.JournalEntry, m events.Manifest, staging string) *prefetch {
 	ctx, cancel := context.WithCancel(ctx)
 	pf := &prefetch{cancel: cancel, done: make(chan struct{}), staged: map[string]events.Blob{}}
 	idx, mtime := a.index, mtimeOf(e)

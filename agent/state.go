@@ -67,7 +67,11 @@ func (a *Agent) readState() (VolumeState, bool, error) {
 // the temp file's own fsync: one flush fewer per checkpoint.) During an
 // apply the syncfs runs on the apply's flusher, so a writeback error any
 // earlier flush of the apply met fails it too.
-func (a *Agent) writeState(seq int64) error {
+func (a *Agent) writeState(seq int64) error { return a.writeStateWith(seq, nil) }
+
+// writeStateWith is writeState with the syncfs on f (nil: a flusher of its
+// own, outside an apply).
+func (a *Agent) writeStateWith(seq int64, f *flusher) error {
 	data, _ := json.Marshal(VolumeState{Version: 1, Pool: a.cfg.Pool, Seq: seq, UpdatedAt: a.now().UTC()})
 	fail := func(err error) error {
 		if isNoSpace(err) {
@@ -80,8 +84,7 @@ func (a *Agent) writeState(seq int64) error {
 		return fail(err)
 	}
 	defer os.Remove(tmp) // a no-op after the rename
-	f := a.flush
-	if f == nil { // outside an apply (up's first watermark)
+	if f == nil {        // outside an apply (up's first watermark)
 		if f, err = openFlusher(a.cfg.MountPath); err != nil {
 			return err
 		}
