@@ -112,6 +112,13 @@ func (a *applyRun) startPrefetch(ctx context.Context, e events.JournalEntry, m e
 			pf.mu.Unlock()
 			return nil
 		})
+		// What was prefetched is written back while the walk still runs
+		// (a small delta's content, below WritebackEvery, would otherwise
+		// wait for the flush after placing); on the apply's flusher, so an
+		// error fails the entry.
+		if pf.fetched.Load() > 0 && ctx.Err() == nil {
+			_ = a.flush.syncfs("flush after prefetch")
+		}
 	}()
 	return pf
 }

@@ -91,15 +91,18 @@ type ApplyResult struct {
 //     from DynamoDB Local, manifest and blobs fetched from the origin and
 //     verified (sha256), staged on the volume, put in place by its rsync
 //     passes, checked, watermark written after syncfs;
-//   - agent delta: then the sync entry of the changed tree;
+//   - agent delta: then the sync entry of the changed tree (few paths:
+//     placed by the agent itself, no rsync);
 //   - rsync full: `rsync -a tree/ mnt/site/` onto an empty volume, then
 //     syncfs;
 //   - rsync delta: then `rsync -a tree2/ mnt/site/`, syncfs.
 //
 // The agent's origin is a local directory whose blobs are hard links to
 // the tree's files: both sides read the same source bytes from the page
-// cache and neither pays for a network. The order of the two sides
-// alternates between runs. The first run checks that both volumes hold
+// cache and neither pays for a network. Each run makes both volumes, then
+// times both full syncs, then both deltas, the two of a pair one right
+// after the other (the shared machine's load moves within seconds); which
+// side goes first alternates between runs. The first run checks that both volumes hold
 // exactly the tree (sha256 of every file and its mode).
 func RunApply(ctx context.Context, o ApplyOptions) (*ApplyResult, error) {
 	if o.Log == nil {
@@ -187,40 +190,92 @@ func RunApply(ctx context.Context, o ApplyOptions) (*ApplyResult, error) {
 		if run%2 == 1 {
 			sides = []string{"rsync", "agent"}
 		}
+		// Both volumes first; then both full syncs, then both deltas, the
+		// two of a pair one right after the other: the machine's load
+		// (shared, noisy) is about the same for both sides of a ratio.
+		vols := map[string]*volume{}
+		closeAll := func() error {
+			var err error
+			for _, v := range vols {
+				if cerr := v.close(); err == nil {
+					err = cerr
+				}
+			}
+			return err
+		}
 		for _, side := range sides {
-			settle()
 			vol, mk, err := newVolume(ctx, dir, side, o.ImageGiB)
 			if err != nil {
+				closeAll()
 				return nil, err
 			}
-			mkfs = append(mkfs, mk)
-			var full, delta time.Duration
-			var plain [2]time.Duration
+			vols[side], mkfs = vol, append(mkfs, mk)
+		}
+		ag, err := newAgentSide(vols["agent"].mount, filepath.Join(dir, "run-agent"), pool, table, origin.bucket, originClient, journal)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		var full, delta, plain [2]time.Duration // agent, rsync
+		step := func(side string, i int) error {
+			settle()
+			var err error
 			switch side {
 			case "agent":
-				var fetched [2]int64
-				full, delta, fetched, err = agentApply(ctx, vol.mount, filepath.Join(dir, "run-agent"), pool, table, origin.bucket, originClient, journal, v1, check)
-				res.AgentFetchedFull, res.AgentFetchedDelta = fetched[0], fetched[1]
+				var fetched int64
+				if i == 0 {
+					full[0], fetched, err = ag.apply(ctx, 1)
+					res.AgentFetchedFull = fetched
+					if err == nil && check {
+						err = verifyTree(filepath.Join(vols[side].mount, target), v1)
+					}
+				} else {
+					delta[0], fetched, err = ag.apply(ctx, 2)
+					res.AgentFetchedDelta = fetched
+				}
 			case "rsync":
-				full, delta, plain, err = rsyncApply(ctx, vol.mount, target, v1, v2, check)
+				dst := filepath.Join(vols[side].mount, target)
+				src := v1
+				if i == 1 {
+					src = v2
+				}
+				var p, d time.Duration
+				p, d, err = rsyncCopy(ctx, src, dst, vols[side].mount)
+				if i == 0 {
+					full[1], plain[0] = d, p
+					if err == nil && check {
+						err = verifyTree(dst, v1)
+					}
+				} else {
+					delta[1], plain[1] = d, p
+				}
 			}
-			if err == nil && check {
-				err = verifyTree(filepath.Join(vol.mount, target), v2)
-			}
-			if cerr := vol.close(); err == nil {
-				err = cerr
+			if err == nil && check && i == 1 {
+				err = verifyTree(filepath.Join(vols[side].mount, target), v2)
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s, run %d: %w", side, run+1, err)
+				return fmt.Errorf("%s, run %d: %w", side, run+1, err)
 			}
-			if side == "agent" {
-				agentFull, agentDelta = append(agentFull, full), append(agentDelta, delta)
-			} else {
-				rsyncFull, rsyncDelta = append(rsyncFull, full), append(rsyncDelta, delta)
-				plainFull, plainDelta = append(plainFull, plain[0]), append(plainDelta, plain[1])
-			}
-			o.Log("run %d/%d %-5s full %6.2f s, delta %5.2f s", run+1, o.Runs, side, full.Seconds(), delta.Seconds())
+			return nil
 		}
+		for i := range 2 {
+			for _, side := range sides {
+				if err := step(side, i); err != nil {
+					ag.close()
+					closeAll()
+					return nil, err
+				}
+			}
+		}
+		ag.close()
+		if err := closeAll(); err != nil {
+			return nil, err
+		}
+		agentFull, agentDelta = append(agentFull, full[0]), append(agentDelta, delta[0])
+		rsyncFull, rsyncDelta = append(rsyncFull, full[1]), append(rsyncDelta, delta[1])
+		plainFull, plainDelta = append(plainFull, plain[0]), append(plainDelta, plain[1])
+		o.Log("run %d/%d (%s first): full agent %6.2f s, rsync %6.2f s; delta agent %5.3f s, rsync %5.3f s; load %s", run+1, o.Runs, sides[0],
+			full[0].Seconds(), full[1].Seconds(), delta[0].Seconds(), delta[1].Seconds(), loadNow())
 		res.PairedFull = append(res.PairedFull, math.Round(agentFull[run].Seconds()/rsyncFull[run].Seconds()*1e4)/1e4)
 		res.PairedDelta = append(res.PairedDelta, math.Round(agentDelta[run].Seconds()/rsyncDelta[run].Seconds()*1e4)/1e4)
 	}
@@ -247,51 +302,57 @@ func RunApply(ctx context.Context, o ApplyOptions) (*ApplyResult, error) {
 	return res, nil
 }
 
-// agentApply initialises the volume as `volsd-agent up` leaves a blank one
-// (.volsd/ with the watermark at seq 0) and times Apply up to 1 (full)
-// and then up to 2 (delta).
-func agentApply(ctx context.Context, mount, runDir, pool, table, bucket string, origin agent.S3, journal agent.Journal, v1 string, check bool) (full, delta time.Duration, fetched [2]int64, err error) {
+// agentSide is the agent of one run's volume, initialised as `volsd-agent
+// up` leaves a blank one (.volsd/ with the watermark at seq 0).
+type agentSide struct {
+	a      *agent.Agent
+	runDir string
+}
+
+func newAgentSide(mount, runDir, pool, table, bucket string, origin agent.S3, journal agent.Journal) (*agentSide, error) {
 	if err := os.MkdirAll(filepath.Join(mount, events.ReservedDir), 0o700); err != nil {
-		return 0, 0, fetched, err
+		return nil, err
 	}
 	state, _ := json.Marshal(agent.VolumeState{Version: 1, Pool: pool, Seq: 0, UpdatedAt: time.Now().UTC()})
 	if err := os.WriteFile(filepath.Join(mount, events.ReservedDir, "state.json"), append(state, '\n'), 0o600); err != nil {
-		return 0, 0, fetched, err
+		return nil, err
 	}
 	if err := syncFS(mount); err != nil {
-		return 0, 0, fetched, err
+		return nil, err
 	}
 	os.RemoveAll(runDir)
-	defer os.RemoveAll(runDir)
 	a := agent.New(agent.Config{Pool: pool, Table: table, Bucket: bucket, MountPath: mount, FSType: "ext4", RunDir: runDir},
 		agent.Deps{S3: origin, Journal: journal, Logger: agentLogger()})
-	for i, upTo := range []int64{1, 2} {
-		var r agent.Report
-		stopProfile := startProfile(i == 1)
-		start := time.Now()
-		err := a.Apply(ctx, upTo, false, &r)
-		d := time.Since(start)
-		stopProfile()
-		if err != nil {
-			return 0, 0, fetched, fmt.Errorf("apply up to %d: %w", upTo, err)
-		}
-		if r.Seq != upTo || r.Applied != 1 {
-			return 0, 0, fetched, fmt.Errorf("apply up to %d: report says seq %d, applied %d", upTo, r.Seq, r.Applied)
-		}
-		fetched[i] = r.Bytes
-		if i == 0 {
-			full = d
-			if check {
-				if err := verifyTree(filepath.Join(mount, "site"), v1); err != nil {
-					return 0, 0, fetched, fmt.Errorf("after the full apply: %w", err)
-				}
-			}
-			settle()
-		} else {
-			delta = d
-		}
+	return &agentSide{a: a, runDir: runDir}, nil
+}
+
+func (s *agentSide) close() { os.RemoveAll(s.runDir) }
+
+// apply times Apply up to upTo (one entry: 1 is the full sync, 2 the
+// delta) and returns the bytes it fetched.
+func (s *agentSide) apply(ctx context.Context, upTo int64) (time.Duration, int64, error) {
+	var r agent.Report
+	stopProfile := startProfile(upTo == 2)
+	start := time.Now()
+	err := s.a.Apply(ctx, upTo, false, &r)
+	d := time.Since(start)
+	stopProfile()
+	if err != nil {
+		return 0, 0, fmt.Errorf("apply up to %d: %w", upTo, err)
 	}
-	return full, delta, fetched, nil
+	if r.Seq != upTo || r.Applied != 1 {
+		return 0, 0, fmt.Errorf("apply up to %d: report says seq %d, applied %d", upTo, r.Seq, r.Applied)
+	}
+	return d, r.Bytes, nil
+}
+
+// loadNow is the 1-minute load average, for the log.
+func loadNow() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(b))[0]
 }
 
 // startProfile starts a CPU profile of the delta apply when
@@ -323,25 +384,6 @@ func agentLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.NewJSONHandler(io.Discard, nil))
-}
-
-// rsyncApply times `rsync -a v1/ mnt/target/` and then v2 over it, each
-// with its syncfs (full, delta) and without (plain).
-func rsyncApply(ctx context.Context, mount, target, v1, v2 string, check bool) (full, delta time.Duration, plain [2]time.Duration, err error) {
-	dst := filepath.Join(mount, target)
-	if plain[0], full, err = rsyncCopy(ctx, v1, dst, mount); err != nil {
-		return 0, 0, plain, err
-	}
-	if check {
-		if err := verifyTree(dst, v1); err != nil {
-			return 0, 0, plain, fmt.Errorf("after the full rsync: %w", err)
-		}
-	}
-	settle()
-	if plain[1], delta, err = rsyncCopy(ctx, v2, dst, mount); err != nil {
-		return 0, 0, plain, err
-	}
-	return full, delta, plain, nil
 }
 
 // backdate sets the mtime of every file under dir to t.

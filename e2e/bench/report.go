@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/volsd/volsd/agent"
 	"github.com/volsd/volsd/internal/pool"
 )
 
@@ -205,13 +206,13 @@ func writeApply(w writer, a *ApplyResult) {
 	w("then a delta that rewrites or adds %d files (%s, %s). ", a.DeltaFiles, pct(a.DeltaFiles, a.Files), mib(a.DeltaBytes))
 	w("Every run formats a fresh loop-mounted ext4 for each side (mkfs.ext4 with its inode tables initialised at once, mounted noatime).\n\n")
 	w("* **volsd**: the agent's `Apply` (the code `volsd-agent apply` runs) of a `sync` journal entry of the whole tree onto the empty volume, then of the delta's `sync` entry: ")
-	w("journal read from DynamoDB Local, manifest and blobs fetched with signed S3 GETs (`agent.S3Getter`: the S3 client's credentials, endpoint rules and SigV4 signer, as `volsd-agent` builds it) from a local S3 origin (HTTP on 127.0.0.1, blobs hard-linked to the tree's files), each verified by sha256, staged on the volume, put in place by the agent's rsync passes, checked, watermark written after syncfs.\n")
+	w("journal read from DynamoDB Local, manifest and blobs fetched with signed S3 GETs (`agent.S3Getter`: the S3 client's credentials, endpoint rules and SigV4 signer, as `volsd-agent` builds it) from a local S3 origin (HTTP on 127.0.0.1, blobs hard-linked to the tree's files), each verified by sha256, staged on the volume, put in place (an entry of at most %d paths, the delta, renamed from staging by the agent itself; a larger one, the full sync, by its rsync passes), checked, watermark written after syncfs.\n", agent.NativePlaceMax)
 	w("* **baseline**: `rsync -a tree/ mnt/site/` onto the same kind of empty volume, then `rsync -a tree2/ mnt/site/`, each followed by syncfs so that both sides end with the data on the volume. `rsync -a` alone (its writes may still be in the page cache) is shown too.\n\n")
-	w("Both read the source from the page cache. Sides alternate in order between runs; the first run checks that both volumes end byte-identical to the tree (sha256 and mode of every file). %d runs.\n\n", a.Runs)
+	w("Both read the source from the page cache. Each run makes both volumes, then times both full syncs and then both deltas, the two of a pair one right after the other (the machine is shared: its load moves within seconds); which side goes first alternates between runs; the first run checks that both volumes end byte-identical to the tree (sha256 and mode of every file). %d runs.\n\n", a.Runs)
 	w("| | volsd agent | `rsync -a` + syncfs | ratio | `rsync -a` alone | ratio |\n| --- | --- | --- | --- | --- | --- |\n")
 	w("| full | %s | %s | **%s** | %s | %s |\n", withSpread(a.AgentFull, 2, "s"), withSpread(a.RsyncFull, 2, "s"), ratio(a.FullRatio), withSpread(a.RsyncPlainFull, 2, "s"), ratio(a.FullRatioPlain))
 	w("| delta | %s | %s | **%s** | %s | %s |\n\n", withSpread(a.AgentDelta, 2, "s"), withSpread(a.RsyncDelta, 2, "s"), ratio(a.DeltaRatio), withSpread(a.RsyncPlainDelta, 2, "s"), ratio(a.DeltaRatioPlain))
-	w("The issue's target is ≤ 1.1×: %s for the full sync, %s for the delta. ", met(a.FullRatio, 1.1), met(a.DeltaRatio, 1.1))
+	w("The issue's targets: full sync ≤ 1.0× — %s; delta ≤ 0.8× in the median — %s, and ≤ 1.1× in every run — %s. ", met(a.FullRatio, 1.0), met(a.DeltaRatio, 0.8), met(Num(maxOf(a.PairedDelta)), 1.1))
 	w("Per-run ratios (agent / rsync + syncfs): full %s; delta %s. The agent fetched %s for the full sync and %s for the delta (manifests included).\n\n",
 		floats(a.PairedFull), floats(a.PairedDelta), mib(a.AgentFetchedFull), mib(a.AgentFetchedDelta))
 	if len(a.AgentPackage) > 0 || a.AgentPackageError != "" {
@@ -228,6 +229,17 @@ func writeApply(w writer, a *ApplyResult) {
 			w("\n")
 		}
 	}
+}
+
+// maxOf is the largest of vs (NaN for none).
+func maxOf(vs []float64) float64 {
+	m := math.NaN()
+	for _, v := range vs {
+		if math.IsNaN(m) || v > m {
+			m = v
+		}
+	}
+	return m
 }
 
 // met says whether ratio r is at most target.

@@ -54,7 +54,10 @@ type Options struct {
 	ScaleOutSkipLimited bool
 	// LambdaFunctions limits the Lambda benchmark (default: all).
 	LambdaFunctions []string
-	Log             func(format string, args ...any)
+	// NoAgentGoBench leaves out the agent package's own benchmarks that
+	// the apply part runs as a cross-check.
+	NoAgentGoBench bool
+	Log            func(format string, args ...any)
 }
 
 // Results is everything one run measured. The first keys are the issue's;
@@ -194,6 +197,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 				}
 			}
 		case "apply":
+			if o.NoAgentGoBench {
+				sz.AgentGoBench = 0
+			}
 			r.Apply, err = RunApply(ctx, ApplyOptions{
 				WorkDir: o.WorkDir, Tree: sz.Apply, DeltaFiles: sz.DeltaFiles, Runs: runs(sz.ApplyRuns),
 				DynamoDBURL: o.DynamoDBURL, Root: o.Root, GoBenchIterations: sz.AgentGoBench, Log: logf(part),

@@ -34,11 +34,12 @@ func main() {
 	ttcSizes := flag.String("ttc-sizes", "", "time-to-content part: only these content sizes, comma-separated (e.g. 2GiB; default all)")
 	scaleoutLimited := flag.Bool("scaleout-limited", true, "scale-out part: also the runs under EC2's default Describe* limit")
 	render := flag.String("render", "", "only render: read this benchmarks.json and write benchmarks.md beside it (or into -out)")
+	noGoBench := flag.Bool("no-agent-gobench", false, "apply part: leave out the agent package's own benchmarks (the cross-check)")
 	flag.Parse()
 	if *render != "" {
 		os.Exit(rerender(*render, *out))
 	}
-	os.Exit(run(*parts, *out, *runs, *quick, *keep, *ttcSizes, !*scaleoutLimited))
+	os.Exit(run(*parts, *out, *runs, *quick, *keep, *ttcSizes, !*scaleoutLimited, *noGoBench))
 }
 
 // rerender writes benchmarks.md (and a re-indented benchmarks.json) from
@@ -66,7 +67,7 @@ func rerender(from, out string) int {
 	return 0
 }
 
-func run(parts, out string, runs int, quick, keep bool, ttcSizes string, skipLimited bool) int {
+func run(parts, out string, runs int, quick, keep bool, ttcSizes string, skipLimited, noGoBench bool) int {
 	root, err := harness.RepoRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
@@ -106,7 +107,7 @@ func run(parts, out string, runs int, quick, keep bool, ttcSizes string, skipLim
 	list := splitList(parts)
 	res, err := bench.Run(ctx, bench.Options{
 		Root: root, WorkDir: work, Quick: quick, Parts: list, DeployedDir: filepath.Join(root, "build", "lambda"),
-		DynamoDBURL: ddb, MotoURL: moto, Runs: runs, Log: logf, TTCSizes: splitList(ttcSizes), ScaleOutSkipLimited: skipLimited,
+		DynamoDBURL: ddb, MotoURL: moto, Runs: runs, Log: logf, TTCSizes: splitList(ttcSizes), ScaleOutSkipLimited: skipLimited, NoAgentGoBench: noGoBench,
 	})
 	if res == nil {
 		fmt.Fprintln(os.Stderr, "volsd-bench:", err)
