@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // TestNativePlacementCannotWriteOutsideTheMount: while the agent places
@@ -20,7 +22,7 @@ import (
 // is ever written there; a placement that meets a swapped-in link fails
 // (retryable) instead.
 func TestNativePlacementCannotWriteOutsideTheMount(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t, needsRoot)
 	w := newWorld(t)
 	cfg := w.config(t)
 	a := w.agent(t, cfg, Deps{})
