@@ -19,6 +19,7 @@ import (
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
@@ -390,36 +391,17 @@ func checkReported(ctx context.Context, st *store.Store, poolName string, n int,
 	return nil
 }
 
-// parallel runs fn(0..n-1) on workers goroutines; the first error wins.
+// parallel runs fn(0..n-1), workers at a time; the first error wins.
 func parallel(ctx context.Context, workers, n int, fn func(i int) error) error {
-	var mu sync.Mutex
-	var first error
-	var wg sync.WaitGroup
-	next := make(chan int)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := fn(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	var g errgroup.Group
+	g.SetLimit(workers)
 	for i := 0; i < n && ctx.Err() == nil; i++ {
-		next <- i
+		g.Go(func() error { return fn(i) })
 	}
-	close(next)
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
+	if err := g.Wait(); err != nil {
+		return err
 	}
-	return first
+	return ctx.Err()
 }
 
 func first(vs []string) string {

@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -41,7 +43,7 @@ func (f *fleetEC2) add(az string, sizeGiB int32, tags map[string]string, attach 
 	vol = fmt.Sprintf("vol-%017x", 0xb0000000+n)
 	created := time.Now().Add(-time.Hour).UTC()
 	var tl []types.Tag
-	for _, k := range sortedKeys(tags) {
+	for _, k := range slices.Sorted(maps.Keys(tags)) {
 		tl = append(tl, types.Tag{Key: aws.String(k), Value: aws.String(tags[k])})
 	}
 	v := types.Volume{

@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"math"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awsfake"
@@ -142,36 +142,19 @@ func reconcileCase(ctx context.Context, raw *dynamodb.Client, n int, o Reconcile
 		v.State, v.InstanceID, v.Device, v.Seq = store.VolumeInUse, inst, "/dev/sdf", 42
 		recs = append(recs, rec{v: v, in: &store.Instance{Pool: poolName, InstanceID: inst, VolumeID: vol, AZ: az, State: store.InstanceReady, Seq: 42}})
 	}
-	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
-	work := make(chan rec)
-	for w := 0; w < 16; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := range work {
-				_, err := plain.PutVolume(ctx, r.v)
-				if err == nil && r.in != nil {
-					_, err = plain.PutInstance(ctx, *r.in)
-				}
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	var seed errgroup.Group
+	seed.SetLimit(16)
 	for _, r := range recs {
-		work <- r
+		seed.Go(func() error {
+			_, err := plain.PutVolume(ctx, r.v)
+			if err == nil && r.in != nil {
+				_, err = plain.PutInstance(ctx, *r.in)
+			}
+			return err
+		})
 	}
-	close(work)
-	wg.Wait()
-	if firstErr != nil {
-		return nil, fmt.Errorf("seed the table: %w", firstErr)
+	if err := seed.Wait(); err != nil {
+		return nil, fmt.Errorf("seed the table: %w", err)
 	}
 	// A journal, as a pool that has been pushed to has: entries and their
 	// request records (in the pool's partition, beside the volumes).

@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 
 	"github.com/volsd/volsd/agent"
@@ -90,7 +91,7 @@ func Markdown(r *Results) string {
 	}
 	if len(r.Failures) > 0 {
 		w("> **Not measured in this run:**\n")
-		for _, p := range sortedKeys(r.Failures) {
+		for _, p := range slices.Sorted(maps.Keys(r.Failures)) {
 			w("> - %s: %s\n", p, oneLine(r.Failures[p]))
 		}
 		w("\n")
@@ -187,15 +188,6 @@ func oneLine(s string) string {
 		s = s[:400] + "…"
 	}
 	return s
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 type writer func(format string, args ...any)
@@ -317,7 +309,7 @@ func writeFanout(w writer, fo *FanoutResult) {
 
 func callList(m map[string]Num) string {
 	var s []string
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		s = append(s, fmt.Sprintf("%s %s", k, f(m[k], 0)))
 	}
 	return strings.Join(s, ", ")
@@ -359,7 +351,7 @@ func writeLambda(w writer, l *LambdaResult) {
 	w("time from process start to its first `GET …/invocation/next` (init done) and to the first handler return posted back, then a second (warm) invocation on the same process. ")
 	w("The functions get their real configuration and AWS clients (DynamoDB Local, moto). One unmeasured start per function warms the page cache; %d measured cold starts each.\n\n", l.Runs)
 	w("| function | bootstrap | zip | init | first return | warm invocation | first event |\n| --- | --- | --- | --- | --- | --- | --- |\n")
-	for _, name := range sortedKeys(l.Functions) {
+	for _, name := range slices.Sorted(maps.Keys(l.Functions)) {
 		fn := l.Functions[name]
 		w("| %s | %s (%s) | %s | %s | %s | %s ms | %s → %s |\n", name, mib(fn.BootstrapBytes), fn.BootstrapArch, mib(fn.ZipBytes),
 			withSpread(fn.Init, 1, "ms"), withSpread(fn.FirstReturn, 1, "ms"), f(fn.Warm.Median, 1), fn.Event, fn.Outcome)

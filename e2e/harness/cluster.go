@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -515,7 +517,7 @@ func (c *Cluster) Deviations() []string {
 			out = append(out, fmt.Sprintf("%s timeout: %s → %s", fn, c.Wiring.Functions[fn].Timeout, t))
 		}
 	}
-	for _, k := range sortedKeys(c.Opts.LambdaEnv) {
+	for _, k := range slices.Sorted(maps.Keys(c.Opts.LambdaEnv)) {
 		out = append(out, fmt.Sprintf("extra Lambda variable %s=%s", k, c.Opts.LambdaEnv[k]))
 	}
 	return out
@@ -609,7 +611,7 @@ func (c *Cluster) lambdaEnv(name string) ([]string, error) {
 		"AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(c.workDir, "no-aws-credentials"),
 		"LAMBDA_TASK_ROOT=" + filepath.Dir(c.Opts.Binaries.Bootstrap[name]),
 	}
-	for _, k := range sortedKeys(env) {
+	for _, k := range slices.Sorted(maps.Keys(env)) {
 		out = append(out, k+"="+env[k])
 	}
 	return out, nil

@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // TreeSpec describes a generated content tree.
@@ -150,30 +152,18 @@ func Digest(dir string) (map[string]FileDigest, error) {
 		return nil, err
 	}
 	var mu sync.Mutex
-	var firstErr error
-	var wg sync.WaitGroup
-	ch := make(chan job)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range ch {
-				d, err := digestFile(j.path)
-				mu.Lock()
-				if err != nil && firstErr == nil {
-					firstErr = err
-				}
-				out[j.rel] = d
-				mu.Unlock()
-			}
-		}()
-	}
+	var digests errgroup.Group
+	digests.SetLimit(4)
 	for _, j := range jobs {
-		ch <- j
+		digests.Go(func() error {
+			d, err := digestFile(j.path)
+			mu.Lock()
+			out[j.rel] = d
+			mu.Unlock()
+			return err
+		})
 	}
-	close(ch)
-	wg.Wait()
-	return out, firstErr
+	return out, digests.Wait()
 }
 
 func digestFile(p string) (FileDigest, error) {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -142,7 +144,7 @@ func (g *Group) pickAZ() string { return fewest(g.azCounts()) }
 
 // fewest returns the AZ with the lowest count (the first by name on a tie).
 func fewest(counts map[string]int) string {
-	azs := sortedKeys(counts)
+	azs := slices.Sorted(maps.Keys(counts))
 	best := azs[0]
 	for _, az := range azs {
 		if counts[az] < counts[best] {

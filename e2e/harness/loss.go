@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 )
 
 // Lose plays the loss of instance id without a terminate hook (a Spot
@@ -17,7 +19,7 @@ func (g *Group) Lose(ctx context.Context, id string) (*Launch, error) {
 	m := g.members[id]
 	g.mu.Unlock()
 	if m == nil {
-		return nil, fmt.Errorf("instance %s is not in group %s (members: %v)", id, g.Name, sortedKeys(g.Members()))
+		return nil, fmt.Errorf("instance %s is not in group %s (members: %v)", id, g.Name, slices.Sorted(maps.Keys(g.Members())))
 	}
 	g.record(id, m.az, "Instance lost (no terminate hook)")
 	if err := g.terminate(ctx, id); err != nil {

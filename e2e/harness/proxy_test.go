@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,7 +70,7 @@ func (f *fakeFleet) Managed(id string) (ManagedInstance, bool) {
 func (f *fakeFleet) ManagedIDs() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return sortedKeys(f.insts)
+	return slices.Sorted(maps.Keys(f.insts))
 }
 
 func (f *fakeFleet) DeviceTree(id string) (DeviceTree, bool) {

@@ -13,9 +13,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/volsd/volsd/events"
 )
@@ -298,37 +299,20 @@ func hashFiles(ctx context.Context, files []localFile, ix *hashIndex) (int, erro
 			todo = append(todo, i)
 		}
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-		next  = make(chan int)
-	)
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				sum, err := hashFile(files[i].abs)
-				mu.Lock()
-				if err != nil && first == nil {
-					first = err
-				}
-				mu.Unlock()
-				files[i].sha256 = sum
-			}
-		}()
-	}
+	var hashes errgroup.Group // no shared context: every file is hashed, the first error is returned
+	hashes.SetLimit(runtime.GOMAXPROCS(0))
 	for _, i := range todo {
 		if ctx.Err() != nil {
 			break
 		}
-		next <- i
+		hashes.Go(func() error {
+			sum, err := hashFile(files[i].abs)
+			files[i].sha256 = sum
+			return err
+		})
 	}
-	close(next)
-	wg.Wait()
-	if first != nil {
-		return 0, first
+	if err := hashes.Wait(); err != nil {
+		return 0, err
 	}
 	return len(todo), ctx.Err()
 }

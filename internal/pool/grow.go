@@ -3,6 +3,8 @@ package pool
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -40,7 +42,7 @@ func (r *recon) grow(ctx context.Context) {
 	var small []string
 	wants := map[string]int32{}
 	full := 0
-	for _, id := range sortedKeys(r.vols) {
+	for _, id := range slices.Sorted(maps.Keys(r.vols)) {
 		v := r.vols[id]
 		ev, ok := r.ec2v[id]
 		if !ok || !growable(v, ev) {

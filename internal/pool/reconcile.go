@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -80,7 +81,7 @@ func (p *Pool) Reconcile(ctx context.Context) (Report, error) {
 	if err := r.read(ctx); err != nil {
 		return r.rep, err
 	}
-	for _, id := range sortedKeys(r.vols) {
+	for _, id := range slices.Sorted(maps.Keys(r.vols)) {
 		if !r.more(ctx) {
 			break
 		}
@@ -197,7 +198,7 @@ func (r *recon) read(ctx context.Context) error {
 			ids[v.Instance] = true
 		}
 	}
-	r.ec2i, err = p.instancesByID(ctx, sortedKeys(ids))
+	r.ec2i, err = p.instancesByID(ctx, slices.Sorted(maps.Keys(ids)))
 	return err
 }
 
@@ -469,7 +470,7 @@ func (r *recon) deleteRecorded(ctx context.Context, v store.Volume, why string, 
 // once they are older than OrphanGrace.
 func (r *recon) orphans(ctx context.Context) {
 	p := r.p
-	for _, id := range sortedKeys(r.ec2v) {
+	for _, id := range slices.Sorted(maps.Keys(r.ec2v)) {
 		ev := r.ec2v[id]
 		if r.known[id] || ev.Tags[events.TagPool] != p.cfg.Pool || ev.going() || ev.State == types.VolumeStateCreating {
 			continue
@@ -531,7 +532,7 @@ func (r *recon) baseSeq(snapshotID string) (int64, bool) {
 // drops records of instances gone long ago.
 func (r *recon) fixInstances(ctx context.Context) {
 	p := r.p
-	for _, id := range sortedKeys(r.insts) {
+	for _, id := range slices.Sorted(maps.Keys(r.insts)) {
 		if !r.more(ctx) {
 			return
 		}
@@ -751,13 +752,4 @@ func (r *recon) waitCreated(ctx context.Context) {
 			return
 		}
 	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

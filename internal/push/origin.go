@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/volsd/volsd/events"
@@ -267,16 +268,13 @@ func (o origin) readManifestData(ctx context.Context, sha string) (data []byte, 
 func (o origin) verifyBlobs(ctx context.Context, want map[string]int64) ([]string, *originProblem) {
 	var (
 		mu     sync.Mutex
-		wg     sync.WaitGroup
+		heads  errgroup.Group
 		first  *originProblem
 		absent []string
-		sem    = make(chan struct{}, headConcurrency)
 	)
+	heads.SetLimit(headConcurrency)
 	for blob, size := range want {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		heads.Go(func() error {
 			present, p := o.verifyBlob(ctx, blob, size)
 			mu.Lock()
 			defer mu.Unlock()
@@ -286,8 +284,9 @@ func (o origin) verifyBlobs(ctx context.Context, want map[string]int64) ([]strin
 			case p == nil && !present:
 				absent = append(absent, blob)
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = heads.Wait()
 	return absent, first
 }

@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
-
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/volsd/volsd/events"
@@ -114,19 +113,17 @@ func (p *Pusher) HandleSQS(ctx context.Context, ev lambdaevents.SQSEvent) (lambd
 	ctx, cancel := lambdamain.WithDeadlineMargin(ctx, p.cfg.Margin)
 	defer cancel()
 	items := make([]*item, len(ev.Records))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, checkConcurrency)
+	var checks errgroup.Group
+	checks.SetLimit(checkConcurrency)
 	for i, m := range ev.Records {
 		it := &item{msg: m, receives: receiveCount(m)}
 		items[i] = it
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			p.check(ctx, it)
-		}()
+		checks.Go(func() error {
+			p.check(ctx, it) // the verdict is on it
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = checks.Wait()
 
 	p.recordRejections(ctx, items)
 	p.append(ctx, items)

@@ -10,13 +10,13 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ssm"
 	ssmtypes "github.com/aws/aws-sdk-go-v2/service/ssm/types"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
@@ -212,31 +212,20 @@ func (r *Reporter) handleCommand(ctx context.Context, raw json.RawMessage) error
 		invs = append(invs, page.CommandInvocations...)
 	}
 	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		first   error
-		sem     = make(chan struct{}, reportConcurrency)
+		records errgroup.Group // no shared context: one failed record does not stop the others
 		changed atomic.Bool
 	)
+	records.SetLimit(reportConcurrency)
 	for _, inv := range invs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		records.Go(func() error {
 			wrote, err := r.recordListed(ctx, cs, inv, at)
 			if wrote {
 				changed.Store(true)
 			}
-			if err != nil {
-				mu.Lock()
-				if first == nil {
-					first = err
-				}
-				mu.Unlock()
-			}
-		}()
+			return err
+		})
 	}
-	wg.Wait()
+	first := records.Wait()
 	if changed.Load() {
 		r.emitReportedLag(ctx, at)
 	}
