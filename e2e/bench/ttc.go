@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/volsd/volsd/e2e/harness"
+	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/store"
 )
 
@@ -233,7 +234,11 @@ func ttcCase(ctx context.Context, o TTCOptions, bins *harness.Binaries, dir stri
 	}
 	res.Blank, res.BlankApplied = Seconds(blank), Counts(blankApplied)
 
-	// 3. Snapshot.
+	// 3. Snapshot (of an in-use volume: wait for the lifecycle Lambda's
+	// record, which trails the agent's device).
+	if err := waitInUse(ctx, c, time.Minute); err != nil {
+		return nil, fail("%v", err)
+	}
 	if _, err := c.Schedule(ctx, "snapshot"); err != nil {
 		return nil, fail("snapshot: %v", err)
 	}
@@ -564,6 +569,40 @@ func waitHead(ctx context.Context, c *harness.Cluster, seq int64, timeout time.D
 			return fmt.Errorf("journal head %d after %s; want %d", head, timeout, seq)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitInUse waits until the lifecycle Lambda has recorded the volume of
+// every in-service instance in use. Its one look at the attachment comes
+// 5–10 s after AttachVolume (pool.Timing.AttachPoll), while the agent
+// learns of it from its device at once, so a launch is in service before
+// its record says in-use; the snapshot Lambda takes only in-use volumes.
+func waitInUse(ctx context.Context, c *harness.Cluster, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for {
+		vols, err := c.Store.ListVolumes(ctx, c.Opts.Pool)
+		if err != nil {
+			return err
+		}
+		inService := map[string]bool{}
+		for _, id := range c.Group.InService() {
+			inService[id] = true
+		}
+		var pending []string
+		for _, v := range vols {
+			if inService[v.InstanceID] && v.State != store.VolumeInUse {
+				pending = append(pending, fmt.Sprintf("%s of %s (%s)", v.VolumeID, v.InstanceID, v.State))
+			}
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("volumes of in-service instances not recorded in use after %s: %s", within, strings.Join(pending, ", "))
+		}
+		if err := awserr.Sleep(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
 	}
 }
 
