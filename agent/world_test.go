@@ -27,6 +27,7 @@ import (
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -175,13 +176,9 @@ type world struct {
 func newWorld(t testing.TB) *world {
 	t.Helper()
 	ctx := context.Background()
-	w := &world{t: t, pool: "web", db: testenv.DynamoDBClient(t), now: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)}
-	w.table = testenv.UniqueName(t, "volsd")
-	if err := store.CreateTable(ctx, w.db, w.table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = w.db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &w.table}) })
-	w.store = store.New(w.db, w.table)
+	w := &world{t: t, pool: "web", now: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)}
+	w.store, w.db = storetest.NewWithClient(t)
+	w.table = w.store.Table()
 	w.s3 = s3.NewFromConfig(testenv.Moto(t), func(o *s3.Options) {
 		o.UsePathStyle = true
 		o.DisableLogOutputChecksumValidationSkipped = true

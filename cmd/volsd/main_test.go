@@ -12,13 +12,12 @@ import (
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/cli"
-	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -39,12 +38,7 @@ func TestMain(m *testing.M) {
 func TestBinaryWiring(t *testing.T) {
 	ddbEP, motoEP := testenv.Endpoint(t, testenv.EnvDynamoDB), testenv.Endpoint(t, testenv.EnvMoto)
 	ctx := context.Background()
-	db := testenv.DynamoDBClient(t)
-	table, bucket := testenv.UniqueName(t, "volsd"), testenv.UniqueName(t, "origin")
-	if err := store.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &table}) })
+	table, bucket := storetest.New(t).Table(), testenv.UniqueName(t, "origin")
 	moto := testenv.Moto(t)
 	s3c := s3.NewFromConfig(moto, func(o *s3.Options) { o.UsePathStyle = true })
 	if _, err := s3c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &bucket}); err != nil {

@@ -11,13 +11,13 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/lambdatest"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -44,12 +44,8 @@ func TestBadConfigurationExits2(t *testing.T) {
 func TestBootstrapAttachesAVolume(t *testing.T) {
 	ddbEP, motoEP := testenv.Endpoint(t, testenv.EnvDynamoDB), testenv.Endpoint(t, testenv.EnvMoto)
 	ctx := context.Background()
-	table := testenv.UniqueName(t, "volsd")
-	db := testenv.DynamoDBClient(t)
-	if err := store.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &table}) })
+	st := storetest.New(t)
+	table := st.Table()
 	pool, group := testenv.UniqueName(t, "web"), testenv.UniqueName(t, "asg")
 	mec2 := ec2.NewFromConfig(testenv.Moto(t))
 	run, err := mec2.RunInstances(ctx, &ec2.RunInstancesInput{ImageId: aws.String("ami-03cf127a"), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
@@ -81,7 +77,6 @@ func TestBootstrapAttachesAVolume(t *testing.T) {
 	if !strings.Contains(stderr, "TEST_NOTIFICATION") {
 		t.Errorf("no log line about the test notification:\n%s", stderr)
 	}
-	st := store.New(db, table)
 	inst, err := st.GetInstance(ctx, pool, id)
 	if err != nil || inst.VolumeID == "" {
 		t.Fatalf("instance record %+v %v\nstderr:\n%s", inst, err, stderr)

@@ -13,12 +13,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
 	"github.com/volsd/volsd/internal/lambdatest"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -45,12 +45,8 @@ func TestBadConfigurationExits2(t *testing.T) {
 func TestBootstrapFillsThePool(t *testing.T) {
 	ddbEP, motoEP := testenv.Endpoint(t, testenv.EnvDynamoDB), testenv.Endpoint(t, testenv.EnvMoto)
 	ctx := context.Background()
-	table := testenv.UniqueName(t, "volsd")
-	db := testenv.DynamoDBClient(t)
-	if err := store.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &table}) })
+	st := storetest.New(t)
+	table := st.Table()
 	pool, group := testenv.UniqueName(t, "web"), testenv.UniqueName(t, "asg")
 	moto := testenv.Moto(t)
 	lt := testenv.UniqueName(t, "lt")
@@ -78,7 +74,7 @@ func TestBootstrapFillsThePool(t *testing.T) {
 		t.Fatalf("answer %s\nstderr:\n%s", got, res.Stderr)
 	}
 	stdout, stderr := res.Stdout, res.Stderr
-	vols, err := store.New(db, table).ListVolumes(ctx, pool)
+	vols, err := st.ListVolumes(ctx, pool)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,11 +13,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/volsd/volsd/internal/lambdatest"
-	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -48,12 +47,8 @@ func TestBadConfigurationExits2(t *testing.T) {
 func TestBootstrapRunsScheduledEvent(t *testing.T) {
 	ddbEP, motoEP := testenv.Endpoint(t, testenv.EnvDynamoDB), testenv.Endpoint(t, testenv.EnvMoto)
 	ctx := context.Background()
-	table := testenv.UniqueName(t, "volsd")
-	db := testenv.DynamoDBClient(t)
-	if err := store.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &table}) })
+	st := storetest.New(t)
+	table := st.Table()
 	group := testenv.UniqueName(t, "asg")
 	asg := autoscaling.NewFromConfig(testenv.Moto(t))
 	if _, err := asg.CreateLaunchConfiguration(ctx, &autoscaling.CreateLaunchConfigurationInput{

@@ -18,7 +18,6 @@ import (
 
 	lambdaevents "github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
@@ -30,6 +29,7 @@ import (
 	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -92,16 +92,8 @@ func newWorld(t testing.TB) *world {
 	t.Helper()
 	ctx := context.Background()
 	moto := testenv.Moto(t)
-	db := testenv.DynamoDBClient(t)
-	w := &world{t: t, ssm: awsfake.NewSSM()}
-	w.cfg = cli.Config{Pool: "web", Table: testenv.UniqueName(t, "volsd"), Bucket: testenv.UniqueName(t, "origin"), Region: testenv.Region}
-	if err := store.CreateTable(ctx, db, w.cfg.Table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &w.cfg.Table})
-	})
-	w.st = store.New(db, w.cfg.Table)
+	w := &world{t: t, ssm: awsfake.NewSSM(), st: storetest.New(t)}
+	w.cfg = cli.Config{Pool: "web", Table: w.st.Table(), Bucket: testenv.UniqueName(t, "origin"), Region: testenv.Region}
 	w.s3 = &countingS3{Client: s3.NewFromConfig(moto, func(o *s3.Options) { o.UsePathStyle = true }), writes: map[string]int{}}
 	if _, err := w.s3.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: &w.cfg.Bucket}); err != nil {
 		t.Fatal(err)

@@ -11,7 +11,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
@@ -27,6 +26,7 @@ import (
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/snapshot"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -108,13 +108,8 @@ func deploy(t *testing.T) *deployed {
 		DocumentPrefix: testenv.UniqueName(t, "volsd") + "-", Rules: map[string]string{},
 	}
 	// The table and the journal.
-	db := testenv.DynamoDBClient(t)
-	d.cfg.Table = testenv.UniqueName(t, "volsd")
-	if err := store.CreateTable(bg, db, d.cfg.Table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(bg, &dynamodb.DeleteTableInput{TableName: &d.cfg.Table}) })
-	d.st = store.New(db, d.cfg.Table)
+	d.st = storetest.New(t)
+	d.cfg.Table = d.st.Table()
 
 	// The instance role: the agent's statements and the SSM agent's.
 	d.role = testenv.UniqueName(t, "instance-role")

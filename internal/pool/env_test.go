@@ -22,7 +22,7 @@ import (
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/pool"
 	"github.com/volsd/volsd/internal/store"
-	"github.com/volsd/volsd/internal/testenv"
+	"github.com/volsd/volsd/internal/store/storetest"
 )
 
 var bg = context.Background()
@@ -102,21 +102,16 @@ func withTiming(f func(*pool.Timing)) envOpt { return func(e *env) { f(e.timing)
 
 func newEnv(t testing.TB, ec2cfg awsfake.EC2Config, opts ...envOpt) *env {
 	t.Helper()
-	db := testenv.DynamoDBClient(t)
-	table := testenv.UniqueName(t, "volsd")
-	if err := store.CreateTable(bg, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &table}) })
+	st, db := storetest.NewWithClient(t)
 	ec2cfg.AZs = testAZs
 	fe := awsfake.NewEC2(ec2cfg)
 	e := &env{
-		t: t, db: db, store: store.New(db, table), ec2: fe,
+		t: t, db: db, store: st, ec2: fe,
 		asg:    awsfake.NewAutoScaling(awsfake.AutoScalingConfig{EC2: fe, Now: ec2cfg.Now}),
 		ssm:    &releaseSSM{},
 		timing: fastTiming(), logs: &logBuffer{}, metrics: &logBuffer{},
 		cfg: pool.Config{
-			Pool: "web", Table: table, Group: "web-asg", IdlePerAZ: 2, SizeGiB: 10, VolumeType: "gp3",
+			Pool: "web", Table: st.Table(), Group: "web-asg", IdlePerAZ: 2, SizeGiB: 10, VolumeType: "gp3",
 			ReleasePolicy: pool.PolicyRecycle, DocRelease: "volsd-Release", DocStatus: "volsd-Status",
 			RefreshBehind: 500, RefreshAge: 168 * time.Hour, RefreshMax: 2,
 		},

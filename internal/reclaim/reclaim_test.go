@@ -21,7 +21,7 @@ import (
 	"github.com/volsd/volsd/internal/reclaim"
 	"github.com/volsd/volsd/internal/snapshot"
 	"github.com/volsd/volsd/internal/store"
-	"github.com/volsd/volsd/internal/testenv"
+	"github.com/volsd/volsd/internal/store/storetest"
 )
 
 const (
@@ -50,15 +50,9 @@ type rig struct {
 
 func newRig(t testing.TB) *rig {
 	t.Helper()
-	ctx := context.Background()
-	db := testenv.DynamoDBClient(t)
-	table := testenv.UniqueName(t, "volsd")
-	if err := store.CreateTable(ctx, db, table); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &table}) })
+	st, db := storetest.NewWithClient(t)
 	clock := awsfake.NewClock(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
-	rg := &rig{t: t, db: db, st: store.New(db, table), s3: awsfake.NewS3(bucket).SetClock(clock.Now), clock: clock, manifests: map[string]map[string]string{}}
+	rg := &rig{t: t, db: db, st: st, s3: awsfake.NewS3(bucket).SetClock(clock.Now), clock: clock, manifests: map[string]map[string]string{}}
 	rg.r = reclaim.New(reclaim.Config{Pool: pool, Bucket: bucket, Grace: grace}, rg.st, rg.s3, nil, metrics.New(&rg.emf))
 	rg.r.Now = clock.Now
 	return rg

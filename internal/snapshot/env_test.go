@@ -9,7 +9,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/snapshot"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/store/storetest"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -24,18 +24,6 @@ const (
 	testGroup = "web-asg"
 	testAZ    = "us-east-1a"
 )
-
-// newStore creates a fresh table on DynamoDB Local for one test.
-func newStore(t testing.TB) *store.Store {
-	t.Helper()
-	db := testenv.DynamoDBClient(t)
-	name := testenv.UniqueName(t, "volsd")
-	if err := store.CreateTable(context.Background(), db, name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = db.DeleteTable(context.Background(), &dynamodb.DeleteTableInput{TableName: &name}) })
-	return store.New(db, name)
-}
 
 // env is one pool with a real store, a fake SSM agent fleet, a fake group
 // and EC2 (fake or moto).
@@ -53,7 +41,7 @@ type env struct {
 
 func newEnv(t testing.TB, ec2c snapshot.EC2, mod func(*snapshot.Config)) *env {
 	t.Helper()
-	e := &env{t: t, pool: testenv.UniqueName(t, "web"), st: newStore(t), ssm: newFakeSSM(), asg: newFakeASG(testGroup), ec2: ec2c,
+	e := &env{t: t, pool: testenv.UniqueName(t, "web"), st: storetest.New(t), ssm: newFakeSSM(), asg: newFakeASG(testGroup), ec2: ec2c,
 		logs: &testenv.Buffer{}, metrics: &testenv.Buffer{}}
 	e.cfg = snapshot.Config{
 		Pool: e.pool, Group: testGroup, Keep: 3, FreezeSeconds: 30,
