@@ -184,12 +184,7 @@ func (s *Store) AssignNew(ctx context.Context, v Volume) (Volume, error) {
 		}
 		return *held, fmt.Errorf("instance %s holds %s, not %s: %w", v.InstanceID, held.VolumeID, v.VolumeID, ErrExists)
 	}
-	now := s.now()
-	if v.CreatedAt.IsZero() {
-		v.CreatedAt = now
-	}
-	v.UpdatedAt, v.Rev = now, 1
-	item, err := s.volumeItem(v)
+	item, err := s.newVolumeItem(&v)
 	if err != nil {
 		return v, err
 	}

@@ -91,14 +91,20 @@ func (s *Store) volumeItem(v Volume) (map[string]types.AttributeValue, error) {
 	return item, nil
 }
 
-// PutVolume records a new volume at Rev 1; ErrExists if it is known already.
-func (s *Store) PutVolume(ctx context.Context, v Volume) (Volume, error) {
+// newVolumeItem stamps v as a new record (created now unless CreatedAt is
+// set, updated now, Rev 1) and returns its item.
+func (s *Store) newVolumeItem(v *Volume) (map[string]types.AttributeValue, error) {
 	now := s.now()
 	if v.CreatedAt.IsZero() {
 		v.CreatedAt = now
 	}
 	v.UpdatedAt, v.Rev = now, 1
-	item, err := s.volumeItem(v)
+	return s.volumeItem(*v)
+}
+
+// PutVolume records a new volume at Rev 1; ErrExists if it is known already.
+func (s *Store) PutVolume(ctx context.Context, v Volume) (Volume, error) {
+	item, err := s.newVolumeItem(&v)
 	if err != nil {
 		return v, err
 	}
