@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -21,22 +19,11 @@ import (
 )
 
 func TestBadConfigurationExits2(t *testing.T) {
-	cmd := exec.Command(lambdatest.Build(t))
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "VOLSD_SNAPSHOT_KEEP=0"}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
-		t.Fatalf("exit: %v, want code 2; stderr:\n%s", err, stderr.String())
-	}
-	for _, want := range []string{"VOLSD_POOL: is required", "VOLSD_TABLE: is required", "VOLSD_ASG: is required", "VOLSD_SNAPSHOT_KEEP: must be between"} {
-		if !strings.Contains(stderr.String(), want) {
-			t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
-		}
-	}
+	stderr := lambdatest.BadConfig(t, lambdatest.Build(t), []string{"VOLSD_SNAPSHOT_KEEP=0"},
+		"VOLSD_POOL: is required", "VOLSD_TABLE: is required", "VOLSD_ASG: is required", "VOLSD_SNAPSHOT_KEEP: must be between")
 	var line map[string]any
-	if err := json.Unmarshal(bytes.TrimSpace(stderr.Bytes()), &line); err != nil || line["level"] != "ERROR" {
-		t.Errorf("stderr is not one JSON log line: %q (%v)", stderr.String(), err)
+	if err := json.Unmarshal([]byte(strings.TrimSpace(stderr)), &line); err != nil || line["level"] != "ERROR" {
+		t.Errorf("stderr is not one JSON log line: %q (%v)", stderr, err)
 	}
 }
 

@@ -5,6 +5,7 @@
 package lambdatest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,6 +29,27 @@ func Build(t testing.TB) string {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// BadConfig runs bin at cold start with env (plus PATH) and checks that it
+// exits with code 2 and that its stderr names every problem in wants; it
+// returns the stderr.
+func BadConfig(t testing.TB, bin string, env []string, wants ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit: %v, want code 2; stderr:\n%s", err, stderr.String())
+	}
+	for _, want := range wants {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr does not say %q:\n%s", want, stderr.String())
+		}
+	}
+	return stderr.String()
 }
 
 // Result is what one run of a bootstrap answered and printed.
