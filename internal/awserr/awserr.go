@@ -239,11 +239,15 @@ func (b Backoff) Delay(n int) time.Duration {
 }
 
 // Retry calls fn until it succeeds, fails with an error that is not
-// Retryable, the attempts run out, or ctx ends. It returns fn's last error.
+// Retryable or that the SDK's retryer already gave up on (SDKRetried: a
+// client of NewRetryer retries its calls itself), the attempts run out, or
+// ctx ends. It returns fn's last error. Around an SDK client it adds
+// attempts only for what the SDK does not retry; around a fake or a step
+// of several calls it is the retry.
 func Retry(ctx context.Context, b Backoff, fn func(context.Context) error) error {
 	for n := 0; ; n++ {
 		err := fn(ctx)
-		if err == nil || !IsRetryable(err) || b.Attempts > 0 && n+1 >= b.Attempts {
+		if err == nil || !retryAgain(err) || b.Attempts > 0 && n+1 >= b.Attempts {
 			return err
 		}
 		if serr := Sleep(ctx, b.Delay(n)); serr != nil {

@@ -66,7 +66,7 @@ func (b *Budget) Retry(ctx context.Context, fn func(context.Context) error) erro
 			b.success()
 			return nil
 		}
-		if !IsRetryable(err) {
+		if !retryAgain(err) {
 			return err
 		}
 		slow := IsSlowDown(err)

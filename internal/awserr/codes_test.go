@@ -2,6 +2,8 @@ package awserr
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -14,8 +16,11 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	ddbtypes "github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
@@ -333,5 +338,39 @@ func TestIsRefusedAndPermission(t *testing.T) {
 	}
 	if !IsAccessDenied(denied) || !IsAccessDenied(unauthorized) || IsAccessDenied(validation) {
 		t.Error("IsAccessDenied")
+	}
+}
+
+// A loop around an SDK call does not retry what the SDK's retryer gave up
+// on; throttling still waits in RetryThrottled (the bucket wait the SDK
+// does not do); errors from fakes, without the SDK's mark, are retried.
+func TestLoopsDoNotRetryWhatTheSDKGaveUpOn(t *testing.T) {
+	fast := Backoff{Initial: time.Microsecond, Factor: 1, Max: time.Microsecond, Attempts: 5}
+	sleep := func(context.Context, time.Duration) error { return nil }
+	exhausted := &retry.MaxAttemptsError{Attempt: 8, Err: api("InternalError", "")}
+	throttledOut := &retry.MaxAttemptsError{Attempt: 8, Err: api("RequestLimitExceeded", "")}
+	count := func(run func(fn func(context.Context) error) error, err error) int {
+		calls := 0
+		_ = run(func(context.Context) error { calls++; return err })
+		return calls
+	}
+	retryLoop := func(fn func(context.Context) error) error { return Retry(context.Background(), fast, fn) }
+	throttleLoop := func(fn func(context.Context) error) error {
+		return RetryThrottled(context.Background(), fast, fast, sleep, fn)
+	}
+	budget := func(fn func(context.Context) error) error { return NewBudget(fast).Retry(context.Background(), fn) }
+	for name, loop := range map[string]func(func(context.Context) error) error{"Retry": retryLoop, "RetryThrottled": throttleLoop, "Budget": budget} {
+		if n := count(loop, exhausted); n != 1 {
+			t.Errorf("%s: %d calls for an error the SDK gave up on, want 1", name, n)
+		}
+		if n := count(loop, api("InternalError", "")); n != 5 {
+			t.Errorf("%s: %d calls for a fake's error, want 5", name, n)
+		}
+	}
+	if n := count(throttleLoop, throttledOut); n != 5 {
+		t.Errorf("RetryThrottled: %d calls for a throttle the SDK gave up on, want 5 (the bucket wait)", n)
+	}
+	if !SDKRetried(fmt.Errorf("op: %w", errors.Join(api("ThrottlingException", ""), ratelimit.QuotaExceededError{Available: 0, Requested: 5}))) {
+		t.Error("quota exceeded not seen as retried")
 	}
 }

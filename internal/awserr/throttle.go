@@ -10,7 +10,9 @@ import (
 // (IsThrottle: the account's request limit, e.g. EC2's Describe bucket
 // during a mass scale-out) waits on throttled, without a bound on the tries
 // unless throttled.Attempts sets one — until the call gets through or ctx
-// ends; other retryable failures wait on b, within its bound. sleep waits
+// ends (the one outer loop kept around an SDK client: its retryer gives up
+// after ClientAttempts); other retryable failures wait on b, within its
+// bound, unless the SDK's retryer gave up on them already. sleep waits
 // (Sleep when nil; tests pass a clock's).
 func RetryThrottled(ctx context.Context, b, throttled Backoff, sleep func(context.Context, time.Duration) error, fn func(context.Context) error) error {
 	if sleep == nil {
@@ -19,7 +21,7 @@ func RetryThrottled(ctx context.Context, b, throttled Backoff, sleep func(contex
 	tries, throttles := 0, 0
 	for {
 		err := fn(ctx)
-		if err == nil || !IsRetryable(err) {
+		if err == nil || !IsRetryable(err) || SDKRetried(err) && !IsThrottle(err) {
 			return err
 		}
 		back, n := b, &tries

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/spf13/cobra"
 
+	"github.com/volsd/volsd/internal/awserr"
 	"github.com/volsd/volsd/internal/buildinfo"
 	"github.com/volsd/volsd/internal/doctor"
 	"github.com/volsd/volsd/internal/store"
@@ -44,7 +45,8 @@ type Connector func(ctx context.Context, cfg Config) (Clients, error)
 // region comes from cfg.Region when set; endpoints only from the SDK's
 // standard variables (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>).
 func ConnectAWS(ctx context.Context, cfg Config) (Clients, error) {
-	var opts []func(*config.LoadOptions) error
+	// One retryer for every client (awserr.NewRetryer; docs/retries.md).
+	opts := []func(*config.LoadOptions) error{config.WithRetryer(awserr.NewRetryer)}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
 	}

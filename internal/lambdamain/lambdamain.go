@@ -14,6 +14,8 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
+
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 // Setup returns the logger of function and the AWS config. It exits with 2
@@ -28,7 +30,8 @@ func Setup(function string, level slog.Level, configErr error) (*slog.Logger, aw
 	if limit, ok := MemoryLimit(os.LookupEnv); ok {
 		debug.SetMemoryLimit(limit)
 	}
-	cfg, err := config.LoadDefaultConfig(context.Background())
+	// One retryer for every client (awserr.NewRetryer; docs/retries.md).
+	cfg, err := config.LoadDefaultConfig(context.Background(), config.WithRetryer(awserr.NewRetryer))
 	if err != nil {
 		log.Error("load AWS config", "error", err)
 		os.Exit(1)

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
 
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/awserr"
@@ -153,21 +152,9 @@ func checkVolume(r *envconfig.Reader, c *Config) {
 	}
 }
 
-// Retryer is the SDK retryer for the control plane's EC2 client: adaptive
-// mode (client-side rate limiting when EC2 throttles), retrying what
-// awserr classifies as retryable, at most attempts tries per call.
+// Retryer is the SDK retryer for the control plane's EC2 client:
+// awserr.NewAdaptiveRetryer (client-side rate limiting when EC2 throttles),
+// at most attempts tries per call.
 func Retryer(attempts int) func() aws.Retryer {
-	return func() aws.Retryer {
-		return retry.NewAdaptiveMode(func(o *retry.AdaptiveModeOptions) {
-			o.StandardOptions = append(o.StandardOptions, func(so *retry.StandardOptions) {
-				so.MaxAttempts = attempts
-				so.Retryables = append([]retry.IsErrorRetryable{retry.IsErrorRetryableFunc(func(err error) aws.Ternary {
-					if awserr.IsRetryable(err) {
-						return aws.TrueTernary
-					}
-					return aws.UnknownTernary
-				})}, so.Retryables...)
-			})
-		})
-	}
+	return func() aws.Retryer { return awserr.NewAdaptiveRetryer(attempts) }
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 // Environment variables set by scripts/with-emulators.sh.
@@ -66,7 +68,8 @@ func Config(t testing.TB, endpoint string) aws.Config {
 		config.WithRegion(Region),
 		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, "")),
 		config.WithBaseEndpoint(endpoint),
-		config.WithRetryMaxAttempts(3),
+		config.WithRetryer(awserr.NewRetryer), // as the CLI, the Lambdas and the agent
+
 	)
 	if err != nil {
 		t.Fatalf("load AWS config for %s: %v", endpoint, err)

@@ -21,6 +21,8 @@ import (
 
 	"github.com/volsd/volsd/agent"
 	"github.com/volsd/volsd/internal/store"
+
+	"github.com/volsd/volsd/internal/awserr"
 )
 
 func main() {
@@ -34,7 +36,8 @@ func main() {
 // standard variables (AWS_ENDPOINT_URL_*, AWS_EC2_METADATA_SERVICE_ENDPOINT);
 // the region from the configuration, else from IMDS.
 func connect(ctx context.Context, c agent.Config, log *slog.Logger) (agent.Deps, error) {
-	cfg, err := config.LoadDefaultConfig(ctx)
+	// One retryer for every client (awserr.NewRetryer; docs/retries.md).
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRetryer(awserr.NewRetryer))
 	if err != nil {
 		return agent.Deps{}, err
 	}
