@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/volsd/volsd/internal/push"
 	"github.com/volsd/volsd/internal/testenv"
 )
 
@@ -84,6 +85,10 @@ func TestQuickControlPlane(t *testing.T) {
 		if f.Outcome != "response" {
 			t.Errorf("%s: first invocation ended with %q", fn, f.Outcome)
 		}
+	}
+	// …with the memory the template gives them (push: its own).
+	if m := res.Lambda.Functions["push"].MemoryMiB; m != push.FunctionMemoryMiB {
+		t.Errorf("push started with %d MiB, the template gives it %d", m, push.FunctionMemoryMiB)
 	}
 
 	// Reports: the keys, and a markdown section per part run.

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -22,6 +24,7 @@ import (
 	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/volsd/volsd/e2e/harness"
 	"github.com/volsd/volsd/events"
 	"github.com/volsd/volsd/internal/store"
 )
@@ -50,6 +53,9 @@ type LambdaOptions struct {
 
 // LambdaFunction is one function's size and start.
 type LambdaFunction struct {
+	// MemoryMiB is the function's memory in the synthesized template, the
+	// sandbox's memory in the measured starts.
+	MemoryMiB int `json:"memoryMiB"`
 	// BootstrapBytes is the size of the deployed bootstrap
 	// (build/lambda/<name>/bootstrap, linux/arm64, -trimpath -s -w).
 	BootstrapBytes int64  `json:"bootstrapBytes"`
@@ -205,6 +211,10 @@ func RunLambda(ctx context.Context, o LambdaOptions) (*LambdaResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend for the Lambda starts: %w", err)
 	}
+	wiring, err := lambdaWiring(ctx, o, env)
+	if err != nil {
+		return nil, fmt.Errorf("the synthesized template of the Lambda starts: %w", err)
+	}
 	for _, fn := range fns {
 		var f LambdaFunction
 		st, err := os.Stat(deployed[fn])
@@ -222,9 +232,18 @@ func RunLambda(ctx context.Context, o LambdaOptions) (*LambdaResult, error) {
 		f.HostBytes = st.Size()
 		desc, ev := startEvent(fn, env.group)
 		f.Event = desc
+		spec, ok := wiring.Functions[fn]
+		if !ok {
+			return nil, fmt.Errorf("function %s is not in the synthesized template", fn)
+		}
+		vars, err := env.functionEnv(wiring, spec)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", fn, err)
+		}
+		f.MemoryMiB = spec.MemoryMiB
 		var inits, firsts, warms []time.Duration
 		for i := 0; i <= o.Runs; i++ {
-			cs, err := measureColdStart(ctx, "volsd-bench-"+fn, host[fn], env.vars, [][]byte{ev, ev}, 60*time.Second)
+			cs, err := measureColdStart(ctx, "volsd-bench-"+fn, host[fn], vars, spec.MemoryMiB, [][]byte{ev, ev}, 60*time.Second)
 			if err != nil {
 				return nil, err
 			}
@@ -266,13 +285,63 @@ func binaryArch(p string) string {
 }
 
 type lambdaEnv struct {
-	vars  []string
-	group string
+	table, bucket, group string
+	azs                  []string
+	// vars are what Lambda itself and the local run add to a function's
+	// environment: region, credentials, the emulators' endpoints.
+	vars []string
+}
+
+// lambdaWiring synthesizes the pool stack (infra, as the whole-system
+// harness does) for the bench's pool and group and reads each function's
+// environment and memory from it, so the starts measure what is deployed.
+// The pool keeps no idle volumes (idlePerAz 0): reconcile and snapshot run
+// on an empty pool.
+func lambdaWiring(ctx context.Context, o LambdaOptions, env lambdaEnv) (*harness.Wiring, error) {
+	assets := filepath.Join(o.WorkDir, "lambda-assets")
+	for _, fn := range harness.FunctionNames { // synth needs an asset for every function
+		if err := os.MkdirAll(filepath.Join(assets, fn), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(assets, fn, "bootstrap"), []byte("#!/bin/sh\n# bench synth stand-in for "+fn+"\n"), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	tpl, err := harness.Synthesize(ctx, harness.SynthInput{Root: o.Root, Dir: o.WorkDir, LambdaDir: assets,
+		Context: map[string]string{"pool": benchLambdaPool, "asgName": env.group, "azs": strings.Join(env.azs, ","), "idlePerAz": "0"}})
+	if err != nil {
+		return nil, err
+	}
+	return harness.ReadWiring(tpl)
+}
+
+// benchLambdaPool is the pool the Lambda starts run for.
+const benchLambdaPool = "bench"
+
+// functionEnv is spec's environment as the template sets it, its
+// references resolved to the bench's table and bucket, plus env.vars.
+func (env lambdaEnv) functionEnv(w *harness.Wiring, spec harness.FunctionSpec) ([]string, error) {
+	phys := map[string]string{w.Table.LogicalID: env.table}
+	for name, v := range spec.Env {
+		if name == "VOLSD_BUCKET" {
+			// "<LogicalID>" of the origin bucket.
+			phys[strings.Trim(v, "<>")] = env.bucket
+		}
+	}
+	out := slices.Clone(env.vars)
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
+		v, err := harness.Resolve(spec.Env[k], phys)
+		if err != nil {
+			return nil, fmt.Errorf("environment %s=%s: %w", k, spec.Env[k], err)
+		}
+		out = append(out, k+"="+v)
+	}
+	return out, nil
 }
 
 // lambdaBackend creates what the functions' configuration names (a table,
-// a bucket, an empty group in two AZs) and returns the environment every
-// function gets: the union of the contract's variables.
+// a bucket, an empty group in two AZs) and returns them with the variables
+// Lambda and the local run add to every function's environment.
 func lambdaBackend(ctx context.Context, ddbURL, motoURL string) (lambdaEnv, error) {
 	if ddbURL == "" || motoURL == "" {
 		return lambdaEnv{}, errors.New("emulator endpoints missing (VOLSD_TEST_DYNAMODB_ENDPOINT, VOLSD_TEST_MOTO_ENDPOINT); run under scripts/with-emulators.sh")
@@ -310,9 +379,6 @@ func lambdaBackend(ctx context.Context, ddbURL, motoURL string) (lambdaEnv, erro
 		return lambdaEnv{}, fmt.Errorf("create group: %w", err)
 	}
 	vars := map[string]string{
-		"VOLSD_POOL": "bench", "VOLSD_TABLE": table, "VOLSD_ASG": group, "VOLSD_BUCKET": bucket,
-		"VOLSD_IDLE_PER_AZ": "0", "VOLSD_AZS": strings.Join(azs, ","), "VOLSD_VOLUME_SIZE_GIB": "1",
-		"VOLSD_VOLUME_TYPE": "gp3", "VOLSD_RELEASE_POLICY": "recycle", "VOLSD_LOG_LEVEL": "info",
 		"PATH":       "/usr/local/bin:/usr/bin:/bin",
 		"AWS_REGION": region, "AWS_DEFAULT_REGION": region,
 		"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
@@ -324,7 +390,7 @@ func lambdaBackend(ctx context.Context, ddbURL, motoURL string) (lambdaEnv, erro
 		out = append(out, k+"="+v)
 	}
 	sort.Strings(out)
-	return lambdaEnv{vars: out, group: group}, nil
+	return lambdaEnv{table: table, bucket: bucket, group: group, azs: azs, vars: out}, nil
 }
 
 // startEvent is the first (cold) event of a function: one it handles

@@ -349,11 +349,11 @@ func writeLambda(w writer, l *LambdaResult) {
 	w("Size of each `build/lambda/<name>/bootstrap` (what `make build` deploys: linux/arm64, `-tags lambda.norpc -trimpath -ldflags '-s -w'`) and of its zip. ")
 	w("Start: the same build for this machine (%s) started as Lambda starts a `provided.al2023` sandbox, behind a minimal Runtime API server: ", l.HostArch)
 	w("time from process start to its first `GET …/invocation/next` (init done) and to the first handler return posted back, then a second (warm) invocation on the same process. ")
-	w("The functions get their real configuration and AWS clients (DynamoDB Local, moto). One unmeasured start per function warms the page cache; %d measured cold starts each.\n\n", l.Runs)
-	w("| function | bootstrap | zip | init | first return | warm invocation | first event |\n| --- | --- | --- | --- | --- | --- | --- |\n")
+	w("Each function gets the environment and memory the synthesized template gives it (as `e2e/harness` reads them; an empty pool), with its real AWS clients (DynamoDB Local, moto). One unmeasured start per function warms the page cache; %d measured cold starts each.\n\n", l.Runs)
+	w("| function | bootstrap | zip | memory | init | first return | warm invocation | first event |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, name := range slices.Sorted(maps.Keys(l.Functions)) {
 		fn := l.Functions[name]
-		w("| %s | %s (%s) | %s | %s | %s | %s ms | %s → %s |\n", name, mib(fn.BootstrapBytes), fn.BootstrapArch, mib(fn.ZipBytes),
+		w("| %s | %s (%s) | %s | %d MiB | %s | %s | %s ms | %s → %s |\n", name, mib(fn.BootstrapBytes), fn.BootstrapArch, mib(fn.ZipBytes), fn.MemoryMiB,
 			withSpread(fn.Init, 1, "ms"), withSpread(fn.FirstReturn, 1, "ms"), f(fn.Warm.Median, 1), fn.Event, fn.Outcome)
 	}
 	w("\n")

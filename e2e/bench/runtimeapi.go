@@ -22,17 +22,17 @@ type coldStart struct {
 	Returns     []time.Duration // every return, since process start
 }
 
-// measureColdStart starts bootstrap with env as one Lambda sandbox behind
+// measureColdStart starts bootstrap with env and memoryMiB as one Lambda sandbox behind
 // the local Runtime API (internal/lambdaruntime), feeds it events (the
 // first is the cold invocation, the second a warm one) and returns what the
 // runtime's observations show. The process is killed afterwards.
-func measureColdStart(ctx context.Context, fn, bootstrap string, env []string, events [][]byte, timeout time.Duration) (coldStart, error) {
+func measureColdStart(ctx context.Context, fn, bootstrap string, env []string, memoryMiB int, events [][]byte, timeout time.Duration) (coldStart, error) {
 	var mu sync.Mutex
 	var obs []lambdaruntime.Observation
 	logs := &lockedWriter{w: &strings.Builder{}}
 	f := &lambdaruntime.Function{
 		Name: fn, Bootstrap: bootstrap, Env: env, Timeout: timeout, MaxConcurrency: 1,
-		MemoryMiB: 256, Region: "us-east-1", Account: "123456789012", Stderr: logs,
+		MemoryMiB: memoryMiB, Region: "us-east-1", Account: "123456789012", Stderr: logs,
 		Observe: func(o lambdaruntime.Observation) {
 			mu.Lock()
 			defer mu.Unlock()
