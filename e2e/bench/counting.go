@@ -2,11 +2,13 @@ package bench
 
 import (
 	"context"
-	"github.com/volsd/volsd/internal/pool"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/volsd/volsd/internal/pool"
+	"github.com/volsd/volsd/internal/store"
 
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -158,24 +160,13 @@ func (u *DynamoDBUse) capacity(cc *ddbtypes.ConsumedCapacity, read bool) {
 	u.mu.Unlock()
 }
 
-// dynamoDBAPI is what the store calls (store.DynamoDB) — the counting
-// wrapper passes exactly these through.
-type dynamoDBAPI interface {
-	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
-	PutItem(ctx context.Context, in *dynamodb.PutItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.PutItemOutput, error)
-	UpdateItem(ctx context.Context, in *dynamodb.UpdateItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error)
-	DeleteItem(ctx context.Context, in *dynamodb.DeleteItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.DeleteItemOutput, error)
-	Query(ctx context.Context, in *dynamodb.QueryInput, optFns ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
-	TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, optFns ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error)
-}
-
 // CountingDynamoDB wraps a DynamoDB client, counting every request and
 // asking DynamoDB for the capacity each consumed (ReturnConsumedCapacity
 // TOTAL on a copy of the input; the caller's input is not changed). The
 // store's interface has no Scan: a full-table read cannot even be
 // expressed through it, and Query pages are counted one by one.
 type CountingDynamoDB struct {
-	Inner dynamoDBAPI
+	Inner store.DynamoDB // what the store calls; the wrapper passes exactly these through
 	Use   *DynamoDBUse
 }
 

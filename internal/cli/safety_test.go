@@ -27,6 +27,7 @@ import (
 	"github.com/volsd/volsd/internal/metrics"
 	"github.com/volsd/volsd/internal/report"
 	"github.com/volsd/volsd/internal/store"
+	"github.com/volsd/volsd/internal/testenv"
 )
 
 // queued returns how many messages the push queue holds.
@@ -339,24 +340,6 @@ func TestDryRunAndDeletionGuard(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer safe for concurrent writers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestStalledPoolStatusAndRepair: the fake agents apply an entry only when
 // its blob in the origin (moto) holds the bytes of its name, and report
 // bad-content otherwise, as volsd-agent does. A blob damaged after the
@@ -366,7 +349,7 @@ func (l *lockedBuffer) String() string {
 // the next push converges every instance.
 func TestStalledPoolStatusAndRepair(t *testing.T) {
 	w := newWorld(t)
-	var emf lockedBuffer
+	var emf testenv.Buffer
 	w.rep = report.NewReporter(report.Config{Pool: "web", Documents: []string{"volsd-Apply"}, InvocationWait: 10 * time.Second}, w.st, w.ssm, nil, metrics.New(&emf))
 	ids := []string{"i-0bbbbbbbbbbbbbbb1", "i-0bbbbbbbbbbbbbbb2"}
 	for _, id := range ids {
