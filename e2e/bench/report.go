@@ -143,6 +143,9 @@ func Markdown(r *Results) string {
 		}
 		w("| Lambda bootstraps (%d functions): largest; slowest init (process start → ready for its first event) | %s (zip %s); %.0f ms | — | — |\n", len(l.Functions), mib(maxBytes), mib(maxZip), maxInit)
 	}
+	if cv := r.Converge; cv != nil {
+		w("| `volsd push --wait` of a one-file change until all %d instances reported (`converge_one_file_seconds`) | %s s | target ≤ 1.5 s | %s |\n", cv.Instances, f(cv.Seconds.Median, 2), met(cv.Seconds.Median, 1.5))
+	}
 	if pc := r.Push; pc != nil {
 		w("| `volsd push`, one file changed in a %d-file tree | %s s | %s s (`aws s3 sync` of the same change, same moto) | **%s** |\n", pc.Files, f(pc.OneFileVolsd.Median, 2), f(pc.OneFileS3Sync.Median, 2), ratio(r.PushOneFileVsS3Sync))
 		w("| ″ unchanged re-push | %s s | %s s | **%s** |\n", f(pc.UnchangedVolsd.Median, 2), f(pc.UnchangedS3Sync.Median, 2), ratio(r.PushUnchangedVsS3Sync))
@@ -155,6 +158,9 @@ func Markdown(r *Results) string {
 	}
 	if a := r.Apply; a != nil {
 		writeApply(w, a)
+	}
+	if cv := r.Converge; cv != nil {
+		writeConverge(w, cv)
 	}
 	if t := r.TTC; t != nil {
 		writeTTC(w, t)
@@ -221,6 +227,20 @@ func writeApply(w writer, a *ApplyResult) {
 			w("\n")
 		}
 	}
+}
+
+// writeConverge is the converge part: push → every instance reported,
+// with its stage table.
+func writeConverge(w writer, cv *ConvergeResult) {
+	w("## Converge: one-file push → every instance reported\n\n")
+	w("%s The push queue's event source has a batching window of %s s (from the template). %d runs.\n\n", cv.Setup, f(cv.Window, 0), cv.Runs)
+	w("| stage | seconds |\n| --- | --- |\n")
+	for _, k := range ConvergeStages {
+		w("| %s | %s |\n", convergeStageNames[k], withSpread(cv.Stages[k], 3, "s"))
+	}
+	w("| **push start → `--wait` returned, %d instances** (`converge_one_file_seconds`) | **%s** |\n\n", cv.Instances, withSpread(cv.Seconds, 2, "s"))
+	w("Stage medians need not add up to the median of the whole. Each invocation (Run Command's start → end: the agent process, its start-up included): %s; the agents' own apply durations (their reports): %s. The push Lambda's SendCommand has MaxConcurrency %s. Target ≤ 1.5 s: %s.\n\n",
+		withSpread(cv.Invocation, 3, "s"), withSpread(cv.AgentApply, 3, "s"), cv.MaxConcurrency, met(cv.Seconds.Median, 1.5))
 }
 
 // maxOf is the largest of vs (NaN for none).

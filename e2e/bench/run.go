@@ -33,7 +33,7 @@ import (
 )
 
 // Parts are the benchmark names, in the order they run.
-var Parts = []string{"lambda", "reconcile", "fanout", "apply", "ttc", "scaleout", "push"}
+var Parts = []string{"lambda", "reconcile", "fanout", "apply", "ttc", "scaleout", "push", "converge"}
 
 // Options configure a benchmark run.
 type Options struct {
@@ -94,8 +94,12 @@ type Results struct {
 	// ReportSSMCallsPerPushBaseline one GetCommandInvocation per instance.
 	ReportSSMCallsPerPush         map[string]Num `json:"report_ssm_calls_per_push"`
 	ReportSSMCallsPerPushBaseline map[string]Num `json:"report_ssm_calls_per_push_baseline"`
+	// ConvergeOneFileSeconds is `volsd push --wait` of a one-file change
+	// until every in-service instance reported it (median).
+	ConvergeOneFileSeconds Num `json:"converge_one_file_seconds"`
 
 	Apply     *ApplyResult     `json:"apply,omitempty"`
+	Converge  *ConvergeResult  `json:"converge,omitempty"`
 	Push      *PushCostResult  `json:"push_cost,omitempty"`
 	TTC       *TTCResult       `json:"ttc,omitempty"`
 	Fanout    *FanoutResult    `json:"push_fanout,omitempty"`
@@ -136,7 +140,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		TTCSeconds: map[string]Num{}, TTCCopyBaselineSeconds: map[string]Num{}, TTCBlankVolumeSeconds: map[string]Num{}, TTCWarmPoolSeconds: map[string]Num{},
 		SendCommandCallsPerPush: map[string]Num{}, ReportSSMCallsPerPush: map[string]Num{}, ReportSSMCallsPerPushBaseline: map[string]Num{}, ReconcileReads: map[string]Num{}, BootstrapBytes: map[string]int64{},
 		ApplyFullVsRsync: Num(math.NaN()), ApplyDeltaVsRsync: Num(math.NaN()), DescribeVolumesPerBoot: Num(math.NaN()),
-		PushOneFileVsS3Sync: Num(math.NaN()), PushUnchangedVsS3Sync: Num(math.NaN()), PushFirstVsS3Sync: Num(math.NaN()), PushOneFileS3Calls: Num(math.NaN()),
+		PushOneFileVsS3Sync: Num(math.NaN()), PushUnchangedVsS3Sync: Num(math.NaN()), PushFirstVsS3Sync: Num(math.NaN()), PushOneFileS3Calls: Num(math.NaN()), ConvergeOneFileSeconds: Num(math.NaN()),
 		Failures: map[string]string{}, PartSeconds: map[string]Num{},
 		Quick: o.Quick, Started: time.Now().UTC().Truncate(time.Second), Commit: gitCommit(o.Root),
 	}
@@ -228,6 +232,14 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			if err == nil {
 				r.PushOneFileVsS3Sync, r.PushUnchangedVsS3Sync, r.PushFirstVsS3Sync = r.Push.ratios()
 				r.PushOneFileS3Calls = r.Push.OneFileCLIS3Calls.Median + r.Push.OneFileLambdaS3Calls.Median
+			}
+		case "converge":
+			r.Converge, err = RunConverge(ctx, ConvergeOptions{
+				Root: o.Root, WorkDir: o.WorkDir, Instances: 3, Tree: sz.ConvergeTree, Runs: runs(sz.ConvergeRuns),
+				DynamoDBURL: o.DynamoDBURL, MotoURL: o.MotoURL, Log: logf(part),
+			})
+			if err == nil {
+				r.ConvergeOneFileSeconds = r.Converge.Seconds.Median
 			}
 		case "ttc":
 			r.TTC, err = RunTTC(ctx, TTCOptions{

@@ -32,6 +32,11 @@ type Sizes struct {
 	PushTree          string
 	PushRuns          int
 	PushLambdaEntries int
+
+	// ConvergeTree is the content of the converge part's pool; each run
+	// changes one file of it.
+	ConvergeTree harness.TreeSpec
+	ConvergeRuns int
 }
 
 // FullSizes are the sizes.
@@ -62,6 +67,9 @@ func FullSizes() Sizes {
 
 		PushRuns:          3,
 		PushLambdaEntries: 1000000,
+
+		ConvergeTree: harness.TreeSpec{Files: 1000, TotalBytes: 50 << 20, BigFile: 8 << 20, Seed: 13},
+		ConvergeRuns: 7,
 	}
 }
 
@@ -93,5 +101,8 @@ func QuickSizes() Sizes {
 		PushTree:          "src/encoding",
 		PushRuns:          2,
 		PushLambdaEntries: 10000,
+
+		ConvergeTree: harness.TreeSpec{Files: 50, TotalBytes: 1 << 20, BigFile: 256 << 10, Seed: 13},
+		ConvergeRuns: 2,
 	}
 }

@@ -98,6 +98,11 @@ type Options struct {
 	// systemd default, agent.DefaultProgramPath).
 	AgentPath string
 
+	// Observe, if set, is told what each Lambda's sandboxes do on the
+	// Runtime API, with the function's short name (push, report, …) and
+	// the time (the converge bench times its stages with it).
+	Observe func(function string, o lambdaruntime.Observation)
+
 	// Log is the harness's own log; component logs go to files in WorkDir/logs.
 	Log *slog.Logger
 }
@@ -292,6 +297,10 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			Env: env, Timeout: c.functionTimeout(name), MemoryMiB: spec.MemoryMiB, MaxRetryAttempts: spec.MaxRetryAttempts,
 			MaxConcurrency: 3, Stdout: c.logFile("lambda-" + name), Stderr: c.logFile("lambda-" + name),
 			Region: Region, Account: Account, Logger: opts.Log,
+		}
+		if opts.Observe != nil {
+			fn := name
+			c.Functions[name].Observe = func(o lambdaruntime.Observation) { opts.Observe(fn, o) }
 		}
 	}
 	// EventBridge: every event goes to the targets of the rules whose

@@ -324,9 +324,14 @@ func (p *Pool) newFunctions() {
 		p.Functions[name] = fn
 		p.grantFunction(name, role)
 	}
+	// No batching window (Lambda's default for SQS, 0 s): the pollers
+	// invoke the push Lambda as soon as they receive messages, with up to
+	// BatchSize of those visible at once, so pushes that arrive together
+	// still become one journal batch and one SendCommand. A window of 1 s
+	// held every lone push for the whole second (docs/benchmarks.md,
+	// "Converge").
 	p.Functions["push"].AddEventSource(awslambdaeventsources.NewSqsEventSource(p.Queue, &awslambdaeventsources.SqsEventSourceProps{
 		BatchSize:               jsii.Number(10),
-		MaxBatchingWindow:       awscdk.Duration_Seconds(f(1)),
 		ReportBatchItemFailures: jsii.Bool(true),
 	}))
 }

@@ -244,6 +244,14 @@ func TestQueues(t *testing.T) {
 			"FunctionResponseTypes": []any{"ReportBatchItemFailures"},
 		})
 	})
+	// No batching window: a lone push is handed to the push Lambda as
+	// soon as a poller receives it (a window held each for its whole
+	// length; docs/benchmarks.md, "Converge").
+	for _, esm := range tmpl.OfType("AWS::Lambda::EventSourceMapping") {
+		if w, ok := esm.Properties["MaximumBatchingWindowInSeconds"]; ok && fmt.Sprint(w) != "0" {
+			t.Errorf("event source mapping %s has MaximumBatchingWindowInSeconds %v, want none (0)", esm.ID, w)
+		}
+	}
 }
 
 // wantEnv is the environment of each function (docs/contracts.md) in the full test stack.

@@ -81,9 +81,13 @@ type App struct {
 	// IndexDir is where the hash indexes are kept (default: the user's
 	// cache directory, volsd/hash-index).
 	IndexDir string
-	// Poll is how often --wait reads the table (default 2s).
+	// Poll is the longest pause between the reads of --wait (default
+	// WaitPollMax); it reads sooner at first (see WaitPollMin).
 	Poll time.Duration
-	Now  func() time.Time
+	// Sleep pauses --wait between reads (default awserr.Sleep; tests
+	// record the pauses).
+	Sleep func(ctx context.Context, d time.Duration) error
+	Now   func() time.Time
 }
 
 func (a *App) now() time.Time {
