@@ -18,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/volsd/volsd/events"
 )
@@ -118,29 +119,17 @@ func manifestOf(dir string) (*treeManifest, error) {
 		return nil, err
 	}
 	sort.Strings(paths)
-	type job struct {
-		i    int
-		path string
-	}
 	entries := make([]events.ManifestEntry, len(paths))
 	errs := make([]error, len(paths))
-	jobs := make(chan job)
-	done := make(chan struct{})
-	for w := 0; w < 4; w++ {
-		go func() {
-			for j := range jobs {
-				entries[j.i], errs[j.i] = hashEntry(dir, j.path)
-			}
-			done <- struct{}{}
-		}()
-	}
+	var hashes errgroup.Group
+	hashes.SetLimit(4)
 	for i, p := range paths {
-		jobs <- job{i, p}
+		hashes.Go(func() error {
+			entries[i], errs[i] = hashEntry(dir, p)
+			return nil // every error is joined below
+		})
 	}
-	close(jobs)
-	for w := 0; w < 4; w++ {
-		<-done
-	}
+	_ = hashes.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
