@@ -179,10 +179,7 @@ func (s *Store) AssignNew(ctx context.Context, v Volume) (Volume, error) {
 		return v, err
 	}
 	if held != nil {
-		if held.VolumeID == v.VolumeID {
-			return *held, nil
-		}
-		return *held, fmt.Errorf("instance %s holds %s, not %s: %w", v.InstanceID, held.VolumeID, v.VolumeID, ErrExists)
+		return answerHeld(*held, v)
 	}
 	item, err := s.newVolumeItem(&v)
 	if err != nil {
@@ -205,14 +202,20 @@ func (s *Store) AssignNew(ctx context.Context, v Volume) (Volume, error) {
 		// A concurrent call won; report what it left.
 		held, _, herr := s.heldVolume(ctx, v.Pool, v.InstanceID)
 		if herr == nil && held != nil {
-			if held.VolumeID == v.VolumeID {
-				return *held, nil
-			}
-			return *held, fmt.Errorf("instance %s holds %s, not %s: %w", v.InstanceID, held.VolumeID, v.VolumeID, ErrExists)
+			return answerHeld(*held, v)
 		}
 		return v, fmt.Errorf("assign volume %s to %s: %w", v.VolumeID, v.InstanceID, ErrConflict)
 	}
 	return v, fmt.Errorf("assign volume %s to %s: %w", v.VolumeID, v.InstanceID, err)
+}
+
+// answerHeld is AssignNew's answer when v's instance already holds held:
+// held itself if it is v (a retry), else ErrExists naming both.
+func answerHeld(held, v Volume) (Volume, error) {
+	if held.VolumeID == v.VolumeID {
+		return held, nil
+	}
+	return held, fmt.Errorf("instance %s holds %s, not %s: %w", v.InstanceID, held.VolumeID, v.VolumeID, ErrExists)
 }
 
 func withTable(in *dynamodb.QueryInput, table string) *dynamodb.QueryInput {
