@@ -15,7 +15,10 @@
 //  6. push cost (issue 23): `volsd push` of a 10,000-file tree (first, unchanged,
 //     one file changed) against `aws s3 sync` of the same tree to the same
 //     moto, the S3 calls of a one-file push, and the push Lambda on a
-//     1M-entry manifest against a 1M-blob origin.
+//     1M-entry manifest against a 1M-blob origin;
+//  7. converge (issue 23): `volsd push --wait` of a one-file change until
+//     all 3 in-service instances of the local system reported it, stage by
+//     stage (converge.go).
 //
 // Every figure is the median of several runs. Run writes nothing; Report
 // renders docs/benchmarks.md and docs/benchmarks.json.
