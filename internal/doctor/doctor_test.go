@@ -119,7 +119,16 @@ func deploy(t *testing.T) *deployed {
 	must(d.iam.AttachRolePolicy(bg, &iam.AttachRolePolicyInput{RoleName: &d.role, PolicyArn: core.Policy.Arn}))
 	profile := testenv.UniqueName(t, "profile")
 	prof := must(d.iam.CreateInstanceProfile(bg, &iam.CreateInstanceProfileInput{InstanceProfileName: &profile}))
-	must(d.iam.AddRoleToInstanceProfile(bg, &iam.AddRoleToInstanceProfileInput{InstanceProfileName: &profile, RoleName: &d.role}))
+	if _, err := d.iam.AddRoleToInstanceProfile(bg, &iam.AddRoleToInstanceProfileInput{InstanceProfileName: &profile, RoleName: &d.role}); err != nil {
+		// Not idempotent: when the SDK retries an attempt whose answer was
+		// lost on a closed connection (it retries those), the retry finds
+		// the role already in the profile (LimitExceeded). Setup only needs
+		// the role to be there.
+		got := must(d.iam.GetInstanceProfile(bg, &iam.GetInstanceProfileInput{InstanceProfileName: &profile}))
+		if len(got.InstanceProfile.Roles) != 1 || aws.ToString(got.InstanceProfile.Roles[0].RoleName) != d.role {
+			panic(fmt.Sprintf("setup: %v", err))
+		}
+	}
 
 	// The group: tagged volsd:pool with PropagateAtLaunch, two instances.
 	lt := testenv.UniqueName(t, "lt")
