@@ -22,8 +22,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
-
-	"github.com/volsd/volsd/internal/awserr"
 )
 
 // Environment variables set by scripts/with-emulators.sh.
@@ -68,8 +66,12 @@ func Config(t testing.TB, endpoint string) aws.Config {
 		config.WithRegion(Region),
 		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, "")),
 		config.WithBaseEndpoint(endpoint),
-		config.WithRetryer(awserr.NewRetryer), // as the CLI, the Lambdas and the agent
-
+		// The SDK's standard retryer, 3 attempts, as before issue 14: with
+		// awserr.NewRetryer here, setup calls that are not idempotent
+		// (CreateLaunchTemplate, AddRoleToInstanceProfile, CreateSnapshot)
+		// were retried after an answer lost under load and failed three CI
+		// runs in a row; the cause is not yet understood (docs/design.md §8).
+		config.WithRetryMaxAttempts(3),
 	)
 	if err != nil {
 		t.Fatalf("load AWS config for %s: %v", endpoint, err)
